@@ -1,1 +1,29 @@
-//! placeholder
+//! The swarmca CA server: SwarmKit's `CA` and `NodeCA` gRPC services over a versioned store.
+//!
+//! This is the only swarmca crate doing IO. It names `tokio` and `tonic`, which the workspace
+//! maps to `madsim-tokio` and `madsim-tonic`, so the same code runs on real sockets and under the
+//! madsim simulator. Everything that differs between the two worlds — the store, the clock,
+//! entropy, and where a caller's certificate comes from — is passed in through [`ServerDeps`].
+//!
+//! ```text
+//! CaServer::new(cfg, deps, root)      a stopped server
+//!   .run()                            leader term: load signer, sign pending, follow the store
+//!   .stop()                           end the term, wait for the loop
+//! swarmca_proto::{ca_server::CaServer, node_ca_server::NodeCaServer}::new(server.clone())
+//!                                     the tonic services to mount
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod env;
+pub mod error;
+pub mod peer;
+mod rpc;
+mod server;
+mod signing;
+pub mod tls;
+
+pub use env::{shared_entropy, Clock, OsEntropy, SharedEntropy, SystemClock};
+pub use error::{ServerError, INVALID_JOIN_TOKEN};
+pub use peer::{CallInfo, PeerCertificates, TlsPeerCertificates};
+pub use server::{root_ca_equal_stable, CaServer, ServerConfig, ServerDeps, DEFAULT_RETRY_INTERVAL};

@@ -9,3 +9,4 @@ mod generated {
 }
 
 pub use generated::*;
+pub use prost_types;

@@ -1,0 +1,206 @@
+//! Certificate signing requests: size cap, PEM/DER decoding, self-signature check and key
+//! policy. Only [`parse_csr_pem`] and [`parse_csr_der`] construct a [`ValidatedCsr`].
+
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+use x509_parser::x509::SubjectPublicKeyInfo;
+
+use crate::{der, pemutil};
+
+/// Largest CSR accepted, in bytes, checked before any decoding (PEM or DER).
+pub const MAX_CSR_SIZE: usize = 64 * 1024;
+
+/// Smallest accepted RSA modulus, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+/// Largest accepted RSA modulus, in bits (the verification limit of *ring*).
+pub const MAX_RSA_BITS: usize = 8192;
+
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+const OID_P384: &str = "1.3.132.0.34";
+const OID_P521: &str = "1.3.132.0.35";
+const OID_ED25519: &str = "1.3.101.112";
+const OID_ED448: &str = "1.3.101.113";
+const OID_DSA: &str = "1.2.840.10040.4.1";
+
+const ACCEPTED_KEYS: &str = "accepted: ECDSA P-256, ECDSA P-384, RSA >= 2048 bits";
+
+/// The kind of public key in a validated CSR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// ECDSA on NIST P-256 (what SwarmKit clients send).
+    EcdsaP256,
+    /// ECDSA on NIST P-384.
+    EcdsaP384,
+    /// RSA with a modulus of `bits` bits.
+    Rsa {
+        /// Modulus size in bits.
+        bits: usize,
+    },
+}
+
+/// Why a CSR was rejected.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum CsrError {
+    /// The input exceeds [`MAX_CSR_SIZE`]; nothing was decoded.
+    #[error("CSR too large: {len} bytes (max {MAX_CSR_SIZE})")]
+    TooLarge {
+        /// Input length in bytes.
+        len: usize,
+    },
+    /// The input holds no PEM block (CFSSL code 9002).
+    #[error("CSR Decode failed")]
+    NoPemBlock,
+    /// The first PEM block is not a certificate request (CFSSL code 9300).
+    #[error("not a csr: PEM block type is {label:?}")]
+    NotACsr {
+        /// The label found.
+        label: String,
+    },
+    /// The DER does not parse as a PKCS#10 request.
+    #[error("malformed CSR: {0}")]
+    Malformed(String),
+    /// The request's self-signature does not verify.
+    #[error("CSR signature verification failed")]
+    BadSignature,
+    /// The request is signed with an algorithm this CA cannot verify.
+    #[error("unsupported CSR signature algorithm: {0}")]
+    UnsupportedSignatureAlgorithm(String),
+    /// The request's public key is of a kind this CA does not certify.
+    #[error("unsupported CSR key: {0}")]
+    UnsupportedKey(String),
+}
+
+/// A CSR whose size, encoding, key kind and self-signature have been checked.
+#[derive(Debug, Clone)]
+pub struct ValidatedCsr {
+    der: Vec<u8>,
+    spki_der: Vec<u8>,
+    key_kind: KeyKind,
+}
+
+impl ValidatedCsr {
+    /// The full DER of the request.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The request's SubjectPublicKeyInfo, DER-encoded, exactly as in the request.
+    pub fn public_key_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// The kind of the request's public key.
+    pub fn key_kind(&self) -> &KeyKind {
+        &self.key_kind
+    }
+}
+
+/// Decodes and validates the first PEM block of `pem`, like CFSSL's local signer.
+///
+/// The block must be labelled `CERTIFICATE REQUEST` or `NEW CERTIFICATE REQUEST`.
+pub fn parse_csr_pem(pem: &[u8]) -> Result<ValidatedCsr, CsrError> {
+    if pem.len() > MAX_CSR_SIZE {
+        return Err(CsrError::TooLarge { len: pem.len() });
+    }
+    let (block, _) = pemutil::decode(pem).ok_or(CsrError::NoPemBlock)?;
+    if block.label != "CERTIFICATE REQUEST" && block.label != "NEW CERTIFICATE REQUEST" {
+        return Err(CsrError::NotACsr { label: block.label });
+    }
+    parse_csr_der(&block.der)
+}
+
+/// Validates a DER-encoded PKCS#10 request.
+///
+/// Checks, in order: size, DER structure (no trailing data), key kind, self-signature.
+pub fn parse_csr_der(der: &[u8]) -> Result<ValidatedCsr, CsrError> {
+    if der.len() > MAX_CSR_SIZE {
+        return Err(CsrError::TooLarge { len: der.len() });
+    }
+    let (rest, csr) =
+        X509CertificationRequest::from_der(der).map_err(|e| CsrError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CsrError::Malformed("trailing data after CSR".into()));
+    }
+    check_envelope(der)?;
+    let spki = &csr.certification_request_info.subject_pki;
+    let key_kind = classify_key(spki)?;
+    // The issued certificate re-encodes the key through rcgen; make sure it can.
+    rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
+        .map_err(|_| CsrError::UnsupportedKey("unusual public key encoding".into()))?;
+    csr.verify_signature().map_err(|e| match e {
+        x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => {
+            CsrError::UnsupportedSignatureAlgorithm(
+                csr.signature_algorithm.algorithm.to_id_string(),
+            )
+        }
+        _ => CsrError::BadSignature,
+    })?;
+    Ok(ValidatedCsr {
+        der: der.to_vec(),
+        spki_der: spki.raw.to_vec(),
+        key_kind,
+    })
+}
+
+/// x509-parser tolerates wrong tags on the unsigned envelope (outer SEQUENCE, signature
+/// AlgorithmIdentifier, signature BIT STRING) and a non-zero unused-bits count on the
+/// signature; Go does not, and neither do we.
+fn check_envelope(der: &[u8]) -> Result<(), CsrError> {
+    let bad = || CsrError::Malformed("invalid CSR envelope".into());
+    let body = der::expect_all(der, der::TAG_SEQUENCE).ok_or_else(bad)?;
+    let (_, rest) = der::expect(body, der::TAG_SEQUENCE).ok_or_else(bad)?;
+    let (alg, rest) = der::expect(rest, der::TAG_SEQUENCE).ok_or_else(bad)?;
+    der::expect(alg, der::TAG_OID).ok_or_else(bad)?;
+    let sig = der::expect_all(rest, der::TAG_BIT_STRING).ok_or_else(bad)?;
+    // Signatures are whole bytes: no unused bits.
+    if sig.first() != Some(&0) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn classify_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, CsrError> {
+    let alg = spki.algorithm.algorithm.to_id_string();
+    let unsupported = |what: &str| CsrError::UnsupportedKey(format!("{what} ({ACCEPTED_KEYS})"));
+    match alg.as_str() {
+        OID_EC_PUBLIC_KEY => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|o| o.to_id_string());
+            match curve.as_deref() {
+                Some(OID_P256) => Ok(KeyKind::EcdsaP256),
+                Some(OID_P384) => Ok(KeyKind::EcdsaP384),
+                Some(OID_P521) => Err(unsupported("ECDSA P-521")),
+                Some(other) => Err(unsupported(&format!("ECDSA curve {other}"))),
+                None => Err(unsupported("ECDSA without named curve")),
+            }
+        }
+        OID_RSA_ENCRYPTION => match spki.parsed() {
+            Ok(PublicKey::RSA(rsa)) => {
+                let bits = rsa.key_size();
+                if bits < MIN_RSA_BITS {
+                    Err(unsupported(&format!("RSA {bits} bits is too small")))
+                } else if bits > MAX_RSA_BITS {
+                    Err(unsupported(&format!("RSA {bits} bits is too large")))
+                } else {
+                    Ok(KeyKind::Rsa { bits })
+                }
+            }
+            _ => Err(CsrError::Malformed("invalid RSA public key".into())),
+        },
+        OID_ED25519 => Err(unsupported("Ed25519")),
+        OID_ED448 => Err(unsupported("Ed448")),
+        OID_DSA => Err(unsupported("DSA")),
+        other => Err(unsupported(&format!("key algorithm {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

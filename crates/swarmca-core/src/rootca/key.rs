@@ -1,0 +1,294 @@
+//! CA private keys: parsing (PKCS#8, SEC1, PKCS#1), matching against the signing
+//! certificate, and signing through *ring*.
+//!
+//! Supported CA keys are ECDSA P-256 (signs with SHA-256), ECDSA P-384 (SHA-384) and RSA
+//! 2048–4096 bits (PKCS#1 v1.5 with SHA-256, or SHA-384 from 3072 bits, or SHA-512 from 4096
+//! bits). ECDSA P-521 and RSA keys above 4096 bits are valid in SwarmKit but *ring* cannot sign
+//! with them, so they are rejected with [`RootCaError::UnsupportedKeyAlgorithm`].
+
+use std::fmt;
+
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, RsaKeyPair};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::public_key::PublicKey;
+
+use super::RootCaError;
+use crate::der::{
+    self, TAG_BIT_STRING, TAG_CTX0, TAG_CTX1, TAG_INTEGER, TAG_OCTET_STRING, TAG_OID, TAG_SEQUENCE,
+};
+use crate::pemutil;
+
+/// DER contents of the ecPublicKey OID.
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+/// DER contents of the rsaEncryption OID.
+const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+const OID_P521: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x23];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Curve {
+    P256,
+    P384,
+    P521,
+}
+
+impl Curve {
+    fn from_oid(oid: &[u8]) -> Option<Self> {
+        match oid {
+            OID_P256 => Some(Self::P256),
+            OID_P384 => Some(Self::P384),
+            OID_P521 => Some(Self::P521),
+            _ => None,
+        }
+    }
+}
+
+/// A private key taken apart but not yet checked against a certificate.
+enum ParsedKey {
+    Ec {
+        curve: Option<Curve>,
+        scalar: Vec<u8>,
+    },
+    RsaPkcs8(Vec<u8>),
+    RsaPkcs1(Vec<u8>),
+}
+
+fn malformed(why: &str) -> RootCaError {
+    RootCaError::MalformedPrivateKey(why.to_string())
+}
+
+/// Parses an unencrypted PEM private key in PKCS#8, SEC1 or PKCS#1 form (the label is not
+/// trusted; the DER structure decides, like Go's `ParsePrivateKeyPEM`).
+fn parse_key_pem(pem: &[u8]) -> Result<ParsedKey, RootCaError> {
+    let (block, _) = pemutil::decode(pem).ok_or_else(|| malformed("no PEM block found"))?;
+    let der = block.der;
+    let body =
+        der::expect_all(&der, TAG_SEQUENCE).ok_or_else(|| malformed("not a DER sequence"))?;
+    let (version, after_version) =
+        der::expect(body, TAG_INTEGER).ok_or_else(|| malformed("missing version"))?;
+    let (tag, _, _) = der::read_tlv(after_version).ok_or_else(|| malformed("truncated key"))?;
+    match tag {
+        // PKCS#8: version, AlgorithmIdentifier, OCTET STRING privateKey, ...
+        TAG_SEQUENCE => {
+            if version != [0] && version != [1] {
+                return Err(malformed("unsupported PKCS#8 version"));
+            }
+            let (alg_id, rest) =
+                der::expect(after_version, TAG_SEQUENCE).ok_or_else(|| malformed("bad PKCS#8"))?;
+            let (inner, _) =
+                der::expect(rest, TAG_OCTET_STRING).ok_or_else(|| malformed("bad PKCS#8"))?;
+            let (alg_oid, params) =
+                der::expect(alg_id, TAG_OID).ok_or_else(|| malformed("bad PKCS#8 algorithm"))?;
+            if alg_oid == OID_EC_PUBLIC_KEY {
+                let curve = der::expect(params, TAG_OID)
+                    .and_then(|(oid, _)| Curve::from_oid(oid))
+                    .ok_or_else(|| {
+                        RootCaError::UnsupportedKeyAlgorithm("unknown elliptic curve".into())
+                    })?;
+                let (inner_curve, scalar) = parse_sec1(inner)?;
+                if inner_curve.is_some_and(|c| c != curve) {
+                    return Err(malformed("inconsistent curves in PKCS#8 key"));
+                }
+                Ok(ParsedKey::Ec {
+                    curve: Some(curve),
+                    scalar,
+                })
+            } else if alg_oid == OID_RSA_ENCRYPTION {
+                Ok(ParsedKey::RsaPkcs8(der.clone()))
+            } else {
+                Err(RootCaError::UnsupportedKeyAlgorithm(
+                    "private key is neither ECDSA nor RSA".into(),
+                ))
+            }
+        }
+        // SEC1 ECPrivateKey: version 1, OCTET STRING privateKey, [0] curve, [1] public key.
+        TAG_OCTET_STRING => {
+            let (curve, scalar) = parse_sec1(&der)?;
+            Ok(ParsedKey::Ec { curve, scalar })
+        }
+        // PKCS#1 RSAPrivateKey: version, modulus, ...
+        TAG_INTEGER => Ok(ParsedKey::RsaPkcs1(der.clone())),
+        _ => Err(malformed("unrecognised key structure")),
+    }
+}
+
+/// Parses a SEC1 `ECPrivateKey`; returns its curve (if named) and private scalar.
+fn parse_sec1(der: &[u8]) -> Result<(Option<Curve>, Vec<u8>), RootCaError> {
+    let bad = || malformed("bad EC private key");
+    let body = der::expect_all(der, TAG_SEQUENCE).ok_or_else(bad)?;
+    let (version, rest) = der::expect(body, TAG_INTEGER).ok_or_else(bad)?;
+    if version != [1] {
+        return Err(malformed("unsupported EC private key version"));
+    }
+    let (scalar, mut rest) = der::expect(rest, TAG_OCTET_STRING).ok_or_else(bad)?;
+    let mut curve = None;
+    while let Some((tag, value, after)) = der::read_tlv(rest) {
+        match tag {
+            TAG_CTX0 => {
+                let oid = der::expect_all(value, TAG_OID).ok_or_else(bad)?;
+                curve = Some(Curve::from_oid(oid).ok_or_else(|| {
+                    RootCaError::UnsupportedKeyAlgorithm("unknown elliptic curve".into())
+                })?);
+            }
+            TAG_CTX1 => {
+                der::expect_all(value, TAG_BIT_STRING).ok_or_else(bad)?;
+            }
+            _ => return Err(bad()),
+        }
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    Ok((curve, scalar.to_vec()))
+}
+
+enum Kind {
+    Ecdsa(EcdsaKeyPair),
+    Rsa(RsaKeyPair, &'static dyn signature::RsaEncoding),
+}
+
+/// A CA signing key that matches its certificate.
+pub(crate) struct CaKey {
+    kind: Kind,
+    /// The subjectPublicKey bits of the certificate.
+    public: Vec<u8>,
+    alg: &'static rcgen::SignatureAlgorithm,
+}
+
+impl fmt::Debug for CaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaKey")
+            .field("alg", self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaKey {
+    /// Parses `key_pem` and checks that it belongs to `cert`.
+    pub(crate) fn new(key_pem: &[u8], cert: &X509Certificate<'_>) -> Result<Self, RootCaError> {
+        let parsed = parse_key_pem(key_pem)?;
+        let spki = cert.public_key();
+        let public = spki.subject_public_key.data.to_vec();
+        let cert_key = spki
+            .parsed()
+            .map_err(|e| RootCaError::UnsupportedKeyAlgorithm(e.to_string()))?;
+        let rng = SystemRandom::new();
+        match (parsed, cert_key) {
+            (ParsedKey::Ec { curve, scalar }, PublicKey::EC(_)) => {
+                let cert_curve = spki
+                    .algorithm
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.as_oid().ok())
+                    .and_then(|o| Curve::from_oid(o.as_bytes()))
+                    .ok_or_else(|| {
+                        RootCaError::UnsupportedKeyAlgorithm("unknown elliptic curve".into())
+                    })?;
+                if curve.is_some_and(|c| c != cert_curve) {
+                    return Err(RootCaError::KeyMismatch);
+                }
+                let (ring_alg, alg) = match cert_curve {
+                    Curve::P256 => (
+                        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+                        &rcgen::PKCS_ECDSA_P256_SHA256,
+                    ),
+                    Curve::P384 => (
+                        &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+                        &rcgen::PKCS_ECDSA_P384_SHA384,
+                    ),
+                    Curve::P521 => {
+                        return Err(RootCaError::UnsupportedKeyAlgorithm(
+                            "ECDSA P-521 CA keys cannot sign with ring".into(),
+                        ))
+                    }
+                };
+                let kp =
+                    EcdsaKeyPair::from_private_key_and_public_key(ring_alg, &scalar, &public, &rng)
+                        .map_err(|e| {
+                            if e.to_string() == "InconsistentComponents" {
+                                RootCaError::KeyMismatch
+                            } else {
+                                RootCaError::MalformedPrivateKey(e.to_string())
+                            }
+                        })?;
+                Ok(Self {
+                    kind: Kind::Ecdsa(kp),
+                    public,
+                    alg,
+                })
+            }
+            (ParsedKey::RsaPkcs8(der) | ParsedKey::RsaPkcs1(der), PublicKey::RSA(rsa)) => {
+                let bits = rsa.key_size();
+                if !(2048..=4096).contains(&bits) {
+                    return Err(RootCaError::UnsupportedKeyAlgorithm(format!(
+                        "RSA CA keys must have 2048 to 4096 bits, this one has {bits}"
+                    )));
+                }
+                let kp = if der::expect_all(&der, TAG_SEQUENCE)
+                    .and_then(|b| der::expect(b, TAG_INTEGER))
+                    .and_then(|(_, rest)| der::read_tlv(rest))
+                    .is_some_and(|(tag, _, _)| tag == TAG_SEQUENCE)
+                {
+                    RsaKeyPair::from_pkcs8(&der)
+                } else {
+                    RsaKeyPair::from_der(&der)
+                }
+                .map_err(|e| RootCaError::MalformedPrivateKey(e.to_string()))?;
+                if kp.public().as_ref() != public.as_slice() {
+                    return Err(RootCaError::KeyMismatch);
+                }
+                let (encoding, alg): (&'static dyn signature::RsaEncoding, _) = if bits >= 4096 {
+                    (&signature::RSA_PKCS1_SHA512, &rcgen::PKCS_RSA_SHA512)
+                } else if bits >= 3072 {
+                    (&signature::RSA_PKCS1_SHA384, &rcgen::PKCS_RSA_SHA384)
+                } else {
+                    (&signature::RSA_PKCS1_SHA256, &rcgen::PKCS_RSA_SHA256)
+                };
+                Ok(Self {
+                    kind: Kind::Rsa(kp, encoding),
+                    public,
+                    alg,
+                })
+            }
+            (_, PublicKey::EC(_) | PublicKey::RSA(_)) => Err(RootCaError::KeyMismatch),
+            _ => Err(RootCaError::UnsupportedKeyAlgorithm(
+                "certificate key is neither ECDSA nor RSA".into(),
+            )),
+        }
+    }
+}
+
+/// Borrowed [`CaKey`] in the shape rcgen's issuer wants.
+pub(crate) struct KeyRef<'a>(pub(crate) &'a CaKey);
+
+impl rcgen::PublicKeyData for KeyRef<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0.public
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.0.alg
+    }
+}
+
+impl rcgen::SigningKey for KeyRef<'_> {
+    /// Signs with *ring*; ECDSA nonces and RSA blinding come from `SystemRandom`.
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let rng = SystemRandom::new();
+        match &self.0.kind {
+            Kind::Ecdsa(kp) => kp
+                .sign(&rng, msg)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| rcgen::Error::RingUnspecified),
+            Kind::Rsa(kp, encoding) => {
+                let mut sig = vec![0u8; kp.public().modulus_len()];
+                kp.sign(*encoding, &rng, msg, &mut sig)
+                    .map_err(|_| rcgen::Error::RingUnspecified)?;
+                Ok(sig)
+            }
+        }
+    }
+}

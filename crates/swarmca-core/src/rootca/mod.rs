@@ -1,0 +1,760 @@
+//! The root CA: validation of roots, intermediates and signer (SwarmKit `NewRootCA`), node
+//! certificate issuance (`ParseValidateAndSignCSR`) and peer verification.
+
+mod chain;
+mod key;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+
+use self::key::{CaKey, KeyRef};
+use crate::csr::{self, CsrError};
+use crate::identity::PeerIdentity;
+use crate::pemutil;
+use crate::role::{Role, CA_ROLE};
+
+/// Default node certificate validity (90 days).
+pub const DEFAULT_NODE_CERT_EXPIRY: Duration = Duration::from_secs(2160 * 3600);
+/// Shortest node certificate validity; anything shorter is replaced by the default.
+pub const MIN_NODE_CERT_EXPIRY: Duration = Duration::from_secs(3600);
+/// How far NotBefore is moved into the past to absorb clock skew.
+pub const CERT_BACKDATE: Duration = Duration::from_secs(3600);
+/// Validity of a generated root (20 years).
+pub const ROOT_CA_VALIDITY: Duration = Duration::from_secs(630_720_000);
+/// Common name of a generated root.
+pub const DEFAULT_ROOT_CN: &str = "swarm-ca";
+
+/// The node certificate validity actually used for a configured `expiry`.
+///
+/// Below [`MIN_NODE_CERT_EXPIRY`], or when unset, it is [`DEFAULT_NODE_CERT_EXPIRY`]: the
+/// value is replaced, not clamped, as in SwarmKit's `SigningPolicy`.
+pub fn effective_expiry(expiry: Option<Duration>) -> Duration {
+    match expiry {
+        Some(e) if e >= MIN_NODE_CERT_EXPIRY => e,
+        _ => DEFAULT_NODE_CERT_EXPIRY,
+    }
+}
+
+/// SHA-256 of `bytes`.
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// SHA-256 of `bytes` written as `sha256:<lowercase hex>`.
+pub fn digest_string(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(digest(bytes)))
+}
+
+/// SwarmKit `NormalizePEMs`: trims whitespace, re-encodes every PEM block (of any type)
+/// without headers, and stops at the first point where no further block is found.
+pub fn normalize_pems(pem: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some((block, after)) = pemutil::decode(pemutil::trim_space(rest)) {
+        out.extend_from_slice(&pemutil::encode(&block.label, &block.der));
+        rest = after;
+    }
+    out
+}
+
+/// A freshly generated root certificate and key.
+#[derive(Clone)]
+pub struct GeneratedRoot {
+    /// The self-signed certificate, PEM.
+    pub cert_pem: Vec<u8>,
+    /// The private key, PEM-encoded PKCS#8.
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for GeneratedRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratedRoot")
+            .field("cert_digest", &digest_string(&self.cert_pem))
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Generates a self-signed ECDSA P-256 root like `cfssl initca`.
+///
+/// Subject CN `cn`; NotBefore is `now` (rounded to the minute) minus [`CERT_BACKDATE`],
+/// NotAfter is NotBefore + backdate + [`ROOT_CA_VALIDITY`]; BasicConstraints CA:true,
+/// KeyUsage certSign|cRLSign, SHA-1 subject key identifier. The key is drawn from *ring*'s
+/// `SystemRandom`.
+pub fn generate_root(
+    cn: &str,
+    now: SystemTime,
+    serial: [u8; 20],
+) -> Result<GeneratedRoot, RootCaError> {
+    let internal = |e: rcgen::Error| RootCaError::Internal(e.to_string());
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(internal)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, dn_value(cn));
+    let not_before = backdated_start(now).map_err(RootCaError::Internal)?;
+    params.not_before = not_before;
+    params.not_after =
+        add(not_before, CERT_BACKDATE + ROOT_CA_VALIDITY).map_err(RootCaError::Internal)?;
+    params.serial_number = Some(serial_number(serial));
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.key_identifier_method = KeyIdMethod::PreSpecified(key_id(key.public_key_raw()));
+    let cert = params.self_signed(&key).map_err(internal)?;
+    Ok(GeneratedRoot {
+        cert_pem: cert.pem().into_bytes(),
+        key_pem: key.serialize_pem().into_bytes(),
+    })
+}
+
+/// Why a root CA could not be built.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum RootCaError {
+    /// The roots bundle holds no certificate.
+    #[error("no valid root CA certificates found")]
+    NoValidRootCertificates,
+    /// A certificate bundle did not parse.
+    #[error("{0}")]
+    MalformedCertificate(String),
+    /// A CA certificate is signed with an algorithm outside {RSA, ECDSA} × SHA-2.
+    #[error("unsupported signature algorithm")]
+    UnsupportedSignatureAlgorithm,
+    /// A root is not self-signed or not valid now.
+    #[error("error while validating Root CA Certificate: {0}")]
+    InvalidRootCertificate(String),
+    /// The intermediates do not chain to the roots.
+    #[error("invalid intermediate chain: {0}")]
+    InvalidIntermediateChain(String),
+    /// The first intermediate is not the signing certificate's subject and key.
+    #[error("invalid intermediate chain - the first intermediate must have the same subject and public key as the signing cert")]
+    IntermediateMismatch,
+    /// Only one of signing key and signing certificate was given.
+    #[error("must provide both a signing key and a signing cert, or neither")]
+    IncompleteSigner,
+    /// The signing certificate does not chain to the roots.
+    #[error("error while validating signing CA certificate against roots and intermediates: {0}")]
+    InvalidSigningCertificate(String),
+    /// The private key is not an unencrypted PKCS#1, SEC1 or PKCS#8 PEM key.
+    #[error("malformed private key: {0}")]
+    MalformedPrivateKey(String),
+    /// The key type is not usable for signing here.
+    #[error("unknown or unsupported certificate public key algorithm: {0}")]
+    UnsupportedKeyAlgorithm(String),
+    /// The private key does not belong to the signing certificate.
+    #[error("certificate key mismatch")]
+    KeyMismatch,
+    /// The signing certificate cannot be reproduced as an issuer (for example a subject with
+    /// multi-valued RDNs or repeated attribute types).
+    #[error("signing certificate cannot be used as an issuer: {0}")]
+    UnusableSigner(String),
+    /// A bug or an unexpected library failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why a node certificate could not be issued.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SignError {
+    /// This CA has no local signer (recoverable: a signer may appear later).
+    #[error("no valid signer found")]
+    NoValidSigner,
+    /// The CSR was rejected.
+    #[error("failed to sign node certificate: {0}")]
+    Csr(CsrError),
+    /// The certificate could not be built or signed.
+    #[error("failed to sign node certificate: {0}")]
+    Internal(String),
+}
+
+impl SignError {
+    /// Whether retrying later may succeed; only [`SignError::NoValidSigner`] is.
+    pub fn is_recoverable(&self) -> bool {
+        matches!(self, Self::NoValidSigner)
+    }
+}
+
+/// Why a peer certificate chain was refused.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// No certificate was presented.
+    #[error("no certificate presented")]
+    EmptyChain,
+    /// A certificate did not parse.
+    #[error("malformed certificate: {0}")]
+    Malformed(String),
+    /// The chain does not lead to one of this CA's roots.
+    #[error("certificate signed by unknown authority")]
+    UnknownIssuer,
+    /// A certificate in the chain has expired.
+    #[error("certificate has expired")]
+    Expired,
+    /// A certificate in the chain is not valid yet.
+    #[error("certificate is not yet valid")]
+    NotYetValid,
+    /// Any other path-validation failure.
+    #[error("certificate verification failed: {0}")]
+    Invalid(String),
+    /// The leaf has no (or an empty) CN.
+    #[error("no common name in certificate")]
+    MissingCommonName,
+    /// The leaf has no (or an empty) OU.
+    #[error("no organizational unit in certificate")]
+    MissingOrganizationalUnit,
+    /// The leaf has no (or an empty) O.
+    #[error("no organization in certificate")]
+    MissingOrganization,
+}
+
+/// A local signer: the signing certificate and its matching key.
+struct Signer {
+    cert_der: Vec<u8>,
+    key_pem: Vec<u8>,
+    key: CaKey,
+    /// Whether the signing certificate has a subject key identifier (Go copies it into
+    /// the AKI of issued certificates, and omits the AKI otherwise).
+    has_ski: bool,
+}
+
+/// A validated root CA: trusted roots, optional intermediates and optional local signer.
+#[derive(Clone)]
+pub struct RootCa {
+    certs_pem: Vec<u8>,
+    roots_der: Vec<Vec<u8>>,
+    digest: [u8; 32],
+    intermediates_pem: Vec<u8>,
+    signer: Option<Arc<Signer>>,
+    expiry: Duration,
+}
+
+impl fmt::Debug for RootCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootCa")
+            .field("digest", &self.digest_string())
+            .field("roots", &self.roots_der.len())
+            .field("intermediates_len", &self.intermediates_pem.len())
+            .field("can_sign", &self.can_sign())
+            .field("expiry", &self.expiry)
+            .finish()
+    }
+}
+
+impl RootCa {
+    /// SwarmKit `NewRootCA`: validates the roots (self-signed, valid at `now`, allowed
+    /// signature algorithm), the intermediates (chain to the roots), and the optional signer
+    /// (certificate chains to roots + intermediates, key matches, first intermediate has the
+    /// signer's subject and key).
+    ///
+    /// `expiry` goes through [`effective_expiry`]. Supported signing keys are ECDSA P-256 and
+    /// P-384 and RSA 2048–4096 bits; ECDSA P-521 and larger RSA keys, which *ring* cannot sign
+    /// with, are refused with [`RootCaError::UnsupportedKeyAlgorithm`].
+    pub fn new(
+        roots_pem: &[u8],
+        sign_cert_pem: &[u8],
+        sign_key_pem: &[u8],
+        expiry: Duration,
+        intermediates_pem: &[u8],
+        now: SystemTime,
+    ) -> Result<RootCa, RootCaError> {
+        let now_secs = unix_secs(now);
+        let roots_der =
+            chain::parse_certs_pem(roots_pem).map_err(RootCaError::MalformedCertificate)?;
+        if roots_der.is_empty() {
+            return Err(RootCaError::NoValidRootCertificates);
+        }
+        let roots = parse_all(&roots_der)?;
+        for root in &roots {
+            if !chain::signature_alg_allowed(root) {
+                return Err(RootCaError::UnsupportedSignatureAlgorithm);
+            }
+            chain::check_validity(root, now_secs).map_err(RootCaError::InvalidRootCertificate)?;
+            match root.verify_signature(Some(root.public_key())) {
+                Ok(()) if root.issuer().as_raw() == root.subject().as_raw() => {}
+                Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {
+                    return Err(RootCaError::InvalidRootCertificate(format!(
+                        "the signature of certificate (CN {:?}) cannot be verified: \
+                         ECDSA with SHA-512 and curve P-521 are not supported",
+                        chain::cn_of(root)
+                    )))
+                }
+                _ => {
+                    return Err(RootCaError::InvalidRootCertificate(format!(
+                        "certificate (CN {:?}) is not self-signed",
+                        chain::cn_of(root)
+                    )))
+                }
+            }
+        }
+
+        let intermediates_der = if pemutil::trim_space(intermediates_pem).is_empty() {
+            Vec::new()
+        } else {
+            let der = chain::parse_certs_pem(intermediates_pem)
+                .map_err(RootCaError::InvalidIntermediateChain)?;
+            let parsed = parse_all(&der)?;
+            chain::validate_chain(&roots, &parsed, now_secs)
+                .map_err(RootCaError::InvalidIntermediateChain)?;
+            der
+        };
+        let intermediates = parse_all(&intermediates_der)?;
+
+        let signer = if sign_cert_pem.is_empty() && sign_key_pem.is_empty() {
+            None
+        } else {
+            if sign_cert_pem.is_empty() || sign_key_pem.is_empty() {
+                return Err(RootCaError::IncompleteSigner);
+            }
+            let cert_der = chain::parse_certs_pem(sign_cert_pem)
+                .map_err(RootCaError::MalformedCertificate)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    RootCaError::MalformedCertificate("no signing certificate found".into())
+                })?;
+            let cert = chain::parse_cert(&cert_der).map_err(RootCaError::MalformedCertificate)?;
+            if !chain::signature_alg_allowed(&cert) {
+                return Err(RootCaError::UnsupportedSignatureAlgorithm);
+            }
+            if !chain::chains_to_roots(&cert, &intermediates, &roots, now_secs, 0) {
+                return Err(RootCaError::InvalidSigningCertificate(
+                    "certificate signed by unknown authority or not valid now".into(),
+                ));
+            }
+            let key = CaKey::new(sign_key_pem, &cert)?;
+            if let Some(first) = intermediates.first() {
+                if first.subject().as_raw() != cert.subject().as_raw()
+                    || first.public_key().raw != cert.public_key().raw
+                {
+                    return Err(RootCaError::IntermediateMismatch);
+                }
+            }
+            let has_ski = cert.iter_extensions().any(|e| {
+                matches!(
+                    e.parsed_extension(),
+                    x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(_)
+                )
+            });
+            let signer = Signer {
+                cert_der: cert_der.clone(),
+                key_pem: sign_key_pem.to_vec(),
+                key,
+                has_ski,
+            };
+            check_signer(&signer)?;
+            Some(Arc::new(signer))
+        };
+
+        Ok(RootCa {
+            certs_pem: roots_pem.to_vec(),
+            roots_der,
+            digest: digest(roots_pem),
+            intermediates_pem: intermediates_pem.to_vec(),
+            signer,
+            expiry: effective_expiry(Some(expiry)),
+        })
+    }
+
+    /// SwarmKit `RootCAFromAPI`.
+    ///
+    /// Without a rotation the signer is `ca_cert` + `ca_key`. During a rotation the roots
+    /// stay `ca_cert`, the signer is the cross-signed new root + the new key, and the
+    /// cross-signed certificate is the intermediate. An empty key gives a verify-only CA.
+    pub fn from_api(
+        api: &swarmca_types::RootCa,
+        expiry: Duration,
+        now: SystemTime,
+    ) -> Result<RootCa, RootCaError> {
+        let (mut sign_cert, key, intermediates): (&[u8], &[u8], &[u8]) = match &api.root_rotation {
+            Some(r) => (&r.cross_signed_ca_cert, &r.ca_key, &r.cross_signed_ca_cert),
+            None => (&api.ca_cert, &api.ca_key, &[]),
+        };
+        if key.is_empty() {
+            sign_cert = &[];
+        }
+        RootCa::new(&api.ca_cert, sign_cert, key, expiry, intermediates, now)
+    }
+
+    /// The roots PEM bundle, exactly as given.
+    pub fn certs_pem(&self) -> &[u8] {
+        &self.certs_pem
+    }
+
+    /// SHA-256 of [`Self::certs_pem`].
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// `sha256:<hex>` of [`Self::certs_pem`].
+    pub fn digest_string(&self) -> String {
+        format!("sha256:{}", hex::encode(self.digest))
+    }
+
+    /// The intermediates PEM, exactly as given; appended to every issued certificate.
+    pub fn intermediates_pem(&self) -> &[u8] {
+        &self.intermediates_pem
+    }
+
+    /// Whether this CA holds a local signing key.
+    pub fn can_sign(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// The signing key PEM, exactly as given, if any.
+    pub fn signer_key_pem(&self) -> Option<&[u8]> {
+        self.signer.as_ref().map(|s| s.key_pem.as_slice())
+    }
+
+    /// The DER of the signing certificate, if any.
+    pub fn signer_cert_der(&self) -> Option<&[u8]> {
+        self.signer.as_ref().map(|s| s.cert_der.as_slice())
+    }
+
+    /// The DER of every root certificate.
+    pub fn roots_der(&self) -> &[Vec<u8>] {
+        &self.roots_der
+    }
+
+    /// The node certificate validity used when signing (already through
+    /// [`effective_expiry`]).
+    pub fn expiry(&self) -> Duration {
+        self.expiry
+    }
+
+    /// SwarmKit `ParseValidateAndSignCSR`.
+    ///
+    /// Only the CSR's public key is used. The certificate gets subject O=`org`,
+    /// OU=`role.ou()`, CN=`cn` (in that order), DNS SANs `[role OU, cn]` plus `swarm-ca` for
+    /// managers, NotBefore = `now` rounded to the nearest minute minus [`CERT_BACKDATE`],
+    /// NotAfter = NotBefore + expiry + backdate, the serial from `serial` with the top bit
+    /// cleared, critical KeyUsage digitalSignature|keyEncipherment, EKU serverAuth+clientAuth,
+    /// critical BasicConstraints CA:false, SHA-1 SKI and (when the signer has an SKI) AKI.
+    ///
+    /// Returns the leaf PEM followed by the raw intermediates. Without a signer this fails with
+    /// [`SignError::NoValidSigner`] before the CSR is looked at, as in SwarmKit.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &[u8],
+        cn: &str,
+        role: Role,
+        org: &str,
+        now: SystemTime,
+        serial: [u8; 20],
+    ) -> Result<Vec<u8>, SignError> {
+        let signer = self.signer.as_ref().ok_or(SignError::NoValidSigner)?;
+        let csr = csr::parse_csr_pem(csr_pem).map_err(SignError::Csr)?;
+        let mut hosts = vec![role.ou(), cn];
+        if role == Role::Manager {
+            hosts.push(CA_ROLE);
+        }
+        let not_before = backdated_start(now).map_err(SignError::Internal)?;
+        let not_after =
+            add(not_before, self.expiry + CERT_BACKDATE).map_err(SignError::Internal)?;
+        let der = issue(
+            signer,
+            csr.public_key_der(),
+            org,
+            role.ou(),
+            cn,
+            &hosts,
+            not_before,
+            not_after,
+            serial,
+        )
+        .map_err(SignError::Internal)?;
+        // The issued key must be exactly the CSR's key.
+        let cert = chain::parse_cert(&der).map_err(SignError::Internal)?;
+        if cert.public_key().raw != csr.public_key_der() {
+            return Err(SignError::Internal(
+                "issued public key differs from the CSR's".into(),
+            ));
+        }
+        let mut out = pemutil::encode("CERTIFICATE", &der);
+        out.extend_from_slice(&self.intermediates_pem);
+        Ok(out)
+    }
+
+    /// Verifies a peer's chain (leaf first, then intermediates) against the roots at `now`
+    /// for client authentication, with rustls-webpki, and returns the leaf's identity
+    /// (CN, every OU, first O; each must be present and non-empty).
+    pub fn verify_peer(
+        &self,
+        chain_der: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<PeerIdentity, VerifyError> {
+        let (leaf_der, rest) = chain_der.split_first().ok_or(VerifyError::EmptyChain)?;
+        let leaf_ref = CertificateDer::from(leaf_der.as_slice());
+        let ee = webpki::EndEntityCert::try_from(&leaf_ref)
+            .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
+        let root_refs: Vec<CertificateDer<'_>> = self
+            .roots_der
+            .iter()
+            .map(|d| CertificateDer::from(d.as_slice()))
+            .collect();
+        let anchors = root_refs
+            .iter()
+            .map(webpki::anchor_from_trusted_cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| VerifyError::Invalid(format!("unusable root: {e:?}")))?;
+        let intermediates: Vec<CertificateDer<'_>> = rest
+            .iter()
+            .map(|d| CertificateDer::from(d.as_slice()))
+            .collect();
+        let since_epoch = now
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| VerifyError::NotYetValid)?;
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            UnixTime::since_unix_epoch(since_epoch),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| match e {
+            webpki::Error::CertExpired { .. } => VerifyError::Expired,
+            webpki::Error::CertNotValidYet { .. } => VerifyError::NotYetValid,
+            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+                VerifyError::UnknownIssuer
+            }
+            other => VerifyError::Invalid(format!("{other:?}")),
+        })?;
+        identity_of(leaf_der)
+    }
+}
+
+/// Parses a PEM certificate and returns (raw subject DER, SubjectPublicKeyInfo DER) of the
+/// first certificate.
+pub fn issuer_info_of_cert_pem(pem: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RootCaError> {
+    let ders = chain::parse_certs_pem(pem).map_err(RootCaError::MalformedCertificate)?;
+    let der = ders
+        .first()
+        .ok_or_else(|| RootCaError::MalformedCertificate("no certificate found".into()))?;
+    let cert = chain::parse_cert(der).map_err(RootCaError::MalformedCertificate)?;
+    Ok((
+        cert.subject().as_raw().to_vec(),
+        cert.public_key().raw.to_vec(),
+    ))
+}
+
+/// Reads CN, OUs and O from a leaf certificate.
+fn identity_of(leaf_der: &[u8]) -> Result<PeerIdentity, VerifyError> {
+    let cert = chain::parse_cert(leaf_der).map_err(VerifyError::Malformed)?;
+    let subject = cert.subject();
+    let as_str = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| {
+        a.as_str()
+            .map(str::to_string)
+            .map_err(|e| VerifyError::Malformed(e.to_string()))
+    };
+    let node_id = match subject.iter_common_name().next() {
+        Some(a) => as_str(a)?,
+        None => String::new(),
+    };
+    if node_id.is_empty() {
+        return Err(VerifyError::MissingCommonName);
+    }
+    let roles = subject
+        .iter_organizational_unit()
+        .map(as_str)
+        .collect::<Result<Vec<_>, _>>()?;
+    if roles.first().is_none_or(|r| r.is_empty()) {
+        return Err(VerifyError::MissingOrganizationalUnit);
+    }
+    let org = match subject.iter_organization().next() {
+        Some(a) => as_str(a)?,
+        None => String::new(),
+    };
+    if org.is_empty() {
+        return Err(VerifyError::MissingOrganization);
+    }
+    Ok(PeerIdentity {
+        node_id,
+        roles,
+        org,
+    })
+}
+
+fn parse_all(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, RootCaError> {
+    ders.iter()
+        .map(|d| chain::parse_cert(d).map_err(RootCaError::MalformedCertificate))
+        .collect()
+}
+
+/// Builds and signs a leaf certificate for `spki_der`; returns its DER.
+#[allow(clippy::too_many_arguments)]
+fn issue(
+    signer: &Signer,
+    spki_der: &[u8],
+    org: &str,
+    ou: &str,
+    cn: &str,
+    hosts: &[&str],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    serial: [u8; 20],
+) -> Result<Vec<u8>, String> {
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| e.to_string())?;
+    let issuer = issuer_of(signer)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    for (ty, value) in [
+        (DnType::OrganizationName, org),
+        (DnType::OrganizationalUnitName, ou),
+        (DnType::CommonName, cn),
+    ] {
+        if !value.is_empty() {
+            params.distinguished_name.push(ty, dn_value(value));
+        }
+    }
+    params.subject_alt_names = hosts
+        .iter()
+        .filter(|h| !h.is_empty())
+        .map(|h| match h.parse::<IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => rcgen::string::Ia5String::try_from(*h)
+                .map(SanType::DnsName)
+                .map_err(|e| format!("invalid DNS name {h:?}: {e}")),
+        })
+        .collect::<Result<_, _>>()?;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(serial_number(serial));
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_identifier_method =
+        KeyIdMethod::PreSpecified(key_id(rcgen::PublicKeyData::der_bytes(&public_key)));
+    params.use_authority_key_identifier_extension = signer.has_ski;
+    let cert = params
+        .signed_by(&public_key, &issuer)
+        .map_err(|e| e.to_string())?;
+    Ok(cert.der().to_vec())
+}
+
+/// rcgen's issuer for the signing certificate. Refuses subjects rcgen would mangle or
+/// panic on (empty or multi-valued RDNs).
+fn issuer_of(signer: &Signer) -> Result<Issuer<'static, KeyRef<'_>>, String> {
+    let cert = chain::parse_cert(&signer.cert_der)?;
+    if cert.subject().iter().any(|rdn| rdn.iter().count() != 1) {
+        return Err("subject has empty or multi-valued RDNs".into());
+    }
+    let der = CertificateDer::from(signer.cert_der.as_slice());
+    Issuer::from_ca_cert_der(&der, KeyRef(&signer.key)).map_err(|e| e.to_string())
+}
+
+/// Issues a throwaway certificate to prove that the signer works and that rcgen reproduces
+/// the signing certificate's subject byte for byte (chain building compares raw names).
+fn check_signer(signer: &Signer) -> Result<(), RootCaError> {
+    let cert = chain::parse_cert(&signer.cert_der).map_err(RootCaError::MalformedCertificate)?;
+    let spki = cert.public_key().raw;
+    let not_before = OffsetDateTime::UNIX_EPOCH;
+    let der = issue(
+        signer,
+        spki,
+        "check",
+        "check",
+        "check",
+        &[],
+        not_before,
+        not_before,
+        [1; 20],
+    )
+    .map_err(RootCaError::UnusableSigner)?;
+    let leaf = chain::parse_cert(&der).map_err(RootCaError::Internal)?;
+    if leaf.issuer().as_raw() != cert.subject().as_raw() {
+        return Err(RootCaError::UnusableSigner(
+            "issuer name cannot be reproduced byte for byte (repeated attribute types?)".into(),
+        ));
+    }
+    if leaf.verify_signature(Some(cert.public_key())).is_err() {
+        return Err(RootCaError::UnusableSigner(
+            "test signature does not verify".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// PrintableString when possible (as Go does), UTF8String otherwise.
+fn dn_value(s: &str) -> DnValue {
+    match rcgen::string::PrintableString::try_from(s) {
+        Ok(p) => DnValue::PrintableString(p),
+        Err(_) => DnValue::Utf8String(s.to_string()),
+    }
+}
+
+/// 20 bytes with the top bit cleared (a positive integer); all-zero becomes 1.
+fn serial_number(mut serial: [u8; 20]) -> SerialNumber {
+    serial[0] &= 0x7f;
+    if serial.iter().all(|&b| b == 0) {
+        serial[19] = 1;
+    }
+    SerialNumber::from_slice(&serial)
+}
+
+/// SHA-1 of the subjectPublicKey bits (RFC 5280 method 1, as Go uses).
+fn key_id(public_key_bits: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, public_key_bits)
+        .as_ref()
+        .to_vec()
+}
+
+/// Whole seconds since the Unix epoch (negative before it).
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> i128 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i128::try_from(d.as_nanos()).unwrap_or(i128::MAX),
+        Err(e) => i128::try_from(e.duration().as_nanos()).map_or(i128::MIN, |n| -n),
+    }
+}
+
+const NANOS_PER_MINUTE: i128 = 60_000_000_000;
+
+/// `now` rounded to the nearest minute (halves away from zero, like Go's `Round`), minus
+/// [`CERT_BACKDATE`].
+fn backdated_start(now: SystemTime) -> Result<OffsetDateTime, String> {
+    let n = unix_nanos(now);
+    let half = NANOS_PER_MINUTE / 2;
+    let rounded = if n >= 0 {
+        (n + half).div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE
+    } else {
+        -((-n + half).div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE)
+    };
+    let backdate = i128::try_from(CERT_BACKDATE.as_nanos()).map_err(|e| e.to_string())?;
+    OffsetDateTime::from_unix_timestamp_nanos(rounded - backdate).map_err(|e| e.to_string())
+}
+
+fn add(t: OffsetDateTime, d: Duration) -> Result<OffsetDateTime, String> {
+    let d = time::Duration::try_from(d).map_err(|e| e.to_string())?;
+    t.checked_add(d)
+        .ok_or_else(|| "time out of range".to_string())
+}
+
+#[cfg(test)]
+mod tests;

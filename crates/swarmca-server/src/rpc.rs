@@ -1,0 +1,298 @@
+//! The `CA` and `NodeCA` gRPC services (spec §3.4, §3.5, §3.9, §3.10).
+
+use std::time::Duration;
+
+use swarmca_core::csr::MAX_CSR_SIZE;
+use swarmca_core::id::new_id;
+use swarmca_core::identity::PeerIdentity;
+use swarmca_core::policy::is_final_state;
+use swarmca_core::role::{Role, MANAGER_OU, WORKER_OU};
+use swarmca_core::token::token_matches;
+use swarmca_proto::ca_server::Ca;
+use swarmca_proto::node_ca_server::NodeCa;
+use swarmca_store::{Event, Node, Op, StoreError, WatchFilter};
+use swarmca_types::issuance_status::State;
+use swarmca_types::node_spec::Membership;
+use swarmca_types::{
+    Certificate, GetRootCaCertificateRequest, GetRootCaCertificateResponse, GetUnlockKeyRequest,
+    GetUnlockKeyResponse, IssuanceStatus, IssueNodeCertificateRequest,
+    IssueNodeCertificateResponse, NodeCertificateStatusRequest, NodeCertificateStatusResponse,
+    NodeSpec, Version,
+};
+use tonic::{Request, Response, Status};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::error::ServerError;
+use crate::peer::{authorize_forwarded_role_and_org, forwarded_info, CallInfo};
+use crate::server::CaServer;
+
+/// Node-ID collisions are retried this many times (4 attempts in all), as in the original.
+const NODE_ID_ATTEMPTS: usize = 4;
+/// Read-modify-write retries of a renewal that keeps meeting concurrent writers.
+const RENEW_ATTEMPTS: usize = 16;
+/// The subsystem name of the manager unlock key.
+const MANAGER_UNLOCK_SUBSYSTEM: &str = "swarm-manager";
+
+impl CaServer {
+    /// Verifies the caller's certificate chain against the current roots.
+    fn direct_identity(&self, call: &CallInfo<'_>) -> Result<PeerIdentity, String> {
+        let chain = self.inner.deps.peers.chain(call).ok_or_else(String::new)?;
+        let root = self.root_ca().ok_or_else(|| ": no root CA loaded".to_string())?;
+        root.verify_peer(&chain, self.inner.deps.clock.now()).map_err(|e| format!(": {e}"))
+    }
+
+    /// The renewal identity of the caller, if it is an authorized node of this cluster.
+    async fn renewal_identity(&self, call: &CallInfo<'_>) -> Result<Option<String>, ServerError> {
+        let blacklist = self.blacklist().await?;
+        let direct = self.direct_identity(call);
+        let fwd = forwarded_info(call.metadata);
+        let org = self.cluster_id();
+        for role in [WORKER_OU, MANAGER_OU] {
+            let r = authorize_forwarded_role_and_org(
+                direct.as_ref().map_err(String::as_str),
+                fwd.as_ref(),
+                &[role],
+                &[MANAGER_OU],
+                org,
+                &blacklist,
+            );
+            match r {
+                Ok(id) => return Ok(Some(id)),
+                Err(e) => debug!(role, reason = %e, "not a renewal"),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn issue(&self, call: &CallInfo<'_>, req: IssueNodeCertificateRequest) -> Result<IssueNodeCertificateResponse, ServerError> {
+        if req.csr.is_empty() {
+            return Err(ServerError::EmptyField);
+        }
+        if req.csr.len() > MAX_CSR_SIZE {
+            return Err(ServerError::CsrTooLarge(req.csr.len()));
+        }
+        self.ready_tokens()?;
+        if let Some(node_id) = self.renewal_identity(call).await? {
+            return self.renew(&node_id, req.csr).await;
+        }
+        // Re-read the tokens under the lock: a stop since the first check gives Aborted.
+        let tokens = self.ready_tokens()?;
+        let role = if token_matches(&tokens.manager, &req.token) {
+            Role::Manager
+        } else if token_matches(&tokens.worker, &req.token) {
+            Role::Worker
+        } else {
+            warn!("join refused: no valid join token");
+            return Err(ServerError::InvalidJoinToken);
+        };
+        let cluster = self.cluster().await?;
+        let store = &self.inner.deps.store;
+        for attempt in 0..NODE_ID_ATTEMPTS {
+            let id = crate::env::with_entropy(&self.inner.deps.entropy, new_id)?;
+            let node = Node {
+                id: id.clone(),
+                role: role.to_proto(),
+                certificate: Some(Certificate {
+                    role: role.to_proto(),
+                    csr: req.csr.clone(),
+                    status: Some(IssuanceStatus { state: State::Pending as i32, err: String::new() }),
+                    certificate: Vec::new(),
+                    cn: id.clone(),
+                }),
+                spec: Some(NodeSpec {
+                    annotations: None,
+                    desired_role: role.to_proto(),
+                    membership: Membership::Accepted as i32,
+                    availability: req.availability,
+                }),
+                vxlanudp_port: cluster.vxlanudp_port,
+                ..Default::default()
+            };
+            match store.commit(vec![Op::CreateNode(node)]).await {
+                Ok(_) => {
+                    info!(node = %id, role = role.ou(), "node joined; certificate pending");
+                    return Ok(IssueNodeCertificateResponse {
+                        node_id: id,
+                        node_membership: Membership::Accepted as i32,
+                    });
+                }
+                Err(StoreError::Exists) if attempt + 1 < NODE_ID_ATTEMPTS => {
+                    warn!(node = %id, "node ID collision; drawing another");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Exists.into())
+    }
+
+    /// `issueRenewCertificate`: replace the node's certificate request, role from `node.role`.
+    async fn renew(&self, node_id: &str, csr: Vec<u8>) -> Result<IssueNodeCertificateResponse, ServerError> {
+        let store = &self.inner.deps.store;
+        for _ in 0..RENEW_ATTEMPTS {
+            let Some(mut node) = store.get_node(node_id).await? else {
+                return Err(ServerError::RenewNodeNotFound(node_id.to_string()));
+            };
+            node.certificate = Some(Certificate {
+                role: node.role,
+                csr: csr.clone(),
+                status: Some(IssuanceStatus { state: State::Renew as i32, err: String::new() }),
+                certificate: Vec::new(),
+                cn: node.id.clone(),
+            });
+            let membership = node.spec.as_ref().map_or(0, |s| s.membership);
+            match store.commit(vec![Op::UpdateNode(node)]).await {
+                Ok(_) => {
+                    info!(node = %node_id, "certificate renewal requested");
+                    return Ok(IssueNodeCertificateResponse { node_id: node_id.to_string(), node_membership: membership });
+                }
+                Err(StoreError::SequenceConflict) => continue,
+                Err(StoreError::NotExist) => {
+                    return Err(ServerError::RenewNodeNotFound(node_id.to_string()))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServerError::Contention(format!("renewal of node {node_id} kept conflicting")))
+    }
+
+    async fn status(&self, node_id: String, deadline: Option<Duration>) -> Result<NodeCertificateStatusResponse, ServerError> {
+        if node_id.is_empty() {
+            return Err(ServerError::EmptyField);
+        }
+        let mut cancel = self.running_cancel()?;
+        let (snap, mut watch) =
+            self.inner.deps.store.view_and_watch(WatchFilter::Node(node_id.clone())).await?;
+        let node = snap.nodes.into_iter().find(|n| n.id == node_id).ok_or(ServerError::NodeNotFound)?;
+        if let Some(resp) = final_response(&node) {
+            return Ok(resp);
+        }
+        let wait = async {
+            loop {
+                tokio::select! {
+                    r = cancel.changed() => {
+                        if r.is_err() || *cancel.borrow() {
+                            return Err(ServerError::Cancelled);
+                        }
+                    }
+                    ev = watch.next() => match ev {
+                        None => return Err(ServerError::WatchClosed),
+                        Some(Event::UpdateNode(n)) | Some(Event::CreateNode(n)) => {
+                            if let Some(resp) = final_response(&n) {
+                                return Ok(resp);
+                            }
+                        }
+                        Some(Event::DeleteNode(_)) => return Err(ServerError::NodeNotFound),
+                        Some(_) => {}
+                    },
+                }
+            }
+        };
+        match deadline {
+            Some(d) => tokio::time::timeout(d, wait).await.map_err(|_| ServerError::DeadlineExceeded)?,
+            None => wait.await,
+        }
+    }
+
+    async fn unlock_key(&self, call: &CallInfo<'_>) -> Result<GetUnlockKeyResponse, ServerError> {
+        let cluster = self.cluster().await?;
+        let direct = self.direct_identity(call);
+        authorize_forwarded_role_and_org(
+            direct.as_ref().map_err(String::as_str),
+            forwarded_info(call.metadata).as_ref(),
+            &[MANAGER_OU],
+            &[MANAGER_OU],
+            self.cluster_id(),
+            &cluster.blacklisted_certificates,
+        )
+        .map_err(|e| ServerError::PermissionDenied(e.to_string()))?;
+        let version = Version { index: swarmca_store::version_of(cluster.meta.as_ref()) };
+        let autolock = cluster
+            .spec
+            .as_ref()
+            .and_then(|s| s.encryption_config.as_ref())
+            .is_some_and(|e| e.auto_lock_managers);
+        let unlock_key = if autolock {
+            cluster
+                .unlock_keys
+                .iter()
+                .find(|k| k.subsystem == MANAGER_UNLOCK_SUBSYSTEM)
+                .map(|k| k.key.clone())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Ok(GetUnlockKeyResponse { unlock_key, version: Some(version) })
+    }
+}
+
+/// The status response for a node in a final state.
+fn final_response(node: &Node) -> Option<NodeCertificateStatusResponse> {
+    let cert = node.certificate.as_ref()?;
+    let status = cert.status.clone().unwrap_or_default();
+    is_final_state(status.state).then(|| NodeCertificateStatusResponse {
+        status: Some(status),
+        certificate: Some(cert.clone()),
+    })
+}
+
+/// Parses the `grpc-timeout` header (e.g. `5S`, `250m`).
+pub(crate) fn grpc_timeout(md: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl Ca for CaServer {
+    async fn get_root_ca_certificate(
+        &self,
+        _request: Request<GetRootCaCertificateRequest>,
+    ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
+        let root = self.root_ca().ok_or(ServerError::NoRoot)?;
+        Ok(Response::new(GetRootCaCertificateResponse { certificate: root.certs_pem().to_vec() }))
+    }
+
+    async fn get_unlock_key(
+        &self,
+        request: Request<GetUnlockKeyRequest>,
+    ) -> Result<Response<GetUnlockKeyResponse>, Status> {
+        let call = CallInfo::of(&request);
+        let span = info_span!("rpc", method = "GetUnlockKey");
+        Ok(Response::new(self.unlock_key(&call).instrument(span).await?))
+    }
+}
+
+#[tonic::async_trait]
+impl NodeCa for CaServer {
+    async fn issue_node_certificate(
+        &self,
+        request: Request<IssueNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let call = CallInfo::of(&request);
+        let span = info_span!("rpc", method = "IssueNodeCertificate");
+        let resp = self.issue(&call, request.get_ref().clone()).instrument(span).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn node_certificate_status(
+        &self,
+        request: Request<NodeCertificateStatusRequest>,
+    ) -> Result<Response<NodeCertificateStatusResponse>, Status> {
+        let deadline = grpc_timeout(request.metadata());
+        let node_id = request.into_inner().node_id;
+        let span = info_span!("rpc", method = "NodeCertificateStatus", node = %node_id);
+        Ok(Response::new(self.status(node_id, deadline).instrument(span).await?))
+    }
+}

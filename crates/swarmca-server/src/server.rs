@@ -1,0 +1,383 @@
+//! The CA server object: lifecycle (`run`/`stop`/`ready`), the signer refresh (`update_root_ca`),
+//! and the state the RPC handlers and the signing loop share.
+//!
+//! Lifecycle is a small state machine under one mutex: `Stopped → Running → Stopping →
+//! Stopped`. `run` owns the signing loop until `stop` (or the drop of the `run` future) ends it;
+//! a guard restores `Stopped` on every exit path, so a second `run` after a cancelled one is
+//! fine (the original panicked on a closed channel).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+use swarmca_core::rootca::{effective_expiry, RootCa};
+use swarmca_store::{Store, StoreError, WatchFilter};
+use swarmca_types::{BlacklistedCertificate, Cluster, JoinTokens};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::env::{Clock, SharedEntropy};
+use crate::error::ServerError;
+use crate::peer::PeerCertificates;
+use crate::signing;
+
+/// Default interval of the retry ticker for recoverable signing errors.
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Tunables of a [`CaServer`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The cluster this server signs for; the O of every issued certificate.
+    pub cluster_id: String,
+    /// How often recoverable signing failures are retried.
+    pub retry_interval: Duration,
+    /// How many CSRs may be signed at once.
+    pub max_parallel_signing: usize,
+}
+
+impl ServerConfig {
+    /// Defaults for `cluster_id`.
+    pub fn new(cluster_id: impl Into<String>) -> ServerConfig {
+        ServerConfig {
+            cluster_id: cluster_id.into(),
+            retry_interval: DEFAULT_RETRY_INTERVAL,
+            max_parallel_signing: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+        }
+    }
+}
+
+/// What the server is given by its embedder.
+#[derive(Clone)]
+pub struct ServerDeps {
+    /// The object store.
+    pub store: Arc<dyn Store>,
+    /// Wall-clock source.
+    pub clock: Arc<dyn Clock>,
+    /// Entropy for node IDs and serial numbers.
+    pub entropy: SharedEntropy,
+    /// Where caller certificates come from.
+    pub peers: Arc<dyn PeerCertificates>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Stopped,
+    Running { cancel: watch::Sender<bool>, generation: u64 },
+    Stopping,
+}
+
+#[derive(Debug)]
+struct Lifecycle {
+    phase: Phase,
+    /// `None` means "not ready".
+    join_tokens: Option<JoinTokens>,
+    generation: u64,
+}
+
+/// The signer as last built from the cluster's RootCA object.
+#[derive(Default)]
+pub(crate) struct SignerState {
+    pub(crate) root: Option<Arc<RootCa>>,
+    last_seen_root: Option<swarmca_types::RootCa>,
+    last_seen_expiry: Option<Duration>,
+    last_error: Option<String>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) cfg: ServerConfig,
+    pub(crate) deps: ServerDeps,
+    life: Mutex<Lifecycle>,
+    /// Signals `Stopped` after `run` has fully returned.
+    stopped_tx: watch::Sender<u64>,
+    ready_tx: watch::Sender<bool>,
+    pub(crate) signer: RwLock<SignerState>,
+    /// Size of the signing loop's pending set (nodes being signed or waiting for a retry).
+    pub(crate) pending_len: std::sync::atomic::AtomicUsize,
+}
+
+/// The SwarmKit CA server. Cheap to clone; clones share one server.
+#[derive(Clone)]
+pub struct CaServer {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CaServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaServer").field("cluster_id", &self.inner.cfg.cluster_id).finish()
+    }
+}
+
+/// A handle a waiting RPC keeps on the run it started under; it fires when that run stops.
+pub(crate) type RunCancel = watch::Receiver<bool>;
+
+impl CaServer {
+    /// A stopped server. `initial_root` is what `GetRootCACertificate` serves before the first
+    /// `run` (the manager's own trust root), if known.
+    pub fn new(cfg: ServerConfig, deps: ServerDeps, initial_root: Option<RootCa>) -> CaServer {
+        let signer = SignerState { root: initial_root.map(Arc::new), ..Default::default() };
+        CaServer {
+            inner: Arc::new(Inner {
+                cfg,
+                deps,
+                life: Mutex::new(Lifecycle { phase: Phase::Stopped, join_tokens: None, generation: 0 }),
+                stopped_tx: watch::channel(0).0,
+                ready_tx: watch::channel(false).0,
+                signer: RwLock::new(signer),
+                pending_len: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The cluster this server signs for.
+    pub fn cluster_id(&self) -> &str {
+        &self.inner.cfg.cluster_id
+    }
+
+    fn life(&self) -> MutexGuard<'_, Lifecycle> {
+        self.inner.lock_life()
+    }
+
+    /// Runs the CA until [`CaServer::stop`] is called or the returned future is dropped: loads
+    /// the cluster's root CA and join tokens, signs what a previous leader left pending, then
+    /// follows store events. Fails at once if already running.
+    pub async fn run(&self) -> Result<(), ServerError> {
+        let (cancel_rx, generation) = {
+            let mut life = self.life();
+            if !matches!(life.phase, Phase::Stopped) {
+                return Err(ServerError::AlreadyRunning);
+            }
+            life.generation += 1;
+            let (tx, rx) = watch::channel(false);
+            life.phase = Phase::Running { cancel: tx, generation: life.generation };
+            (rx, life.generation)
+        };
+        let _guard = RunGuard { server: self.clone(), generation };
+        info!(cluster = %self.inner.cfg.cluster_id, "CA server starting");
+        let r = signing::run_loop(self.clone(), cancel_rx).await;
+        if let Err(e) = &r {
+            error!(error = %e, "CA server run loop ended with an error");
+        }
+        r
+    }
+
+    /// Stops a running server and waits until its loop has returned.
+    pub async fn stop(&self) -> Result<(), ServerError> {
+        let mut stopped = self.inner.stopped_tx.subscribe();
+        let generation = {
+            let mut life = self.life();
+            let generation = match &life.phase {
+                Phase::Running { cancel, generation } => {
+                    let _ = cancel.send(true);
+                    *generation
+                }
+                Phase::Stopped | Phase::Stopping => return Err(ServerError::AlreadyStopped),
+            };
+            life.phase = Phase::Stopping;
+            life.join_tokens = None;
+            self.inner.ready_tx.send_replace(false);
+            generation
+        };
+        // The guard publishes the generation once `run` has returned.
+        let _ = stopped.wait_for(|g| *g >= generation).await;
+        info!("CA server stopped");
+        Ok(())
+    }
+
+    /// Waits until the server is running and has loaded its join tokens.
+    pub async fn ready(&self) {
+        let mut rx = self.inner.ready_tx.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Whether a run is active (not stopping or stopped).
+    pub fn is_running(&self) -> bool {
+        matches!(self.life().phase, Phase::Running { .. })
+    }
+
+    /// The last error met while loading the cluster's RootCA object, if the current signer is
+    /// stale because of it.
+    pub fn root_ca_error(&self) -> Option<String> {
+        self.inner.read_signer().last_error.clone()
+    }
+
+    /// How many nodes the signing loop is signing or holding for a retry.
+    pub fn pending_count(&self) -> usize {
+        self.inner.pending_len.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The root CA currently used for signing and for verifying peers.
+    pub fn root_ca(&self) -> Option<Arc<RootCa>> {
+        self.inner.read_signer().root.clone()
+    }
+
+    pub(crate) fn mark_ready(&self, generation_cancel: &RunCancel) {
+        let life = self.life();
+        if matches!(life.phase, Phase::Running { .. }) && !*generation_cancel.borrow() && life.join_tokens.is_some() {
+            self.inner.ready_tx.send_replace(true);
+        }
+    }
+
+    /// The cancel handle of the current run, or `Stopped`.
+    pub(crate) fn running_cancel(&self) -> Result<RunCancel, ServerError> {
+        match &self.life().phase {
+            Phase::Running { cancel, .. } => Ok(cancel.subscribe()),
+            _ => Err(ServerError::Stopped),
+        }
+    }
+
+    /// Join tokens, if ready; `Aborted` errors otherwise (re-checked under the lock each time,
+    /// so a concurrent stop gives `Aborted`, never a crash).
+    pub(crate) fn ready_tokens(&self) -> Result<JoinTokens, ServerError> {
+        let life = self.life();
+        match (&life.phase, &life.join_tokens) {
+            (Phase::Running { .. }, Some(t)) => Ok(t.clone()),
+            (Phase::Running { .. }, None) => Err(ServerError::Starting),
+            _ => Err(ServerError::Stopped),
+        }
+    }
+
+    /// The blacklist of the served cluster, read fresh; an unreadable cluster gives an error.
+    pub(crate) async fn blacklist(
+        &self,
+    ) -> Result<BTreeMap<String, BlacklistedCertificate>, ServerError> {
+        let c = self.cluster().await?;
+        Ok(c.blacklisted_certificates)
+    }
+
+    pub(crate) async fn cluster(&self) -> Result<Cluster, ServerError> {
+        let id = &self.inner.cfg.cluster_id;
+        self.inner
+            .deps
+            .store
+            .get_cluster(id)
+            .await?
+            .ok_or_else(|| ServerError::ClusterNotFound(id.clone()))
+    }
+
+    /// SwarmKit's `UpdateRootCA`: takes the join tokens from `cluster` and, when the RootCA
+    /// object or the certificate expiry changed, rebuilds the signer. A bad RootCA leaves the
+    /// previous signer in place; the failure is logged, kept for [`CaServer::root_ca_error`],
+    /// and returned.
+    pub fn update_root_ca(&self, cluster: &Cluster) -> Result<(), ServerError> {
+        let api = cluster.root_ca.clone().unwrap_or_default();
+        {
+            let mut life = self.life();
+            let tokens = api.join_tokens.clone().unwrap_or_default();
+            if !matches!(life.phase, Phase::Stopping) {
+                life.join_tokens = Some(tokens);
+            }
+        }
+        let expiry = effective_expiry(
+            cluster
+                .spec
+                .as_ref()
+                .and_then(|s| s.ca_config.as_ref())
+                .and_then(|c| c.node_cert_expiry.as_ref())
+                .and_then(|d| Duration::try_from(*d).ok()),
+        );
+        let mut signer = self.inner.write_signer();
+        let changed = !api.ca_cert.is_empty()
+            && (signer.last_seen_expiry != Some(expiry)
+                || !signer.last_seen_root.as_ref().is_some_and(|seen| root_ca_equal_stable(seen, &api)));
+        if !changed {
+            return Ok(());
+        }
+        let now = self.inner.deps.clock.now();
+        match RootCa::from_api(&api, expiry, now) {
+            Ok(root) => {
+                info!(
+                    digest = %root.digest_string(),
+                    can_sign = root.can_sign(),
+                    rotating = api.root_rotation.is_some(),
+                    expiry_secs = expiry.as_secs(),
+                    "loaded cluster root CA"
+                );
+                signer.root = Some(Arc::new(root));
+                signer.last_seen_root = Some(api);
+                signer.last_seen_expiry = Some(expiry);
+                signer.last_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                error!(error = %msg, "invalid Root CA object in cluster; keeping the previous signer");
+                signer.last_error = Some(msg.clone());
+                Err(ServerError::InvalidRootCa(msg))
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock_life(&self) -> MutexGuard<'_, Lifecycle> {
+        // Lifecycle updates are single assignments; a poisoned lock still holds consistent data.
+        self.life.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn read_signer(&self) -> std::sync::RwLockReadGuard<'_, SignerState> {
+        self.signer.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_signer(&self) -> std::sync::RwLockWriteGuard<'_, SignerState> {
+        self.signer.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Restores `Stopped` when `run` returns or is dropped.
+struct RunGuard {
+    server: CaServer,
+    generation: u64,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        let mut life = self.server.life();
+        let ours = match &life.phase {
+            Phase::Running { generation, .. } => *generation == self.generation,
+            Phase::Stopping => true,
+            Phase::Stopped => false,
+        };
+        if ours {
+            life.phase = Phase::Stopped;
+            life.join_tokens = None;
+        }
+        self.server.inner.ready_tx.send_replace(false);
+        self.server.inner.stopped_tx.send_replace(self.generation);
+    }
+}
+
+/// SwarmKit's `RootCAEqualStable`: everything but the join tokens, keys compared in constant time.
+pub fn root_ca_equal_stable(a: &swarmca_types::RootCa, b: &swarmca_types::RootCa) -> bool {
+    let keys_eq = bool::from(a.ca_key.ct_eq(&b.ca_key));
+    let rot_eq = match (&a.root_rotation, &b.root_rotation) {
+        (None, None) => true,
+        (Some(x), Some(y)) => {
+            bool::from(x.ca_key.ct_eq(&y.ca_key))
+                && x.ca_cert == y.ca_cert
+                && x.cross_signed_ca_cert == y.cross_signed_ca_cert
+        }
+        _ => false,
+    };
+    keys_eq
+        && rot_eq
+        && a.ca_cert == b.ca_cert
+        && a.ca_cert_hash == b.ca_cert_hash
+        && a.last_forced_rotation == b.last_forced_rotation
+}
+
+/// The store watch filter the run loop uses.
+pub(crate) fn run_filter() -> WatchFilter {
+    WatchFilter::All
+}
+
+/// Whether a store error is worth retrying.
+pub(crate) fn transient(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(_))
+}
+
+pub(crate) fn log_update_root_ca(server: &CaServer, cluster: &Cluster) {
+    if let Err(e) = server.update_root_ca(cluster) {
+        warn!(error = %e, "cluster update not applied to the signer");
+    }
+}

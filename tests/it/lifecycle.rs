@@ -1,0 +1,221 @@
+//! Run/Stop/Ready state machine, status long-poll bounds, and the original's lifecycle defects
+//! (spec §3.3, §3.10, §8.2, §8.4).
+
+use std::time::Duration;
+
+use swarmca_proto::node_ca_server::NodeCa;
+use swarmca_server::ServerError;
+use swarmca_store::{Op, Store};
+use swarmca_types::issuance_status::State;
+use swarmca_types::NodeCertificateStatusRequest;
+use tonic::{Code, Request};
+
+use crate::fixture::*;
+
+fn status_req(id: &str) -> Request<NodeCertificateStatusRequest> {
+    Request::new(NodeCertificateStatusRequest { node_id: id.to_string() })
+}
+
+#[tokio::test]
+async fn run_twice_and_stop_twice_are_errors_without_side_effects() {
+    let f = Fixture::start().await;
+    assert!(matches!(f.server.run().await, Err(ServerError::AlreadyRunning)));
+    assert!(f.server.is_running(), "a refused run leaves the running one alone");
+    f.server.stop().await.unwrap();
+    assert!(matches!(f.server.stop().await, Err(ServerError::AlreadyStopped)));
+    assert!(!f.server.is_running());
+}
+
+#[tokio::test]
+async fn calls_before_run_and_after_stop_are_aborted() {
+    let mut f = Fixture::with(Opts { run: false, ..Opts::default() }).await;
+    let (csr, _) = new_csr();
+    let e = f.server.issue_node_certificate(Request::new(join_req(&csr, &f.worker_token))).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::Aborted, "CA signer is stopped"));
+    let e = f.server.node_certificate_status(status_req(&f.worker.node_id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Aborted);
+    f.run_server().await;
+    f.server.issue_node_certificate(Request::new(join_req(&csr, &f.worker_token))).await.unwrap();
+    f.server.stop().await.unwrap();
+    let e = f.server.issue_node_certificate(Request::new(join_req(&csr, &f.worker_token))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Aborted);
+    // A new term works again (the original could panic on a second Run after a cancelled one).
+    f.run_server().await;
+    f.server.issue_node_certificate(Request::new(join_req(&csr, &f.worker_token))).await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_the_run_future_returns_to_stopped() {
+    let f = Fixture::with(Opts { run: false, ..Opts::default() }).await;
+    let s = f.server.clone();
+    let h = tokio::spawn(async move { s.run().await });
+    tokio::time::timeout(Duration::from_secs(5), f.server.ready()).await.unwrap();
+    h.abort();
+    let _ = h.await;
+    assert!(!f.server.is_running());
+    let s = f.server.clone();
+    let h = tokio::spawn(async move { s.run().await });
+    tokio::time::timeout(Duration::from_secs(5), f.server.ready()).await.unwrap();
+    f.server.stop().await.unwrap();
+    assert!(h.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn missing_cluster_object_is_an_error_not_a_crash() {
+    let f = Fixture::with(Opts { run: false, ..Opts::default() }).await;
+    let other = swarmca_server::CaServer::new(
+        swarmca_server::ServerConfig::new("no-such-cluster"),
+        swarmca_server::ServerDeps {
+            store: std::sync::Arc::new(f.store.clone()),
+            clock: std::sync::Arc::new(swarmca_server::SystemClock),
+            entropy: swarmca_server::shared_entropy(swarmca_server::OsEntropy),
+            peers: std::sync::Arc::new(swarmca_server::TlsPeerCertificates),
+        },
+        None,
+    );
+    let r = tokio::time::timeout(Duration::from_secs(5), other.run()).await.unwrap();
+    assert!(matches!(r, Err(ServerError::ClusterNotFound(_))), "{r:?}");
+    assert!(!other.is_running(), "a failed run must not leave a 'running' server without a loop");
+    let (csr, _) = new_csr();
+    let e = other.issue_node_certificate(Request::new(join_req(&csr, "x"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Aborted);
+}
+
+#[tokio::test]
+async fn status_waits_until_final_then_answers() {
+    let f = Fixture::start().await;
+    let id = f.worker.node_id.clone();
+    // Put the worker back into RENEW without a CSR the CA can sign: it stays non-final only
+    // until the signer marks it; use a verify-only race instead: set UNKNOWN (never signed).
+    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32).await;
+    let s = f.server.clone();
+    let id2 = id.clone();
+    let waiter = tokio::spawn(async move { s.node_certificate_status(status_req(&id2)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "UNKNOWN is not final: the call must wait");
+    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Issued as i32).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
+    assert_eq!(r.into_inner().status.unwrap().state, State::Issued as i32);
+}
+
+#[tokio::test]
+async fn status_is_bounded_by_the_callers_deadline() {
+    let f = Fixture::start().await;
+    let id = f.worker.node_id.clone();
+    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32).await;
+    let mut req = status_req(&id);
+    req.metadata_mut().insert("grpc-timeout", "200m".parse().unwrap());
+    let t0 = tokio::time::Instant::now();
+    let e = f.server.node_certificate_status(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded);
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn status_is_cut_by_server_stop() {
+    let f = Fixture::start().await;
+    let id = f.worker.node_id.clone();
+    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32).await;
+    let s = f.server.clone();
+    let waiter = tokio::spawn(async move { s.node_certificate_status(status_req(&id)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    f.server.stop().await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::Cancelled);
+}
+
+#[tokio::test]
+async fn status_of_a_node_deleted_while_waiting_is_not_found() {
+    let f = Fixture::start().await;
+    let id = f.worker.node_id.clone();
+    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32).await;
+    let s = f.server.clone();
+    let id2 = id.clone();
+    let waiter = tokio::spawn(async move { s.node_certificate_status(status_req(&id2)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let n = f.node(&id).await.unwrap();
+    f.store.commit(vec![Op::DeleteNode(n)]).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn empty_requests_are_invalid_argument() {
+    let f = Fixture::start().await;
+    let e = f.server.node_certificate_status(status_req("")).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "InvalidArgument"));
+    let e = f.server.issue_node_certificate(Request::new(join_req(b"", &f.worker_token))).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "InvalidArgument"));
+}
+
+#[tokio::test]
+async fn oversized_csr_is_refused_before_anything_is_stored() {
+    let f = Fixture::start().await;
+    let before = f.store.revision();
+    let big = vec![b'A'; 64 * 1024 + 1];
+    let e = f.server.issue_node_certificate(Request::new(join_req(&big, &f.worker_token))).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(f.store.revision(), before);
+}
+
+#[tokio::test]
+async fn stop_racing_joins_gives_aborted_never_a_panic() {
+    let f = Fixture::start().await;
+    let (csr, _) = new_csr();
+    let mut joins = Vec::new();
+    for _ in 0..64 {
+        let s = f.server.clone();
+        let req = join_req(&csr, &f.worker_token);
+        joins.push(tokio::spawn(async move { s.issue_node_certificate(Request::new(req)).await }));
+    }
+    f.server.stop().await.unwrap();
+    for j in joins {
+        match j.await.expect("join task must not panic") {
+            Ok(_) => {}
+            Err(s) => assert_eq!(s.code(), Code::Aborted, "{s:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn leader_catch_up_signs_what_was_pending_while_stopped() {
+    let mut f = Fixture::with(Opts { run: false, ..Opts::default() }).await;
+    // A join accepted by a previous leader, never signed.
+    let (csr, _) = new_csr();
+    let id = new_id();
+    let mut node = issued_node(&Creds { node_id: id.clone(), cert_pem: Vec::new(), key_pem: Vec::new() }, swarmca_core::role::Role::Worker);
+    let c = node.certificate.as_mut().unwrap();
+    c.csr = csr.clone();
+    c.status.as_mut().unwrap().state = State::Pending as i32;
+    f.store.commit(vec![Op::CreateNode(node)]).await.unwrap();
+    f.run_server().await;
+    let r = tokio::time::timeout(Duration::from_secs(5), f.server.node_certificate_status(status_req(&id)))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.unwrap().state, State::Issued as i32);
+    assert_eq!(r.certificate.unwrap().csr, csr);
+}
+
+#[tokio::test]
+async fn pending_membership_is_not_signed_but_renew_is() {
+    let f = Fixture::start().await;
+    let (csr, _) = new_csr();
+    let id = new_id();
+    let mut node = issued_node(&Creds { node_id: id.clone(), cert_pem: Vec::new(), key_pem: Vec::new() }, swarmca_core::role::Role::Worker);
+    node.spec.as_mut().unwrap().membership = swarmca_types::node_spec::Membership::Pending as i32;
+    let c = node.certificate.as_mut().unwrap();
+    c.csr = csr;
+    c.status.as_mut().unwrap().state = State::Pending as i32;
+    f.store.commit(vec![Op::CreateNode(node)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(state_of(&f.node(&id).await.unwrap()), State::Pending as i32);
+    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Renew as i32).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), f.server.node_certificate_status(status_req(&id)))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.unwrap().state, State::Issued as i32, "RENEW is signed whatever the membership");
+}
