@@ -7,13 +7,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let include = protoc_bin_vendored::include_path()?;
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for f in ["types.proto", "specs.proto", "ca.proto"] {
+    for f in ["types.proto", "specs.proto", "ca.proto", "admin.proto"] {
         println!("cargo:rerun-if-changed={}", dir.join(f).display());
     }
     tonic_build::configure()
         .build_server(true)
         .build_client(true)
         .extern_path(".docker.swarmkit.v1", "::swarmca_types")
-        .compile_protos(&[dir.join("ca.proto")], &[dir.clone(), include])?;
+        .compile_protos(&[dir.join("ca.proto"), dir.join("admin.proto")], &[dir.clone(), include])?;
     Ok(())
 }

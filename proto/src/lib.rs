@@ -9,4 +9,10 @@ mod generated {
 }
 
 pub use generated::*;
+
+/// swarmca's own administration API (`swarmca.admin.v1`), served on the control socket.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod admin {
+    tonic::include_proto!("swarmca.admin.v1");
+}
 pub use swarmca_types as types;

@@ -4,7 +4,11 @@
 // Test code: panicking on a broken expectation is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod cli;
+mod cfssl;
 mod conformance;
 mod defects;
+mod external;
 mod fixture;
 mod lifecycle;
+mod persist;

@@ -64,6 +64,12 @@ pub enum ServerError {
     /// No entropy could be drawn.
     #[error("{0}")]
     Entropy(#[from] swarmca_core::entropy::EntropyError),
+    /// An administrative request conflicts with the cluster's state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// An administrative setting is out of range.
+    #[error("{0}")]
+    InvalidSetting(String),
     /// The server has no root CA to hand out yet.
     #[error("CA root not loaded yet")]
     NoRoot,
@@ -73,9 +79,10 @@ impl ServerError {
     /// The gRPC code this error is reported with.
     pub fn code(&self) -> Code {
         match self {
-            ServerError::EmptyField | ServerError::CsrTooLarge(_) | ServerError::InvalidJoinToken => {
-                Code::InvalidArgument
-            }
+            ServerError::EmptyField
+            | ServerError::CsrTooLarge(_)
+            | ServerError::InvalidJoinToken
+            | ServerError::InvalidSetting(_) => Code::InvalidArgument,
             ServerError::Stopped
             | ServerError::Starting
             | ServerError::AlreadyRunning
@@ -90,7 +97,8 @@ impl ServerError {
             }
             ServerError::ClusterNotFound(_)
             | ServerError::InvalidRootCa(_)
-            | ServerError::NoRoot => Code::FailedPrecondition,
+            | ServerError::NoRoot
+            | ServerError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServerError::Store(_) | ServerError::Entropy(_) => Code::Internal,
         }
     }

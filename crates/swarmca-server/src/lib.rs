@@ -15,15 +15,20 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
+pub mod control;
 pub mod env;
 pub mod error;
+pub mod external;
 pub mod peer;
 mod rpc;
 mod server;
 mod signing;
 pub mod tls;
 
+pub use control::Control;
 pub use env::{shared_entropy, Clock, OsEntropy, SharedEntropy, SystemClock};
 pub use error::{ServerError, INVALID_JOIN_TOKEN};
+pub use external::{ExternalCa, ExternalCaError, SignRequest};
 pub use peer::{CallInfo, PeerCertificates, TlsPeerCertificates};
 pub use server::{root_ca_equal_stable, CaServer, ServerConfig, ServerDeps, DEFAULT_RETRY_INTERVAL};

@@ -73,6 +73,7 @@ impl CaServer {
         }
         self.ready_tokens()?;
         if let Some(node_id) = self.renewal_identity(call).await? {
+            tracing::Span::current().record("node", node_id.as_str());
             return self.renew(&node_id, req.csr).await;
         }
         // Re-read the tokens under the lock: a stop since the first check gives Aborted.
@@ -85,6 +86,7 @@ impl CaServer {
             warn!("join refused: no valid join token");
             return Err(ServerError::InvalidJoinToken);
         };
+        tracing::Span::current().record("role", role.ou());
         let cluster = self.cluster().await?;
         let store = &self.inner.deps.store;
         for attempt in 0..NODE_ID_ATTEMPTS {
@@ -132,6 +134,7 @@ impl CaServer {
             let Some(mut node) = store.get_node(node_id).await? else {
                 return Err(ServerError::RenewNodeNotFound(node_id.to_string()));
             };
+            tracing::Span::current().record("role", Role::from_proto(node.role).map_or("invalid", Role::ou));
             node.certificate = Some(Certificate {
                 role: node.role,
                 csr: csr.clone(),
@@ -204,7 +207,10 @@ impl CaServer {
             self.cluster_id(),
             &cluster.blacklisted_certificates,
         )
-        .map_err(|e| ServerError::PermissionDenied(e.to_string()))?;
+        .map_err(|e| ServerError::PermissionDenied(e.to_string()))
+        .inspect(|id| {
+            tracing::Span::current().record("node", id.as_str());
+        })?;
         let version = Version { index: swarmca_store::version_of(cluster.meta.as_ref()) };
         let autolock = cluster
             .spec
@@ -269,7 +275,7 @@ impl Ca for CaServer {
         request: Request<GetUnlockKeyRequest>,
     ) -> Result<Response<GetUnlockKeyResponse>, Status> {
         let call = CallInfo::of(&request);
-        let span = info_span!("rpc", method = "GetUnlockKey");
+        let span = info_span!("rpc", method = "GetUnlockKey", node = tracing::field::Empty);
         Ok(Response::new(self.unlock_key(&call).instrument(span).await?))
     }
 }
@@ -281,7 +287,12 @@ impl NodeCa for CaServer {
         request: Request<IssueNodeCertificateRequest>,
     ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
         let call = CallInfo::of(&request);
-        let span = info_span!("rpc", method = "IssueNodeCertificate");
+        let span = info_span!(
+            "rpc",
+            method = "IssueNodeCertificate",
+            node = tracing::field::Empty,
+            role = tracing::field::Empty
+        );
         let resp = self.issue(&call, request.get_ref().clone()).instrument(span).await?;
         Ok(Response::new(resp))
     }

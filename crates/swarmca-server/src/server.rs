@@ -19,6 +19,10 @@ use tracing::{error, info, warn};
 
 use crate::env::{Clock, SharedEntropy};
 use crate::error::ServerError;
+use crate::external::{
+    certs_der, client_tls_config, filter_external_ca_urls, ExternalCa, ExternalCaError,
+    EXTERNAL_REQUEST_TIMEOUT,
+};
 use crate::peer::PeerCertificates;
 use crate::signing;
 
@@ -34,6 +38,8 @@ pub struct ServerConfig {
     pub retry_interval: Duration,
     /// How many CSRs may be signed at once.
     pub max_parallel_signing: usize,
+    /// Deadline of one request to one external CA URL.
+    pub external_ca_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -43,6 +49,7 @@ impl ServerConfig {
             cluster_id: cluster_id.into(),
             retry_interval: DEFAULT_RETRY_INTERVAL,
             max_parallel_signing: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            external_ca_timeout: EXTERNAL_REQUEST_TIMEOUT,
         }
     }
 }
@@ -75,13 +82,36 @@ struct Lifecycle {
     generation: u64,
 }
 
-/// The signer as last built from the cluster's RootCA object.
-#[derive(Default)]
+/// The signer as last built from the cluster's RootCA object and external CA list.
 pub(crate) struct SignerState {
     pub(crate) root: Option<Arc<RootCa>>,
+    /// Tried before local signing; without URLs it answers `NoUrls`.
+    pub(crate) external: Arc<ExternalCa>,
+    /// What the external CAs' TLS servers are trusted by: the roots, plus the rotation target.
+    external_pool: Vec<Vec<u8>>,
+    /// This manager's own certificate chain and key, presented to external CAs.
+    tls_identity: Option<TlsIdentity>,
     last_seen_root: Option<swarmca_types::RootCa>,
     last_seen_expiry: Option<Duration>,
+    last_seen_external_cas: Option<Vec<swarmca_types::ExternalCa>>,
     last_error: Option<String>,
+}
+
+/// A certificate chain and its private key (PEM). Never printed.
+struct TlsIdentity {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl SignerState {
+    /// The external CA TLS configuration for the current pool and identity.
+    fn external_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        external_tls(&self.external_pool, self.tls_identity.as_ref())
+    }
+}
+
+fn external_tls(pool: &[Vec<u8>], id: Option<&TlsIdentity>) -> Result<Arc<rustls::ClientConfig>, String> {
+    client_tls_config(pool, id.map(|i| (i.cert_pem.as_slice(), i.key_pem.as_slice()))).map_err(|e| e.to_string())
 }
 
 pub(crate) struct Inner {
@@ -115,7 +145,23 @@ impl CaServer {
     /// A stopped server. `initial_root` is what `GetRootCACertificate` serves before the first
     /// `run` (the manager's own trust root), if known.
     pub fn new(cfg: ServerConfig, deps: ServerDeps, initial_root: Option<RootCa>) -> CaServer {
-        let signer = SignerState { root: initial_root.map(Arc::new), ..Default::default() };
+        let external_pool = initial_root.as_ref().map(|r| r.roots_der().to_vec()).unwrap_or_default();
+        let external = ExternalCa::with_tls_state(
+            Vec::new(),
+            Vec::new(),
+            external_tls(&external_pool, None),
+            cfg.external_ca_timeout,
+        );
+        let signer = SignerState {
+            root: initial_root.map(Arc::new),
+            external: Arc::new(external),
+            external_pool,
+            tls_identity: None,
+            last_seen_root: None,
+            last_seen_expiry: None,
+            last_seen_external_cas: None,
+            last_error: None,
+        };
         CaServer {
             inner: Arc::new(Inner {
                 cfg,
@@ -211,6 +257,26 @@ impl CaServer {
         self.inner.read_signer().root.clone()
     }
 
+    /// The external CA client currently used for signing (SwarmKit's test accessor
+    /// `ExternalCA()`); without URLs, signing is local.
+    pub fn external_ca(&self) -> Arc<ExternalCa> {
+        self.inner.read_signer().external.clone()
+    }
+
+    /// Hands the server this manager's current TLS credentials (certificate chain PEM and
+    /// private key PEM), presented as client certificate to `https://` external CAs. The
+    /// external CA's TLS configuration is replaced at once (requests in flight finish with
+    /// the old one); SwarmKit followed its security config's watch for this. Invalid
+    /// credentials are refused and the previous ones kept.
+    pub fn update_tls_credentials(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), ExternalCaError> {
+        let mut signer = self.inner.write_signer();
+        let tls = client_tls_config(&signer.external_pool, Some((cert_pem, key_pem)))?;
+        signer.tls_identity = Some(TlsIdentity { cert_pem: cert_pem.to_vec(), key_pem: key_pem.to_vec() });
+        signer.external.update_tls(tls);
+        info!("external CA client credentials updated");
+        Ok(())
+    }
+
     pub(crate) fn mark_ready(&self, generation_cancel: &RunCancel) {
         let life = self.life();
         if matches!(life.phase, Phase::Running { .. }) && !*generation_cancel.borrow() && life.join_tokens.is_some() {
@@ -256,9 +322,12 @@ impl CaServer {
     }
 
     /// SwarmKit's `UpdateRootCA`: takes the join tokens from `cluster` and, when the RootCA
-    /// object or the certificate expiry changed, rebuilds the signer. A bad RootCA leaves the
-    /// previous signer in place; the failure is logged, kept for [`CaServer::root_ca_error`],
-    /// and returned.
+    /// object or the certificate expiry changed, rebuilds the signer and the external CA
+    /// client (URLs filtered for the root being signed for: the rotation target during a
+    /// rotation; trust = roots plus rotation target; intermediates = the cross-signed root).
+    /// When only the external CA list changed, only the URLs are replaced. A bad RootCA leaves
+    /// the previous signer and external CA in place; the failure is logged, kept for
+    /// [`CaServer::root_ca_error`], and returned.
     pub fn update_root_ca(&self, cluster: &Cluster) -> Result<(), ServerError> {
         let api = cluster.root_ca.clone().unwrap_or_default();
         {
@@ -276,26 +345,61 @@ impl CaServer {
                 .and_then(|c| c.node_cert_expiry.as_ref())
                 .and_then(|d| Duration::try_from(*d).ok()),
         );
+        let external_cas: Vec<swarmca_types::ExternalCa> = cluster
+            .spec
+            .as_ref()
+            .and_then(|s| s.ca_config.as_ref())
+            .map(|c| c.external_cas.clone())
+            .unwrap_or_default();
+        // The root external CAs must sign for: the rotation target during a rotation.
+        let desired_cert = api.root_rotation.as_ref().map_or(&api.ca_cert, |r| &r.ca_cert);
         let mut signer = self.inner.write_signer();
         let changed = !api.ca_cert.is_empty()
             && (signer.last_seen_expiry != Some(expiry)
                 || !signer.last_seen_root.as_ref().is_some_and(|seen| root_ca_equal_stable(seen, &api)));
+        // SwarmKit's ExternalCAsEqualStable: nil and empty are equal.
+        let external_changed =
+            signer.last_seen_external_cas.as_deref().unwrap_or_default() != external_cas.as_slice();
         if !changed {
+            if external_changed {
+                let urls = filter_external_ca_urls(desired_cert, &api.ca_cert, &external_cas);
+                info!(urls = ?urls, "external CA list updated");
+                signer.external.update_urls(urls);
+                signer.last_seen_external_cas = Some(external_cas);
+            }
             return Ok(());
         }
         let now = self.inner.deps.clock.now();
         match RootCa::from_api(&api, expiry, now) {
             Ok(root) => {
+                let mut pool = root.roots_der().to_vec();
+                if let Some(r) = &api.root_rotation {
+                    pool.extend(certs_der(&r.ca_cert));
+                }
+                signer.external_pool = pool;
+                let urls = filter_external_ca_urls(desired_cert, &api.ca_cert, &external_cas);
                 info!(
                     digest = %root.digest_string(),
                     can_sign = root.can_sign(),
                     rotating = api.root_rotation.is_some(),
                     expiry_secs = expiry.as_secs(),
+                    external_ca_urls = ?urls,
                     "loaded cluster root CA"
                 );
+                let tls = signer.external_tls();
+                if let Err(e) = &tls {
+                    warn!(error = %e, "no TLS configuration for https external CAs");
+                }
+                signer.external = Arc::new(ExternalCa::with_tls_state(
+                    urls,
+                    root.intermediates_pem().to_vec(),
+                    tls,
+                    self.inner.cfg.external_ca_timeout,
+                ));
                 signer.root = Some(Arc::new(root));
                 signer.last_seen_root = Some(api);
                 signer.last_seen_expiry = Some(expiry);
+                signer.last_seen_external_cas = Some(external_cas);
                 signer.last_error = None;
                 Ok(())
             }

@@ -9,6 +9,10 @@
 //! * Store events for a node that is waiting for a retry do not trigger signing again unless
 //!   its CSR changed; the ticker probes one pending node per tick and, when that succeeds,
 //!   retries the rest, so an outage of the signer is not hammered.
+//! * A certificate from an external CA is checked before it is written: the CSR's key, the
+//!   requested subject and role, and a chain to the cluster roots (SwarmKit stored it blindly).
+//! * "No signer" and "external CA unavailable" are logged once per change of that state, not
+//!   once per retry.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +27,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::env::draw;
 use crate::error::ServerError;
+use crate::external::{ExternalCaError, SignRequest};
 use crate::server::{log_update_root_ca, run_filter, transient, CaServer, RunCancel};
 
 /// How many times a write that keeps conflicting is re-read and retried before the job is
@@ -38,10 +43,23 @@ pub(crate) enum Outcome {
     Failed,
     /// The node changed, vanished or no longer needs this result; nothing written.
     Dropped(&'static str),
-    /// Retry later (signer unavailable, store unavailable, contention).
+    /// Retry later (store unavailable, contention).
     Recoverable(String),
+    /// Retry later: nothing can sign right now.
+    Unavailable(Health, String),
     /// The run is stopping.
     Cancelled,
+}
+
+/// Whether signing works, as last observed by the loop (logged on change only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// The last signing attempt reached a signer.
+    Ok,
+    /// No external CA URL and no local key.
+    NoSigner,
+    /// The external CAs failed with recoverable errors (unreachable, timeouts, bad answers).
+    ExternalUnavailable,
 }
 
 /// The identity of a signing request: a result may be written only onto a node that still asks
@@ -80,6 +98,8 @@ struct Loop {
     in_flight: usize,
     /// The node whose retry probes the signer this tick.
     probe: Option<String>,
+    /// What was last logged about the signer.
+    health: Health,
 }
 
 /// The body of [`CaServer::run`].
@@ -104,6 +124,7 @@ pub(crate) async fn run_loop(server: CaServer, mut cancel: RunCancel) -> Result<
         done_tx,
         in_flight: 0,
         probe: None,
+        health: Health::Ok,
     };
     // Leader catch-up: sign whatever a previous term left in RENEW/PENDING.
     for node in snapshot.nodes {
@@ -231,8 +252,22 @@ impl Loop {
         let Some(e) = self.pending.get_mut(&id) else { return };
         e.in_flight = false;
         let dirty = std::mem::take(&mut e.dirty);
+        match &outcome {
+            Outcome::Unavailable(health, why) if *health != self.health => {
+                match health {
+                    Health::NoSigner => warn!(error = %why, "cannot sign: no external CA URL and no local CA key; requests stay pending"),
+                    _ => warn!(error = %why, "external CA unavailable; requests stay pending and are retried"),
+                }
+                self.health = *health;
+            }
+            Outcome::Issued | Outcome::Failed if self.health != Health::Ok => {
+                info!("signing works again");
+                self.health = Health::Ok;
+            }
+            _ => {}
+        }
         match outcome {
-            Outcome::Recoverable(why) => {
+            Outcome::Recoverable(why) | Outcome::Unavailable(_, why) => {
                 debug!(node = %id, error = %why, "recoverable signing failure; will retry");
                 // A changed request is signed at once; the same one waits for the ticker.
                 e.awaiting_retry = Request::of(&e.node) == e.signed;
@@ -286,26 +321,67 @@ impl Loop {
 /// Signs `node`'s CSR and writes the result if the node still wants it.
 async fn sign_and_write(server: &CaServer, cancel: &RunCancel, node: Node) -> Outcome {
     let Some(req) = Request::of(&node) else { return Outcome::Dropped("no certificate") };
-    let inner = &server.inner;
     let signed = match Role::from_proto(req.role) {
         None => Err(format!("invalid node role {}", req.role)),
-        Some(role) => {
-            let Some(root) = inner.read_signer().root.clone() else {
-                return Outcome::Recoverable("no valid signer found".into());
-            };
-            let serial = match draw::<20>(&inner.deps.entropy) {
-                Ok(s) => s,
-                Err(e) => return Outcome::Recoverable(e.to_string()),
-            };
-            let now = inner.deps.clock.now();
-            match root.sign_csr(&req.csr, &req.cn, role, &inner.cfg.cluster_id, now, serial) {
-                Ok(pem) => Ok(pem),
-                Err(e) if e.is_recoverable() => return Outcome::Recoverable(e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
+        Some(role) => match sign(server, cancel, &node.id, &req, role).await {
+            Ok(signed) => signed,
+            Err(outcome) => return outcome,
+        },
     };
     write_result(server, cancel, &node.id, &req, signed).await
+}
+
+/// SwarmKit's signing step: the external CA first; local signing only when no external CA
+/// URL is configured. `Ok(Err(reason))` is a fatal failure to write as FAILED; `Err` is an
+/// outcome to report without writing.
+async fn sign(
+    server: &CaServer,
+    cancel: &RunCancel,
+    id: &str,
+    req: &Request,
+    role: Role,
+) -> Result<Result<Vec<u8>, String>, Outcome> {
+    let inner = &server.inner;
+    let org = &inner.cfg.cluster_id;
+    let (root, external) = {
+        let s = inner.read_signer();
+        (s.root.clone(), s.external.clone())
+    };
+    let sreq = SignRequest::node(&req.csr, &req.cn, role, org);
+    let mut stop = cancel.clone();
+    let answer = tokio::select! {
+        r = external.sign(&sreq) => r,
+        _ = stop.wait_for(|c| *c) => return Err(Outcome::Cancelled),
+    };
+    match answer {
+        Ok(pem) => {
+            let Some(root) = root else {
+                return Err(Outcome::Unavailable(Health::NoSigner, "no root CA loaded".into()));
+            };
+            let now = inner.deps.clock.now();
+            match root.check_issued(&pem, &req.csr, &req.cn, role, org, now) {
+                Ok(()) => Ok(Ok(pem)),
+                Err(e) => {
+                    warn!(node = %id, error = %e, "external CA returned an unacceptable certificate");
+                    Ok(Err(format!("external CA returned an invalid certificate: {e}")))
+                }
+            }
+        }
+        Err(ExternalCaError::NoUrls) => {
+            let Some(root) = root else {
+                return Err(Outcome::Unavailable(Health::NoSigner, "no valid signer found".into()));
+            };
+            let serial = draw::<20>(&inner.deps.entropy).map_err(|e| Outcome::Recoverable(e.to_string()))?;
+            let now = inner.deps.clock.now();
+            match root.sign_csr(&req.csr, &req.cn, role, org, now, serial) {
+                Ok(pem) => Ok(Ok(pem)),
+                Err(e) if e.is_recoverable() => Err(Outcome::Unavailable(Health::NoSigner, e.to_string())),
+                Err(e) => Ok(Err(e.to_string())),
+            }
+        }
+        Err(e) if e.is_recoverable() => Err(Outcome::Unavailable(Health::ExternalUnavailable, e.to_string())),
+        Err(e) => Ok(Err(e.to_string())),
+    }
 }
 
 /// Writes ISSUED (with the certificate) or FAILED (with the reason) onto the node, re-checking

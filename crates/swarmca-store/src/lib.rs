@@ -15,11 +15,16 @@
 #![forbid(unsafe_code)]
 
 mod mem;
+#[cfg(feature = "persistent")]
+mod persistent;
+mod state;
 
 use std::future::Future;
 use std::pin::Pin;
 
 pub use mem::MemStore;
+#[cfg(feature = "persistent")]
+pub use persistent::RedbStore;
 pub use swarmca_types::{Cluster, Node};
 
 /// A boxed, sendable future, as returned by the [`Store`] methods.
@@ -39,7 +44,8 @@ pub enum StoreError {
     #[error("object does not exist")]
     NotExist,
     /// The store could not be reached or the commit could not be made durable; nothing was
-    /// written. Retrying may succeed.
+    /// applied. Retrying may succeed. (When a persistent store's fsync fails, the commit may
+    /// still turn up on disk once the store is reopened.)
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// Stored data could not be decoded.

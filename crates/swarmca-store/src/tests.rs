@@ -1,46 +1,140 @@
+//! The behavioural suite, run against every store: each test is a generic function over a
+//! [`TestStore`], stamped out once per store by `behaviour_suite!` at the end.
+
+use std::sync::Arc;
+
 use super::*;
 
-fn node(id: &str) -> Node {
-    Node { id: id.to_string(), ..Default::default() }
-}
+/// What the suite needs of a store beyond [`Store`].
+pub(crate) trait TestStore: Store + Clone {
+    fn revision(&self) -> u64;
+    fn watcher_count(&self) -> usize;
 
-fn cluster(id: &str) -> Cluster {
-    Cluster { id: id.to_string(), ..Default::default() }
-}
+    fn commit_sync(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+        block_on(self.commit(ops))
+    }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    // The in-memory store's futures are always ready.
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => v,
-        std::task::Poll::Pending => panic!("in-memory store future was not ready"),
+    fn view_and_watch_sync(&self, filter: WatchFilter) -> (Snapshot, Watch) {
+        block_on(self.view_and_watch(filter)).unwrap()
     }
 }
 
-fn next_now(w: &mut Watch) -> Option<Event> {
+impl TestStore for MemStore {
+    fn revision(&self) -> u64 {
+        MemStore::revision(self)
+    }
+
+    fn watcher_count(&self) -> usize {
+        MemStore::watcher_count(self)
+    }
+
+    // MemStore's own synchronous API, which other crates use.
+    fn commit_sync(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+        MemStore::commit_sync(self, ops)
+    }
+
+    fn view_and_watch_sync(&self, filter: WatchFilter) -> (Snapshot, Watch) {
+        MemStore::view_and_watch_sync(self, filter)
+    }
+}
+
+#[cfg(feature = "persistent")]
+impl TestStore for RedbStore {
+    fn revision(&self) -> u64 {
+        RedbStore::revision(self)
+    }
+
+    fn watcher_count(&self) -> usize {
+        RedbStore::watcher_count(self)
+    }
+}
+
+/// A directory under the system temp dir, removed with everything in it on drop.
+#[cfg(feature = "persistent")]
+pub(crate) struct TempDir(std::path::PathBuf);
+
+#[cfg(feature = "persistent")]
+impl TempDir {
+    pub(crate) fn new() -> TempDir {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "swarmca-store-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// A new store in a file of this directory.
+    pub(crate) fn store(&self) -> RedbStore {
+        RedbStore::open(&self.0.join("store.redb")).unwrap()
+    }
+}
+
+#[cfg(feature = "persistent")]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub(crate) fn node(id: &str) -> Node {
+    Node { id: id.to_string(), ..Default::default() }
+}
+
+pub(crate) fn cluster(id: &str) -> Cluster {
+    Cluster { id: id.to_string(), ..Default::default() }
+}
+
+/// Runs a future to completion on this thread (store futures need no runtime).
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => return v,
+            std::task::Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+pub(crate) fn next_now(w: &mut Watch) -> Option<Event> {
     w.rx.try_recv().ok()
 }
 
-#[test]
-fn create_sets_version_to_new_revision() {
-    let s = MemStore::new();
+fn create_sets_version_to_new_revision<S: TestStore>(s: S) {
     let rev = s.commit_sync(vec![Op::CreateNode(node("a"))]).unwrap();
     assert_eq!(rev, 1);
     let n = block_on(s.get_node("a")).unwrap().unwrap();
     assert_eq!(version_of(n.meta.as_ref()), 1);
-    let rev2 = s.commit_sync(vec![Op::CreateNode(node("b")), Op::CreateCluster(cluster("c"))]).unwrap();
+    let rev2 =
+        s.commit_sync(vec![Op::CreateNode(node("b")), Op::CreateCluster(cluster("c"))]).unwrap();
     assert_eq!(rev2, 2);
     assert_eq!(version_of(block_on(s.get_node("b")).unwrap().unwrap().meta.as_ref()), 2);
     assert_eq!(version_of(block_on(s.get_cluster("c")).unwrap().unwrap().meta.as_ref()), 2);
 }
 
-#[test]
-fn create_existing_id_fails_with_exists_and_writes_nothing() {
-    let s = MemStore::new();
+fn create_existing_id_fails_with_exists_and_writes_nothing<S: TestStore>(s: S) {
     s.commit_sync(vec![Op::CreateNode(node("a"))]).unwrap();
-    let err = s.commit_sync(vec![Op::CreateNode(node("b")), Op::CreateNode(node("a"))]).unwrap_err();
+    let err =
+        s.commit_sync(vec![Op::CreateNode(node("b")), Op::CreateNode(node("a"))]).unwrap_err();
     assert_eq!(err, StoreError::Exists);
     assert!(block_on(s.get_node("b")).unwrap().is_none(), "failed commit must be atomic");
     assert_eq!(s.revision(), 1);
@@ -48,9 +142,7 @@ fn create_existing_id_fails_with_exists_and_writes_nothing() {
     assert_eq!(err, Err(StoreError::Exists));
 }
 
-#[test]
-fn stale_update_fails_with_sequence_conflict() {
-    let s = MemStore::new();
+fn stale_update_fails_with_sequence_conflict<S: TestStore>(s: S) {
     s.commit_sync(vec![Op::CreateNode(node("a"))]).unwrap();
     let read1 = block_on(s.get_node("a")).unwrap().unwrap();
     let read2 = read1.clone();
@@ -66,9 +158,7 @@ fn stale_update_fails_with_sequence_conflict() {
     assert!(cur.certificate.is_none());
 }
 
-#[test]
-fn stale_cluster_update_and_delete_conflict() {
-    let s = MemStore::new();
+fn stale_cluster_update_and_delete_conflict<S: TestStore>(s: S) {
     s.commit_sync(vec![Op::CreateCluster(cluster("c")), Op::CreateNode(node("a"))]).unwrap();
     let c = block_on(s.get_cluster("c")).unwrap().unwrap();
     s.commit_sync(vec![Op::UpdateCluster(c.clone())]).unwrap();
@@ -81,26 +171,20 @@ fn stale_cluster_update_and_delete_conflict() {
     assert!(block_on(s.get_node("a")).unwrap().is_some());
 }
 
-#[test]
-fn update_or_delete_missing_is_not_exist() {
-    let s = MemStore::new();
+fn update_or_delete_missing_is_not_exist<S: TestStore>(s: S) {
     assert_eq!(s.commit_sync(vec![Op::UpdateNode(node("x"))]), Err(StoreError::NotExist));
     assert_eq!(s.commit_sync(vec![Op::DeleteNode(node("x"))]), Err(StoreError::NotExist));
     assert_eq!(s.commit_sync(vec![Op::UpdateCluster(cluster("x"))]), Err(StoreError::NotExist));
     assert_eq!(s.revision(), 0);
 }
 
-#[test]
-fn failed_commit_sends_no_events() {
-    let s = MemStore::new();
+fn failed_commit_sends_no_events<S: TestStore>(s: S) {
     let (_, mut w) = s.view_and_watch_sync(WatchFilter::All);
     let _ = s.commit_sync(vec![Op::CreateNode(node("a")), Op::UpdateNode(node("zz"))]);
     assert!(next_now(&mut w).is_none());
 }
 
-#[test]
-fn view_and_watch_has_no_gap_and_no_duplicate() {
-    let s = MemStore::new();
+fn view_and_watch_has_no_gap_and_no_duplicate<S: TestStore>(s: S) {
     for i in 0..5 {
         s.commit_sync(vec![Op::CreateNode(node(&format!("n{i}")))]).unwrap();
     }
@@ -121,9 +205,7 @@ fn view_and_watch_has_no_gap_and_no_duplicate() {
     assert_eq!(seen.len(), 10, "no duplicates between snapshot and events");
 }
 
-#[test]
-fn events_carry_new_versions_in_commit_order() {
-    let s = MemStore::new();
+fn events_carry_new_versions_in_commit_order<S: TestStore>(s: S) {
     let (_, mut w) = s.view_and_watch_sync(WatchFilter::All);
     s.commit_sync(vec![Op::CreateNode(node("a"))]).unwrap();
     let a = block_on(s.get_node("a")).unwrap().unwrap();
@@ -139,9 +221,7 @@ fn events_carry_new_versions_in_commit_order() {
     assert!(next_now(&mut w).is_none());
 }
 
-#[test]
-fn node_filter_sees_only_that_node() {
-    let s = MemStore::new();
+fn node_filter_sees_only_that_node<S: TestStore>(s: S) {
     s.commit_sync(vec![Op::CreateNode(node("a")), Op::CreateNode(node("b"))]).unwrap();
     let (snap, mut w) = s.view_and_watch_sync(WatchFilter::Node("b".into()));
     assert_eq!(snap.nodes.len(), 1);
@@ -154,9 +234,7 @@ fn node_filter_sees_only_that_node() {
     assert_eq!(next_now(&mut w).unwrap().node().unwrap().id, "b");
 }
 
-#[test]
-fn cluster_filter_sees_only_that_cluster() {
-    let s = MemStore::new();
+fn cluster_filter_sees_only_that_cluster<S: TestStore>(s: S) {
     let (_, mut w) = s.view_and_watch_sync(WatchFilter::Cluster("c".into()));
     s.commit_sync(vec![Op::CreateNode(node("a")), Op::CreateCluster(cluster("d"))]).unwrap();
     assert!(next_now(&mut w).is_none());
@@ -164,9 +242,7 @@ fn cluster_filter_sees_only_that_cluster() {
     assert_eq!(next_now(&mut w).unwrap().cluster().unwrap().id, "c");
 }
 
-#[test]
-fn dropped_watch_is_unsubscribed() {
-    let s = MemStore::new();
+fn dropped_watch_is_unsubscribed<S: TestStore>(s: S) {
     let (_, w) = s.view_and_watch_sync(WatchFilter::All);
     let (_, _w2) = s.view_and_watch_sync(WatchFilter::Node("x".into()));
     assert_eq!(s.watcher_count(), 2);
@@ -174,9 +250,7 @@ fn dropped_watch_is_unsubscribed() {
     assert_eq!(s.watcher_count(), 1);
 }
 
-#[test]
-fn snapshot_order_is_deterministic() {
-    let s = MemStore::new();
+fn snapshot_order_is_deterministic<S: TestStore>(s: S) {
     for id in ["m", "b", "z", "a"] {
         s.commit_sync(vec![Op::CreateNode(node(id))]).unwrap();
     }
@@ -185,9 +259,7 @@ fn snapshot_order_is_deterministic() {
     assert_eq!(ids, ["a", "b", "m", "z"]);
 }
 
-#[test]
-fn two_writes_to_one_object_in_one_commit_need_the_staged_version() {
-    let s = MemStore::new();
+fn two_writes_to_one_object_in_one_commit_need_the_staged_version<S: TestStore>(s: S) {
     s.commit_sync(vec![Op::CreateNode(node("a"))]).unwrap();
     let a = block_on(s.get_node("a")).unwrap().unwrap();
     // The second update still carries version 1, but the first staged write moved it to 2.
@@ -195,3 +267,87 @@ fn two_writes_to_one_object_in_one_commit_need_the_staged_version() {
     assert_eq!(r, Err(StoreError::SequenceConflict));
     assert_eq!(s.revision(), 1);
 }
+
+fn concurrent_read_modify_write_loses_no_update<S: TestStore>(s: S) {
+    const TASKS: u32 = 64;
+    const INCREMENTS: u32 = 5;
+    s.commit_sync(vec![Op::CreateNode(node("counter"))]).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).build().unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    for _ in 0..INCREMENTS {
+                        loop {
+                            let mut n = s.get_node("counter").await.unwrap().unwrap();
+                            n.vxlanudp_port += 1;
+                            match s.commit(vec![Op::UpdateNode(n)]).await {
+                                Ok(_) => break,
+                                Err(StoreError::SequenceConflict) => tokio::task::yield_now().await,
+                                Err(e) => panic!("unexpected commit error: {e}"),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let n = block_on(s.get_node("counter")).unwrap().unwrap();
+    assert_eq!(n.vxlanudp_port, TASKS * INCREMENTS, "an increment was lost");
+    assert_eq!(version_of(n.meta.as_ref()), s.revision());
+    assert_eq!(s.revision(), 1 + u64::from(TASKS * INCREMENTS));
+}
+
+fn empty_commit_returns_the_current_revision<S: TestStore>(s: S) {
+    assert_eq!(s.commit_sync(Vec::new()), Ok(0));
+    s.commit_sync(vec![Op::CreateNode(node("a"))]).unwrap();
+    assert_eq!(s.commit_sync(Vec::new()), Ok(1));
+    assert_eq!(s.revision(), 1);
+}
+
+/// Stamps out each generic test above once per store.
+macro_rules! behaviour_suite {
+    ($($name:ident),* $(,)?) => {
+        mod mem {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(crate::MemStore::new());
+                }
+            )*
+        }
+
+        #[cfg(feature = "persistent")]
+        mod redb {
+            $(
+                #[test]
+                fn $name() {
+                    let dir = super::TempDir::new();
+                    super::$name(dir.store());
+                }
+            )*
+        }
+    };
+}
+
+behaviour_suite!(
+    create_sets_version_to_new_revision,
+    create_existing_id_fails_with_exists_and_writes_nothing,
+    stale_update_fails_with_sequence_conflict,
+    stale_cluster_update_and_delete_conflict,
+    update_or_delete_missing_is_not_exist,
+    failed_commit_sends_no_events,
+    view_and_watch_has_no_gap_and_no_duplicate,
+    events_carry_new_versions_in_commit_order,
+    node_filter_sees_only_that_node,
+    cluster_filter_sees_only_that_cluster,
+    dropped_watch_is_unsubscribed,
+    snapshot_order_is_deterministic,
+    two_writes_to_one_object_in_one_commit_need_the_staged_version,
+    concurrent_read_modify_write_loses_no_update,
+    empty_commit_returns_the_current_revision,
+);

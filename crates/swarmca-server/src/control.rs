@@ -1,0 +1,420 @@
+//! Cluster administration: what SwarmKit's control API does for the CA (join-token rotation,
+//! node removal with blacklisting, promote/demote, acceptance, certificate expiry, autolock),
+//! as store read-modify-write operations retried on sequence conflicts. Used by the admin gRPC
+//! service on the control socket and by the simulator's admin actor.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use swarmca_core::rootca::{digest, digest_string, effective_expiry, MIN_NODE_CERT_EXPIRY};
+use swarmca_core::role::Role;
+use swarmca_core::token::generate_join_token;
+use swarmca_proto::admin;
+use swarmca_store::{Node, Op, StoreError};
+use swarmca_types::issuance_status::State;
+use swarmca_types::node_spec::{Availability, Membership};
+use swarmca_types::{BlacklistedCertificate, CaConfig, Cluster, EncryptionConfig, EncryptionKey};
+use tracing::info;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::env::{draw, with_entropy};
+use crate::error::ServerError;
+use crate::server::CaServer;
+
+/// Read-modify-write attempts before giving up with `Contention`.
+const ATTEMPTS: usize = 32;
+/// Subsystem of the manager unlock key.
+const UNLOCK_SUBSYSTEM: &str = "swarm-manager";
+/// Prefix of human-readable unlock keys, as SwarmKit prints them.
+const UNLOCK_KEY_PREFIX: &str = "SWMKEY-1-";
+
+/// Administration of one cluster, bound to the server that serves it.
+#[derive(Clone, Debug)]
+pub struct Control {
+    server: CaServer,
+    self_node_id: Option<String>,
+}
+
+fn precondition(msg: String) -> ServerError {
+    ServerError::FailedPrecondition(msg)
+}
+
+impl Control {
+    /// Administration through `server`; `self_node_id` is the manager serving the socket, which
+    /// can never be removed through it.
+    pub fn new(server: CaServer, self_node_id: Option<String>) -> Control {
+        Control { server, self_node_id }
+    }
+
+    fn store(&self) -> &dyn swarmca_store::Store {
+        &*self.server.inner.deps.store
+    }
+
+    /// Applies `f` to the cluster and commits, retrying on conflicts.
+    async fn update_cluster<T>(
+        &self,
+        mut f: impl FnMut(&mut Cluster) -> Result<T, ServerError>,
+    ) -> Result<(T, Cluster), ServerError> {
+        for _ in 0..ATTEMPTS {
+            let mut c = self.server.cluster().await?;
+            let out = f(&mut c)?;
+            match self.store().commit(vec![Op::UpdateCluster(c.clone())]).await {
+                Ok(_) => return Ok((out, c)),
+                Err(StoreError::SequenceConflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServerError::Contention("cluster update kept conflicting".into()))
+    }
+
+    /// Applies `f` to node `id` and commits, retrying on conflicts.
+    async fn update_node(
+        &self,
+        id: &str,
+        mut f: impl FnMut(&mut Node) -> Result<(), ServerError>,
+    ) -> Result<Node, ServerError> {
+        for _ in 0..ATTEMPTS {
+            let mut n = self.node(id).await?;
+            f(&mut n)?;
+            match self.store().commit(vec![Op::UpdateNode(n.clone())]).await {
+                Ok(_) => return Ok(n),
+                Err(StoreError::SequenceConflict) => continue,
+                Err(StoreError::NotExist) => return Err(ServerError::NodeNotFound),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServerError::Contention(format!("update of node {id} kept conflicting")))
+    }
+
+    async fn node(&self, id: &str) -> Result<Node, ServerError> {
+        self.store().get_node(id).await?.ok_or(ServerError::NodeNotFound)
+    }
+
+    /// The join token for `role`, after generating a new one if `rotate`.
+    pub async fn join_token(&self, role: Role, rotate: bool) -> Result<String, ServerError> {
+        if !rotate {
+            let c = self.server.cluster().await?;
+            let t = c.root_ca.and_then(|r| r.join_tokens).unwrap_or_default();
+            return Ok(match role {
+                Role::Worker => t.worker,
+                Role::Manager => t.manager,
+            });
+        }
+        let entropy = self.server.inner.deps.entropy.clone();
+        let (token, _) = self
+            .update_cluster(|c| {
+                let fips = c.fips;
+                let root = c.root_ca.get_or_insert_with(Default::default);
+                let d = digest(&root.ca_cert);
+                let token = with_entropy(&entropy, |e| generate_join_token(&d, fips, e))?;
+                let t = root.join_tokens.get_or_insert_with(Default::default);
+                match role {
+                    Role::Worker => t.worker = token.clone(),
+                    Role::Manager => t.manager = token.clone(),
+                }
+                Ok(token)
+            })
+            .await?;
+        info!(role = role.ou(), "join token rotated");
+        Ok(token)
+    }
+
+    /// Every node, in ID order.
+    pub async fn list_nodes(&self) -> Result<Vec<admin::NodeInfo>, ServerError> {
+        let snap = self.store().view(swarmca_store::WatchFilter::All).await?;
+        Ok(snap.nodes.iter().map(|n| self.info(n, false)).collect())
+    }
+
+    /// One node, with its certificate.
+    pub async fn inspect_node(&self, id: &str) -> Result<admin::NodeInfo, ServerError> {
+        Ok(self.info(&self.node(id).await?, true))
+    }
+
+    /// Removes a node and blacklists its certificates until they expire. Managers need
+    /// `force`; the serving manager cannot be removed.
+    pub async fn remove_node(&self, id: &str, force: bool) -> Result<admin::NodeInfo, ServerError> {
+        if self.self_node_id.as_deref() == Some(id) {
+            return Err(precondition(format!("node {id} is the manager serving this cluster; it cannot be removed")));
+        }
+        for _ in 0..ATTEMPTS {
+            let node = self.node(id).await?;
+            if node.role == Role::Manager.to_proto() && !force {
+                return Err(precondition(format!(
+                    "node {id} is a manager; demote it first or use --force"
+                )));
+            }
+            let mut cluster = self.server.cluster().await?;
+            let expiry = cert_not_after(&node).unwrap_or_else(|| {
+                let now = self.server.inner.deps.clock.now();
+                now + self.cert_expiry(&cluster)
+            });
+            cluster.blacklisted_certificates.insert(
+                node.id.clone(),
+                BlacklistedCertificate { expiry: Some(prost_types::Timestamp::from(expiry)) },
+            );
+            let info = self.info(&node, false);
+            match self.store().commit(vec![Op::UpdateCluster(cluster), Op::DeleteNode(node)]).await {
+                Ok(_) => {
+                    info!(node = %id, "node removed; its certificates are blacklisted");
+                    return Ok(info);
+                }
+                Err(StoreError::SequenceConflict) => continue,
+                Err(StoreError::NotExist) => return Err(ServerError::NodeNotFound),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServerError::Contention(format!("removal of node {id} kept conflicting")))
+    }
+
+    /// Sets the node's role; it gets a certificate for it at its next renewal.
+    pub async fn set_role(&self, id: &str, role: Role) -> Result<admin::NodeInfo, ServerError> {
+        let n = self
+            .update_node(id, |n| {
+                let spec = n.spec.get_or_insert_with(Default::default);
+                spec.desired_role = role.to_proto();
+                n.role = role.to_proto();
+                Ok(())
+            })
+            .await?;
+        info!(node = %id, role = role.ou(), "node role changed; effective at its next renewal");
+        Ok(self.info(&n, false))
+    }
+
+    /// Marks a node's membership ACCEPTED (it is then signed if its request is pending).
+    pub async fn accept_node(&self, id: &str) -> Result<admin::NodeInfo, ServerError> {
+        let n = self
+            .update_node(id, |n| {
+                n.spec.get_or_insert_with(Default::default).membership = Membership::Accepted as i32;
+                Ok(())
+            })
+            .await?;
+        Ok(self.info(&n, false))
+    }
+
+    /// Cluster summary.
+    pub async fn cluster_info(&self) -> Result<admin::ClusterInfo, ServerError> {
+        let c = self.server.cluster().await?;
+        let snap = self.store().view(swarmca_store::WatchFilter::All).await?;
+        Ok(self.cluster_summary(&c, &snap.nodes))
+    }
+
+    /// Changes the node certificate validity (at least 1 h) and/or autolock.
+    pub async fn update_cluster_settings(
+        &self,
+        cert_expiry: Option<Duration>,
+        autolock: Option<bool>,
+    ) -> Result<admin::ClusterInfo, ServerError> {
+        if let Some(d) = cert_expiry {
+            if d < MIN_NODE_CERT_EXPIRY {
+                return Err(ServerError::InvalidSetting("minimum certificate expiry time is: 1h0m0s".into()));
+            }
+        }
+        let entropy = self.server.inner.deps.entropy.clone();
+        let (_, c) = self
+            .update_cluster(|c| {
+                let spec = c.spec.get_or_insert_with(Default::default);
+                if let Some(d) = cert_expiry {
+                    let ca = spec.ca_config.get_or_insert_with(CaConfig::default);
+                    ca.node_cert_expiry = prost_types::Duration::try_from(d).ok();
+                }
+                if let Some(on) = autolock {
+                    spec.encryption_config = Some(EncryptionConfig { auto_lock_managers: on });
+                    let has_key = c.unlock_keys.iter().any(|k| k.subsystem == UNLOCK_SUBSYSTEM);
+                    if on && !has_key {
+                        let key = draw::<32>(&entropy)?;
+                        c.unlock_keys.push(unlock_key(key.to_vec()));
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        info!(?cert_expiry, ?autolock, "cluster settings updated");
+        let snap = self.store().view(swarmca_store::WatchFilter::All).await?;
+        Ok(self.cluster_summary(&c, &snap.nodes))
+    }
+
+    /// The human-readable manager unlock key (empty when autolock is off), rotated first if
+    /// asked.
+    pub async fn unlock_key(&self, rotate: bool) -> Result<admin::UnlockKeyResponse, ServerError> {
+        let entropy = self.server.inner.deps.entropy.clone();
+        let c = if rotate {
+            self.update_cluster(|c| {
+                if !autolock_on(c) {
+                    return Err(precondition("autolock is not enabled; nothing to rotate".into()));
+                }
+                let key = draw::<32>(&entropy)?;
+                c.unlock_keys.retain(|k| k.subsystem != UNLOCK_SUBSYSTEM);
+                c.unlock_keys.push(unlock_key(key.to_vec()));
+                Ok(())
+            })
+            .await?
+            .1
+        } else {
+            self.server.cluster().await?
+        };
+        let on = autolock_on(&c);
+        let key = c.unlock_keys.iter().find(|k| k.subsystem == UNLOCK_SUBSYSTEM);
+        Ok(admin::UnlockKeyResponse {
+            unlock_key: match (on, key) {
+                (true, Some(k)) => format!("{UNLOCK_KEY_PREFIX}{}", base64_std_nopad(&k.key)),
+                _ => String::new(),
+            },
+            autolock: on,
+        })
+    }
+
+    fn cert_expiry(&self, c: &Cluster) -> Duration {
+        effective_expiry(
+            c.spec
+                .as_ref()
+                .and_then(|s| s.ca_config.as_ref())
+                .and_then(|ca| ca.node_cert_expiry.as_ref())
+                .and_then(|d| Duration::try_from(*d).ok()),
+        )
+    }
+
+    fn cluster_summary(&self, c: &Cluster, nodes: &[Node]) -> admin::ClusterInfo {
+        let root = c.root_ca.clone().unwrap_or_default();
+        let pending = nodes
+            .iter()
+            .filter(|n| {
+                let s = state(n);
+                s == State::Pending as i32 || s == State::Renew as i32
+            })
+            .count();
+        admin::ClusterInfo {
+            id: c.id.clone(),
+            root_ca_digest: digest_string(&root.ca_cert),
+            root_ca_pem: root.ca_cert,
+            cert_expiry_secs: self.cert_expiry(c).as_secs(),
+            autolock: autolock_on(c),
+            version: swarmca_store::version_of(c.meta.as_ref()),
+            nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            pending: u32::try_from(pending).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn info(&self, n: &Node, with_cert: bool) -> admin::NodeInfo {
+        let cert = n.certificate.clone().unwrap_or_default();
+        let status = cert.status.clone().unwrap_or_default();
+        let spec = n.spec.clone().unwrap_or_default();
+        let summary = leaf_summary(&cert.certificate);
+        admin::NodeInfo {
+            id: n.id.clone(),
+            role: n.role,
+            desired_role: spec.desired_role,
+            membership: if spec.membership == Membership::Accepted as i32 { "accepted" } else { "pending" }.into(),
+            state: state_name(status.state).into(),
+            detail: status.err,
+            not_before: summary.as_ref().map_or(0, |s| s.not_before),
+            not_after: summary.as_ref().map_or(0, |s| s.not_after),
+            cert_fingerprint: summary.as_ref().map(|s| s.fingerprint.clone()).unwrap_or_default(),
+            issuer: summary.map(|s| s.issuer).unwrap_or_default(),
+            availability: Availability::try_from(spec.availability)
+                .map_or("unknown", |a| match a {
+                    Availability::Active => "active",
+                    Availability::Pause => "pause",
+                    Availability::Drain => "drain",
+                })
+                .into(),
+            is_self: self.self_node_id.as_deref() == Some(n.id.as_str()),
+            certificate: if with_cert { cert.certificate } else { Vec::new() },
+        }
+    }
+}
+
+fn autolock_on(c: &Cluster) -> bool {
+    c.spec.as_ref().and_then(|s| s.encryption_config.as_ref()).is_some_and(|e| e.auto_lock_managers)
+}
+
+fn unlock_key(key: Vec<u8>) -> EncryptionKey {
+    EncryptionKey { subsystem: UNLOCK_SUBSYSTEM.into(), key, ..Default::default() }
+}
+
+fn state(n: &Node) -> i32 {
+    n.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state)
+}
+
+/// Lower-case name of an issuance state.
+pub fn state_name(s: i32) -> &'static str {
+    match State::try_from(s) {
+        Ok(State::Unknown) => "unknown",
+        Ok(State::Renew) => "renew",
+        Ok(State::Pending) => "pending",
+        Ok(State::Issued) => "issued",
+        Ok(State::Failed) => "failed",
+        Ok(State::Rotate) => "rotate",
+        Err(_) => "invalid",
+    }
+}
+
+struct LeafSummary {
+    not_before: i64,
+    not_after: i64,
+    fingerprint: String,
+    issuer: String,
+}
+
+/// Validity, fingerprint and issuer CN of the first certificate in a PEM bundle.
+fn leaf_summary(pem: &[u8]) -> Option<LeafSummary> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let (_, c) = X509Certificate::from_der(&p.contents).ok()?;
+    let issuer = c
+        .issuer()
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Some(LeafSummary {
+        not_before: c.validity().not_before.timestamp(),
+        not_after: c.validity().not_after.timestamp(),
+        fingerprint: digest_string(&p.contents),
+        issuer,
+    })
+}
+
+/// NotAfter of the node's current certificate.
+fn cert_not_after(n: &Node) -> Option<SystemTime> {
+    let s = leaf_summary(&n.certificate.as_ref()?.certificate)?;
+    let secs = u64::try_from(s.not_after).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// Standard base64 without padding (SwarmKit's unlock-key encoding).
+fn base64_std_nopad(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let [b0, b1, b2] = [chunk.first(), chunk.get(1), chunk.get(2)].map(|x| x.copied().unwrap_or(0));
+        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
+        let take = chunk.len() + 1;
+        for i in 0..take {
+            let idx = (n >> (18 - 6 * i)) & 63;
+            if let Some(&c) = ALPHABET.get(idx as usize) {
+                out.push(char::from(c));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64_std_nopad;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors_without_padding() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg"),
+            ("fo", "Zm8"),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg"),
+            ("fooba", "Zm9vYmE"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_std_nopad(input.as_bytes()), want);
+        }
+        assert_eq!(base64_std_nopad(&[0xfb, 0xff]), "+/8");
+    }
+}

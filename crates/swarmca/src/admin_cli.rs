@@ -1,0 +1,271 @@
+//! The admin commands: talk to a running manager over DATA_DIR/control.sock.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hyper_util::rt::TokioIo;
+use swarmca_proto::admin::admin_client::AdminClient;
+use swarmca_proto::admin::{self, NodeInfo};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{fatal, ClusterCommand, Fatal, NodeCommand, RoleArg};
+
+/// The control socket of a data directory.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+async fn client(data_dir: &Path) -> Result<AdminClient<Channel>, Fatal> {
+    let path = socket_path(data_dir);
+    let p = path.clone();
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let p = p.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+    });
+    let ch = Endpoint::from_static("http://swarmca.control")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| {
+            fatal!(
+                "no swarmca server is running for data dir {} (cannot connect to {}: {}); start one with `swarmca serve --data-dir {}`",
+                data_dir.display(),
+                path.display(),
+                root_cause(&e),
+                data_dir.display()
+            )
+        })?;
+    Ok(AdminClient::new(ch))
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn rpc_err(s: tonic::Status) -> Fatal {
+    fatal!("{}", s.message())
+}
+
+fn proto_role(r: RoleArg) -> i32 {
+    match r {
+        RoleArg::Worker => admin::Role::Worker as i32,
+        RoleArg::Manager => admin::Role::Manager as i32,
+    }
+}
+
+fn role_name(r: i32) -> &'static str {
+    if r == admin::Role::Manager as i32 {
+        "manager"
+    } else {
+        "worker"
+    }
+}
+
+/// `swarmca join-token`.
+pub async fn join_token(data_dir: &Path, role: RoleArg, rotate: bool, quiet: bool) -> Result<(), Fatal> {
+    let mut c = client(data_dir).await?;
+    let r = c
+        .join_token(admin::JoinTokenRequest { role: proto_role(role), rotate })
+        .await
+        .map_err(rpc_err)?
+        .into_inner();
+    if quiet {
+        println!("{}", r.token);
+        return Ok(());
+    }
+    let name = role_name(proto_role(role));
+    if rotate {
+        println!("Successfully rotated {name} join token.\n");
+    }
+    println!("To add a {name} to this swarm, run the following command:\n");
+    println!("    swarmca join --token {} <manager address>", r.token);
+    Ok(())
+}
+
+/// `swarmca node ...`.
+pub async fn node(cmd: NodeCommand) -> Result<(), Fatal> {
+    match cmd {
+        NodeCommand::Ls { data, quiet } => {
+            let mut c = client(&data.path).await?;
+            let nodes = c.list_nodes(admin::ListNodesRequest {}).await.map_err(rpc_err)?.into_inner().nodes;
+            if quiet {
+                for n in nodes {
+                    println!("{}", n.id);
+                }
+            } else {
+                print_table(&nodes);
+            }
+            Ok(())
+        }
+        NodeCommand::Inspect { data, id } => {
+            let mut c = client(&data.path).await?;
+            let n = c.inspect_node(admin::NodeRequest { node_id: id }).await.map_err(rpc_err)?.into_inner();
+            print_node(&n);
+            Ok(())
+        }
+        NodeCommand::Rm { data, force, id } => {
+            let mut c = client(&data.path).await?;
+            let n = c.remove_node(admin::RemoveNodeRequest { node_id: id, force }).await.map_err(rpc_err)?.into_inner();
+            println!("{}", n.id);
+            eprintln!("node removed; its certificates are refused from now on");
+            Ok(())
+        }
+        NodeCommand::Promote { data, id } => role_change(&data.path, id, true).await,
+        NodeCommand::Demote { data, id } => role_change(&data.path, id, false).await,
+        NodeCommand::Accept { data, id } => {
+            let mut c = client(&data.path).await?;
+            let n = c.accept_node(admin::NodeRequest { node_id: id }).await.map_err(rpc_err)?.into_inner();
+            println!("Node {} accepted.", n.id);
+            Ok(())
+        }
+    }
+}
+
+async fn role_change(data_dir: &Path, id: String, promote: bool) -> Result<(), Fatal> {
+    let mut c = client(data_dir).await?;
+    let req = admin::NodeRequest { node_id: id };
+    let n = if promote { c.promote_node(req).await } else { c.demote_node(req).await }
+        .map_err(rpc_err)?
+        .into_inner();
+    println!(
+        "Node {} is now a {} (its certificate changes at its next renewal: `swarmca renew`).",
+        n.id,
+        role_name(n.role)
+    );
+    Ok(())
+}
+
+fn fmt_time(unix: i64) -> String {
+    match u64::try_from(unix) {
+        Ok(s) if s > 0 => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string()
+        }
+        _ => "-".into(),
+    }
+}
+
+fn fmt_remaining(unix: i64) -> String {
+    let Ok(s) = u64::try_from(unix) else { return "-".into() };
+    if s == 0 {
+        return "-".into();
+    }
+    let at = UNIX_EPOCH + Duration::from_secs(s);
+    match at.duration_since(SystemTime::now()) {
+        Ok(d) => format!("in {}", humantime::format_duration(Duration::from_secs(d.as_secs() / 3600 * 3600)).to_string().replace(' ', "")),
+        Err(_) => "EXPIRED".into(),
+    }
+}
+
+fn print_table(nodes: &[NodeInfo]) {
+    println!("{:<27} {:<8} {:<9} {:<8} {:<14} DETAIL", "ID", "ROLE", "MEMBER", "CERT", "EXPIRES");
+    for n in nodes {
+        let id = if n.is_self { format!("{} *", n.id) } else { n.id.clone() };
+        let mut role = role_name(n.role).to_string();
+        if n.desired_role != n.role {
+            role.push_str(&format!("->{}", role_name(n.desired_role)));
+        }
+        println!(
+            "{:<27} {:<8} {:<9} {:<8} {:<14} {}",
+            id,
+            role,
+            n.membership,
+            n.state,
+            fmt_remaining(n.not_after),
+            n.detail.lines().next().unwrap_or("")
+        );
+    }
+}
+
+fn print_node(n: &NodeInfo) {
+    println!("ID:              {}{}", n.id, if n.is_self { " (this manager)" } else { "" });
+    println!("Role:            {}", role_name(n.role));
+    println!("Desired role:    {}", role_name(n.desired_role));
+    println!("Membership:      {}", n.membership);
+    println!("Availability:    {}", n.availability);
+    println!("Certificate:     {}", n.state);
+    if !n.detail.is_empty() {
+        println!("Detail:          {}", n.detail);
+    }
+    println!("  Issuer:        {}", if n.issuer.is_empty() { "-" } else { &n.issuer });
+    println!("  Not before:    {}", fmt_time(n.not_before));
+    println!("  Not after:     {}", fmt_time(n.not_after));
+    println!("  Fingerprint:   {}", if n.cert_fingerprint.is_empty() { "-" } else { &n.cert_fingerprint });
+    if !n.certificate.is_empty() {
+        println!();
+        print!("{}", String::from_utf8_lossy(&n.certificate));
+    }
+}
+
+/// `swarmca ca`.
+pub async fn ca(data_dir: &Path, quiet: bool) -> Result<(), Fatal> {
+    let mut c = client(data_dir).await?;
+    let info = c.get_cluster_info(admin::ClusterInfoRequest {}).await.map_err(rpc_err)?.into_inner();
+    if !quiet {
+        eprintln!("Root CA of cluster {} ({})", info.id, info.root_ca_digest);
+    }
+    print!("{}", String::from_utf8_lossy(&info.root_ca_pem));
+    Ok(())
+}
+
+fn print_cluster(info: &admin::ClusterInfo) {
+    println!("ID:                 {}", info.id);
+    println!("Root CA digest:     {}", info.root_ca_digest);
+    println!("Certificate expiry: {}", humantime::format_duration(Duration::from_secs(info.cert_expiry_secs)));
+    println!("Autolock:           {}", info.autolock);
+    println!("Nodes:              {} ({} waiting for a certificate)", info.nodes, info.pending);
+}
+
+/// `swarmca cluster ...`.
+pub async fn cluster(cmd: ClusterCommand) -> Result<(), Fatal> {
+    match cmd {
+        ClusterCommand::Update { data, cert_expiry, autolock } => {
+            if cert_expiry.is_none() && autolock.is_none() {
+                return Err(fatal!("nothing to update: give --cert-expiry and/or --autolock"));
+            }
+            let mut c = client(&data.path).await?;
+            let info = c
+                .update_cluster(admin::UpdateClusterRequest {
+                    cert_expiry_secs: cert_expiry.map_or(0, |d| d.as_secs()),
+                    autolock,
+                })
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
+            println!("Cluster updated.");
+            print_cluster(&info);
+            if autolock == Some(true) {
+                println!("\nRetrieve the unlock key with `swarmca unlock-key --data-dir {}`.", data.path.display());
+            }
+            Ok(())
+        }
+        ClusterCommand::Inspect { data } => {
+            let mut c = client(&data.path).await?;
+            let info = c.get_cluster_info(admin::ClusterInfoRequest {}).await.map_err(rpc_err)?.into_inner();
+            print_cluster(&info);
+            Ok(())
+        }
+    }
+}
+
+/// `swarmca unlock-key`.
+pub async fn unlock_key(data_dir: &Path, rotate: bool, quiet: bool) -> Result<(), Fatal> {
+    let mut c = client(data_dir).await?;
+    let r = c.unlock_key(admin::UnlockKeyRequest { rotate }).await.map_err(rpc_err)?.into_inner();
+    if !r.autolock {
+        return Err(fatal!("autolock is not enabled for this cluster (enable it with `swarmca cluster update --autolock true`)"));
+    }
+    if quiet {
+        println!("{}", r.unlock_key);
+    } else {
+        if rotate {
+            println!("Successfully rotated manager unlock key.\n");
+        }
+        println!("To unlock a swarm manager after it restarts, use this unlock key:\n\n    {}\n", r.unlock_key);
+        println!("Keep the key safe: without it a restarted, locked manager cannot rejoin.");
+    }
+    Ok(())
+}

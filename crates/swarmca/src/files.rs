@@ -1,0 +1,68 @@
+//! Certificate files: names as SwarmKit uses them, atomic writes, owner-only key files.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::{fatal, Fatal};
+
+/// The root bundle.
+pub const ROOT_CERT: &str = "swarm-root-ca.crt";
+/// The node certificate (leaf + intermediates).
+pub const NODE_CERT: &str = "swarm-node.crt";
+/// The node private key (PKCS#8 PEM, mode 0600).
+pub const NODE_KEY: &str = "swarm-node.key";
+
+/// Creates `dir` (and parents) with owner-only permissions if missing.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), Fatal> {
+    fs::create_dir_all(dir).map_err(|e| fatal!("cannot create directory {}: {e}", dir.display()))?;
+    set_mode(dir, 0o700)
+}
+
+#[cfg(unix)]
+fn set_mode(p: &Path, mode: u32) -> Result<(), Fatal> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .map_err(|e| fatal!("cannot set permissions of {}: {e}", p.display()))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> Result<(), Fatal> {
+    Ok(())
+}
+
+/// Restricts `p` to its owner (used for the control socket).
+pub fn owner_only(p: &Path) -> Result<(), Fatal> {
+    set_mode(p, 0o600)
+}
+
+/// Writes `bytes` to `dir/name` atomically (temp file, fsync, rename, fsync dir); `secret`
+/// files get mode 0600 before any byte is written.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], secret: bool) -> Result<(), Fatal> {
+    let dest = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let write = || -> std::io::Result<()> {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &dest)?;
+        fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        fatal!("cannot write {}: {e}", dest.display())
+    })
+}
+
+/// Reads `dir/name`, with the path in the error.
+pub fn read(dir: &Path, name: &str) -> Result<Vec<u8>, Fatal> {
+    let p: PathBuf = dir.join(name);
+    fs::read(&p).map_err(|e| fatal!("cannot read {}: {e}", p.display()))
+}

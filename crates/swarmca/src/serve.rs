@@ -1,0 +1,362 @@
+//! `swarmca serve`: open (or create) the cluster in the data directory, then serve the CA over
+//! TLS and the admin API on the control socket until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use swarmca_core::entropy::Entropy;
+use swarmca_core::role::Role;
+use swarmca_core::rootca::{
+    digest, effective_expiry, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY, DEFAULT_ROOT_CN,
+};
+use swarmca_core::token::generate_join_token;
+use swarmca_proto::admin::admin_server::AdminServer;
+use swarmca_proto::ca_server::CaServer as CaService;
+use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
+use swarmca_server::tls::server_tls_config;
+use swarmca_server::{
+    shared_entropy, CaServer, Control, OsEntropy, ServerConfig, ServerDeps, SystemClock,
+    TlsPeerCertificates,
+};
+use swarmca_store::{Op, RedbStore, Store, WatchFilter};
+use swarmca_types::issuance_status::State;
+use swarmca_types::node_spec::Membership;
+use swarmca_types::{
+    Annotations, CaConfig, Certificate, Cluster, ClusterSpec, IssuanceStatus, JoinTokens, Node,
+    NodeSpec, RootCa as ApiRootCa,
+};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::admin_cli::socket_path;
+use crate::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
+use crate::{fatal, Fatal};
+
+/// The store file inside the data directory.
+pub const STORE_FILE: &str = "swarmca.redb";
+
+/// This manager's identity and the cluster it serves.
+struct Identity {
+    cluster_id: String,
+    node_id: String,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    tokens: JoinTokens,
+    root: ApiRootCa,
+    expiry: Duration,
+    created: bool,
+}
+
+fn serial() -> Result<[u8; 20], Fatal> {
+    let mut s = [0u8; 20];
+    OsEntropy.fill(&mut s)?;
+    Ok(s)
+}
+
+fn expiry_of(c: &Cluster) -> Duration {
+    effective_expiry(
+        c.spec
+            .as_ref()
+            .and_then(|s| s.ca_config.as_ref())
+            .and_then(|ca| ca.node_cert_expiry.as_ref())
+            .and_then(|d| Duration::try_from(*d).ok()),
+    )
+}
+
+/// A certificate issued to this manager, with its new key and the CSR it was made from.
+struct OwnCert {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    csr: Vec<u8>,
+}
+
+/// Issues a manager certificate for `node_id` with a new key, signed by the cluster root.
+fn issue_own(root: &ApiRootCa, expiry: Duration, node_id: &str, cluster_id: &str) -> Result<OwnCert, Fatal> {
+    let now = SystemTime::now();
+    let ca = RootCa::from_api(root, expiry, now).map_err(|e| fatal!("the cluster root CA is unusable: {e}"))?;
+    if !ca.can_sign() {
+        return Err(fatal!("the cluster root CA has no key here; cannot issue this manager's certificate"));
+    }
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key)?.pem()?.into_bytes();
+    let cert = ca.sign_csr(&csr, node_id, Role::Manager, cluster_id, now, serial()?)?;
+    Ok(OwnCert { cert, key: key.serialize_pem().into_bytes(), csr })
+}
+
+fn manager_node(node_id: &str, csr: Vec<u8>, cert: Vec<u8>) -> Node {
+    Node {
+        id: node_id.to_string(),
+        role: Role::Manager.to_proto(),
+        spec: Some(NodeSpec {
+            desired_role: Role::Manager.to_proto(),
+            membership: Membership::Accepted as i32,
+            ..Default::default()
+        }),
+        certificate: Some(Certificate {
+            role: Role::Manager.to_proto(),
+            csr,
+            status: Some(IssuanceStatus { state: State::Issued as i32, err: String::new() }),
+            certificate: cert,
+            cn: node_id.to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// First start: a new root, cluster, join tokens, and this manager's node and certificate.
+async fn create_cluster(store: &dyn Store, cert_expiry: Option<Duration>) -> Result<Identity, Fatal> {
+    let now = SystemTime::now();
+    let mut entropy = OsEntropy;
+    let expiry = cert_expiry.unwrap_or(DEFAULT_NODE_CERT_EXPIRY);
+    let generated = generate_root(DEFAULT_ROOT_CN, now, serial()?)?;
+    let cluster_id = swarmca_core::id::new_id(&mut entropy)?;
+    let d = digest(&generated.cert_pem);
+    let tokens = JoinTokens {
+        worker: generate_join_token(&d, false, &mut entropy)?,
+        manager: generate_join_token(&d, false, &mut entropy)?,
+    };
+    let root = ApiRootCa {
+        ca_key: generated.key_pem.clone(),
+        ca_cert: generated.cert_pem.clone(),
+        ca_cert_hash: swarmca_core::rootca::digest_string(&generated.cert_pem),
+        join_tokens: Some(tokens.clone()),
+        root_rotation: None,
+        last_forced_rotation: 0,
+    };
+    let node_id = swarmca_core::id::new_id(&mut entropy)?;
+    let OwnCert { cert: cert_pem, key: key_pem, csr } = issue_own(&root, expiry, &node_id, &cluster_id)?;
+    let cluster = Cluster {
+        id: cluster_id.clone(),
+        spec: Some(ClusterSpec {
+            annotations: Some(Annotations { name: "default".into(), ..Default::default() }),
+            ca_config: Some(CaConfig {
+                node_cert_expiry: swarmca_types::prost_types::Duration::try_from(expiry).ok(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        root_ca: Some(root.clone()),
+        ..Default::default()
+    };
+    store
+        .commit(vec![Op::CreateCluster(cluster), Op::CreateNode(manager_node(&node_id, csr, cert_pem.clone()))])
+        .await
+        .map_err(|e| fatal!("cannot store the new cluster: {e}"))?;
+    Ok(Identity { cluster_id, node_id, cert_pem, key_pem, tokens, root, expiry, created: true })
+}
+
+/// CN and first O of a PEM certificate, and whether it is past half its validity.
+fn cert_facts(pem: &[u8]) -> Option<(String, String, bool)> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let (_, c) = X509Certificate::from_der(&p.contents).ok()?;
+    let cn = c.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let org = c.subject().iter_organization().next()?.as_str().ok()?.to_string();
+    let nb = c.validity().not_before.timestamp();
+    let na = c.validity().not_after.timestamp();
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
+    let now = i64::try_from(now).ok()?;
+    let stale = now > nb + (na - nb) / 2;
+    Some((cn, org, stale))
+}
+
+/// Later starts: the stored cluster, and this manager's certificate from the data directory
+/// (re-issued when missing, stale, or not from the current root).
+async fn reopen(store: &dyn Store, cluster: Cluster, certs: &Path) -> Result<Identity, Fatal> {
+    let root = cluster.root_ca.clone().ok_or_else(|| fatal!("the stored cluster has no root CA"))?;
+    let tokens = root.join_tokens.clone().unwrap_or_default();
+    let expiry = expiry_of(&cluster);
+    let files_ok = certs.join(NODE_CERT).exists() && certs.join(NODE_KEY).exists();
+    let existing = if files_ok {
+        let cert = files::read(certs, NODE_CERT)?;
+        let key = files::read(certs, NODE_KEY)?;
+        let (cn, org, stale) = cert_facts(&cert)
+            .ok_or_else(|| fatal!("{} is not a valid node certificate", certs.join(NODE_CERT).display()))?;
+        if org != cluster.id {
+            return Err(fatal!(
+                "{} belongs to cluster {org}, but the store holds cluster {}; wrong data directory?",
+                certs.join(NODE_CERT).display(),
+                cluster.id
+            ));
+        }
+        let verifies = RootCa::from_api(&root, expiry, SystemTime::now())
+            .ok()
+            .and_then(|ca| {
+                let chain: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(&cert)
+                    .filter_map(|p| p.ok().map(|p| p.contents))
+                    .collect();
+                ca.verify_peer(&chain, SystemTime::now()).ok()
+            })
+            .is_some();
+        Some((cn, cert, key, stale || !verifies))
+    } else {
+        None
+    };
+    match existing {
+        Some((node_id, cert_pem, key_pem, false)) => {
+            Ok(Identity { cluster_id: cluster.id, node_id, cert_pem, key_pem, tokens, root, expiry, created: false })
+        }
+        other => {
+            let node_id = match &other {
+                Some((id, ..)) => id.clone(),
+                None => swarmca_core::id::new_id(&mut OsEntropy)?,
+            };
+            warn!(node = %node_id, "issuing a new certificate for this manager (missing, stale, or from another root)");
+            let OwnCert { cert: cert_pem, key: key_pem, csr } = issue_own(&root, expiry, &node_id, &cluster.id)?;
+            let node = manager_node(&node_id, csr, cert_pem.clone());
+            let op = match store.get_node(&node_id).await? {
+                Some(old) => Op::UpdateNode(Node { meta: old.meta, ..node }),
+                None => Op::CreateNode(node),
+            };
+            store.commit(vec![op]).await.map_err(|e| fatal!("cannot store this manager's node: {e}"))?;
+            Ok(Identity { cluster_id: cluster.id, node_id, cert_pem, key_pem, tokens, root, expiry, created: false })
+        }
+    }
+}
+
+/// Fails if another server answers on the control socket; removes a stale socket file.
+async fn claim_socket(path: &Path) -> Result<tokio::net::UnixListener, Fatal> {
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(fatal!("another swarmca server is running on this data directory ({} answers)", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| fatal!("cannot remove stale socket {}: {e}", path.display()))?;
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(|e| fatal!("cannot create control socket {}: {e}", path.display()))?;
+    files::owner_only(path)?;
+    Ok(l)
+}
+
+/// `swarmca serve`.
+pub async fn serve(data_dir: &Path, listen: SocketAddr, cert_expiry: Option<Duration>) -> Result<(), Fatal> {
+    files::ensure_private_dir(data_dir).map_err(|Fatal(m)| fatal!("unusable data directory: {m}"))?;
+    let certs = data_dir.join("certificates");
+    files::ensure_private_dir(&certs)?;
+    let store_path = data_dir.join(STORE_FILE);
+    let store = Arc::new(
+        RedbStore::open(&store_path).map_err(|e| fatal!("cannot open the store {}: {e}", store_path.display()))?,
+    );
+    let socket = socket_path(data_dir);
+    let control_listener = claim_socket(&socket).await?;
+    let incoming = tonic::transport::server::TcpIncoming::bind(listen)
+        .map_err(|e| fatal!("cannot listen on {listen}: {e}"))?;
+
+    let snap = store.view(WatchFilter::All).await?;
+    let id = match snap.clusters.len() {
+        0 => create_cluster(&*store, cert_expiry).await?,
+        1 => {
+            let c = snap.clusters.into_iter().next().ok_or_else(|| fatal!("cluster vanished"))?;
+            if let Some(d) = cert_expiry {
+                if d != expiry_of(&c) {
+                    warn!("--cert-expiry applies only when the cluster is created; use `swarmca cluster update --cert-expiry`");
+                }
+            }
+            reopen(&*store, c, &certs).await?
+        }
+        n => return Err(fatal!("the store holds {n} clusters; expected one")),
+    };
+    files::write_atomic(&certs, ROOT_CERT, &id.root.ca_cert, false)?;
+    files::write_atomic(&certs, NODE_KEY, &id.key_pem, true)?;
+    files::write_atomic(&certs, NODE_CERT, &id.cert_pem, false)?;
+
+    let root_ca = RootCa::from_api(&id.root, id.expiry, SystemTime::now())?;
+    let server = CaServer::new(
+        ServerConfig::new(id.cluster_id.clone()),
+        ServerDeps {
+            store: store.clone(),
+            clock: Arc::new(SystemClock),
+            entropy: shared_entropy(OsEntropy),
+            peers: Arc::new(TlsPeerCertificates),
+        },
+        Some(root_ca),
+    );
+    let mut run = {
+        let s = server.clone();
+        tokio::spawn(async move { s.run().await })
+    };
+    tokio::select! {
+        _ = server.ready() => {}
+        r = &mut run => {
+            return Err(fatal!("the CA server failed to start: {}", match r {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(())) => "stopped".into(),
+                Err(e) => e.to_string(),
+            }));
+        }
+    }
+    info!(cluster = %id.cluster_id, node = %id.node_id, %listen, "swarmca is serving");
+    if id.created {
+        println!("Swarm initialized: cluster {}, this manager is node {}.", id.cluster_id, id.node_id);
+    } else {
+        println!("Swarm reopened: cluster {}, this manager is node {}.", id.cluster_id, id.node_id);
+    }
+    println!("Serving on {listen} (TLS); admin socket {}.\n", socket.display());
+    println!("To add a worker to this swarm, run:\n\n    swarmca join --token {} {listen}\n", id.tokens.worker);
+    println!("To add a manager to this swarm, run:\n\n    swarmca join --token {} {listen}\n", id.tokens.manager);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signal_task = tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("signal received: shutting down");
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let control = Control::new(server.clone(), Some(id.node_id.clone()));
+    let control_incoming = futures_unix(control_listener);
+    let admin = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AdminServer::new(control))
+            .serve_with_incoming_shutdown(control_incoming, stopped(stop_rx.clone())),
+    );
+    let tls = server_tls_config(&id.cert_pem, &id.key_pem, &id.root.ca_cert);
+    let grpc = tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(CaService::new(server.clone()))
+        .add_service(NodeCaService::new(server.clone()))
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+    let served = grpc.await;
+    signal_task.abort();
+    if let Err(e) = server.stop().await {
+        error!(error = %e, "stopping the CA server");
+    }
+    if let Ok(Err(e)) = run.await {
+        error!(error = %e, "the CA server ended with an error");
+    }
+    match admin.await {
+        Ok(Err(e)) => error!(error = %e, "admin socket"),
+        Err(e) => error!(error = %e, "admin socket task"),
+        Ok(Ok(())) => {}
+    }
+    let _ = std::fs::remove_file(&socket);
+    served.map_err(|e| fatal!("gRPC server failed: {e}"))?;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+/// The control socket's connections as a stream tonic accepts.
+fn futures_unix(
+    l: tokio::net::UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
+    tokio_stream::wrappers::UnixListenerStream::new(l)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

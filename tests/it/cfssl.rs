@@ -1,0 +1,227 @@
+//! The external CA path against a real `cfssl serve` (Debian package golang-cfssl), over
+//! HTTPS with mutual TLS on loopback. Skipped, loudly, when the `cfssl` binary is missing,
+//! unless SWARMCA_REQUIRE_CFSSL is set (then a missing binary fails the test).
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use swarmca_core::role::Role;
+use swarmca_types::issuance_status::State;
+
+use crate::external::{join, join_with, keyless_fixture, loopback_server_cert, run_with_external, wait_final_node};
+use crate::fixture::*;
+
+/// Whether to run: `cfssl` is installed. Panics when it is not but SWARMCA_REQUIRE_CFSSL is set.
+fn cfssl_available(test: &str) -> bool {
+    let found = Command::new("cfssl").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    if !found {
+        if std::env::var_os("SWARMCA_REQUIRE_CFSSL").is_some() {
+            panic!("{test}: SWARMCA_REQUIRE_CFSSL is set but the cfssl binary is not installed (apt-get install golang-cfssl)");
+        }
+        // Straight to the process's stderr: libtest's capture would hide an eprintln! of a
+        // passing test.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: {test}: the cfssl binary is not installed (apt-get install golang-cfssl; set SWARMCA_REQUIRE_CFSSL=1 to make this a failure)"
+        );
+    }
+    found
+}
+
+/// A `cfssl serve` child process, killed on drop, with its files in a private directory.
+struct Cfssl {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Cfssl {
+    /// Writes the CA, a TLS certificate for 127.0.0.1 and a signing config into a fresh
+    /// directory and starts `cfssl serve` on a free loopback port (mTLS: client certificates
+    /// must verify to the same root).
+    fn start(root_pem: &[u8], root_key_pem: &[u8]) -> Cfssl {
+        let dir = std::env::temp_dir().join(format!("swarmca-cfssl-{}", new_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (tls_cert, tls_key) = loopback_server_cert(root_pem, root_key_pem);
+        for (name, data) in [
+            ("ca.pem", root_pem),
+            ("ca-key.pem", root_key_pem),
+            ("tls.pem", &tls_cert[..]),
+            ("tls-key.pem", &tls_key[..]),
+            (
+                "config.json",
+                br#"{"signing":{"default":{"usages":["signing","key encipherment","server auth","client auth"],"expiry":"2160h"}}}"#,
+            ),
+        ] {
+            std::fs::write(dir.join(name), data).unwrap();
+        }
+        let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut c = Cfssl { dir, port, child: None };
+        c.restart();
+        c
+    }
+
+    fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let p = |n: &str| self.dir.join(n).to_string_lossy().into_owned();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("cfssl.log")).unwrap();
+        let child = Command::new("cfssl")
+            .args(["serve", "-address", "127.0.0.1", "-port", &self.port.to_string()])
+            .args(["-ca", &p("ca.pem"), "-ca-key", &p("ca-key.pem"), "-config", &p("config.json")])
+            .args(["-tls-cert", &p("tls.pem"), "-tls-key", &p("tls-key.pem")])
+            .args(["-mutual-tls-ca", &p("ca.pem"), "-mutual-tls-cn", ".*"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "cfssl serve did not listen; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/api/v1/cfssl/sign", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("cfssl.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cfssl {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running keyless fixture whose only signer is `cfssl`, with the manager's credentials
+/// for mTLS.
+async fn cfssl_fixture(cfssl_root: impl FnOnce(&Fixture) -> Cfssl) -> (Fixture, Cfssl) {
+    let mut f = keyless_fixture().await;
+    let cfssl = cfssl_root(&f);
+    f.server.update_tls_credentials(&f.server_creds.cert_pem, &f.server_creds.key_pem).unwrap();
+    let url = cfssl.url();
+    run_with_external(&mut f, &[&url]).await;
+    (f, cfssl)
+}
+
+#[tokio::test]
+async fn cfssl_signs_joins_and_an_outage_leaves_them_pending() {
+    if !cfssl_available("cfssl_signs_joins_and_an_outage_leaves_them_pending") {
+        return;
+    }
+    let (f, mut cfssl) = cfssl_fixture(|f| Cfssl::start(&f.root_pem, &f.root_key_pem)).await;
+    assert!(!f.server.root_ca().unwrap().can_sign(), "external-only signing");
+
+    // A worker and a manager get cfssl-issued certificates that verify against the root.
+    let (w, wcsr) = join(&f, &f.worker_token).await;
+    let (m, mcsr) = join(&f, &f.manager_token).await;
+    for (id, csr, role) in [(&w, &wcsr, Role::Worker), (&m, &mcsr, Role::Manager)] {
+        let n = wait_final_node(&f, id, 20).await;
+        let c = n.certificate.clone().unwrap();
+        assert_eq!(state_of(&n), State::Issued as i32, "{}\ncfssl log:\n{}", c.status.unwrap().err, cfssl.log());
+        f.root.check_issued(&c.certificate, csr, id, role, &f.cluster_id, SystemTime::now()).unwrap();
+        let (cn, ous, os, sans) = crate::conformance::subject_of(&c.certificate);
+        assert_eq!((cn.as_str(), ous, os), (id.as_str(), vec![role.ou().to_string()], vec![f.cluster_id.clone()]));
+        let mut want_sans = vec![role.ou().to_string(), id.clone()];
+        if role == Role::Manager {
+            want_sans.push("swarm-ca".into());
+        }
+        assert_eq!(sans, want_sans);
+    }
+
+    // cfssl down: joins stay PENDING (recoverable), never FAILED.
+    cfssl.kill();
+    let mut pending = Vec::new();
+    for i in 0..4 {
+        let token = if i % 2 == 0 { &f.worker_token } else { &f.manager_token };
+        pending.push(join(&f, token).await.0);
+    }
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        for id in &pending {
+            assert_eq!(state_of(&f.node(id).await.unwrap()), State::Pending as i32, "node {id} left PENDING while cfssl was down");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // cfssl back: every pending node is issued within about one retry interval (50 ms here).
+    cfssl.restart();
+    let back = Instant::now();
+    for id in &pending {
+        let n = wait_final_node(&f, id, 10).await;
+        assert_eq!(state_of(&n), State::Issued as i32, "{}", n.certificate.unwrap().status.unwrap().err);
+    }
+    let took = back.elapsed();
+    eprintln!("all {} pending nodes issued {:?} after cfssl came back", pending.len(), took);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[tokio::test]
+async fn cfssl_rejects_ed25519_and_garbage_csrs_and_the_nodes_fail() {
+    if !cfssl_available("cfssl_rejects_ed25519_and_garbage_csrs_and_the_nodes_fail") {
+        return;
+    }
+    let (f, cfssl) = cfssl_fixture(|f| Cfssl::start(&f.root_pem, &f.root_key_pem)).await;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap().pem().unwrap().into_bytes();
+    let id = join_with(&f, &csr, &f.worker_token).await;
+    let n = wait_final_node(&f, &id, 20).await;
+    let status = n.certificate.unwrap().status.unwrap();
+    assert_eq!(status.state, State::Failed as i32, "cfssl log:\n{}", cfssl.log());
+    eprintln!("Ed25519 CSR: {}", status.err);
+    assert!(status.err.starts_with("response errors: [{9300 "), "{}", status.err);
+
+    // §7.1 #6 through cfssl: a garbage CSR fails with "CSR Decode failed".
+    let id = join_with(&f, b"random garbage", &f.worker_token).await;
+    let n = wait_final_node(&f, &id, 20).await;
+    let status = n.certificate.unwrap().status.unwrap();
+    assert_eq!(status.state, State::Failed as i32, "{}", status.err);
+    assert!(status.err.contains("CSR Decode failed"), "{}", status.err);
+}
+
+/// Signing throughput: 200 joins through cfssl (one TLS connection per request) vs 200 joins
+/// signed locally, same in-process client. Prints joins/s.
+/// `cargo test --release -p swarmca-tests --test it cfssl_vs_local_throughput -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn cfssl_vs_local_throughput() {
+    if !cfssl_available("cfssl_vs_local_throughput") {
+        return;
+    }
+    const N: usize = 200;
+    async fn run(f: &Fixture) -> f64 {
+        let csrs: Vec<Vec<u8>> = (0..N).map(|_| new_csr().0).collect();
+        let t = Instant::now();
+        let mut ids = Vec::with_capacity(N);
+        for csr in &csrs {
+            ids.push(join_with(f, csr, &f.worker_token).await);
+        }
+        for id in &ids {
+            let n = wait_final_node(f, id, 120).await;
+            assert_eq!(state_of(&n), State::Issued as i32);
+        }
+        N as f64 / t.elapsed().as_secs_f64()
+    }
+    let (f, _cfssl) = cfssl_fixture(|f| Cfssl::start(&f.root_pem, &f.root_key_pem)).await;
+    let ext = run(&f).await;
+    drop(f);
+    let local = Fixture::start().await;
+    let loc = run(&local).await;
+    eprintln!("THROUGHPUT {N} joins: cfssl (https+mTLS, new connection per sign) {ext:.0} joins/s; local signing {loc:.0} joins/s");
+}
