@@ -36,6 +36,7 @@ struct Cfssl {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    mtls: bool,
 }
 
 impl Cfssl {
@@ -43,6 +44,11 @@ impl Cfssl {
     /// directory and starts `cfssl serve` on a free loopback port (mTLS: client certificates
     /// must verify to the same root).
     fn start(root_pem: &[u8], root_key_pem: &[u8]) -> Cfssl {
+        Cfssl::start_with(root_pem, root_key_pem, true)
+    }
+
+    /// As [`Cfssl::start`]; `mtls: false` accepts clients without a certificate.
+    fn start_with(root_pem: &[u8], root_key_pem: &[u8], mtls: bool) -> Cfssl {
         let dir = std::env::temp_dir().join(format!("swarmca-cfssl-{}", new_id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (tls_cert, tls_key) = loopback_server_cert(root_pem, root_key_pem);
@@ -59,7 +65,7 @@ impl Cfssl {
             std::fs::write(dir.join(name), data).unwrap();
         }
         let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut c = Cfssl { dir, port, child: None };
+        let mut c = Cfssl { dir, port, child: None, mtls };
         c.restart();
         c
     }
@@ -68,11 +74,13 @@ impl Cfssl {
         assert!(self.child.is_none());
         let p = |n: &str| self.dir.join(n).to_string_lossy().into_owned();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("cfssl.log")).unwrap();
+        let mtls: &[String] =
+            if self.mtls { &[ "-mutual-tls-ca".into(), p("ca.pem"), "-mutual-tls-cn".into(), ".*".into()] } else { &[] };
         let child = Command::new("cfssl")
             .args(["serve", "-address", "127.0.0.1", "-port", &self.port.to_string()])
             .args(["-ca", &p("ca.pem"), "-ca-key", &p("ca-key.pem"), "-config", &p("config.json")])
             .args(["-tls-cert", &p("tls.pem"), "-tls-key", &p("tls-key.pem")])
-            .args(["-mutual-tls-ca", &p("ca.pem"), "-mutual-tls-cn", ".*"])
+            .args(mtls)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -224,4 +232,66 @@ async fn cfssl_vs_local_throughput() {
     let local = Fixture::start().await;
     let loc = run(&local).await;
     eprintln!("THROUGHPUT {N} joins: cfssl (https+mTLS, new connection per sign) {ext:.0} joins/s; local signing {loc:.0} joins/s");
+}
+
+/// The binary with an external-only root (`--ca-cert` without a key) signing through cfssl:
+/// joins are issued by cfssl; while cfssl is down `node ls` says why a join is pending, and
+/// the join is issued once cfssl is back.
+#[test]
+fn binary_signs_through_cfssl_and_reports_outages() {
+    use crate::cli::{free_port, join, run, Server, TempDir};
+    if !cfssl_available("binary_signs_through_cfssl_and_reports_outages") {
+        return;
+    }
+    let tmp = TempDir::new("cfssl-bin");
+    let g = swarmca_core::rootca::generate_root("swarm-ca", SystemTime::now(), [7u8; 20]).unwrap();
+    let root_path = tmp.path().join("root.pem");
+    std::fs::write(&root_path, &g.cert_pem).unwrap();
+    // The manager bootstraps its own certificate through cfssl, before it has one: no mTLS.
+    let mut cfssl = Cfssl::start_with(&g.cert_pem, &g.key_pem, false);
+    let data = tmp.path().join("data");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(tmp.path().join("serve.log")).unwrap();
+    let child = Command::new(crate::cli::bin())
+        .args(["serve", "--data-dir", data.to_str().unwrap(), "--listen", &addr])
+        .args(["--ca-cert", root_path.to_str().unwrap()])
+        .arg(format!("--external-ca=protocol=cfssl,url={}", cfssl.url()))
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let s = Server::adopt(child, &data, &addr, &tmp.path().join("serve.log"));
+    let info = s.admin_ok(&["cluster", "inspect"]);
+    assert!(info.contains(&cfssl.url()), "{info}");
+    let w = tmp.path().join("w");
+    let o = join(&s.addr, &s.token("worker"), &w);
+    assert!(o.status.success(), "join through cfssl: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&root_path)
+        .arg(w.join("swarm-node.crt"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+
+    cfssl.kill();
+    let o = run(&["join", "--token", &s.token("worker"), "--cert-dir", tmp.path().join("x").to_str().unwrap(), "--timeout", "3s", &s.addr]);
+    assert!(!o.status.success(), "no certificate while the external CA is down");
+    let ls = s.admin_ok(&["node", "ls"]);
+    let pending: Vec<&str> = ls.lines().filter(|l| l.contains("pending")).collect();
+    assert_eq!(pending.len(), 1, "{ls}");
+    assert!(pending[0].contains("external CA unreachable"), "node ls says why: {ls}");
+    assert!(!ls.contains("failed"), "an outage never fails a join: {ls}");
+
+    cfssl.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ls = s.admin_ok(&["node", "ls"]);
+        if !ls.contains("pending") {
+            assert!(!ls.contains("failed"), "{ls}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "pending join not issued after cfssl came back: {ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -77,6 +77,13 @@ impl Server {
         s
     }
 
+    /// Wraps an already spawned `swarmca serve` child.
+    pub fn adopt(child: Child, data: &Path, addr: &str, log: &Path) -> Server {
+        let s = Server { child, data: data.to_path_buf(), addr: addr.to_string(), log: log.to_path_buf() };
+        s.wait_ready();
+        s
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

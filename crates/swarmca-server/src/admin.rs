@@ -84,7 +84,8 @@ impl Admin for Control {
     ) -> Result<Response<admin::ClusterInfo>, Status> {
         let r = req.into_inner();
         let expiry = (r.cert_expiry_secs != 0).then(|| Duration::from_secs(r.cert_expiry_secs));
-        Ok(Response::new(self.update_cluster_settings(expiry, r.autolock).await?))
+        let external = r.set_external_cas.then_some(r.external_cas);
+        Ok(Response::new(self.update_cluster_settings(expiry, r.autolock, external).await?))
     }
 
     async fn unlock_key(

@@ -197,12 +197,24 @@ impl Control {
         Ok(self.cluster_summary(&c, &snap.nodes))
     }
 
-    /// Changes the node certificate validity (at least 1 h) and/or autolock.
+    /// Changes the node certificate validity (at least 1 h), autolock, and/or the external CA
+    /// list (CFSSL URLs, each optionally bound to the root it signs for).
     pub async fn update_cluster_settings(
         &self,
         cert_expiry: Option<Duration>,
         autolock: Option<bool>,
+        external_cas: Option<Vec<admin::ExternalCaSpec>>,
     ) -> Result<admin::ClusterInfo, ServerError> {
+        if let Some(list) = &external_cas {
+            for e in list {
+                if !(e.url.starts_with("https://") || e.url.starts_with("http://")) {
+                    return Err(ServerError::InvalidSetting(format!(
+                        "external CA URL must start with https:// or http://: {:?}",
+                        e.url
+                    )));
+                }
+            }
+        }
         if let Some(d) = cert_expiry {
             if d < MIN_NODE_CERT_EXPIRY {
                 return Err(ServerError::InvalidSetting("minimum certificate expiry time is: 1h0m0s".into()));
@@ -216,6 +228,17 @@ impl Control {
                     let ca = spec.ca_config.get_or_insert_with(CaConfig::default);
                     ca.node_cert_expiry = prost_types::Duration::try_from(d).ok();
                 }
+                if let Some(list) = &external_cas {
+                    let ca = spec.ca_config.get_or_insert_with(CaConfig::default);
+                    ca.external_cas = list
+                        .iter()
+                        .map(|e| swarmca_types::ExternalCa {
+                            url: e.url.clone(),
+                            ca_cert: e.ca_cert.clone(),
+                            ..Default::default()
+                        })
+                        .collect();
+                }
                 if let Some(on) = autolock {
                     spec.encryption_config = Some(EncryptionConfig { auto_lock_managers: on });
                     let has_key = c.unlock_keys.iter().any(|k| k.subsystem == UNLOCK_SUBSYSTEM);
@@ -227,7 +250,7 @@ impl Control {
                 Ok(())
             })
             .await?;
-        info!(?cert_expiry, ?autolock, "cluster settings updated");
+        info!(?cert_expiry, ?autolock, external_cas = ?external_cas.as_ref().map(Vec::len), "cluster settings updated");
         let snap = self.store().view(swarmca_store::WatchFilter::All).await?;
         Ok(self.cluster_summary(&c, &snap.nodes))
     }
@@ -290,6 +313,18 @@ impl Control {
             version: swarmca_store::version_of(c.meta.as_ref()),
             nodes: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
             pending: u32::try_from(pending).unwrap_or(u32::MAX),
+            external_cas: c
+                .spec
+                .as_ref()
+                .and_then(|s| s.ca_config.as_ref())
+                .map(|ca| {
+                    ca.external_cas
+                        .iter()
+                        .map(|e| admin::ExternalCaSpec { url: e.url.clone(), ca_cert: e.ca_cert.clone() })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            signer_problem: self.server.signer_problem().unwrap_or_default(),
         }
     }
 
@@ -304,7 +339,11 @@ impl Control {
             desired_role: spec.desired_role,
             membership: if spec.membership == Membership::Accepted as i32 { "accepted" } else { "pending" }.into(),
             state: state_name(status.state).into(),
-            detail: status.err,
+            detail: if status.state == State::Pending as i32 || status.state == State::Renew as i32 {
+                self.server.signer_problem().map(|p| format!("waiting: {p}")).unwrap_or_default()
+            } else {
+                status.err
+            },
             not_before: summary.as_ref().map_or(0, |s| s.not_before),
             not_after: summary.as_ref().map_or(0, |s| s.not_after),
             cert_fingerprint: summary.as_ref().map(|s| s.fingerprint.clone()).unwrap_or_default(),

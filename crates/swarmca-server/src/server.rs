@@ -124,6 +124,7 @@ pub(crate) struct Inner {
     pub(crate) signer: RwLock<SignerState>,
     /// Size of the signing loop's pending set (nodes being signed or waiting for a retry).
     pub(crate) pending_len: std::sync::atomic::AtomicUsize,
+    signer_problem: Mutex<Option<String>>,
 }
 
 /// The SwarmKit CA server. Cheap to clone; clones share one server.
@@ -171,6 +172,7 @@ impl CaServer {
                 ready_tx: watch::channel(false).0,
                 signer: RwLock::new(signer),
                 pending_len: std::sync::atomic::AtomicUsize::new(0),
+                signer_problem: Mutex::new(None),
             }),
         }
     }
@@ -245,6 +247,16 @@ impl CaServer {
     /// stale because of it.
     pub fn root_ca_error(&self) -> Option<String> {
         self.inner.read_signer().last_error.clone()
+    }
+
+    /// Why pending requests are not being signed right now (no signer, external CA
+    /// unreachable), as last seen by the signing loop of this server.
+    pub fn signer_problem(&self) -> Option<String> {
+        self.inner.signer_problem.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_signer_problem(&self, p: Option<String>) {
+        *self.inner.signer_problem.lock().unwrap_or_else(|e| e.into_inner()) = p;
     }
 
     /// How many nodes the signing loop is signing or holding for a retry.

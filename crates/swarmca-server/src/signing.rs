@@ -159,6 +159,7 @@ pub(crate) async fn run_loop(server: CaServer, mut cancel: RunCancel) -> Result<
         server.inner.pending_len.store(lp.pending.len(), std::sync::atomic::Ordering::Relaxed);
     };
     server.inner.pending_len.store(0, std::sync::atomic::Ordering::Relaxed);
+    server.set_signer_problem(None);
     // Jobs see the cancel flag before writing; wait for them so nothing of this term writes
     // after `run` has returned.
     while lp.in_flight > 0 {
@@ -254,14 +255,22 @@ impl Loop {
         let dirty = std::mem::take(&mut e.dirty);
         match &outcome {
             Outcome::Unavailable(health, why) if *health != self.health => {
-                match health {
-                    Health::NoSigner => warn!(error = %why, "cannot sign: no external CA URL and no local CA key; requests stay pending"),
-                    _ => warn!(error = %why, "external CA unavailable; requests stay pending and are retried"),
-                }
+                let problem = match health {
+                    Health::NoSigner => {
+                        warn!(error = %why, "cannot sign: no external CA URL and no local CA key; requests stay pending");
+                        format!("no valid signer: {why}")
+                    }
+                    _ => {
+                        warn!(error = %why, "external CA unavailable; requests stay pending and are retried");
+                        format!("external CA unreachable: {why}")
+                    }
+                };
+                self.server.set_signer_problem(Some(problem));
                 self.health = *health;
             }
             Outcome::Issued | Outcome::Failed if self.health != Health::Ok => {
                 info!("signing works again");
+                self.server.set_signer_problem(None);
                 self.health = Health::Ok;
             }
             _ => {}

@@ -217,20 +217,38 @@ fn print_cluster(info: &admin::ClusterInfo) {
     println!("Certificate expiry: {}", humantime::format_duration(Duration::from_secs(info.cert_expiry_secs)));
     println!("Autolock:           {}", info.autolock);
     println!("Nodes:              {} ({} waiting for a certificate)", info.nodes, info.pending);
+    if info.external_cas.is_empty() {
+        println!("External CAs:       none (local signing)");
+    } else {
+        println!("External CAs:");
+        for e in &info.external_cas {
+            let bound = if e.ca_cert.is_empty() { "current root" } else { "a given root" };
+            println!("  - {} (signs for {bound})", e.url);
+        }
+    }
+    if !info.signer_problem.is_empty() {
+        println!("Signer problem:     {}", info.signer_problem);
+    }
 }
 
 /// `swarmca cluster ...`.
 pub async fn cluster(cmd: ClusterCommand) -> Result<(), Fatal> {
     match cmd {
-        ClusterCommand::Update { data, cert_expiry, autolock } => {
-            if cert_expiry.is_none() && autolock.is_none() {
-                return Err(fatal!("nothing to update: give --cert-expiry and/or --autolock"));
+        ClusterCommand::Update { data, cert_expiry, autolock, external_ca, clear_external_ca } => {
+            let set_external_cas = clear_external_ca || !external_ca.is_empty();
+            if cert_expiry.is_none() && autolock.is_none() && !set_external_cas {
+                return Err(fatal!(
+                    "nothing to update: give --cert-expiry, --autolock, --external-ca or --clear-external-ca"
+                ));
             }
+            let external_cas = external_ca.iter().map(|e| e.to_spec()).collect::<Result<Vec<_>, _>>()?;
             let mut c = client(&data.path).await?;
             let info = c
                 .update_cluster(admin::UpdateClusterRequest {
                     cert_expiry_secs: cert_expiry.map_or(0, |d| d.as_secs()),
                     autolock,
+                    set_external_cas,
+                    external_cas,
                 })
                 .await
                 .map_err(rpc_err)?

@@ -69,6 +69,18 @@ enum Command {
         /// e.g. 2160h, 30d. Change it later with `swarmca cluster update --cert-expiry`.
         #[arg(long, value_parser = parse_expiry)]
         cert_expiry: Option<Duration>,
+        /// An external CFSSL CA to sign through, when the cluster is created:
+        /// `protocol=cfssl,url=https://HOST:PORT/api/v1/cfssl/sign[,cacert=ROOT.pem]`.
+        /// Repeat for fallbacks (tried in order). Change later with `cluster update`.
+        #[arg(long = "external-ca", value_parser = parse_external_ca)]
+        external_ca: Vec<ExternalCaArg>,
+        /// Use this root CA certificate (PEM file) instead of generating one, when the cluster
+        /// is created. Without --ca-key, certificates are signed by the external CA only.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// The private key (PEM file) of --ca-cert, for local signing.
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
     },
     /// Join a swarm: fetch and verify the root CA against the token, send a CSR, wait for the
     /// certificate, and write swarm-node.crt, swarm-node.key and swarm-root-ca.crt.
@@ -194,12 +206,65 @@ pub enum ClusterCommand {
         /// Require the unlock key to restart managers (true/false).
         #[arg(long)]
         autolock: Option<bool>,
+        /// Replace the external CA list (repeat for several):
+        /// `protocol=cfssl,url=URL[,cacert=ROOT.pem]`.
+        #[arg(long = "external-ca", value_parser = parse_external_ca)]
+        external_ca: Vec<ExternalCaArg>,
+        /// Remove every external CA (sign locally again, if the root key is present).
+        #[arg(long, conflicts_with = "external_ca")]
+        clear_external_ca: bool,
     },
     /// Show cluster settings.
     Inspect {
         #[command(flatten)]
         data: DataDir,
     },
+}
+
+/// One `--external-ca` value.
+#[derive(Debug, Clone)]
+pub struct ExternalCaArg {
+    /// The CFSSL sign URL.
+    pub url: String,
+    /// File holding the root this CA signs for.
+    pub cacert: Option<PathBuf>,
+}
+
+impl ExternalCaArg {
+    /// The admin API form, reading the cacert file.
+    pub fn to_spec(&self) -> Result<swarmca_proto::admin::ExternalCaSpec, Fatal> {
+        let ca_cert = match &self.cacert {
+            Some(p) => std::fs::read(p).map_err(|e| fatal!("cannot read {}: {e}", p.display()))?,
+            None => Vec::new(),
+        };
+        Ok(swarmca_proto::admin::ExternalCaSpec { url: self.url.clone(), ca_cert })
+    }
+}
+
+fn parse_external_ca(s: &str) -> Result<ExternalCaArg, String> {
+    let mut protocol = None;
+    let mut url = None;
+    let mut cacert = None;
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value in {part:?} (protocol=cfssl,url=URL[,cacert=FILE])"))?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "protocol" => protocol = Some(v.trim().to_ascii_lowercase()),
+            "url" => url = Some(v.trim().to_string()),
+            "cacert" => cacert = Some(PathBuf::from(v.trim())),
+            other => return Err(format!("unknown external CA option {other:?}")),
+        }
+    }
+    match protocol.as_deref() {
+        Some("cfssl") | None => {}
+        Some(p) => return Err(format!("unsupported external CA protocol {p:?} (only cfssl)")),
+    }
+    let url = url.ok_or("missing url=")?;
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!("external CA URL must start with https:// or http://: {url:?}"));
+    }
+    Ok(ExternalCaArg { url, cacert })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -270,7 +335,10 @@ fn main() -> ExitCode {
 
 async fn dispatch(cmd: Command) -> Result<(), Fatal> {
     match cmd {
-        Command::Serve { data, listen, cert_expiry } => serve::serve(&data.path, listen, cert_expiry).await,
+        Command::Serve { data, listen, cert_expiry, external_ca, ca_cert, ca_key } => {
+            let init = serve::InitOptions { cert_expiry, external_ca, ca_cert, ca_key };
+            serve::serve(&data.path, listen, init).await
+        }
         Command::Join { token, cert_dir, timeout, addr } => {
             client::join(&addr, &token, &cert_dir, timeout).await
         }

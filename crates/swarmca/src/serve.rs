@@ -38,6 +38,18 @@ use crate::{fatal, Fatal};
 /// The store file inside the data directory.
 pub const STORE_FILE: &str = "swarmca.redb";
 
+/// What `serve` uses when it creates the cluster.
+pub struct InitOptions {
+    /// Node certificate validity.
+    pub cert_expiry: Option<Duration>,
+    /// External CAs to sign through.
+    pub external_ca: Vec<crate::ExternalCaArg>,
+    /// A root certificate to use instead of a generated one.
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Its key (absent: external signing only).
+    pub ca_key: Option<std::path::PathBuf>,
+}
+
 /// This manager's identity and the cluster it serves.
 struct Identity {
     cluster_id: String,
@@ -73,19 +85,44 @@ struct OwnCert {
     csr: Vec<u8>,
 }
 
-/// Issues a manager certificate for `node_id` with a new key, signed by the cluster root.
-fn issue_own(root: &ApiRootCa, expiry: Duration, node_id: &str, cluster_id: &str) -> Result<OwnCert, Fatal> {
+/// Issues a manager certificate for `node_id` with a new key: signed by the cluster root key,
+/// or through the cluster's external CAs when the root has no key here.
+async fn issue_own(
+    root: &ApiRootCa,
+    external: &[swarmca_types::ExternalCa],
+    expiry: Duration,
+    node_id: &str,
+    cluster_id: &str,
+) -> Result<OwnCert, Fatal> {
     let now = SystemTime::now();
     let ca = RootCa::from_api(root, expiry, now).map_err(|e| fatal!("the cluster root CA is unusable: {e}"))?;
-    if !ca.can_sign() {
-        return Err(fatal!("the cluster root CA has no key here; cannot issue this manager's certificate"));
-    }
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     let csr = params.serialize_request(&key)?.pem()?.into_bytes();
-    let cert = ca.sign_csr(&csr, node_id, Role::Manager, cluster_id, now, serial()?)?;
+    let urls = swarmca_server::external::filter_external_ca_urls(&root.ca_cert, &root.ca_cert, external);
+    let cert = if !urls.is_empty() {
+        // Like SwarmKit, prefer the external CA when one is configured for this root.
+        let roots: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(&root.ca_cert)
+            .filter_map(|p| p.ok().map(|p| p.contents))
+            .collect();
+        let tls = swarmca_server::external::client_tls_config(&roots, None)?;
+        let ext = swarmca_server::ExternalCa::new(urls, Vec::new(), Some(tls), Duration::from_secs(5));
+        let req = swarmca_server::SignRequest::node(&csr, node_id, Role::Manager, cluster_id);
+        let cert = ext.sign(&req).await.map_err(|e| fatal!("the external CA did not sign this manager's certificate: {e}"))?;
+        ca.check_issued(&cert, &csr, node_id, Role::Manager, cluster_id, now)
+            .map_err(|e| fatal!("the external CA returned an unusable certificate for this manager: {e}"))?;
+        cert
+    } else if ca.can_sign() {
+        ca.sign_csr(&csr, node_id, Role::Manager, cluster_id, now, serial()?)?
+    } else {
+        return Err(fatal!("the cluster root CA has no key here and no external CA is configured for it; cannot issue this manager's certificate"));
+    };
     Ok(OwnCert { cert, key: key.serialize_pem().into_bytes(), csr })
+}
+
+fn external_of(c: &Cluster) -> Vec<swarmca_types::ExternalCa> {
+    c.spec.as_ref().and_then(|s| s.ca_config.as_ref()).map(|ca| ca.external_cas.clone()).unwrap_or_default()
 }
 
 fn manager_node(node_id: &str, csr: Vec<u8>, cert: Vec<u8>) -> Node {
@@ -108,34 +145,59 @@ fn manager_node(node_id: &str, csr: Vec<u8>, cert: Vec<u8>) -> Node {
     }
 }
 
-/// First start: a new root, cluster, join tokens, and this manager's node and certificate.
-async fn create_cluster(store: &dyn Store, cert_expiry: Option<Duration>) -> Result<Identity, Fatal> {
+/// First start: a root (generated, or given), the cluster, join tokens, and this manager's
+/// node and certificate.
+async fn create_cluster(store: &dyn Store, init: &InitOptions) -> Result<Identity, Fatal> {
     let now = SystemTime::now();
     let mut entropy = OsEntropy;
-    let expiry = cert_expiry.unwrap_or(DEFAULT_NODE_CERT_EXPIRY);
-    let generated = generate_root(DEFAULT_ROOT_CN, now, serial()?)?;
+    let expiry = init.cert_expiry.unwrap_or(DEFAULT_NODE_CERT_EXPIRY);
+    let (ca_cert, ca_key) = match &init.ca_cert {
+        Some(path) => {
+            let cert = std::fs::read(path).map_err(|e| fatal!("cannot read --ca-cert {}: {e}", path.display()))?;
+            let key = match &init.ca_key {
+                Some(k) => std::fs::read(k).map_err(|e| fatal!("cannot read --ca-key {}: {e}", k.display()))?,
+                None => Vec::new(),
+            };
+            RootCa::new(&cert, if key.is_empty() { b"" } else { &cert }, &key, expiry, b"", now)
+                .map_err(|e| fatal!("unusable --ca-cert/--ca-key: {e}"))?;
+            (cert, key)
+        }
+        None => {
+            let g = generate_root(DEFAULT_ROOT_CN, now, serial()?)?;
+            (g.cert_pem, g.key_pem)
+        }
+    };
     let cluster_id = swarmca_core::id::new_id(&mut entropy)?;
-    let d = digest(&generated.cert_pem);
+    let d = digest(&ca_cert);
     let tokens = JoinTokens {
         worker: generate_join_token(&d, false, &mut entropy)?,
         manager: generate_join_token(&d, false, &mut entropy)?,
     };
     let root = ApiRootCa {
-        ca_key: generated.key_pem.clone(),
-        ca_cert: generated.cert_pem.clone(),
-        ca_cert_hash: swarmca_core::rootca::digest_string(&generated.cert_pem),
+        ca_key,
+        ca_cert_hash: swarmca_core::rootca::digest_string(&ca_cert),
+        ca_cert,
         join_tokens: Some(tokens.clone()),
         root_rotation: None,
         last_forced_rotation: 0,
     };
+    let external = init
+        .external_ca
+        .iter()
+        .map(|e| {
+            e.to_spec().map(|s| swarmca_types::ExternalCa { url: s.url, ca_cert: s.ca_cert, ..Default::default() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let node_id = swarmca_core::id::new_id(&mut entropy)?;
-    let OwnCert { cert: cert_pem, key: key_pem, csr } = issue_own(&root, expiry, &node_id, &cluster_id)?;
+    let OwnCert { cert: cert_pem, key: key_pem, csr } =
+        issue_own(&root, &external, expiry, &node_id, &cluster_id).await?;
     let cluster = Cluster {
         id: cluster_id.clone(),
         spec: Some(ClusterSpec {
             annotations: Some(Annotations { name: "default".into(), ..Default::default() }),
             ca_config: Some(CaConfig {
                 node_cert_expiry: swarmca_types::prost_types::Duration::try_from(expiry).ok(),
+                external_cas: external,
                 ..Default::default()
             }),
             ..Default::default()
@@ -206,7 +268,8 @@ async fn reopen(store: &dyn Store, cluster: Cluster, certs: &Path) -> Result<Ide
                 None => swarmca_core::id::new_id(&mut OsEntropy)?,
             };
             warn!(node = %node_id, "issuing a new certificate for this manager (missing, stale, or from another root)");
-            let OwnCert { cert: cert_pem, key: key_pem, csr } = issue_own(&root, expiry, &node_id, &cluster.id)?;
+            let OwnCert { cert: cert_pem, key: key_pem, csr } =
+                issue_own(&root, &external_of(&cluster), expiry, &node_id, &cluster.id).await?;
             let node = manager_node(&node_id, csr, cert_pem.clone());
             let op = match store.get_node(&node_id).await? {
                 Some(old) => Op::UpdateNode(Node { meta: old.meta, ..node }),
@@ -232,7 +295,7 @@ async fn claim_socket(path: &Path) -> Result<tokio::net::UnixListener, Fatal> {
 }
 
 /// `swarmca serve`.
-pub async fn serve(data_dir: &Path, listen: SocketAddr, cert_expiry: Option<Duration>) -> Result<(), Fatal> {
+pub async fn serve(data_dir: &Path, listen: SocketAddr, init: InitOptions) -> Result<(), Fatal> {
     files::ensure_private_dir(data_dir).map_err(|Fatal(m)| fatal!("unusable data directory: {m}"))?;
     let certs = data_dir.join("certificates");
     files::ensure_private_dir(&certs)?;
@@ -247,13 +310,14 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr, cert_expiry: Option<Dura
 
     let snap = store.view(WatchFilter::All).await?;
     let id = match snap.clusters.len() {
-        0 => create_cluster(&*store, cert_expiry).await?,
+        0 => create_cluster(&*store, &init).await?,
         1 => {
             let c = snap.clusters.into_iter().next().ok_or_else(|| fatal!("cluster vanished"))?;
-            if let Some(d) = cert_expiry {
-                if d != expiry_of(&c) {
-                    warn!("--cert-expiry applies only when the cluster is created; use `swarmca cluster update --cert-expiry`");
-                }
+            if init.cert_expiry.is_some_and(|d| d != expiry_of(&c)) {
+                warn!("--cert-expiry applies only when the cluster is created; use `swarmca cluster update --cert-expiry`");
+            }
+            if !init.external_ca.is_empty() || init.ca_cert.is_some() {
+                warn!("--external-ca/--ca-cert apply only when the cluster is created; use `swarmca cluster update --external-ca`");
             }
             reopen(&*store, c, &certs).await?
         }
@@ -274,6 +338,9 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr, cert_expiry: Option<Dura
         },
         Some(root_ca),
     );
+    server
+        .update_tls_credentials(&id.cert_pem, &id.key_pem)
+        .map_err(|e| fatal!("this manager's credentials are unusable for the external CA client: {e}"))?;
     let mut run = {
         let s = server.clone();
         tokio::spawn(async move { s.run().await })
