@@ -219,3 +219,51 @@ async fn pending_membership_is_not_signed_but_renew_is() {
         .into_inner();
     assert_eq!(r.status.unwrap().state, State::Issued as i32, "RENEW is signed whatever the membership");
 }
+
+/// A follower serves joins and status from the shared store but signs nothing; once a leader
+/// runs, the join is signed and the follower's waiting status call returns it.
+#[tokio::test]
+async fn follower_accepts_joins_and_the_leader_signs_them() {
+    let mut f = Fixture::with(Opts { run: false, ..Opts::default() }).await;
+    let mut cfg = swarmca_server::ServerConfig::new(f.cluster_id.clone());
+    cfg.retry_interval = Duration::from_millis(50);
+    let follower = swarmca_server::CaServer::new(
+        cfg,
+        swarmca_server::ServerDeps {
+            store: std::sync::Arc::new(f.store.clone()),
+            clock: std::sync::Arc::new(swarmca_server::SystemClock),
+            entropy: swarmca_server::shared_entropy(swarmca_server::OsEntropy),
+            peers: std::sync::Arc::new(swarmca_server::TlsPeerCertificates),
+        },
+        Some(f.root.clone()),
+    );
+    let fo = follower.clone();
+    let _h = tokio::spawn(async move { fo.run_follower().await });
+    tokio::time::timeout(Duration::from_secs(5), follower.ready()).await.unwrap();
+    let (csr, _) = new_csr();
+    let id = follower
+        .issue_node_certificate(Request::new(join_req(&csr, &f.worker_token)))
+        .await
+        .unwrap()
+        .into_inner()
+        .node_id;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(state_of(&f.node(&id).await.unwrap()), State::Pending as i32, "followers do not sign");
+    assert_eq!(follower.pending_count(), 0);
+    let fo = follower.clone();
+    let id2 = id.clone();
+    let waiter = tokio::spawn(async move { fo.node_certificate_status(status_req(&id2)).await });
+    // Token rotation reaches the follower too.
+    f.update_cluster(|c| c.root_ca.as_mut().unwrap().join_tokens.as_mut().unwrap().worker = "SWMTKN-1-rotated".into()).await;
+    let probe = follower.clone();
+    eventually(5, || {
+        let p = probe.clone();
+        let csr = csr.clone();
+        async move { p.issue_node_certificate(Request::new(join_req(&csr, "SWMTKN-1-rotated"))).await.is_ok() }
+    })
+    .await;
+    f.run_server().await;
+    let r = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap().into_inner();
+    assert_eq!(r.status.unwrap().state, State::Issued as i32);
+    assert_eq!(r.certificate.unwrap().csr, csr);
+}

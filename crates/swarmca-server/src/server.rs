@@ -190,6 +190,18 @@ impl CaServer {
     /// the cluster's root CA and join tokens, signs what a previous leader left pending, then
     /// follows store events. Fails at once if already running.
     pub async fn run(&self) -> Result<(), ServerError> {
+        self.run_as(true).await
+    }
+
+    /// Serves the RPCs of a *follower* manager until [`CaServer::stop`]: loads and follows the
+    /// cluster's root CA and join tokens, accepts joins and renewals into the shared store and
+    /// answers status from it, but signs nothing — the leader's [`CaServer::run`] does. Same
+    /// lifecycle rules as `run`; a follower becomes leader with `stop` then `run`.
+    pub async fn run_follower(&self) -> Result<(), ServerError> {
+        self.run_as(false).await
+    }
+
+    async fn run_as(&self, leader: bool) -> Result<(), ServerError> {
         let (cancel_rx, generation) = {
             let mut life = self.life();
             if !matches!(life.phase, Phase::Stopped) {
@@ -201,8 +213,12 @@ impl CaServer {
             (rx, life.generation)
         };
         let _guard = RunGuard { server: self.clone(), generation };
-        info!(cluster = %self.inner.cfg.cluster_id, "CA server starting");
-        let r = signing::run_loop(self.clone(), cancel_rx).await;
+        info!(cluster = %self.inner.cfg.cluster_id, leader, "CA server starting");
+        let r = if leader {
+            signing::run_loop(self.clone(), cancel_rx).await
+        } else {
+            signing::follow_loop(self.clone(), cancel_rx).await
+        };
         if let Err(e) = &r {
             error!(error = %e, "CA server run loop ended with an error");
         }

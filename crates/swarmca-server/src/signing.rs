@@ -102,6 +102,38 @@ struct Loop {
     health: Health,
 }
 
+/// The body of [`CaServer::run_follower`]: keep the signer view (root, tokens) current.
+pub(crate) async fn follow_loop(server: CaServer, mut cancel: RunCancel) -> Result<(), ServerError> {
+    let cluster_id = server.inner.cfg.cluster_id.clone();
+    let (snapshot, mut watch) =
+        server.inner.deps.store.view_and_watch(swarmca_store::WatchFilter::Cluster(cluster_id.clone())).await?;
+    let cluster = snapshot
+        .clusters
+        .iter()
+        .find(|c| c.id == cluster_id)
+        .ok_or_else(|| ServerError::ClusterNotFound(cluster_id.clone()))?;
+    log_update_root_ca(&server, cluster);
+    server.mark_ready(&cancel);
+    loop {
+        tokio::select! {
+            biased;
+            r = cancel.changed() => {
+                if r.is_err() || *cancel.borrow() {
+                    return Ok(());
+                }
+            }
+            ev = watch.next() => match ev {
+                None => return Err(ServerError::WatchClosed),
+                Some(Event::CreateCluster(c)) | Some(Event::UpdateCluster(c)) => {
+                    log_update_root_ca(&server, &c);
+                    server.mark_ready(&cancel);
+                }
+                Some(_) => {}
+            },
+        }
+    }
+}
+
 /// The body of [`CaServer::run`].
 pub(crate) async fn run_loop(server: CaServer, mut cancel: RunCancel) -> Result<(), ServerError> {
     let store = server.inner.deps.store.clone();
