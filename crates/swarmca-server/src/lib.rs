@@ -23,6 +23,7 @@ pub mod external;
 pub mod peer;
 mod rpc;
 mod server;
+mod signal;
 mod signing;
 pub mod tls;
 

@@ -162,7 +162,7 @@ impl CaServer {
         if node_id.is_empty() {
             return Err(ServerError::EmptyField);
         }
-        let mut cancel = self.running_cancel()?;
+        let cancel = self.running_cancel()?;
         let (snap, mut watch) =
             self.inner.deps.store.view_and_watch(WatchFilter::Node(node_id.clone())).await?;
         let node = snap.nodes.into_iter().find(|n| n.id == node_id).ok_or(ServerError::NodeNotFound)?;
@@ -172,11 +172,8 @@ impl CaServer {
         let wait = async {
             loop {
                 tokio::select! {
-                    r = cancel.changed() => {
-                        if r.is_err() || *cancel.borrow() {
-                            return Err(ServerError::Cancelled);
-                        }
-                    }
+                    biased;
+                    _ = cancel.wait_for(|c| *c) => return Err(ServerError::Cancelled),
                     ev = watch.next() => match ev {
                         None => return Err(ServerError::WatchClosed),
                         Some(Event::UpdateNode(n)) | Some(Event::CreateNode(n)) => {

@@ -14,7 +14,6 @@ use subtle::ConstantTimeEq;
 use swarmca_core::rootca::{effective_expiry, RootCa};
 use swarmca_store::{Store, StoreError, WatchFilter};
 use swarmca_types::{BlacklistedCertificate, Cluster, JoinTokens};
-use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::env::{Clock, SharedEntropy};
@@ -24,6 +23,7 @@ use crate::external::{
     EXTERNAL_REQUEST_TIMEOUT,
 };
 use crate::peer::PeerCertificates;
+use crate::signal::Signal;
 use crate::signing;
 
 /// Default interval of the retry ticker for recoverable signing errors.
@@ -70,7 +70,7 @@ pub struct ServerDeps {
 #[derive(Debug)]
 enum Phase {
     Stopped,
-    Running { cancel: watch::Sender<bool>, generation: u64 },
+    Running { cancel: RunCancel, generation: u64 },
     Stopping,
 }
 
@@ -119,8 +119,8 @@ pub(crate) struct Inner {
     pub(crate) deps: ServerDeps,
     life: Mutex<Lifecycle>,
     /// Signals `Stopped` after `run` has fully returned.
-    stopped_tx: watch::Sender<u64>,
-    ready_tx: watch::Sender<bool>,
+    stopped_tx: Arc<Signal<u64>>,
+    ready_tx: Arc<Signal<bool>>,
     pub(crate) signer: RwLock<SignerState>,
     /// Size of the signing loop's pending set (nodes being signed or waiting for a retry).
     pub(crate) pending_len: std::sync::atomic::AtomicUsize,
@@ -140,7 +140,7 @@ impl std::fmt::Debug for CaServer {
 }
 
 /// A handle a waiting RPC keeps on the run it started under; it fires when that run stops.
-pub(crate) type RunCancel = watch::Receiver<bool>;
+pub(crate) type RunCancel = Arc<Signal<bool>>;
 
 impl CaServer {
     /// A stopped server. `initial_root` is what `GetRootCACertificate` serves before the first
@@ -168,8 +168,8 @@ impl CaServer {
                 cfg,
                 deps,
                 life: Mutex::new(Lifecycle { phase: Phase::Stopped, join_tokens: None, generation: 0 }),
-                stopped_tx: watch::channel(0).0,
-                ready_tx: watch::channel(false).0,
+                stopped_tx: Signal::new(0),
+                ready_tx: Signal::new(false),
                 signer: RwLock::new(signer),
                 pending_len: std::sync::atomic::AtomicUsize::new(0),
                 signer_problem: Mutex::new(None),
@@ -208,9 +208,9 @@ impl CaServer {
                 return Err(ServerError::AlreadyRunning);
             }
             life.generation += 1;
-            let (tx, rx) = watch::channel(false);
-            life.phase = Phase::Running { cancel: tx, generation: life.generation };
-            (rx, life.generation)
+            let cancel = Signal::new(false);
+            life.phase = Phase::Running { cancel: cancel.clone(), generation: life.generation };
+            (cancel, life.generation)
         };
         let _guard = RunGuard { server: self.clone(), generation };
         info!(cluster = %self.inner.cfg.cluster_id, leader, "CA server starting");
@@ -227,31 +227,29 @@ impl CaServer {
 
     /// Stops a running server and waits until its loop has returned.
     pub async fn stop(&self) -> Result<(), ServerError> {
-        let mut stopped = self.inner.stopped_tx.subscribe();
         let generation = {
             let mut life = self.life();
             let generation = match &life.phase {
                 Phase::Running { cancel, generation } => {
-                    let _ = cancel.send(true);
+                    cancel.set(true);
                     *generation
                 }
                 Phase::Stopped | Phase::Stopping => return Err(ServerError::AlreadyStopped),
             };
             life.phase = Phase::Stopping;
             life.join_tokens = None;
-            self.inner.ready_tx.send_replace(false);
+            self.inner.ready_tx.set(false);
             generation
         };
         // The guard publishes the generation once `run` has returned.
-        let _ = stopped.wait_for(|g| *g >= generation).await;
+        self.inner.stopped_tx.wait_for(|g| *g >= generation).await;
         info!("CA server stopped");
         Ok(())
     }
 
     /// Waits until the server is running and has loaded its join tokens.
     pub async fn ready(&self) {
-        let mut rx = self.inner.ready_tx.subscribe();
-        let _ = rx.wait_for(|r| *r).await;
+        self.inner.ready_tx.wait_for(|r| *r).await;
     }
 
     /// Whether a run is active (not stopping or stopped).
@@ -307,15 +305,15 @@ impl CaServer {
 
     pub(crate) fn mark_ready(&self, generation_cancel: &RunCancel) {
         let life = self.life();
-        if matches!(life.phase, Phase::Running { .. }) && !*generation_cancel.borrow() && life.join_tokens.is_some() {
-            self.inner.ready_tx.send_replace(true);
+        if matches!(life.phase, Phase::Running { .. }) && !generation_cancel.get() && life.join_tokens.is_some() {
+            self.inner.ready_tx.set(true);
         }
     }
 
     /// The cancel handle of the current run, or `Stopped`.
     pub(crate) fn running_cancel(&self) -> Result<RunCancel, ServerError> {
         match &self.life().phase {
-            Phase::Running { cancel, .. } => Ok(cancel.subscribe()),
+            Phase::Running { cancel, .. } => Ok(cancel.clone()),
             _ => Err(ServerError::Stopped),
         }
     }
@@ -474,8 +472,8 @@ impl Drop for RunGuard {
             life.phase = Phase::Stopped;
             life.join_tokens = None;
         }
-        self.server.inner.ready_tx.send_replace(false);
-        self.server.inner.stopped_tx.send_replace(self.generation);
+        self.server.inner.ready_tx.set(false);
+        self.server.inner.stopped_tx.set(self.generation);
     }
 }
 

@@ -103,7 +103,7 @@ struct Loop {
 }
 
 /// The body of [`CaServer::run_follower`]: keep the signer view (root, tokens) current.
-pub(crate) async fn follow_loop(server: CaServer, mut cancel: RunCancel) -> Result<(), ServerError> {
+pub(crate) async fn follow_loop(server: CaServer, cancel: RunCancel) -> Result<(), ServerError> {
     let cluster_id = server.inner.cfg.cluster_id.clone();
     let (snapshot, mut watch) =
         server.inner.deps.store.view_and_watch(swarmca_store::WatchFilter::Cluster(cluster_id.clone())).await?;
@@ -117,11 +117,7 @@ pub(crate) async fn follow_loop(server: CaServer, mut cancel: RunCancel) -> Resu
     loop {
         tokio::select! {
             biased;
-            r = cancel.changed() => {
-                if r.is_err() || *cancel.borrow() {
-                    return Ok(());
-                }
-            }
+            _ = cancel.wait_for(|c| *c) => return Ok(()),
             ev = watch.next() => match ev {
                 None => return Err(ServerError::WatchClosed),
                 Some(Event::CreateCluster(c)) | Some(Event::UpdateCluster(c)) => {
@@ -135,7 +131,7 @@ pub(crate) async fn follow_loop(server: CaServer, mut cancel: RunCancel) -> Resu
 }
 
 /// The body of [`CaServer::run`].
-pub(crate) async fn run_loop(server: CaServer, mut cancel: RunCancel) -> Result<(), ServerError> {
+pub(crate) async fn run_loop(server: CaServer, cancel: RunCancel) -> Result<(), ServerError> {
     let store = server.inner.deps.store.clone();
     let cluster_id = server.inner.cfg.cluster_id.clone();
     let (snapshot, mut watch) = store.view_and_watch(run_filter()).await?;
@@ -169,11 +165,7 @@ pub(crate) async fn run_loop(server: CaServer, mut cancel: RunCancel) -> Result<
     let result = loop {
         tokio::select! {
             biased;
-            r = cancel.changed() => {
-                if r.is_err() || *cancel.borrow() {
-                    break Ok(());
-                }
-            }
+            _ = cancel.wait_for(|c| *c) => break Ok(()),
             Some((id, outcome)) = done_rx.recv() => lp.on_outcome(id, outcome),
             ev = watch.next() => match ev {
                 None => break Err(ServerError::WatchClosed),
@@ -389,8 +381,11 @@ async fn sign(
         (s.root.clone(), s.external.clone())
     };
     let sreq = SignRequest::node(&req.csr, &req.cn, role, org);
-    let mut stop = cancel.clone();
+    let stop = cancel.clone();
+    // `biased`: no draw from tokio's process-global select RNG, which would make simulation
+    // runs depend on what ran before them in the same process.
     let answer = tokio::select! {
+        biased;
         r = external.sign(&sreq) => r,
         _ = stop.wait_for(|c| *c) => return Err(Outcome::Cancelled),
     };
@@ -436,7 +431,7 @@ async fn write_result(
 ) -> Outcome {
     let store = &server.inner.deps.store;
     for _ in 0..MAX_WRITE_ATTEMPTS {
-        if *cancel.borrow() {
+        if cancel.get() {
             return Outcome::Cancelled;
         }
         let fresh = match store.get_node(id).await {

@@ -1,0 +1,234 @@
+//! Runs simulation seeds: `swarmca-sim [--seeds N] [--first-seed S] [--seed S] [--determinism]
+//! [--long MINUTES] [--verbose]`. Use it through `scripts/sim`, which builds it with
+//! `--cfg madsim`.
+
+#![allow(clippy::panic, clippy::indexing_slicing)]
+
+#[cfg(not(madsim))]
+fn main() {
+    eprintln!("swarmca-sim must be built with RUSTFLAGS=\"--cfg madsim\"; use scripts/sim");
+    std::process::exit(2);
+}
+
+#[cfg(madsim)]
+fn main() {
+    std::process::exit(sim_main::main());
+}
+
+#[cfg(madsim)]
+mod sim_main {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use swarmca_sim::coverage::REQUIRED;
+    use swarmca_sim::options::SimOptions;
+    use swarmca_sim::run::{run_seed, warm_up, Report};
+
+    struct Args {
+        seeds: u64,
+        first: u64,
+        single: Option<u64>,
+        determinism: bool,
+        long_minutes: Option<u64>,
+        verbose: bool,
+        coverage: bool,
+        madsim_check: bool,
+    }
+
+    fn usage() -> ! {
+        eprintln!(
+            "usage: swarmca-sim [--seeds N] [--first-seed S] [--seed S] [--determinism] [--long MINUTES] [--verbose] [--no-coverage]"
+        );
+        std::process::exit(2);
+    }
+
+    fn parse() -> Args {
+        let mut a = Args { seeds: 1, first: 1, single: None, determinism: false, long_minutes: None, verbose: false, coverage: true, madsim_check: false };
+        let mut it = std::env::args().skip(1);
+        let num = |v: Option<String>| v.and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--seeds" => a.seeds = num(it.next()),
+                "--first-seed" => a.first = num(it.next()),
+                "--seed" => a.single = Some(num(it.next())),
+                "--determinism" => a.determinism = true,
+                "--long" => a.long_minutes = Some(num(it.next())),
+                "--verbose" | "-v" => a.verbose = true,
+                "--no-coverage" => a.coverage = false,
+                "--madsim-check" => a.madsim_check = true,
+                "--help" | "-h" => usage(),
+                _ => usage(),
+            }
+        }
+        a
+    }
+
+    /// Runs one seed in a fresh runtime on a fresh thread (thread-locals such as std's
+    /// `RandomState` keys and `rand`'s thread RNG would otherwise carry state from one seed
+    /// into the next); a panic is reported as a crash of that seed.
+    fn run_one(seed: u64, echo: bool) -> Result<Report, String> {
+        let opts = SimOptions::from_seed(seed);
+        let limit = opts.safety + opts.liveness_budget + Duration::from_secs(900);
+        let r = std::thread::spawn(move || {
+            let mut rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+            rt.set_time_limit(limit);
+            rt.block_on(run_seed(echo))
+        })
+        .join();
+        r.map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into())
+        })
+    }
+
+    fn regression_seeds() -> Vec<u64> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/regressions.txt");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split('#').next().and_then(|s| s.trim().parse().ok()))
+            .collect()
+    }
+
+    pub fn main() -> i32 {
+        let args = parse();
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+        // Initialise process-global lazy state once, before any run that counts.
+        let _ = std::thread::spawn(|| {
+            madsim::runtime::Runtime::with_seed_and_config(0, madsim::Config::default()).block_on(warm_up())
+        })
+        .join();
+        if args.madsim_check {
+            // madsim's own check: runs the seed twice and panics at the first divergence of the
+            // RNG/time call sequence, naming the simulated time.
+            fn go() -> impl std::future::Future<Output = Report> {
+                run_seed(false)
+            }
+            for seed in args.first..args.first + args.seeds {
+                let rep = madsim::runtime::Runtime::check_determinism(seed, madsim::Config::default(), go);
+                println!("seed {seed:>6} madsim determinism check passed ({} events, hash {})", rep.log_lines, &rep.log_hash[..16]);
+            }
+            return 0;
+        }
+        let mut seeds: Vec<u64> = match args.single {
+            Some(s) => vec![s],
+            None => {
+                let mut v = regression_seeds();
+                v.extend(args.first..args.first + args.seeds);
+                v
+            }
+        };
+        let started = Instant::now();
+        let long_until = args.long_minutes.map(|m| started + Duration::from_secs(m * 60));
+        let mut total: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut failures = 0u64;
+        let mut ran = 0u64;
+        let mut sim_secs = 0f64;
+        let mut next_long = args.first + args.seeds;
+        let mut i = 0;
+        loop {
+            let seed = match seeds.get(i) {
+                Some(&s) => s,
+                None => match long_until {
+                    Some(t) if Instant::now() < t => {
+                        seeds.push(next_long);
+                        next_long += 1;
+                        continue;
+                    }
+                    _ => break,
+                },
+            };
+            i += 1;
+            let opts = SimOptions::from_seed(seed);
+            let t0 = Instant::now();
+            let echo = args.verbose && args.single.is_some();
+            match run_one(seed, echo) {
+                Ok(rep) => {
+                    ran += 1;
+                    sim_secs += rep.sim_time.as_secs_f64();
+                    for (k, v) in &rep.coverage {
+                        *total.entry(k).or_default() += v;
+                    }
+                    let mut bad = !rep.violations.is_empty();
+                    let mut det = String::new();
+                    if args.determinism {
+                        match run_one(seed, false) {
+                            Ok(again) if again.log_hash == rep.log_hash => det = " det=ok".into(),
+                            Ok(again) => {
+                                bad = true;
+                                det = format!(" det=MISMATCH({})", &again.log_hash[..16]);
+                            }
+                            Err(e) => {
+                                bad = true;
+                                det = format!(" det=CRASH({e})");
+                            }
+                        }
+                    }
+                    println!(
+                        "seed {seed:>6} {} events={:<6} issued={:<4} failed={:<3} joins={:<4} renewals={:<4} sim={:>5.0}s wall={:>5}ms hash={}{det}",
+                        if bad { "FAIL" } else { "ok  " },
+                        rep.log_lines,
+                        rep.issued,
+                        rep.failed,
+                        rep.joins,
+                        rep.renewals,
+                        rep.sim_time.as_secs_f64(),
+                        t0.elapsed().as_millis(),
+                        &rep.log_hash[..16],
+                    );
+                    if bad {
+                        failures += 1;
+                        println!("  options: {opts}");
+                        for v in &rep.violations {
+                            println!("  {v}");
+                        }
+                        println!("  last events:");
+                        for l in &rep.log_tail {
+                            println!("    {l}");
+                        }
+                        println!("  replay: scripts/sim --seed {seed} --verbose");
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    println!("seed {seed:>6} CRASH {e}");
+                    println!("  options: {opts}");
+                    println!("  replay: scripts/sim --seed {seed} --verbose");
+                }
+            }
+        }
+        let wall = started.elapsed().as_secs_f64();
+        println!();
+        println!("coverage over {ran} seed(s):");
+        let mut unhit = Vec::new();
+        for name in REQUIRED {
+            let n = total.get(name).copied().unwrap_or(0);
+            println!("  {name:<40} {n}");
+            if n == 0 {
+                unhit.push(*name);
+            }
+        }
+        for (k, v) in &total {
+            if !REQUIRED.contains(k) {
+                println!("  {k:<40} {v}");
+            }
+        }
+        println!(
+            "{ran} seed(s) in {wall:.1} s: {:.2} seeds/s, {:.0} simulated s per wall s; {failures} failure(s)",
+            ran as f64 / wall.max(1e-9),
+            sim_secs / wall.max(1e-9)
+        );
+        if args.coverage && args.single.is_none() && !unhit.is_empty() {
+            println!("coverage FAILED: never hit: {unhit:?}");
+            return 1;
+        }
+        i32::from(failures > 0)
+    }
+}

@@ -1,0 +1,25 @@
+//! I3: nothing is issued to, or accepted from, a blacklisted (removed) identity: no node write
+//! for a blacklisted ID, and no renewal accepted after the node's removal.
+
+use super::WriteCtx;
+use crate::shared::{lock, Shared};
+
+pub fn check_write(ctx: &WriteCtx<'_>) {
+    let blacklisted = ctx.cluster.is_some_and(|c| c.blacklisted_certificates.contains_key(&ctx.new.id));
+    if blacklisted {
+        ctx.shared.violation("I3", format!("write to blacklisted node {} (state {})", ctx.new.id, ctx.state()));
+    }
+}
+
+pub fn check_renewals(shared: &Shared) {
+    let removed = lock(&shared.removed).clone();
+    for r in lock(&shared.renewals).iter() {
+        let Some((_, at)) = removed.iter().find(|(id, _)| *id == r.node) else { continue };
+        if r.ok && r.start > *at {
+            shared.violation("I3", format!("renewal of node {} accepted at {:?}, after its removal at {at:?}", r.node, r.rpc_end));
+        }
+        if r.start <= *at && *at <= r.end {
+            shared.coverage.hit("branch.renewal_racing_removal");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! I6: recoverable errors (store errors, conflicts, leader changes, signer outages) never
+//! produce FAILED: a node fails only when its CSR itself is unusable.
+
+use super::WriteCtx;
+use crate::mirror::Mirror;
+
+pub fn check(m: &mut Mirror, ctx: &WriteCtx<'_>) {
+    if ctx.state() != 4 || ctx.prev.is_some_and(|p| super::state(p) == 4) {
+        return;
+    }
+    m.failed += 1;
+    ctx.shared.coverage.hit("branch.failed_state");
+    let csr = ctx.new.certificate.as_ref().map(|c| c.csr.clone()).unwrap_or_default();
+    if swarmca_core::csr::parse_csr_pem(&csr).is_ok() {
+        let why = ctx.new.certificate.as_ref().and_then(|c| c.status.as_ref()).map(|s| s.err.clone()).unwrap_or_default();
+        ctx.shared.violation("I6", format!("node {} FAILED although its CSR is valid: {why}", ctx.new.id));
+    }
+}

@@ -1,0 +1,66 @@
+//! One checker per invariant (spec dst-and-fuzz.md I1–I10). Per-write checkers run on every
+//! store write the mirror sees; the final checkers run once the liveness phase is over, over
+//! everything recorded.
+
+use std::time::Duration;
+
+use swarmca_store::Node;
+use swarmca_types::Cluster;
+
+use crate::mirror::Mirror;
+use crate::shared::Shared;
+
+pub mod i1_key_matches_csr;
+pub mod i2_certificate_contents;
+pub mod i3_blacklist;
+pub mod i4_certificates_change_only_by_issuance;
+pub mod i5_liveness;
+pub mod i6_recoverable_never_fails;
+pub mod i7_token_decides_role;
+pub mod i9_unique_serials;
+pub mod i10_status_matches_store;
+
+/// One store write of a node, with the state before it.
+pub struct WriteCtx<'a> {
+    pub shared: &'a Shared,
+    pub prev: Option<&'a Node>,
+    pub new: &'a Node,
+    /// The cluster as of this write.
+    pub cluster: Option<&'a Cluster>,
+    pub now: Duration,
+}
+
+impl WriteCtx<'_> {
+    pub fn state(&self) -> i32 {
+        state(self.new)
+    }
+
+    /// Whether this write put a new certificate on the node.
+    pub fn new_certificate(&self) -> bool {
+        let cert = |n: &Node| n.certificate.as_ref().map(|c| c.certificate.clone()).unwrap_or_default();
+        let c = cert(self.new);
+        !c.is_empty() && self.prev.map(cert) != Some(c)
+    }
+}
+
+pub fn state(n: &Node) -> i32 {
+    n.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state)
+}
+
+/// Runs every per-write checker.
+pub fn on_node_write(m: &mut Mirror, ctx: &WriteCtx<'_>) {
+    i1_key_matches_csr::check(ctx);
+    i2_certificate_contents::check(m, ctx);
+    i3_blacklist::check_write(ctx);
+    i4_certificates_change_only_by_issuance::check(ctx);
+    i6_recoverable_never_fails::check(m, ctx);
+    i9_unique_serials::check(m, ctx);
+}
+
+/// Runs every final checker.
+pub fn finish(m: &Mirror, shared: &Shared) {
+    i3_blacklist::check_renewals(shared);
+    i5_liveness::check(m, shared);
+    i7_token_decides_role::check(m, shared);
+    i10_status_matches_store::check(m, shared);
+}

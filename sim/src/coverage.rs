@@ -1,0 +1,46 @@
+//! "Sometimes" assertions: interesting branches and faults the CI seed set must reach at least
+//! once. A run counts hits; the sweep adds them up and fails if one stays at zero.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Every counter the seed sweep requires to be hit.
+pub const REQUIRED: &[&str] = &[
+    "fault.store_conflict_injected",
+    "fault.store_error_injected",
+    "fault.leader_graceful",
+    "fault.leader_kill",
+    "fault.leader_pause",
+    "fault.clog",
+    "fault.clock_skew",
+    "fault.duplicate_join",
+    "fault.concurrent_renew",
+    "fault.cancelled_poll",
+    "branch.conflict_on_certificate_write",
+    "branch.failed_state",
+    "branch.leader_change_with_pending",
+    "branch.renewal_racing_removal",
+    "branch.blacklist_refused",
+    "branch.status_cut_by_stop",
+    "branch.stale_token_refused",
+    "branch.renewal_issued",
+    "branch.join_issued",
+];
+
+/// Hit counters of one run (or of a sweep, once merged).
+#[derive(Clone, Default)]
+pub struct Coverage {
+    inner: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+}
+
+impl Coverage {
+    /// Counts one hit of `name`.
+    pub fn hit(&self, name: &'static str) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()).entry(name).or_default() += 1;
+    }
+
+    /// All counters.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

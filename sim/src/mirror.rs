@@ -1,0 +1,142 @@
+//! Follows every store write (through a watch on the real store, behind the fault injector),
+//! keeps a mirror of the previous state, writes each change to the event log, and feeds the
+//! per-write checkers. It also records what the final checkers need: the token history, the
+//! role each node was created with, and every (state, certificate, CSR) a node ever held.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use swarmca_store::{Event, MemStore, Node, WatchFilter};
+use swarmca_types::Cluster;
+
+use crate::checkers::{self, WriteCtx};
+use crate::shared::{lock, now, Shared};
+
+/// What the mirror knows, shared with the final checkers.
+#[derive(Default)]
+pub struct Mirror {
+    pub nodes: BTreeMap<String, Node>,
+    pub cluster: Option<Cluster>,
+    /// Role each node was created with (from its first certificate request).
+    pub created_role: BTreeMap<String, i32>,
+    /// Every (state, certificate digest, CSR digest) each node held.
+    pub history: BTreeMap<String, BTreeSet<(i32, String, String)>>,
+    /// Serial number (hex) → certificate digest, over every certificate ever issued.
+    pub serials: BTreeMap<String, String>,
+    /// Every node certificate expiry the cluster was configured with.
+    pub expiries: BTreeSet<Duration>,
+    /// Number of certificates seen issued.
+    pub issued: u64,
+    /// Number of FAILED writes.
+    pub failed: u64,
+}
+
+/// Short digest of bytes for logs and history.
+pub fn short(b: &[u8]) -> String {
+    if b.is_empty() {
+        return "-".into();
+    }
+    hex::encode(&swarmca_core::rootca::digest(b)[..8])
+}
+
+fn cert_of(n: &Node) -> (i32, Vec<u8>, Vec<u8>, i32) {
+    let c = n.certificate.clone().unwrap_or_default();
+    (c.status.map_or(0, |s| s.state), c.certificate, c.csr, c.role)
+}
+
+fn expiry_of(c: &Cluster) -> Duration {
+    swarmca_core::rootca::effective_expiry(
+        c.spec
+            .as_ref()
+            .and_then(|s| s.ca_config.as_ref())
+            .and_then(|ca| ca.node_cert_expiry.as_ref())
+            .and_then(|d| Duration::try_from(*d).ok()),
+    )
+}
+
+/// Starts the mirror on the current (supervisor) node.
+pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
+    let (snap, mut watch) = store.view_and_watch_sync(WatchFilter::All);
+    let mirror = Arc::new(Mutex::new(Mirror::default()));
+    {
+        let mut m = lock(&mirror);
+        for c in snap.clusters {
+            m.expiries.insert(expiry_of(&c));
+            record_tokens(&shared, &c, true);
+            m.cluster = Some(c);
+        }
+        for n in snap.nodes {
+            note_history(&mut m, &n);
+            m.nodes.insert(n.id.clone(), n);
+        }
+    }
+    let m2 = mirror.clone();
+    madsim::task::spawn(async move {
+        while let Some(ev) = watch.next().await {
+            let mut m = lock(&m2);
+            apply(&mut m, &shared, ev);
+        }
+    });
+    mirror
+}
+
+fn record_tokens(shared: &Shared, c: &Cluster, initial: bool) {
+    let t = c.root_ca.as_ref().and_then(|r| r.join_tokens.clone()).unwrap_or_default();
+    for (manager, token) in [(false, t.worker), (true, t.manager)] {
+        if shared.current_token(manager).as_deref() != Some(token.as_str()) {
+            if !initial {
+                shared.log.push(format!("token: {} token rotated", if manager { "manager" } else { "worker" }));
+            }
+            shared.token_rotated(manager, token);
+        }
+    }
+}
+
+fn note_history(m: &mut Mirror, n: &Node) {
+    let (state, cert, csr, _) = cert_of(n);
+    m.history.entry(n.id.clone()).or_default().insert((state, short(&cert), short(&csr)));
+}
+
+fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
+    match ev {
+        Event::CreateNode(n) | Event::UpdateNode(n) => {
+            let prev = m.nodes.get(&n.id).cloned();
+            let (state, cert, csr, role) = cert_of(&n);
+            shared.log.push(format!(
+                "write: node {} v{} role={} state={} cert={} csr={}{}",
+                n.id,
+                swarmca_store::version_of(n.meta.as_ref()),
+                role,
+                state,
+                short(&cert),
+                short(&csr),
+                if prev.is_none() { " (created)" } else { "" },
+            ));
+            if prev.is_none() {
+                m.created_role.insert(n.id.clone(), role);
+            }
+            let cluster = m.cluster.clone();
+            let ctx = WriteCtx { shared, prev: prev.as_ref(), new: &n, cluster: cluster.as_ref(), now: now() };
+            checkers::on_node_write(m, &ctx);
+            note_history(m, &n);
+            m.nodes.insert(n.id.clone(), n);
+        }
+        Event::DeleteNode(n) => {
+            shared.log.push(format!("write: node {} deleted", n.id));
+            m.nodes.remove(&n.id);
+        }
+        Event::CreateCluster(c) | Event::UpdateCluster(c) => {
+            let e = expiry_of(&c);
+            shared.log.push(format!(
+                "write: cluster v{} expiry={}s blacklist={}",
+                swarmca_store::version_of(c.meta.as_ref()),
+                e.as_secs(),
+                c.blacklisted_certificates.len()
+            ));
+            m.expiries.insert(e);
+            record_tokens(shared, &c, false);
+            m.cluster = Some(c);
+        }
+    }
+}

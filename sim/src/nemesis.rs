@@ -1,0 +1,196 @@
+//! Typed faults drawn from the seed during the safety phase, and the heal that ends it:
+//! F2 leader changes (graceful step-down, kill, pause), F4 clogged client↔manager links,
+//! F8 clock skew and jumps on managers, F9 long partitions of a client. F1 (store faults) lives
+//! in the store wrapper; F5 (client misbehaviour) in the workload.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use madsim::net::NetSim;
+use madsim::rand::{thread_rng, Rng};
+use madsim::task::NodeId;
+
+use crate::shared::Shared;
+use crate::workload::exp_delay;
+use crate::world::{Health, World};
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    LeaderGraceful,
+    LeaderKill,
+    LeaderPause,
+    Clog,
+    ClockSkew,
+    LongPartition,
+}
+
+fn enabled(shared: &Shared) -> Vec<Fault> {
+    let o = &shared.opts;
+    let mut v = Vec::new();
+    if o.leader_graceful {
+        v.push(Fault::LeaderGraceful);
+    }
+    if o.leader_kill {
+        v.push(Fault::LeaderKill);
+    }
+    if o.leader_pause {
+        v.push(Fault::LeaderPause);
+    }
+    if o.clogs {
+        v.push(Fault::Clog);
+    }
+    if !o.max_clock_skew.is_zero() {
+        v.push(Fault::ClockSkew);
+    }
+    if o.long_partitions {
+        v.push(Fault::LongPartition);
+    }
+    v
+}
+
+/// Runs faults until healing starts.
+pub async fn run(world: Arc<World>, clients: Vec<NodeId>) {
+    let shared = world.shared.clone();
+    let faults = enabled(&shared);
+    if faults.is_empty() {
+        return;
+    }
+    while !shared.healing() {
+        madsim::time::sleep(exp_delay(shared.opts.fault_interval)).await;
+        if shared.healing() {
+            break;
+        }
+        let f = faults[thread_rng().gen_range(0..faults.len())];
+        apply(&world, &clients, f).await;
+    }
+}
+
+fn other_up(world: &World, not: Option<usize>) -> Option<usize> {
+    let up: Vec<usize> = world.up().into_iter().filter(|&i| Some(i) != not).collect();
+    if up.is_empty() {
+        None
+    } else {
+        up.get(thread_rng().gen_range(0..up.len())).copied()
+    }
+}
+
+async fn apply(world: &Arc<World>, clients: &[NodeId], f: Fault) {
+    let shared = &world.shared;
+    let net = NetSim::current();
+    match f {
+        Fault::LeaderGraceful => {
+            if let Some(next) = other_up(world, world.leader()) {
+                shared.coverage.hit("fault.leader_graceful");
+                shared.log.push(format!("nemesis: graceful leader change to manager-{next}"));
+                world.elect(next).await;
+            }
+        }
+        Fault::LeaderKill => {
+            let Some(old) = world.leader() else { return };
+            if world.health(old) != Health::Up {
+                return;
+            }
+            shared.coverage.hit("fault.leader_kill");
+            shared.log.push(format!("nemesis: kill leader manager-{old}"));
+            world.kill(old);
+            let w = world.clone();
+            let down = Duration::from_secs(thread_rng().gen_range(1..60));
+            madsim::task::spawn(async move {
+                madsim::time::sleep(down).await;
+                if w.health(old) == Health::Dead {
+                    w.shared.log.push(format!("nemesis: restart manager-{old}"));
+                    w.restart(old).await;
+                }
+            });
+            // A new leader is elected after a detection delay.
+            madsim::time::sleep(Duration::from_secs(thread_rng().gen_range(1..10))).await;
+            if let Some(next) = other_up(world, Some(old)) {
+                world.elect(next).await;
+            }
+        }
+        Fault::LeaderPause => {
+            let Some(l) = world.leader() else { return };
+            if world.health(l) != Health::Up {
+                return;
+            }
+            shared.coverage.hit("fault.leader_pause");
+            let d = Duration::from_secs(thread_rng().gen_range(1..20));
+            shared.log.push(format!("nemesis: pause leader manager-{l} for {}s", d.as_secs()));
+            world.pause(l);
+            let w = world.clone();
+            madsim::task::spawn(async move {
+                madsim::time::sleep(d).await;
+                if w.health(l) == Health::Paused {
+                    w.resume(l);
+                    w.shared.log.push(format!("nemesis: resume manager-{l}"));
+                }
+            });
+        }
+        Fault::Clog => {
+            let (Some(&c), Some(m)) = (clients.get(thread_rng().gen_range(0..clients.len().max(1))), world.managers.get(thread_rng().gen_range(0..world.managers.len()))) else {
+                return;
+            };
+            shared.coverage.hit("fault.clog");
+            let d = Duration::from_secs(thread_rng().gen_range(1..30));
+            shared.log.push(format!("nemesis: clog client node {c} <-> {} for {}s", m.addr, d.as_secs()));
+            let mid = m.node.id();
+            net.clog_link(c, mid);
+            net.clog_link(mid, c);
+            madsim::task::spawn(async move {
+                madsim::time::sleep(d).await;
+                let net = NetSim::current();
+                net.unclog_link(c, mid);
+                net.unclog_link(mid, c);
+            });
+        }
+        Fault::ClockSkew => {
+            let i = thread_rng().gen_range(0..world.managers.len());
+            let max = shared.opts.max_clock_skew.as_millis() as i64;
+            let skew = thread_rng().gen_range(-max..=max);
+            shared.coverage.hit("fault.clock_skew");
+            shared.log.push(format!("nemesis: manager-{i} clock skew {skew} ms"));
+            if let Some(m) = world.managers.get(i) {
+                m.skew_ms.store(skew, Ordering::SeqCst);
+            }
+        }
+        Fault::LongPartition => {
+            let Some(&c) = clients.get(thread_rng().gen_range(0..clients.len().max(1))) else { return };
+            let d = Duration::from_secs(thread_rng().gen_range(60..400));
+            shared.log.push(format!("nemesis: partition client node {c} for {}s", d.as_secs()));
+            net.clog_node(c);
+            madsim::task::spawn(async move {
+                madsim::time::sleep(d).await;
+                NetSim::current().unclog_node(c);
+            });
+        }
+    }
+}
+
+/// Ends every fault: unclog, resume, restart, unskew, and make sure a leader runs.
+pub async fn heal(world: &Arc<World>, clients: &[NodeId]) {
+    let net = NetSim::current();
+    for &c in clients {
+        net.unclog_node(c);
+        for m in &world.managers {
+            net.unclog_link(c, m.node.id());
+            net.unclog_link(m.node.id(), c);
+        }
+    }
+    for (i, m) in world.managers.iter().enumerate() {
+        m.skew_ms.store(0, Ordering::SeqCst);
+        net.unclog_node(m.node.id());
+        match world.health(i) {
+            Health::Paused => world.resume(i),
+            Health::Dead => world.restart(i).await,
+            Health::Up => {}
+        }
+    }
+    let leader_ok = world.leader().is_some_and(|l| world.health(l) == Health::Up && world.server(l).is_some_and(|s| s.is_running()));
+    if !leader_ok {
+        if let Some(i) = world.up().first().copied() {
+            world.elect(i).await;
+        }
+    }
+    world.shared.log.push(format!("heal: leader manager-{:?}", world.leader()));
+}

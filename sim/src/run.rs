@@ -1,0 +1,173 @@
+//! One seed: build the world, run the safety phase with faults, heal, run the liveness phase,
+//! and judge.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use madsim::rand::{thread_rng, Rng};
+use swarmca_core::rootca::{digest, digest_string, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY};
+use swarmca_server::{shared_entropy, CaServer, Control, OsEntropy, ServerConfig, ServerDeps};
+use swarmca_store::{MemStore, Op};
+use swarmca_types::{Annotations, Cluster, ClusterSpec, JoinTokens, RootCa as ApiRootCa};
+
+use crate::checkers;
+use crate::log::EventLog;
+use crate::options::SimOptions;
+use crate::peers::SimPeers;
+use crate::shared::{lock, Shared};
+use crate::store::FaultyStore;
+use crate::workload::spawn_client;
+use crate::world::{SkewedClock, World};
+
+/// The verdict of one seed.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub violations: Vec<String>,
+    pub coverage: BTreeMap<&'static str, u64>,
+    pub log_hash: String,
+    pub log_lines: usize,
+    pub log_tail: Vec<String>,
+    pub sim_time: Duration,
+    pub issued: u64,
+    pub failed: u64,
+    pub joins: usize,
+    pub renewals: usize,
+}
+
+fn serial() -> [u8; 20] {
+    let mut s = [0u8; 20];
+    thread_rng().fill(&mut s[..]);
+    s
+}
+
+/// Runs the seed of the current madsim runtime; `echo` prints the event log live.
+pub async fn run_seed(echo: bool) -> Report {
+    let seed = madsim::runtime::Handle::current().seed();
+    run_with(SimOptions::from_seed(seed), echo).await
+}
+
+/// A short run that touches every code path once, so that process-global lazy state (parsers'
+/// OID tables, TLS and hashing tables) exists before the runs that count: otherwise the first
+/// run of a process draws entropy at different points than later ones, and a seed would not
+/// replay identically inside one process.
+pub async fn warm_up() -> Report {
+    let seed = madsim::runtime::Handle::current().seed();
+    run_with(SimOptions::warm_up(seed), false).await
+}
+
+/// Runs a scenario with explicit options.
+pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
+    let seed = opts.seed;
+    let log = EventLog::new(echo);
+    log.push(format!("seed {seed}: {opts}"));
+
+    // The cluster, as `swarmca serve` would create it.
+    let now = SystemTime::now();
+    let root = match generate_root("swarm-ca", now, serial()) {
+        Ok(r) => r,
+        Err(e) => panic!("root generation failed: {e}"),
+    };
+    let cluster_id = swarmca_core::id::new_id(&mut OsEntropy).unwrap_or_else(|_| "simcluster".into());
+    let d = digest(&root.cert_pem);
+    let token = |_: ()| swarmca_core::token::generate_join_token(&d, false, &mut OsEntropy).unwrap_or_default();
+    let tokens = JoinTokens { worker: token(()), manager: token(()) };
+    let cluster = Cluster {
+        id: cluster_id.clone(),
+        spec: Some(ClusterSpec {
+            annotations: Some(Annotations { name: "default".into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        root_ca: Some(ApiRootCa {
+            ca_key: root.key_pem.clone(),
+            ca_cert: root.cert_pem.clone(),
+            ca_cert_hash: digest_string(&root.cert_pem),
+            join_tokens: Some(tokens),
+            root_rotation: None,
+            last_forced_rotation: 0,
+        }),
+        ..Default::default()
+    };
+    let mem = MemStore::new();
+    if let Err(e) = mem.commit_sync(vec![Op::CreateCluster(cluster)]) {
+        panic!("cannot create the cluster: {e}");
+    }
+    let shared = Arc::new(Shared::new(opts.clone(), log.clone(), cluster_id.clone(), root.cert_pem.clone()));
+    let mirror = crate::mirror::start(&mem, shared.clone());
+    let store = Arc::new(FaultyStore::new(mem, shared.clone()));
+    let root_ca = match RootCa::new(&root.cert_pem, &root.cert_pem, &root.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", now) {
+        Ok(r) => r,
+        Err(e) => panic!("root unusable: {e}"),
+    };
+
+    let world = Arc::new(World::build(shared.clone(), store.clone(), root_ca.clone()));
+    madsim::time::sleep(Duration::from_millis(100)).await;
+    world.elect(0).await;
+
+    let addrs: Vec<_> = world.managers.iter().map(|m| m.addr).collect();
+    let mut client_nodes = Vec::new();
+    for i in 0..opts.clients {
+        client_nodes.push(spawn_client(i, shared.clone(), addrs.clone()));
+    }
+    // The admin works through its own (never running) server object: Control only needs the
+    // store, a clock and entropy.
+    let admin_server = CaServer::new(
+        ServerConfig::new(cluster_id.clone()),
+        ServerDeps {
+            store: store.clone(),
+            clock: Arc::new(SkewedClock(Arc::default())),
+            entropy: shared_entropy(OsEntropy),
+            peers: Arc::new(SimPeers),
+        },
+        Some(root_ca),
+    );
+    madsim::task::spawn(crate::admin::run(shared.clone(), Control::new(admin_server, None), store.clone()));
+    madsim::task::spawn(crate::nemesis::run(world.clone(), client_nodes.clone()));
+
+    // Safety phase.
+    madsim::time::sleep(opts.safety).await;
+
+    // Heal, then liveness.
+    shared.healing.store(true, Ordering::SeqCst);
+    store.set_faults(false);
+    shared.log.push("heal: faults off");
+    crate::nemesis::heal(&world, &client_nodes).await;
+    let deadline = madsim::time::TimeHandle::current().elapsed() + opts.liveness_budget;
+    loop {
+        let waiting = checkers::i5_liveness::waiting(&lock(&mirror));
+        if waiting.is_empty() || madsim::time::TimeHandle::current().elapsed() >= deadline {
+            break;
+        }
+        madsim::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Let clients finish what they were doing (bounded by their own 90 s poll limit).
+    madsim::time::sleep(Duration::from_secs(100)).await;
+    {
+        let m = lock(&mirror);
+        checkers::finish(&m, &shared);
+    }
+    shared.done.store(true, Ordering::SeqCst);
+    if let Some(dir) = std::env::var_os("SWARMCA_SIM_DUMP") {
+        let path = std::path::Path::new(&dir).join(format!("{seed}-{}.log", log.hash()));
+        let _ = std::fs::write(path, log.lines().join("\n"));
+    }
+    let m = lock(&mirror);
+    let violations = lock(&shared.violations).clone();
+    let joins = lock(&shared.joins).len();
+    let renewals = lock(&shared.renewals).len();
+    Report {
+        seed,
+        violations,
+        coverage: shared.coverage.snapshot(),
+        log_hash: log.hash(),
+        log_lines: log.len(),
+        log_tail: log.tail(40),
+        sim_time: madsim::time::TimeHandle::current().elapsed(),
+        issued: m.issued,
+        failed: m.failed,
+        joins,
+        renewals,
+    }
+}

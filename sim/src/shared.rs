@@ -1,0 +1,141 @@
+//! State the actors of one run share: the log, coverage, what clients observed, the token
+//! history, and phase flags. madsim runs everything on one thread, so plain mutexes suffice.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::coverage::Coverage;
+use crate::log::EventLog;
+use crate::options::SimOptions;
+
+/// A join as a client saw it.
+#[derive(Debug, Clone)]
+pub struct JoinObs {
+    pub client: usize,
+    pub token: String,
+    pub start: Duration,
+    pub end: Duration,
+    /// The node ID on success, or the gRPC code.
+    pub result: Result<String, tonic::Code>,
+}
+
+/// A final status a client received.
+#[derive(Debug, Clone)]
+pub struct StatusObs {
+    pub node: String,
+    pub state: i32,
+    pub cert_digest: String,
+    pub csr_digest: String,
+}
+
+/// A renewal as a client saw it.
+#[derive(Debug, Clone)]
+pub struct RenewObs {
+    pub node: String,
+    /// When the IssueNodeCertificate call started.
+    pub start: Duration,
+    /// When its answer came.
+    pub rpc_end: Duration,
+    /// When the renewal as a whole (including the wait for the certificate) ended.
+    pub end: Duration,
+    pub ok: bool,
+}
+
+/// A token's lifetime: current for `role` from `from` until `until` (None: still current).
+#[derive(Debug, Clone)]
+pub struct TokenSpan {
+    pub token: String,
+    pub manager: bool,
+    pub from: Duration,
+    pub until: Option<Duration>,
+}
+
+/// Everything shared.
+pub struct Shared {
+    pub opts: SimOptions,
+    pub log: EventLog,
+    pub coverage: Coverage,
+    pub cluster_id: String,
+    pub root_pem: Vec<u8>,
+    pub joins: Mutex<Vec<JoinObs>>,
+    pub statuses: Mutex<Vec<StatusObs>>,
+    pub renewals: Mutex<Vec<RenewObs>>,
+    pub tokens: Mutex<Vec<TokenSpan>>,
+    /// Nodes removed by the admin, with the time.
+    pub removed: Mutex<Vec<(String, Duration)>>,
+    /// Safety-phase violations found by checkers while running.
+    pub violations: Mutex<Vec<String>>,
+    /// Set at heal: clients and admin stop starting new work.
+    pub healing: AtomicBool,
+    /// Set when the run is over: every actor exits.
+    pub done: AtomicBool,
+}
+
+/// Simulated time since the start of the run.
+pub fn now() -> Duration {
+    madsim::time::TimeHandle::current().elapsed()
+}
+
+impl Shared {
+    pub fn new(opts: SimOptions, log: EventLog, cluster_id: String, root_pem: Vec<u8>) -> Shared {
+        Shared {
+            opts,
+            log,
+            coverage: Coverage::default(),
+            cluster_id,
+            root_pem,
+            joins: Mutex::default(),
+            statuses: Mutex::default(),
+            renewals: Mutex::default(),
+            tokens: Mutex::default(),
+            removed: Mutex::default(),
+            violations: Mutex::default(),
+            healing: AtomicBool::new(false),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    pub fn healing(&self) -> bool {
+        self.healing.load(Ordering::SeqCst)
+    }
+
+    pub fn done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Records an invariant violation (the run fails).
+    pub fn violation(&self, invariant: &str, msg: String) {
+        let line = format!("VIOLATION {invariant}: {msg}");
+        self.log.push(line.clone());
+        lock(&self.violations).push(line);
+    }
+
+    /// The current token for a role.
+    pub fn current_token(&self, manager: bool) -> Option<String> {
+        lock(&self.tokens).iter().rev().find(|t| t.manager == manager && t.until.is_none()).map(|t| t.token.clone())
+    }
+
+    /// A token that is no longer current, if any.
+    pub fn stale_token(&self, manager: bool) -> Option<String> {
+        lock(&self.tokens).iter().find(|t| t.manager == manager && t.until.is_some()).map(|t| t.token.clone())
+    }
+
+    /// Records that `token` became the current token for the role.
+    pub fn token_rotated(&self, manager: bool, token: String) {
+        let t = now();
+        let mut g = lock(&self.tokens);
+        if g.iter().any(|s| s.token == token && s.until.is_none()) {
+            return;
+        }
+        for s in g.iter_mut().filter(|s| s.manager == manager && s.until.is_none()) {
+            s.until = Some(t);
+        }
+        g.push(TokenSpan { token, manager, from: t, until: None });
+    }
+}
+
+/// Locks, recovering from poisoning (a panic already fails the run).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,314 @@
+//! Clients: nodes that join with a token, poll for their certificate and renew it over
+//! (simulated) mTLS, with the real generated tonic clients — and misbehave on purpose: garbage
+//! CSRs, stale tokens, duplicate joins, racing renewals, cancelled polls (F5).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use madsim::rand::{thread_rng, Rng};
+use swarmca_core::rootca::{RootCa, DEFAULT_NODE_CERT_EXPIRY};
+use swarmca_proto::node_ca_client::NodeCaClient;
+use swarmca_types::{IssueNodeCertificateRequest, NodeCertificateStatusRequest};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::checkers::i1_key_matches_csr::{spki_of_cert_pem, spki_of_csr_pem};
+use crate::mirror::short;
+use crate::peers::present;
+use crate::shared::{lock, now, JoinObs, RenewObs, Shared, StatusObs};
+
+/// Address of client `i`.
+pub fn client_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 1, (i + 1) as u8))
+}
+
+/// A client's credentials.
+#[derive(Clone)]
+struct Creds {
+    node_id: String,
+    chain: Vec<Vec<u8>>,
+}
+
+/// How a wait for a certificate ended.
+enum Waited {
+    Issued(Vec<u8>),
+    Failed,
+    Gone,
+    GaveUp,
+}
+
+struct Client {
+    idx: usize,
+    shared: Arc<Shared>,
+    managers: Vec<SocketAddr>,
+    manager_role: bool,
+}
+
+fn pick<T: Copy>(v: &[T]) -> Option<T> {
+    if v.is_empty() {
+        return None;
+    }
+    let i = thread_rng().gen_range(0..v.len());
+    v.get(i).copied()
+}
+
+fn chance(p: f64) -> bool {
+    p > 0.0 && thread_rng().gen_bool(p.min(1.0))
+}
+
+/// Exponentially distributed delay with the given mean.
+pub fn exp_delay(mean: Duration) -> Duration {
+    let u: f64 = thread_rng().gen_range(0.0001..1.0);
+    Duration::from_secs_f64((-u.ln() * mean.as_secs_f64()).min(mean.as_secs_f64() * 5.0))
+}
+
+async fn connect(addr: SocketAddr) -> Option<NodeCaClient<Channel>> {
+    let ep = Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(Duration::from_secs(2));
+    madsim::time::timeout(Duration::from_secs(3), ep.connect()).await.ok()?.ok().map(NodeCaClient::new)
+}
+
+fn new_key_and_csr() -> Option<(rcgen::KeyPair, Vec<u8>)> {
+    let key = rcgen::KeyPair::generate().ok()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).ok()?.pem().ok()?;
+    Some((key, csr.into_bytes()))
+}
+
+impl Client {
+    async fn call_issue(&self, req: IssueNodeCertificateRequest, creds: Option<&Creds>) -> Result<String, Code> {
+        let addr = pick(&self.managers).ok_or(Code::Unavailable)?;
+        let mut c = connect(addr).await.ok_or(Code::Unavailable)?;
+        let mut r = tonic::Request::new(req);
+        if let Some(creds) = creds {
+            present(&mut r, &creds.chain);
+        }
+        match madsim::time::timeout(Duration::from_secs(5), c.issue_node_certificate(r)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner().node_id),
+            Ok(Err(s)) => Err(s.code()),
+            Err(_) => Err(Code::DeadlineExceeded),
+        }
+    }
+
+    /// Polls like SwarmKit's client until the certificate for `csr` is final.
+    async fn wait(&self, node_id: &str, csr: &[u8]) -> Waited {
+        let deadline = now() + Duration::from_secs(90);
+        while now() < deadline && !self.shared.done() {
+            let short_poll = chance(self.shared.opts.p_cancel_poll);
+            let Some(addr) = pick(&self.managers) else { return Waited::GaveUp };
+            let Some(mut c) = connect(addr).await else {
+                madsim::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            let per_call = if short_poll { Duration::from_millis(200) } else { Duration::from_secs(5) };
+            let mut req = tonic::Request::new(NodeCertificateStatusRequest { node_id: node_id.to_string() });
+            req.set_timeout(per_call);
+            let r = madsim::time::timeout(per_call + Duration::from_millis(100), c.node_certificate_status(req)).await;
+            match r {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    let status = resp.status.unwrap_or_default();
+                    let cert = resp.certificate.unwrap_or_default();
+                    lock(&self.shared.statuses).push(StatusObs {
+                        node: node_id.to_string(),
+                        state: cert.status.as_ref().map_or(status.state, |s| s.state),
+                        cert_digest: short(&cert.certificate),
+                        csr_digest: short(&cert.csr),
+                    });
+                    if cert.csr != csr {
+                        madsim::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    match status.state {
+                        3 | 5 if !cert.certificate.is_empty() => return Waited::Issued(cert.certificate),
+                        4 => return Waited::Failed,
+                        _ => madsim::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+                Ok(Err(s)) if s.code() == Code::NotFound => return Waited::Gone,
+                Ok(Err(s)) => {
+                    if s.code() == Code::Cancelled {
+                        self.shared.coverage.hit("branch.status_cut_by_stop");
+                    }
+                    if s.code() == Code::DeadlineExceeded && short_poll {
+                        self.shared.coverage.hit("fault.cancelled_poll");
+                    }
+                    madsim::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(_) => {
+                    if short_poll {
+                        self.shared.coverage.hit("fault.cancelled_poll");
+                    }
+                }
+            }
+        }
+        Waited::GaveUp
+    }
+
+    /// Client-side checks of an issued certificate (I1 and I2 from the node's view).
+    fn accept(&self, node_id: &str, cert_pem: &[u8], csr: &[u8]) -> Option<Creds> {
+        if spki_of_cert_pem(cert_pem) != spki_of_csr_pem(csr) {
+            self.shared.violation("I1", format!("client {} received a certificate for another key (node {node_id})", self.idx));
+            return None;
+        }
+        let chain: Vec<Vec<u8>> =
+            x509_parser::pem::Pem::iter_from_buffer(cert_pem).filter_map(|p| p.ok().map(|p| p.contents)).collect();
+        let root = RootCa::new(&self.shared.root_pem, b"", b"", DEFAULT_NODE_CERT_EXPIRY, b"", SystemTime::now()).ok()?;
+        match root.verify_peer(&chain, SystemTime::now()) {
+            Ok(id) if id.node_id == node_id => Some(Creds { node_id: node_id.to_string(), chain }),
+            Ok(id) => {
+                self.shared.violation("I2", format!("client {} got a certificate for node {} instead of {node_id}", self.idx, id.node_id));
+                None
+            }
+            Err(e) => {
+                self.shared.violation("I2", format!("client {} got a certificate that does not verify: {e}", self.idx));
+                None
+            }
+        }
+    }
+
+    async fn join(&self) -> Option<Creds> {
+        let opts = &self.shared.opts;
+        let token = if chance(opts.p_bad_token) {
+            self.shared.stale_token(self.manager_role).unwrap_or_else(|| "SWMTKN-1-not-a-token".into())
+        } else {
+            self.shared.current_token(self.manager_role)?
+        };
+        let stale = self.shared.current_token(self.manager_role).as_deref() != Some(token.as_str());
+        let (_key, mut csr) = new_key_and_csr()?;
+        if chance(opts.p_garbage_csr) {
+            csr = b"-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n-----END CERTIFICATE REQUEST-----\n".to_vec();
+        }
+        let req = IssueNodeCertificateRequest { csr: csr.clone(), token: token.clone(), ..Default::default() };
+        if chance(opts.p_duplicate_join) {
+            self.shared.coverage.hit("fault.duplicate_join");
+            let start = now();
+            let r = self.call_issue(req.clone(), None).await;
+            self.record_join(&token, start, &r);
+        }
+        let start = now();
+        let r = self.call_issue(req, None).await;
+        self.record_join(&token, start, &r);
+        let node_id = match r {
+            Ok(id) => id,
+            Err(Code::InvalidArgument) if stale => {
+                self.shared.coverage.hit("branch.stale_token_refused");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        match self.wait(&node_id, &csr).await {
+            Waited::Issued(cert) => {
+                let c = self.accept(&node_id, &cert, &csr);
+                if c.is_some() {
+                    self.shared.coverage.hit("branch.join_issued");
+                }
+                c
+            }
+            Waited::Failed | Waited::Gone | Waited::GaveUp => None,
+        }
+    }
+
+    fn record_join(&self, token: &str, start: Duration, r: &Result<String, Code>) {
+        self.shared.log.push(format!("rpc: client {} join -> {:?}", self.idx, r.as_ref().map_err(|c| format!("{c:?}"))));
+        lock(&self.shared.joins).push(JoinObs { client: self.idx, token: token.to_string(), start, end: now(), result: r.clone() });
+    }
+
+    async fn renew_once(&self, creds: &Creds) -> Result<Option<Creds>, Code> {
+        let (_key, csr) = new_key_and_csr().ok_or(Code::Internal)?;
+        let start = now();
+        let r = self
+            .call_issue(IssueNodeCertificateRequest { csr: csr.clone(), ..Default::default() }, Some(creds))
+            .await;
+        let rpc_end = now();
+        self.shared.log.push(format!("rpc: client {} renew {} -> {:?}", self.idx, creds.node_id, r.as_ref().map_err(|c| format!("{c:?}"))));
+        let record = |end| RenewObs { node: creds.node_id.clone(), start, rpc_end, end, ok: r.is_ok() };
+        let Ok(id) = r.clone() else {
+            lock(&self.shared.renewals).push(record(rpc_end));
+            return r.map(|_| None);
+        };
+        if id != creds.node_id {
+            self.shared.violation("I3", format!("renewal by node {} answered for node {id}", creds.node_id));
+            return Ok(None);
+        }
+        let waited = self.wait(&id, &csr).await;
+        lock(&self.shared.renewals).push(record(now()));
+        match waited {
+            Waited::Issued(cert) => {
+                let c = self.accept(&id, &cert, &csr);
+                if c.is_some() {
+                    self.shared.coverage.hit("branch.renewal_issued");
+                }
+                Ok(c)
+            }
+            Waited::Gone => Err(Code::NotFound),
+            Waited::Failed | Waited::GaveUp => Ok(None),
+        }
+    }
+
+    async fn renew(&self, creds: Creds) -> Option<Creds> {
+        if chance(self.shared.opts.p_concurrent_renew) {
+            self.shared.coverage.hit("fault.concurrent_renew");
+            let (a, b) = tokio::join!(self.renew_once(&creds), self.renew_once(&creds));
+            return match (a, b) {
+                (Ok(Some(c)), _) | (_, Ok(Some(c))) => Some(c),
+                (Err(Code::InvalidArgument | Code::NotFound), _) | (_, Err(Code::InvalidArgument | Code::NotFound)) => {
+                    self.refused(&creds)
+                }
+                _ => Some(creds),
+            };
+        }
+        match self.renew_once(&creds).await {
+            Ok(Some(c)) => Some(c),
+            Ok(None) => Some(creds),
+            Err(Code::InvalidArgument | Code::NotFound) => self.refused(&creds),
+            Err(_) => Some(creds),
+        }
+    }
+
+    /// The renewal was refused: if the node was removed, that is the blacklist working.
+    fn refused(&self, creds: &Creds) -> Option<Creds> {
+        if lock(&self.shared.removed).iter().any(|(id, _)| *id == creds.node_id) {
+            self.shared.coverage.hit("branch.blacklist_refused");
+            None
+        } else {
+            Some(creds.clone())
+        }
+    }
+
+    async fn main(self) {
+        let mut creds: Option<Creds> = None;
+        madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(0..5000))).await;
+        while !self.shared.healing() {
+            creds = match creds {
+                None => {
+                    let c = self.join().await;
+                    if c.is_none() {
+                        madsim::time::sleep(Duration::from_secs(thread_rng().gen_range(1..10))).await;
+                    }
+                    c
+                }
+                Some(c) => {
+                    madsim::time::sleep(exp_delay(self.shared.opts.renew_interval)).await;
+                    if self.shared.healing() {
+                        break;
+                    }
+                    self.renew(c).await
+                }
+            };
+        }
+    }
+}
+
+/// Starts client node `idx`; returns its node ID.
+pub fn spawn_client(idx: usize, shared: Arc<Shared>, managers: Vec<SocketAddr>) -> madsim::task::NodeId {
+    let manager_role = {
+        let share = shared.opts.manager_share;
+        chance(share)
+    };
+    let node = madsim::runtime::Handle::current().create_node().name(format!("client-{idx}")).ip(client_ip(idx)).build();
+    let client = Client { idx, shared, managers, manager_role };
+    node.spawn(client.main());
+    node.id()
+}

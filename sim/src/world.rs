@@ -1,0 +1,229 @@
+//! The simulated cluster: manager nodes running the unchanged `swarmca-server` (every manager
+//! serves the RPCs from the shared store; exactly one — the leader chosen by the harness — runs
+//! the signing loop), their clocks, and leadership changes.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use madsim::runtime::{Handle, NodeHandle};
+use swarmca_core::rootca::RootCa;
+use swarmca_proto::ca_server::CaServer as CaService;
+use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
+use swarmca_server::{shared_entropy, CaServer, Clock, OsEntropy, ServerConfig, ServerDeps};
+
+use crate::peers::SimPeers;
+use crate::shared::{lock, Shared};
+use crate::store::FaultyStore;
+
+/// The port managers serve on.
+pub const PORT: u16 = 2377;
+
+/// A manager's wall clock: simulated time plus a skew the nemesis moves (F8).
+pub struct SkewedClock(pub Arc<AtomicI64>);
+
+impl Clock for SkewedClock {
+    fn now(&self) -> SystemTime {
+        let ms = self.0.load(Ordering::SeqCst);
+        let now = SystemTime::now();
+        if ms >= 0 {
+            now + Duration::from_millis(ms as u64)
+        } else {
+            now - Duration::from_millis(ms.unsigned_abs())
+        }
+    }
+}
+
+/// One manager node.
+pub struct Manager {
+    pub node: NodeHandle,
+    pub addr: SocketAddr,
+    /// The server of the node's current incarnation (replaced on restart).
+    pub server: Arc<Mutex<Option<CaServer>>>,
+    pub skew_ms: Arc<AtomicI64>,
+}
+
+/// Liveness of a manager as the nemesis left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Up,
+    Paused,
+    Dead,
+}
+
+/// All managers and who leads.
+pub struct World {
+    pub shared: Arc<Shared>,
+    pub store: Arc<FaultyStore>,
+    pub managers: Vec<Manager>,
+    pub health: Mutex<Vec<Health>>,
+    pub leader: Mutex<Option<usize>>,
+}
+
+/// The address of manager `i`.
+pub fn manager_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 0, 0, (i + 1) as u8))
+}
+
+impl World {
+    /// Creates the manager nodes; each starts as a follower serving RPCs.
+    pub fn build(shared: Arc<Shared>, store: Arc<FaultyStore>, root: RootCa) -> World {
+        let h = Handle::current();
+        let mut managers = Vec::new();
+        for i in 0..shared.opts.managers {
+            let slot: Arc<Mutex<Option<CaServer>>> = Arc::default();
+            let skew = Arc::new(AtomicI64::new(0));
+            let ip = manager_ip(i);
+            let (slot2, skew2, store2, shared2, root2) =
+                (slot.clone(), skew.clone(), store.clone(), shared.clone(), root.clone());
+            let node = h
+                .create_node()
+                .name(format!("manager-{i}"))
+                .ip(ip)
+                .init(move || {
+                    let mut cfg = ServerConfig::new(shared2.cluster_id.clone());
+                    cfg.retry_interval = shared2.opts.retry_interval;
+                    cfg.max_parallel_signing = 4;
+                    let deps = ServerDeps {
+                        store: store2.clone(),
+                        clock: Arc::new(SkewedClock(skew2.clone())),
+                        entropy: shared_entropy(OsEntropy),
+                        peers: Arc::new(SimPeers),
+                    };
+                    let server = CaServer::new(cfg, deps, Some(root2.clone()));
+                    *lock(&slot2) = Some(server.clone());
+                    async move {
+                        let follower = server.clone();
+                        madsim::task::spawn(async move {
+                            let _ = follower.run_follower().await;
+                        });
+                        let _ = tonic::transport::Server::builder()
+                            .add_service(CaService::new(server.clone()))
+                            .add_service(NodeCaService::new(server))
+                            .serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT))
+                            .await;
+                    }
+                })
+                .build();
+            managers.push(Manager { node, addr: SocketAddr::new(ip, PORT), server: slot, skew_ms: skew });
+        }
+        let n = managers.len();
+        World { shared, store, managers, health: Mutex::new(vec![Health::Up; n]), leader: Mutex::new(None) }
+    }
+
+    pub fn server(&self, i: usize) -> Option<CaServer> {
+        self.managers.get(i).and_then(|m| lock(&m.server).clone())
+    }
+
+    pub fn health(&self, i: usize) -> Health {
+        lock(&self.health).get(i).copied().unwrap_or(Health::Dead)
+    }
+
+    pub fn set_health(&self, i: usize, h: Health) {
+        if let Some(x) = lock(&self.health).get_mut(i) {
+            *x = h;
+        }
+    }
+
+    pub fn leader(&self) -> Option<usize> {
+        *lock(&self.leader)
+    }
+
+    /// Managers that are up.
+    pub fn up(&self) -> Vec<usize> {
+        (0..self.managers.len()).filter(|&i| self.health(i) == Health::Up).collect()
+    }
+
+    /// On manager `i`: stop whatever runs, then run as leader (or follower).
+    async fn switch(&self, i: usize, leader: bool) -> bool {
+        let (Some(m), Some(server)) = (self.managers.get(i), self.server(i)) else { return false };
+        // The node's current incarnation: a handle taken before a restart spawns into the dead one.
+        let Some(node) = Handle::current().get_node(m.node.id()) else { return false };
+        let s = server.clone();
+        let log = self.shared.log.clone();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        node.spawn(async move {
+            let stopped = s.stop().await;
+            let what = if leader { "leader" } else { "follower" };
+            log.push(format!("manager-{i}: stop -> {:?}; starting {what}", stopped.map_err(|e| e.to_string())));
+            let _ = started_tx.send(());
+            let r = if leader { s.run().await } else { s.run_follower().await };
+            log.push(format!("manager-{i}: {what} term ended: {:?}", r.map_err(|e| e.to_string())));
+        });
+        // Wait (bounded) until the new term is ready.
+        madsim::time::timeout(Duration::from_secs(10), async {
+            let _ = started_rx.await;
+            while !server.is_running() {
+                madsim::time::sleep(Duration::from_millis(10)).await;
+            }
+            server.ready().await;
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Makes `i` the leader; the previous leader, if up, steps down gracefully first.
+    pub async fn elect(&self, i: usize) {
+        if let Some(old) = self.leader() {
+            if old != i && self.health(old) == Health::Up {
+                self.switch(old, false).await;
+            }
+        }
+        let pending = self.pending_nodes().await;
+        if self.switch(i, true).await {
+            *lock(&self.leader) = Some(i);
+            self.shared.log.push(format!("leader: manager-{i} (pending nodes: {pending})"));
+            if pending > 0 && self.shared.opts.safety > madsim::time::TimeHandle::current().elapsed() {
+                self.shared.coverage.hit("branch.leader_change_with_pending");
+            }
+        } else {
+            *lock(&self.leader) = None;
+            self.shared.log.push(format!("leader: manager-{i} failed to start"));
+        }
+    }
+
+    /// Nodes waiting for a certificate right now.
+    async fn pending_nodes(&self) -> usize {
+        use swarmca_store::Store;
+        match self.store.inner.view(swarmca_store::WatchFilter::All).await {
+            Ok(snap) => snap.nodes.iter().filter(|n| matches!(crate::checkers::state(n), 1 | 2)).count(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Kills manager `i` (F2 kill).
+    pub fn kill(&self, i: usize) {
+        if let Some(m) = self.managers.get(i) {
+            Handle::current().kill(m.node.id());
+            self.set_health(i, Health::Dead);
+            let mut l = lock(&self.leader);
+            if *l == Some(i) {
+                *l = None;
+            }
+        }
+    }
+
+    /// Restarts a killed manager: a fresh process, serving as a follower.
+    pub async fn restart(&self, i: usize) {
+        if let Some(m) = self.managers.get(i) {
+            Handle::current().restart(m.node.id());
+            self.set_health(i, Health::Up);
+            madsim::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pause(&self, i: usize) {
+        if let Some(m) = self.managers.get(i) {
+            Handle::current().pause(m.node.id());
+            self.set_health(i, Health::Paused);
+        }
+    }
+
+    pub fn resume(&self, i: usize) {
+        if let Some(m) = self.managers.get(i) {
+            Handle::current().resume(m.node.id());
+            self.set_health(i, Health::Up);
+        }
+    }
+}
