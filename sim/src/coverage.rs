@@ -21,6 +21,7 @@ pub const REQUIRED: &[&str] = &[
     "branch.leader_change_with_pending",
     "branch.renewal_racing_removal",
     "branch.blacklist_refused",
+    "branch.unlock_key_refused_removed",
     "branch.status_cut_by_stop",
     "branch.stale_token_refused",
     "branch.renewal_issued",

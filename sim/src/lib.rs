@@ -20,6 +20,8 @@ pub mod checkers;
 #[cfg(madsim)]
 pub mod coverage;
 #[cfg(madsim)]
+pub mod extca;
+#[cfg(madsim)]
 pub mod log;
 #[cfg(madsim)]
 pub mod mirror;

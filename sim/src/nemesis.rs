@@ -15,8 +15,19 @@ use crate::shared::Shared;
 use crate::workload::exp_delay;
 use crate::world::{Health, World};
 
+/// The fake external CA, when the run has one.
+#[derive(Clone)]
+pub struct ExtCa {
+    pub node: NodeId,
+    pub control: Arc<crate::extca::Control>,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Fault {
+    ExtCaKill,
+    ExtCaClog,
+    ExtCaPause,
+    ExtCaMode(crate::extca::Mode),
     LeaderGraceful,
     LeaderKill,
     LeaderPause,
@@ -25,9 +36,21 @@ enum Fault {
     LongPartition,
 }
 
-fn enabled(shared: &Shared) -> Vec<Fault> {
+fn enabled(shared: &Shared, ext: bool) -> Vec<Fault> {
     let o = &shared.opts;
     let mut v = Vec::new();
+    if ext && o.extca_faults {
+        use crate::extca::Mode;
+        v.extend([
+            Fault::ExtCaKill,
+            Fault::ExtCaClog,
+            Fault::ExtCaPause,
+            Fault::ExtCaMode(Mode::Hang),
+            Fault::ExtCaMode(Mode::Http500),
+            Fault::ExtCaMode(Mode::Garbage),
+            Fault::ExtCaMode(Mode::Refuse),
+        ]);
+    }
     if o.leader_graceful {
         v.push(Fault::LeaderGraceful);
     }
@@ -50,9 +73,9 @@ fn enabled(shared: &Shared) -> Vec<Fault> {
 }
 
 /// Runs faults until healing starts.
-pub async fn run(world: Arc<World>, clients: Vec<NodeId>) {
+pub async fn run(world: Arc<World>, clients: Vec<NodeId>, ext: Option<ExtCa>) {
     let shared = world.shared.clone();
-    let faults = enabled(&shared);
+    let faults = enabled(&shared, ext.is_some());
     if faults.is_empty() {
         return;
     }
@@ -62,7 +85,7 @@ pub async fn run(world: Arc<World>, clients: Vec<NodeId>) {
             break;
         }
         let f = faults[thread_rng().gen_range(0..faults.len())];
-        apply(&world, &clients, f).await;
+        apply(&world, &clients, ext.as_ref(), f).await;
     }
 }
 
@@ -75,10 +98,65 @@ fn other_up(world: &World, not: Option<usize>) -> Option<usize> {
     }
 }
 
-async fn apply(world: &Arc<World>, clients: &[NodeId], f: Fault) {
+async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: Fault) {
     let shared = &world.shared;
     let net = NetSim::current();
+    let d = Duration::from_secs(thread_rng().gen_range(2..40));
+    match (f, ext) {
+        (Fault::ExtCaKill, Some(e)) => {
+            shared.coverage.hit("fault.extca_kill");
+            shared.log.push(format!("nemesis: crash external CA for {}s", d.as_secs()));
+            e.control.crash();
+            let c = e.control.clone();
+            madsim::task::spawn(async move {
+                madsim::time::sleep(d).await;
+                c.start();
+            });
+            return;
+        }
+        (Fault::ExtCaClog, Some(e)) => {
+            shared.coverage.hit("fault.extca_clog");
+            shared.log.push(format!("nemesis: clog external CA for {}s", d.as_secs()));
+            net.clog_node(e.node);
+            let id = e.node;
+            madsim::task::spawn(async move {
+                madsim::time::sleep(d).await;
+                NetSim::current().unclog_node(id);
+            });
+            return;
+        }
+        (Fault::ExtCaPause, Some(e)) => {
+            shared.coverage.hit("fault.extca_pause");
+            shared.log.push(format!("nemesis: pause external CA for {}s", d.as_secs()));
+            madsim::runtime::Handle::current().pause(e.node);
+            let id = e.node;
+            madsim::task::spawn(async move {
+                madsim::time::sleep(d).await;
+                madsim::runtime::Handle::current().resume(id);
+            });
+            return;
+        }
+        (Fault::ExtCaMode(mode), Some(e)) => {
+            shared.coverage.hit(match mode {
+                crate::extca::Mode::Hang => "fault.extca_hang",
+                crate::extca::Mode::Http500 => "fault.extca_http500",
+                crate::extca::Mode::Garbage => "fault.extca_garbage",
+                crate::extca::Mode::Refuse => "fault.extca_refuse",
+                crate::extca::Mode::Sign => "fault.extca_sign",
+            });
+            shared.log.push(format!("nemesis: external CA answers {mode:?} for {}s", d.as_secs()));
+            *crate::shared::lock(&e.control.mode) = mode;
+            let c = e.control.clone();
+            madsim::task::spawn(async move {
+                madsim::time::sleep(d).await;
+                *crate::shared::lock(&c.mode) = crate::extca::Mode::Sign;
+            });
+            return;
+        }
+        _ => {}
+    }
     match f {
+        Fault::ExtCaKill | Fault::ExtCaClog | Fault::ExtCaPause | Fault::ExtCaMode(_) => {}
         Fault::LeaderGraceful => {
             if let Some(next) = other_up(world, world.leader()) {
                 shared.coverage.hit("fault.leader_graceful");
@@ -168,8 +246,14 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], f: Fault) {
 }
 
 /// Ends every fault: unclog, resume, restart, unskew, and make sure a leader runs.
-pub async fn heal(world: &Arc<World>, clients: &[NodeId]) {
+pub async fn heal(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>) {
     let net = NetSim::current();
+    if let Some(e) = ext {
+        *crate::shared::lock(&e.control.mode) = crate::extca::Mode::Sign;
+        net.unclog_node(e.node);
+        madsim::runtime::Handle::current().resume(e.node);
+        e.control.start();
+    }
     for &c in clients {
         net.unclog_node(c);
         for m in &world.managers {

@@ -85,6 +85,12 @@ pub struct SimOptions {
     pub p_bad_token: f64,
     /// Mean time between admin actions (rotate, remove, promote/demote, expiry).
     pub admin_interval: Duration,
+    /// Sign through the fake external CFSSL CA.
+    pub external_ca: bool,
+    /// ...with no CA key in the cluster (external-only signing).
+    pub external_only: bool,
+    /// F3: external-CA outages and bad answers.
+    pub extca_faults: bool,
 }
 
 impl SimOptions {
@@ -116,6 +122,9 @@ impl SimOptions {
             p_garbage_csr: r.rate(0.3, 0.1),
             p_bad_token: r.rate(0.3, 0.2),
             admin_interval: Duration::from_secs(r.range(15, 90)),
+            external_ca: r.chance(0.5),
+            external_only: r.chance(0.4),
+            extca_faults: r.chance(0.7),
         }
     }
 }
@@ -140,6 +149,9 @@ impl SimOptions {
             p_bad_token: 0.2,
             admin_interval: Duration::from_secs(10),
             renew_interval: Duration::from_secs(10),
+            external_ca: true,
+            external_only: false,
+            extca_faults: true,
             ..SimOptions::from_seed(seed)
         }
     }
@@ -152,7 +164,7 @@ impl fmt::Display for SimOptions {
             "managers={} clients={} safety={}s liveness={}s retry={}s renew~{}s mgr_share={:.2} \
              conflict={:.3} store_err={:.3} slow={:.3} faults~{}s graceful={} kill={} pause={} \
              clogs={} skew<={}s long_part={} dup_join={:.2} conc_renew={:.2} cancel_poll={:.2} \
-             garbage_csr={:.2} bad_token={:.2} admin~{}s",
+             garbage_csr={:.2} bad_token={:.2} admin~{}s extca={} extca_only={} extca_faults={}",
             self.managers,
             self.clients,
             self.safety.as_secs(),
@@ -176,6 +188,9 @@ impl fmt::Display for SimOptions {
             self.p_garbage_csr,
             self.p_bad_token,
             self.admin_interval.as_secs(),
+            self.external_ca,
+            self.external_ca && self.external_only,
+            self.external_ca && self.extca_faults,
         )
     }
 }

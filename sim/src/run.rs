@@ -74,14 +74,23 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     let d = digest(&root.cert_pem);
     let token = |_: ()| swarmca_core::token::generate_join_token(&d, false, &mut OsEntropy).unwrap_or_default();
     let tokens = JoinTokens { worker: token(()), manager: token(()) };
+    let external = opts.external_ca;
     let cluster = Cluster {
         id: cluster_id.clone(),
         spec: Some(ClusterSpec {
             annotations: Some(Annotations { name: "default".into(), ..Default::default() }),
+            ca_config: Some(swarmca_types::CaConfig {
+                external_cas: if external {
+                    vec![swarmca_types::ExternalCa { url: crate::extca::url(), ..Default::default() }]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         root_ca: Some(ApiRootCa {
-            ca_key: root.key_pem.clone(),
+            ca_key: if external && opts.external_only { Vec::new() } else { root.key_pem.clone() },
             ca_cert: root.cert_pem.clone(),
             ca_cert_hash: digest_string(&root.cert_pem),
             join_tokens: Some(tokens),
@@ -102,7 +111,23 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         Err(e) => panic!("root unusable: {e}"),
     };
 
-    let world = Arc::new(World::build(shared.clone(), store.clone(), root_ca.clone()));
+    // Each manager's own identity, issued as `swarmca serve` would.
+    let creds: Vec<(Vec<u8>, Vec<u8>)> = (0..opts.managers)
+        .map(|_| {
+            let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
+            let mut params = rcgen::CertificateParams::default();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            let csr = params.serialize_request(&key).and_then(|c| c.pem()).unwrap_or_else(|e| panic!("csr: {e}"));
+            let id = swarmca_core::id::new_id(&mut OsEntropy).unwrap_or_default();
+            let cert = root_ca
+                .sign_csr(csr.as_bytes(), &id, swarmca_core::role::Role::Manager, &cluster_id, now, serial())
+                .unwrap_or_else(|e| panic!("manager cert: {e}"));
+            (cert, key.serialize_pem().into_bytes())
+        })
+        .collect();
+    let extca = Arc::new(crate::extca::Control::new());
+    let extca_node = external.then(|| crate::extca::start(shared.clone(), extca.clone(), root.cert_pem.clone(), root.key_pem.clone()));
+    let world = Arc::new(World::build(shared.clone(), store.clone(), root_ca.clone(), creds));
     madsim::time::sleep(Duration::from_millis(100)).await;
     world.elect(0).await;
 
@@ -124,7 +149,8 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         Some(root_ca),
     );
     madsim::task::spawn(crate::admin::run(shared.clone(), Control::new(admin_server, None), store.clone()));
-    madsim::task::spawn(crate::nemesis::run(world.clone(), client_nodes.clone()));
+    let ext = extca_node.map(|id| crate::nemesis::ExtCa { node: id, control: extca.clone() });
+    madsim::task::spawn(crate::nemesis::run(world.clone(), client_nodes.clone(), ext.clone()));
 
     // Safety phase.
     madsim::time::sleep(opts.safety).await;
@@ -133,7 +159,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     shared.healing.store(true, Ordering::SeqCst);
     store.set_faults(false);
     shared.log.push("heal: faults off");
-    crate::nemesis::heal(&world, &client_nodes).await;
+    crate::nemesis::heal(&world, &client_nodes, ext.as_ref()).await;
     let deadline = madsim::time::TimeHandle::current().elapsed() + opts.liveness_budget;
     loop {
         let waiting = checkers::i5_liveness::waiting(&lock(&mirror));

@@ -58,9 +58,13 @@ pub struct Shared {
     pub coverage: Coverage,
     pub cluster_id: String,
     pub root_pem: Vec<u8>,
+    /// The root, parsed once, for verifying chains.
+    pub root: swarmca_core::rootca::RootCa,
     pub joins: Mutex<Vec<JoinObs>>,
     pub statuses: Mutex<Vec<StatusObs>>,
     pub renewals: Mutex<Vec<RenewObs>>,
+    /// GetUnlockKey calls by managers: (node, start, accepted).
+    pub unlock_calls: Mutex<Vec<(String, Duration, bool)>>,
     pub tokens: Mutex<Vec<TokenSpan>>,
     /// Nodes removed by the admin, with the time.
     pub removed: Mutex<Vec<(String, Duration)>>,
@@ -79,7 +83,17 @@ pub fn now() -> Duration {
 
 impl Shared {
     pub fn new(opts: SimOptions, log: EventLog, cluster_id: String, root_pem: Vec<u8>) -> Shared {
+        let root = swarmca_core::rootca::RootCa::new(
+            &root_pem,
+            b"",
+            b"",
+            swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY,
+            b"",
+            std::time::SystemTime::now(),
+        )
+        .unwrap_or_else(|e| panic!("root: {e}"));
         Shared {
+            root,
             opts,
             log,
             coverage: Coverage::default(),
@@ -88,6 +102,7 @@ impl Shared {
             joins: Mutex::default(),
             statuses: Mutex::default(),
             renewals: Mutex::default(),
+            unlock_calls: Mutex::default(),
             tokens: Mutex::default(),
             removed: Mutex::default(),
             violations: Mutex::default(),

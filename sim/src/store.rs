@@ -47,17 +47,36 @@ fn is_certificate_write(n: &Node) -> bool {
     n.certificate.as_ref().and_then(|c| c.status.as_ref()).is_some_and(|s| s.state == 3 || s.state == 4)
 }
 
+impl FaultyStore {
+    /// Reads take time too (a remote store): with the slow-commit probability, up to 200 ms.
+    async fn read_delay(&self) {
+        if self.faults() && thread_rng().gen_bool(self.shared.opts.p_slow_commit) {
+            let ms = thread_rng().gen_range(1..200);
+            madsim::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+}
+
 impl Store for FaultyStore {
     fn view(&self, f: WatchFilter) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
-        self.inner.view(f)
+        Box::pin(async move {
+            self.read_delay().await;
+            self.inner.view(f).await
+        })
     }
 
     fn get_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Node>, StoreError>> {
-        self.inner.get_node(id)
+        Box::pin(async move {
+            self.read_delay().await;
+            self.inner.get_node(id).await
+        })
     }
 
     fn get_cluster<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Cluster>, StoreError>> {
-        self.inner.get_cluster(id)
+        Box::pin(async move {
+            self.read_delay().await;
+            self.inner.get_cluster(id).await
+        })
     }
 
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use madsim::rand::{thread_rng, Rng};
-use swarmca_core::rootca::{RootCa, DEFAULT_NODE_CERT_EXPIRY};
 use swarmca_proto::node_ca_client::NodeCaClient;
 use swarmca_types::{IssueNodeCertificateRequest, NodeCertificateStatusRequest};
 use tonic::transport::{Channel, Endpoint};
@@ -116,6 +115,11 @@ impl Client {
                         cert_digest: short(&cert.certificate),
                         csr_digest: short(&cert.csr),
                     });
+                    let answered = cert.status.as_ref().map_or(status.state, |s| s.state);
+                    if !matches!(answered, 3..=5) {
+                        // SwarmKit's status call is a long poll: it answers final states only.
+                        self.shared.violation("I10", format!("status of node {node_id} answered non-final state {answered}"));
+                    }
                     if cert.csr != csr {
                         madsim::time::sleep(Duration::from_millis(500)).await;
                         continue;
@@ -154,8 +158,7 @@ impl Client {
         }
         let chain: Vec<Vec<u8>> =
             x509_parser::pem::Pem::iter_from_buffer(cert_pem).filter_map(|p| p.ok().map(|p| p.contents)).collect();
-        let root = RootCa::new(&self.shared.root_pem, b"", b"", DEFAULT_NODE_CERT_EXPIRY, b"", SystemTime::now()).ok()?;
-        match root.verify_peer(&chain, SystemTime::now()) {
+        match self.shared.root.verify_peer(&chain, SystemTime::now()) {
             Ok(id) if id.node_id == node_id => Some(Creds { node_id: node_id.to_string(), chain }),
             Ok(id) => {
                 self.shared.violation("I2", format!("client {} got a certificate for node {} instead of {node_id}", self.idx, id.node_id));
@@ -170,10 +173,26 @@ impl Client {
 
     async fn join(&self) -> Option<Creds> {
         let opts = &self.shared.opts;
+        let current = self.shared.current_token(self.manager_role)?;
         let token = if chance(opts.p_bad_token) {
-            self.shared.stale_token(self.manager_role).unwrap_or_else(|| "SWMTKN-1-not-a-token".into())
+            // Wrong in every way a token can be: stale, empty, truncated, one character off,
+            // a prefix, or not a token at all.
+            match thread_rng().gen_range(0..6) {
+                0 => self.shared.stale_token(self.manager_role).unwrap_or_default(),
+                1 => String::new(),
+                2 => current.get(..current.len().saturating_sub(1)).unwrap_or_default().to_string(),
+                3 => {
+                    let mut t = current.clone();
+                    let last = if t.ends_with('a') { 'b' } else { 'a' };
+                    t.pop();
+                    t.push(last);
+                    t
+                }
+                4 => current.get(..9).unwrap_or_default().to_string(),
+                _ => "SWMTKN-1-not-a-token".into(),
+            }
         } else {
-            self.shared.current_token(self.manager_role)?
+            current
         };
         let stale = self.shared.current_token(self.manager_role).as_deref() != Some(token.as_str());
         let (_key, mut csr) = new_key_and_csr()?;
@@ -267,6 +286,32 @@ impl Client {
         }
     }
 
+    /// Managers fetch the unlock key after getting a certificate (as SwarmKit managers do).
+    async fn unlock_key(&self, creds: &Creds) {
+        let is_manager = creds
+            .chain
+            .first()
+            .and_then(|d| self.shared.root.verify_peer(std::slice::from_ref(d), SystemTime::now()).ok())
+            .is_some_and(|id| id.has_role(swarmca_core::role::MANAGER_OU));
+        if !is_manager {
+            return;
+        }
+        let Some(addr) = pick(&self.managers) else { return };
+        let Ok(ep) = Endpoint::from_shared(format!("http://{addr}")) else { return };
+        let Ok(Ok(ch)) = madsim::time::timeout(Duration::from_secs(3), ep.connect()).await else { return };
+        let mut req = tonic::Request::new(swarmca_types::GetUnlockKeyRequest {});
+        present(&mut req, &creds.chain);
+        let start = now();
+        let r = madsim::time::timeout(Duration::from_secs(5), swarmca_proto::ca_client::CaClient::new(ch).get_unlock_key(req)).await;
+        let ok = match r {
+            Ok(Ok(_)) => true,
+            Ok(Err(s)) if s.code() == Code::PermissionDenied => false,
+            _ => return,
+        };
+        self.shared.log.push(format!("rpc: client {} unlock-key {} -> {ok}", self.idx, creds.node_id));
+        lock(&self.shared.unlock_calls).push((creds.node_id.clone(), start, ok));
+    }
+
     /// The renewal was refused: if the node was removed, that is the blacklist working.
     fn refused(&self, creds: &Creds) -> Option<Creds> {
         if lock(&self.shared.removed).iter().any(|(id, _)| *id == creds.node_id) {
@@ -294,6 +339,8 @@ impl Client {
                     if self.shared.healing() {
                         break;
                     }
+                    // Removed managers keep trying too: the blacklist must stop them.
+                    self.unlock_key(&c).await;
                     self.renew(c).await
                 }
             };

@@ -68,7 +68,9 @@ pub fn manager_ip(i: usize) -> IpAddr {
 
 impl World {
     /// Creates the manager nodes; each starts as a follower serving RPCs.
-    pub fn build(shared: Arc<Shared>, store: Arc<FaultyStore>, root: RootCa) -> World {
+    /// `creds[i]` is manager `i`'s own certificate and key (its mTLS identity towards the
+    /// external CA).
+    pub fn build(shared: Arc<Shared>, store: Arc<FaultyStore>, root: RootCa, creds: Vec<(Vec<u8>, Vec<u8>)>) -> World {
         let h = Handle::current();
         let mut managers = Vec::new();
         for i in 0..shared.opts.managers {
@@ -77,6 +79,7 @@ impl World {
             let ip = manager_ip(i);
             let (slot2, skew2, store2, shared2, root2) =
                 (slot.clone(), skew.clone(), store.clone(), shared.clone(), root.clone());
+            let my_creds = creds.get(i).cloned().unwrap_or_default();
             let node = h
                 .create_node()
                 .name(format!("manager-{i}"))
@@ -92,6 +95,9 @@ impl World {
                         peers: Arc::new(SimPeers),
                     };
                     let server = CaServer::new(cfg, deps, Some(root2.clone()));
+                    if let Err(e) = server.update_tls_credentials(&my_creds.0, &my_creds.1) {
+                        panic!("manager credentials: {e}");
+                    }
                     *lock(&slot2) = Some(server.clone());
                     async move {
                         let follower = server.clone();

@@ -33,17 +33,18 @@ mod sim_main {
         verbose: bool,
         coverage: bool,
         madsim_check: bool,
+        jobs: usize,
     }
 
     fn usage() -> ! {
         eprintln!(
-            "usage: swarmca-sim [--seeds N] [--first-seed S] [--seed S] [--determinism] [--long MINUTES] [--verbose] [--no-coverage]"
+            "usage: swarmca-sim [--seeds N] [--first-seed S] [--seed S] [--determinism] [--long MINUTES] [--jobs J] [--verbose] [--no-coverage] [--madsim-check]"
         );
         std::process::exit(2);
     }
 
     fn parse() -> Args {
-        let mut a = Args { seeds: 1, first: 1, single: None, determinism: false, long_minutes: None, verbose: false, coverage: true, madsim_check: false };
+        let mut a = Args { seeds: 1, first: 1, single: None, determinism: false, long_minutes: None, verbose: false, coverage: true, madsim_check: false, jobs: std::thread::available_parallelism().map_or(1, |n| n.get()) };
         let mut it = std::env::args().skip(1);
         let num = |v: Option<String>| v.and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
         while let Some(arg) = it.next() {
@@ -56,6 +57,7 @@ mod sim_main {
                 "--verbose" | "-v" => a.verbose = true,
                 "--no-coverage" => a.coverage = false,
                 "--madsim-check" => a.madsim_check = true,
+                "--jobs" | "-j" => a.jobs = num(it.next()) as usize,
                 "--help" | "-h" => usage(),
                 _ => usage(),
             }
@@ -117,7 +119,7 @@ mod sim_main {
             }
             return 0;
         }
-        let mut seeds: Vec<u64> = match args.single {
+        let fixed: Vec<u64> = match args.single {
             Some(s) => vec![s],
             None => {
                 let mut v = regression_seeds();
@@ -127,29 +129,44 @@ mod sim_main {
         };
         let started = Instant::now();
         let long_until = args.long_minutes.map(|m| started + Duration::from_secs(m * 60));
+        // Workers pull seeds from a shared cursor: the fixed list, then (with --long) fresh
+        // seeds until the time is up. Every seed runs on its own fresh thread.
+        let cursor = std::sync::Arc::new(std::sync::Mutex::new((0usize, args.first + args.seeds)));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let jobs = if args.single.is_some() { 1 } else { args.jobs.max(1) };
+        let mut workers = Vec::new();
+        for _ in 0..jobs {
+            let (cursor, tx, fixed) = (cursor.clone(), tx.clone(), fixed.clone());
+            let (determinism, echo) = (args.determinism, args.verbose && args.single.is_some());
+            workers.push(std::thread::spawn(move || loop {
+                let seed = {
+                    let mut c = cursor.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(&s) = fixed.get(c.0) {
+                        c.0 += 1;
+                        s
+                    } else if long_until.is_some_and(|t| Instant::now() < t) {
+                        c.1 += 1;
+                        c.1 - 1
+                    } else {
+                        return;
+                    }
+                };
+                let t0 = Instant::now();
+                let first = run_one(seed, echo);
+                let second = if determinism { Some(run_one(seed, false)) } else { None };
+                if tx.send((seed, first, second, t0.elapsed())).is_err() {
+                    return;
+                }
+            }));
+        }
+        drop(tx);
         let mut total: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut failures = 0u64;
         let mut ran = 0u64;
         let mut sim_secs = 0f64;
-        let mut next_long = args.first + args.seeds;
-        let mut i = 0;
-        loop {
-            let seed = match seeds.get(i) {
-                Some(&s) => s,
-                None => match long_until {
-                    Some(t) if Instant::now() < t => {
-                        seeds.push(next_long);
-                        next_long += 1;
-                        continue;
-                    }
-                    _ => break,
-                },
-            };
-            i += 1;
+        for (seed, first, second, took) in rx {
             let opts = SimOptions::from_seed(seed);
-            let t0 = Instant::now();
-            let echo = args.verbose && args.single.is_some();
-            match run_one(seed, echo) {
+            match first {
                 Ok(rep) => {
                     ran += 1;
                     sim_secs += rep.sim_time.as_secs_f64();
@@ -157,20 +174,18 @@ mod sim_main {
                         *total.entry(k).or_default() += v;
                     }
                     let mut bad = !rep.violations.is_empty();
-                    let mut det = String::new();
-                    if args.determinism {
-                        match run_one(seed, false) {
-                            Ok(again) if again.log_hash == rep.log_hash => det = " det=ok".into(),
-                            Ok(again) => {
-                                bad = true;
-                                det = format!(" det=MISMATCH({})", &again.log_hash[..16]);
-                            }
-                            Err(e) => {
-                                bad = true;
-                                det = format!(" det=CRASH({e})");
-                            }
+                    let det = match second {
+                        None => String::new(),
+                        Some(Ok(again)) if again.log_hash == rep.log_hash => " det=ok".into(),
+                        Some(Ok(again)) => {
+                            bad = true;
+                            format!(" det=MISMATCH({})", &again.log_hash[..16])
                         }
-                    }
+                        Some(Err(e)) => {
+                            bad = true;
+                            format!(" det=CRASH({e})")
+                        }
+                    };
                     println!(
                         "seed {seed:>6} {} events={:<6} issued={:<4} failed={:<3} joins={:<4} renewals={:<4} sim={:>5.0}s wall={:>5}ms hash={}{det}",
                         if bad { "FAIL" } else { "ok  " },
@@ -180,7 +195,7 @@ mod sim_main {
                         rep.joins,
                         rep.renewals,
                         rep.sim_time.as_secs_f64(),
-                        t0.elapsed().as_millis(),
+                        took.as_millis(),
                         &rep.log_hash[..16],
                     );
                     if bad {
@@ -203,6 +218,9 @@ mod sim_main {
                     println!("  replay: scripts/sim --seed {seed} --verbose");
                 }
             }
+        }
+        for w in workers {
+            let _ = w.join();
         }
         let wall = started.elapsed().as_secs_f64();
         println!();

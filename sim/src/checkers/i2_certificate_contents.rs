@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use swarmca_core::role::Role;
-use swarmca_core::rootca::{RootCa, DEFAULT_NODE_CERT_EXPIRY};
+use swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY;
 use x509_parser::prelude::*;
 
 use super::WriteCtx;
@@ -75,8 +75,6 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
     if !ok {
         return Err(format!("lifetime {} s matches no configured expiry + 1 h", lifetime.as_secs()));
     }
-    let root = RootCa::new(&ctx.shared.root_pem, b"", b"", DEFAULT_NODE_CERT_EXPIRY, b"", SystemTime::now())
-        .map_err(|e| format!("root: {e}"))?;
-    root.verify_peer(&chain, SystemTime::now()).map_err(|e| format!("does not chain to the root: {e}"))?;
+    ctx.shared.root.verify_peer(&chain, SystemTime::now()).map_err(|e| format!("does not chain to the root: {e}"))?;
     Ok(())
 }

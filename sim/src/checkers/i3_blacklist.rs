@@ -13,6 +13,15 @@ pub fn check_write(ctx: &WriteCtx<'_>) {
 
 pub fn check_renewals(shared: &Shared) {
     let removed = lock(&shared.removed).clone();
+    for (node, start, ok) in lock(&shared.unlock_calls).iter() {
+        let Some((_, at)) = removed.iter().find(|(id, _)| id == node) else { continue };
+        if *ok && start > at {
+            shared.violation("I3", format!("GetUnlockKey answered a removed manager {node} at {start:?} (removed at {at:?})"));
+        }
+        if !*ok && start > at {
+            shared.coverage.hit("branch.unlock_key_refused_removed");
+        }
+    }
     for r in lock(&shared.renewals).iter() {
         let Some((_, at)) = removed.iter().find(|(id, _)| *id == r.node) else { continue };
         if r.ok && r.start > *at {
