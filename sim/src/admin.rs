@@ -41,7 +41,10 @@ pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
                 if r.is_ok() {
                     lock(&shared.removed).push((id.clone(), now()));
                 }
-                shared.log.push(format!("admin: remove {id} -> {:?}", r.as_ref().map(|_| ()).map_err(|e| e.to_string())));
+                shared.log.push(format!(
+                    "admin: remove {id} -> {:?}",
+                    r.as_ref().map(|_| ()).map_err(|e| e.to_string())
+                ));
             }
             (5..=6, Some(id)) => {
                 let role = if thread_rng().gen_bool(0.5) { Role::Worker } else { Role::Manager };
@@ -50,7 +53,9 @@ pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
             }
             (7, _) => {
                 let hours = [1u64, 2, 24, 2160][thread_rng().gen_range(0..4)];
-                let r = control.update_cluster_settings(Some(Duration::from_secs(hours * 3600)), None, None).await;
+                let r = control
+                    .update_cluster_settings(Some(Duration::from_secs(hours * 3600)), None, None)
+                    .await;
                 shared.log.push(format!("admin: cert expiry {hours}h -> {}", r.is_ok()));
             }
             _ => {}

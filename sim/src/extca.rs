@@ -48,12 +48,21 @@ pub struct Control {
     pub mode: Mutex<Mode>,
     server: Mutex<Option<madsim::task::JoinHandle<()>>>,
     node: Mutex<Option<madsim::runtime::NodeHandle>>,
-    serve: Mutex<Option<Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>>>,
+    serve: Mutex<
+        Option<
+            Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>,
+        >,
+    >,
 }
 
 impl Control {
     pub fn new() -> Control {
-        Control { mode: Mutex::new(Mode::Sign), server: Mutex::default(), node: Mutex::default(), serve: Mutex::default() }
+        Control {
+            mode: Mutex::new(Mode::Sign),
+            server: Mutex::default(),
+            node: Mutex::default(),
+            serve: Mutex::default(),
+        }
     }
 
     /// Crashes the CA process: its listener and connections go away.
@@ -86,27 +95,46 @@ impl std::fmt::Debug for Control {
 }
 
 /// A TLS server certificate for the fake CA, signed by the cluster root.
-fn server_identity(root: &RootCa, root_key_pem: &[u8], root_pem: &[u8]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+fn server_identity(
+    root: &RootCa,
+    root_key_pem: &[u8],
+    root_pem: &[u8],
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     let _ = root;
     let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("params: {e}"));
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("params: {e}"));
     params.subject_alt_names = vec![rcgen::SanType::IpAddress(ADDR.ip())];
     params.distinguished_name.push(rcgen::DnType::CommonName, "sim-extca");
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let ca_key = rcgen::KeyPair::from_pem(&String::from_utf8_lossy(root_key_pem)).unwrap_or_else(|e| panic!("root key: {e}"));
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&String::from_utf8_lossy(root_pem), ca_key).unwrap_or_else(|e| panic!("issuer: {e}"));
+    let ca_key = rcgen::KeyPair::from_pem(&String::from_utf8_lossy(root_key_pem))
+        .unwrap_or_else(|e| panic!("root key: {e}"));
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&String::from_utf8_lossy(root_pem), ca_key)
+        .unwrap_or_else(|e| panic!("issuer: {e}"));
     let cert = params.signed_by(&key, &issuer).unwrap_or_else(|e| panic!("sign: {e}"));
     let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap_or_else(|e| panic!("key der: {e}"));
     (vec![cert.der().clone()], der)
 }
 
 /// Starts the fake CA node and its server; returns the node ID.
-pub fn start(shared: Arc<Shared>, control: Arc<Control>, root_pem: Vec<u8>, root_key_pem: Vec<u8>) -> madsim::task::NodeId {
+pub fn start(
+    shared: Arc<Shared>,
+    control: Arc<Control>,
+    root_pem: Vec<u8>,
+    root_key_pem: Vec<u8>,
+) -> madsim::task::NodeId {
     let node = madsim::runtime::Handle::current().create_node().name("extca").ip(ADDR.ip()).build();
     let now = SystemTime::now();
     let signer = Arc::new(
-        RootCa::new(&root_pem, &root_pem, &root_key_pem, swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY, b"", now)
-            .unwrap_or_else(|e| panic!("signer: {e}")),
+        RootCa::new(
+            &root_pem,
+            &root_pem,
+            &root_key_pem,
+            swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY,
+            b"",
+            now,
+        )
+        .unwrap_or_else(|e| panic!("signer: {e}")),
     );
     let (chain, key) = server_identity(&signer, &root_key_pem, &root_pem);
     let mut roots = rustls::RootCertStore::empty();
@@ -115,9 +143,10 @@ pub fn start(shared: Arc<Shared>, control: Arc<Control>, root_pem: Vec<u8>, root
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // Client certificates are required and verified, like SwarmKit's test CA.
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .unwrap_or_else(|e| panic!("verifier: {e}"));
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap_or_else(|e| panic!("verifier: {e}"));
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|e| panic!("tls: {e}"))
@@ -127,7 +156,8 @@ pub fn start(shared: Arc<Shared>, control: Arc<Control>, root_pem: Vec<u8>, root
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let c2 = control.clone();
     let serve = move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        let (acceptor, signer, control, shared) = (acceptor.clone(), signer.clone(), c2.clone(), shared.clone());
+        let (acceptor, signer, control, shared) =
+            (acceptor.clone(), signer.clone(), c2.clone(), shared.clone());
         Box::pin(async move {
             // A previous incarnation's socket may linger briefly: retry.
             let listener = loop {
@@ -140,7 +170,8 @@ pub fn start(shared: Arc<Shared>, control: Arc<Control>, root_pem: Vec<u8>, root
             let mut conns = Conns(Vec::new());
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
-                let (acceptor, signer, control, shared) = (acceptor.clone(), signer.clone(), control.clone(), shared.clone());
+                let (acceptor, signer, control, shared) =
+                    (acceptor.clone(), signer.clone(), control.clone(), shared.clone());
                 conns.0.retain(|h| !h.is_finished());
                 conns.0.push(madsim::task::spawn(async move {
                     let tls = match acceptor.accept(tcp).await {
@@ -150,8 +181,12 @@ pub fn start(shared: Arc<Shared>, control: Arc<Control>, root_pem: Vec<u8>, root
                             return;
                         }
                     };
-                    let svc = hyper::service::service_fn(move |req| handle(req, signer.clone(), control.clone(), shared.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(req, signer.clone(), control.clone(), shared.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
                 }));
             }
         })
@@ -185,7 +220,12 @@ fn refusal(code: u32, msg: &str) -> String {
     serde_json::json!({"success": false, "result": null, "errors": [{"code": code, "message": msg}], "messages": []}).to_string()
 }
 
-async fn handle(req: Request<Incoming>, signer: Arc<RootCa>, control: Arc<Control>, shared: Arc<Shared>) -> Result<Resp, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    signer: Arc<RootCa>,
+    control: Arc<Control>,
+    shared: Arc<Shared>,
+) -> Result<Resp, Infallible> {
     let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
     let mode = *lock(&control.mode);
     shared.coverage.hit("extca.request");

@@ -46,13 +46,7 @@ fn cert_of(n: &Node) -> (i32, Vec<u8>, Vec<u8>, i32) {
 }
 
 fn expiry_of(c: &Cluster) -> Duration {
-    swarmca_core::rootca::effective_expiry(
-        c.spec
-            .as_ref()
-            .and_then(|s| s.ca_config.as_ref())
-            .and_then(|ca| ca.node_cert_expiry.as_ref())
-            .and_then(|d| Duration::try_from(*d).ok()),
-    )
+    swarmca_core::rootca::cluster_cert_expiry(c)
 }
 
 /// Starts the mirror on the current (supervisor) node.
@@ -86,7 +80,9 @@ fn record_tokens(shared: &Shared, c: &Cluster, initial: bool) {
     for (manager, token) in [(false, t.worker), (true, t.manager)] {
         if shared.current_token(manager).as_deref() != Some(token.as_str()) {
             if !initial {
-                shared.log.push(format!("token: {} token rotated", if manager { "manager" } else { "worker" }));
+                shared
+                    .log
+                    .push(format!("token: {} token rotated", if manager { "manager" } else { "worker" }));
             }
             shared.token_rotated(manager, token);
         }
@@ -117,7 +113,8 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
                 m.created_role.insert(n.id.clone(), role);
             }
             let cluster = m.cluster.clone();
-            let ctx = WriteCtx { shared, prev: prev.as_ref(), new: &n, cluster: cluster.as_ref(), now: now() };
+            let ctx =
+                WriteCtx { shared, prev: prev.as_ref(), new: &n, cluster: cluster.as_ref(), now: now() };
             checkers::on_node_write(m, &ctx);
             note_history(m, &n);
             m.nodes.insert(n.id.clone(), n);

@@ -206,7 +206,10 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
             });
         }
         Fault::Clog => {
-            let (Some(&c), Some(m)) = (clients.get(thread_rng().gen_range(0..clients.len().max(1))), world.managers.get(thread_rng().gen_range(0..world.managers.len()))) else {
+            let (Some(&c), Some(m)) = (
+                clients.get(thread_rng().gen_range(0..clients.len().max(1))),
+                world.managers.get(thread_rng().gen_range(0..world.managers.len())),
+            ) else {
                 return;
             };
             shared.coverage.hit("fault.clog");
@@ -270,7 +273,9 @@ pub async fn heal(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>) {
             Health::Up => {}
         }
     }
-    let leader_ok = world.leader().is_some_and(|l| world.health(l) == Health::Up && world.server(l).is_some_and(|s| s.is_running()));
+    let leader_ok = world
+        .leader()
+        .is_some_and(|l| world.health(l) == Health::Up && world.server(l).is_some_and(|s| s.is_running()));
     if !leader_ok {
         if let Some(i) = world.up().first().copied() {
             world.elect(i).await;

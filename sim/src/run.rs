@@ -72,7 +72,8 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     };
     let cluster_id = swarmca_core::id::new_id(&mut OsEntropy).unwrap_or_else(|_| "simcluster".into());
     let d = digest(&root.cert_pem);
-    let token = |_: ()| swarmca_core::token::generate_join_token(&d, false, &mut OsEntropy).unwrap_or_default();
+    let token =
+        |_: ()| swarmca_core::token::generate_join_token(&d, false, &mut OsEntropy).unwrap_or_default();
     let tokens = JoinTokens { worker: token(()), manager: token(()) };
     let external = opts.external_ca;
     let cluster = Cluster {
@@ -106,7 +107,14 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     let shared = Arc::new(Shared::new(opts.clone(), log.clone(), cluster_id.clone(), root.cert_pem.clone()));
     let mirror = crate::mirror::start(&mem, shared.clone());
     let store = Arc::new(FaultyStore::new(mem, shared.clone()));
-    let root_ca = match RootCa::new(&root.cert_pem, &root.cert_pem, &root.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", now) {
+    let root_ca = match RootCa::new(
+        &root.cert_pem,
+        &root.cert_pem,
+        &root.key_pem,
+        DEFAULT_NODE_CERT_EXPIRY,
+        b"",
+        now,
+    ) {
         Ok(r) => r,
         Err(e) => panic!("root unusable: {e}"),
     };
@@ -117,7 +125,8 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
             let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
             let mut params = rcgen::CertificateParams::default();
             params.distinguished_name = rcgen::DistinguishedName::new();
-            let csr = params.serialize_request(&key).and_then(|c| c.pem()).unwrap_or_else(|e| panic!("csr: {e}"));
+            let csr =
+                params.serialize_request(&key).and_then(|c| c.pem()).unwrap_or_else(|e| panic!("csr: {e}"));
             let id = swarmca_core::id::new_id(&mut OsEntropy).unwrap_or_default();
             let cert = root_ca
                 .sign_csr(csr.as_bytes(), &id, swarmca_core::role::Role::Manager, &cluster_id, now, serial())
@@ -126,7 +135,9 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         })
         .collect();
     let extca = Arc::new(crate::extca::Control::new());
-    let extca_node = external.then(|| crate::extca::start(shared.clone(), extca.clone(), root.cert_pem.clone(), root.key_pem.clone()));
+    let extca_node = external.then(|| {
+        crate::extca::start(shared.clone(), extca.clone(), root.cert_pem.clone(), root.key_pem.clone())
+    });
     let world = Arc::new(World::build(shared.clone(), store.clone(), root_ca.clone(), creds));
     madsim::time::sleep(Duration::from_millis(100)).await;
     world.elect(0).await;

@@ -128,7 +128,11 @@ impl Shared {
 
     /// The current token for a role.
     pub fn current_token(&self, manager: bool) -> Option<String> {
-        lock(&self.tokens).iter().rev().find(|t| t.manager == manager && t.until.is_none()).map(|t| t.token.clone())
+        lock(&self.tokens)
+            .iter()
+            .rev()
+            .find(|t| t.manager == manager && t.until.is_none())
+            .map(|t| t.token.clone())
     }
 
     /// A token that is no longer current, if any.

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use madsim::rand::{thread_rng, Rng};
-use swarmca_store::{BoxFuture, Cluster, MemStore, Node, Op, Snapshot, Store, StoreError, Watch, WatchFilter};
+use swarmca_store::{
+    BoxFuture, Cluster, MemStore, Node, Op, Snapshot, Store, StoreError, Watch, WatchFilter,
+};
 
 use crate::shared::Shared;
 
@@ -85,7 +87,11 @@ impl Store for FaultyStore {
             if self.faults() {
                 let (slow, error, conflict) = {
                     let mut r = thread_rng();
-                    (r.gen_bool(opts.p_slow_commit), r.gen_bool(opts.p_store_error), r.gen_bool(opts.p_conflict))
+                    (
+                        r.gen_bool(opts.p_slow_commit),
+                        r.gen_bool(opts.p_store_error),
+                        r.gen_bool(opts.p_conflict),
+                    )
                 };
                 if slow {
                     let ms = thread_rng().gen_range(1..2000);

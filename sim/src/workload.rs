@@ -76,7 +76,11 @@ fn new_key_and_csr() -> Option<(rcgen::KeyPair, Vec<u8>)> {
 }
 
 impl Client {
-    async fn call_issue(&self, req: IssueNodeCertificateRequest, creds: Option<&Creds>) -> Result<String, Code> {
+    async fn call_issue(
+        &self,
+        req: IssueNodeCertificateRequest,
+        creds: Option<&Creds>,
+    ) -> Result<String, Code> {
         let addr = pick(&self.managers).ok_or(Code::Unavailable)?;
         let mut c = connect(addr).await.ok_or(Code::Unavailable)?;
         let mut r = tonic::Request::new(req);
@@ -103,7 +107,9 @@ impl Client {
             let per_call = if short_poll { Duration::from_millis(200) } else { Duration::from_secs(5) };
             let mut req = tonic::Request::new(NodeCertificateStatusRequest { node_id: node_id.to_string() });
             req.set_timeout(per_call);
-            let r = madsim::time::timeout(per_call + Duration::from_millis(100), c.node_certificate_status(req)).await;
+            let r =
+                madsim::time::timeout(per_call + Duration::from_millis(100), c.node_certificate_status(req))
+                    .await;
             match r {
                 Ok(Ok(resp)) => {
                     let resp = resp.into_inner();
@@ -118,7 +124,10 @@ impl Client {
                     let answered = cert.status.as_ref().map_or(status.state, |s| s.state);
                     if !matches!(answered, 3..=5) {
                         // SwarmKit's status call is a long poll: it answers final states only.
-                        self.shared.violation("I10", format!("status of node {node_id} answered non-final state {answered}"));
+                        self.shared.violation(
+                            "I10",
+                            format!("status of node {node_id} answered non-final state {answered}"),
+                        );
                     }
                     if cert.csr != csr {
                         madsim::time::sleep(Duration::from_millis(500)).await;
@@ -153,19 +162,32 @@ impl Client {
     /// Client-side checks of an issued certificate (I1 and I2 from the node's view).
     fn accept(&self, node_id: &str, cert_pem: &[u8], csr: &[u8]) -> Option<Creds> {
         if spki_of_cert_pem(cert_pem) != spki_of_csr_pem(csr) {
-            self.shared.violation("I1", format!("client {} received a certificate for another key (node {node_id})", self.idx));
+            self.shared.violation(
+                "I1",
+                format!("client {} received a certificate for another key (node {node_id})", self.idx),
+            );
             return None;
         }
-        let chain: Vec<Vec<u8>> =
-            x509_parser::pem::Pem::iter_from_buffer(cert_pem).filter_map(|p| p.ok().map(|p| p.contents)).collect();
+        let chain: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(cert_pem)
+            .filter_map(|p| p.ok().map(|p| p.contents))
+            .collect();
         match self.shared.root.verify_peer(&chain, SystemTime::now()) {
             Ok(id) if id.node_id == node_id => Some(Creds { node_id: node_id.to_string(), chain }),
             Ok(id) => {
-                self.shared.violation("I2", format!("client {} got a certificate for node {} instead of {node_id}", self.idx, id.node_id));
+                self.shared.violation(
+                    "I2",
+                    format!(
+                        "client {} got a certificate for node {} instead of {node_id}",
+                        self.idx, id.node_id
+                    ),
+                );
                 None
             }
             Err(e) => {
-                self.shared.violation("I2", format!("client {} got a certificate that does not verify: {e}", self.idx));
+                self.shared.violation(
+                    "I2",
+                    format!("client {} got a certificate that does not verify: {e}", self.idx),
+                );
                 None
             }
         }
@@ -197,9 +219,11 @@ impl Client {
         let stale = self.shared.current_token(self.manager_role).as_deref() != Some(token.as_str());
         let (_key, mut csr) = new_key_and_csr()?;
         if chance(opts.p_garbage_csr) {
-            csr = b"-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n-----END CERTIFICATE REQUEST-----\n".to_vec();
+            csr =
+                b"-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n-----END CERTIFICATE REQUEST-----\n".to_vec();
         }
-        let req = IssueNodeCertificateRequest { csr: csr.clone(), token: token.clone(), ..Default::default() };
+        let req =
+            IssueNodeCertificateRequest { csr: csr.clone(), token: token.clone(), ..Default::default() };
         if chance(opts.p_duplicate_join) {
             self.shared.coverage.hit("fault.duplicate_join");
             let start = now();
@@ -230,8 +254,18 @@ impl Client {
     }
 
     fn record_join(&self, token: &str, start: Duration, r: &Result<String, Code>) {
-        self.shared.log.push(format!("rpc: client {} join -> {:?}", self.idx, r.as_ref().map_err(|c| format!("{c:?}"))));
-        lock(&self.shared.joins).push(JoinObs { client: self.idx, token: token.to_string(), start, end: now(), result: r.clone() });
+        self.shared.log.push(format!(
+            "rpc: client {} join -> {:?}",
+            self.idx,
+            r.as_ref().map_err(|c| format!("{c:?}"))
+        ));
+        lock(&self.shared.joins).push(JoinObs {
+            client: self.idx,
+            token: token.to_string(),
+            start,
+            end: now(),
+            result: r.clone(),
+        });
     }
 
     async fn renew_once(&self, creds: &Creds) -> Result<Option<Creds>, Code> {
@@ -241,7 +275,12 @@ impl Client {
             .call_issue(IssueNodeCertificateRequest { csr: csr.clone(), ..Default::default() }, Some(creds))
             .await;
         let rpc_end = now();
-        self.shared.log.push(format!("rpc: client {} renew {} -> {:?}", self.idx, creds.node_id, r.as_ref().map_err(|c| format!("{c:?}"))));
+        self.shared.log.push(format!(
+            "rpc: client {} renew {} -> {:?}",
+            self.idx,
+            creds.node_id,
+            r.as_ref().map_err(|c| format!("{c:?}"))
+        ));
         let record = |end| RenewObs { node: creds.node_id.clone(), start, rpc_end, end, ok: r.is_ok() };
         let Ok(id) = r.clone() else {
             lock(&self.shared.renewals).push(record(rpc_end));
@@ -272,9 +311,8 @@ impl Client {
             let (a, b) = tokio::join!(self.renew_once(&creds), self.renew_once(&creds));
             return match (a, b) {
                 (Ok(Some(c)), _) | (_, Ok(Some(c))) => Some(c),
-                (Err(Code::InvalidArgument | Code::NotFound), _) | (_, Err(Code::InvalidArgument | Code::NotFound)) => {
-                    self.refused(&creds)
-                }
+                (Err(Code::InvalidArgument | Code::NotFound), _)
+                | (_, Err(Code::InvalidArgument | Code::NotFound)) => self.refused(&creds),
                 _ => Some(creds),
             };
         }
@@ -302,7 +340,11 @@ impl Client {
         let mut req = tonic::Request::new(swarmca_types::GetUnlockKeyRequest {});
         present(&mut req, &creds.chain);
         let start = now();
-        let r = madsim::time::timeout(Duration::from_secs(5), swarmca_proto::ca_client::CaClient::new(ch).get_unlock_key(req)).await;
+        let r = madsim::time::timeout(
+            Duration::from_secs(5),
+            swarmca_proto::ca_client::CaClient::new(ch).get_unlock_key(req),
+        )
+        .await;
         let ok = match r {
             Ok(Ok(_)) => true,
             Ok(Err(s)) if s.code() == Code::PermissionDenied => false,
@@ -354,7 +396,11 @@ pub fn spawn_client(idx: usize, shared: Arc<Shared>, managers: Vec<SocketAddr>) 
         let share = shared.opts.manager_share;
         chance(share)
     };
-    let node = madsim::runtime::Handle::current().create_node().name(format!("client-{idx}")).ip(client_ip(idx)).build();
+    let node = madsim::runtime::Handle::current()
+        .create_node()
+        .name(format!("client-{idx}"))
+        .ip(client_ip(idx))
+        .build();
     let client = Client { idx, shared, managers, manager_role };
     node.spawn(client.main());
     node.id()

@@ -70,7 +70,12 @@ impl World {
     /// Creates the manager nodes; each starts as a follower serving RPCs.
     /// `creds[i]` is manager `i`'s own certificate and key (its mTLS identity towards the
     /// external CA).
-    pub fn build(shared: Arc<Shared>, store: Arc<FaultyStore>, root: RootCa, creds: Vec<(Vec<u8>, Vec<u8>)>) -> World {
+    pub fn build(
+        shared: Arc<Shared>,
+        store: Arc<FaultyStore>,
+        root: RootCa,
+        creds: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> World {
         let h = Handle::current();
         let mut managers = Vec::new();
         for i in 0..shared.opts.managers {
@@ -152,7 +157,10 @@ impl World {
         node.spawn(async move {
             let stopped = s.stop().await;
             let what = if leader { "leader" } else { "follower" };
-            log.push(format!("manager-{i}: stop -> {:?}; starting {what}", stopped.map_err(|e| e.to_string())));
+            log.push(format!(
+                "manager-{i}: stop -> {:?}; starting {what}",
+                stopped.map_err(|e| e.to_string())
+            ));
             let _ = started_tx.send(());
             let r = if leader { s.run().await } else { s.run_follower().await };
             log.push(format!("manager-{i}: {what} term ended: {:?}", r.map_err(|e| e.to_string())));

@@ -10,12 +10,15 @@ use std::time::{Duration, Instant, SystemTime};
 use swarmca_core::role::Role;
 use swarmca_types::issuance_status::State;
 
-use crate::external::{join, join_with, keyless_fixture, loopback_server_cert, run_with_external, wait_final_node};
+use crate::external::{
+    join, join_with, keyless_fixture, loopback_server_cert, run_with_external, wait_final_node,
+};
 use crate::fixture::*;
 
 /// Whether to run: `cfssl` is installed. Panics when it is not but SWARMCA_REQUIRE_CFSSL is set.
 fn cfssl_available(test: &str) -> bool {
-    let found = Command::new("cfssl").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let found =
+        Command::new("cfssl").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
     if !found {
         if std::env::var_os("SWARMCA_REQUIRE_CFSSL").is_some() {
             panic!("{test}: SWARMCA_REQUIRE_CFSSL is set but the cfssl binary is not installed (apt-get install golang-cfssl)");
@@ -73,9 +76,13 @@ impl Cfssl {
     fn restart(&mut self) {
         assert!(self.child.is_none());
         let p = |n: &str| self.dir.join(n).to_string_lossy().into_owned();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("cfssl.log")).unwrap();
-        let mtls: &[String] =
-            if self.mtls { &[ "-mutual-tls-ca".into(), p("ca.pem"), "-mutual-tls-cn".into(), ".*".into()] } else { &[] };
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("cfssl.log")).unwrap();
+        let mtls: &[String] = if self.mtls {
+            &["-mutual-tls-ca".into(), p("ca.pem"), "-mutual-tls-cn".into(), ".*".into()]
+        } else {
+            &[]
+        };
         let child = Command::new("cfssl")
             .args(["serve", "-address", "127.0.0.1", "-port", &self.port.to_string()])
             .args(["-ca", &p("ca.pem"), "-ca-key", &p("ca-key.pem"), "-config", &p("config.json")])
@@ -142,10 +149,19 @@ async fn cfssl_signs_joins_and_an_outage_leaves_them_pending() {
     for (id, csr, role) in [(&w, &wcsr, Role::Worker), (&m, &mcsr, Role::Manager)] {
         let n = wait_final_node(&f, id, 20).await;
         let c = n.certificate.clone().unwrap();
-        assert_eq!(state_of(&n), State::Issued as i32, "{}\ncfssl log:\n{}", c.status.unwrap().err, cfssl.log());
+        assert_eq!(
+            state_of(&n),
+            State::Issued as i32,
+            "{}\ncfssl log:\n{}",
+            c.status.unwrap().err,
+            cfssl.log()
+        );
         f.root.check_issued(&c.certificate, csr, id, role, &f.cluster_id, SystemTime::now()).unwrap();
         let (cn, ous, os, sans) = crate::conformance::subject_of(&c.certificate);
-        assert_eq!((cn.as_str(), ous, os), (id.as_str(), vec![role.ou().to_string()], vec![f.cluster_id.clone()]));
+        assert_eq!(
+            (cn.as_str(), ous, os),
+            (id.as_str(), vec![role.ou().to_string()], vec![f.cluster_id.clone()])
+        );
         let mut want_sans = vec![role.ou().to_string(), id.clone()];
         if role == Role::Manager {
             want_sans.push("swarm-ca".into());
@@ -163,7 +179,11 @@ async fn cfssl_signs_joins_and_an_outage_leaves_them_pending() {
     let until = Instant::now() + Duration::from_millis(1500);
     while Instant::now() < until {
         for id in &pending {
-            assert_eq!(state_of(&f.node(id).await.unwrap()), State::Pending as i32, "node {id} left PENDING while cfssl was down");
+            assert_eq!(
+                state_of(&f.node(id).await.unwrap()),
+                State::Pending as i32,
+                "node {id} left PENDING while cfssl was down"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -187,7 +207,8 @@ async fn cfssl_rejects_ed25519_and_garbage_csrs_and_the_nodes_fail() {
     }
     let (f, cfssl) = cfssl_fixture(|f| Cfssl::start(&f.root_pem, &f.root_key_pem)).await;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap().pem().unwrap().into_bytes();
+    let csr =
+        rcgen::CertificateParams::default().serialize_request(&key).unwrap().pem().unwrap().into_bytes();
     let id = join_with(&f, &csr, &f.worker_token).await;
     let n = wait_final_node(&f, &id, 20).await;
     let status = n.certificate.unwrap().status.unwrap();
@@ -275,7 +296,16 @@ fn binary_signs_through_cfssl_and_reports_outages() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
 
     cfssl.kill();
-    let o = run(&["join", "--token", &s.token("worker"), "--cert-dir", tmp.path().join("x").to_str().unwrap(), "--timeout", "3s", &s.addr]);
+    let o = run(&[
+        "join",
+        "--token",
+        &s.token("worker"),
+        "--cert-dir",
+        tmp.path().join("x").to_str().unwrap(),
+        "--timeout",
+        "3s",
+        &s.addr,
+    ]);
     assert!(!o.status.success(), "no certificate while the external CA is down");
     let ls = s.admin_ok(&["node", "ls"]);
     let pending: Vec<&str> = ls.lines().filter(|l| l.contains("pending")).collect();

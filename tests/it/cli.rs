@@ -25,7 +25,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("swarmca-it-{tag}-{}-{}", std::process::id(), crate::fixture::new_id()));
+        let p = std::env::temp_dir().join(format!(
+            "swarmca-it-{tag}-{}-{}",
+            std::process::id(),
+            crate::fixture::new_id()
+        ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -91,7 +95,11 @@ impl Server {
             if o.status.success() && std::net::TcpStream::connect(&self.addr).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "server never became ready; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "server never became ready; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -225,7 +233,8 @@ fn restart_keeps_cluster_root_tokens_and_nodes_even_after_kill9() {
     let data = tmp.path().join("data");
     let port = free_port();
     let s = Server::start(&data, port);
-    let (cid, root, wt, mt) = (cluster_id(&s), s.admin_ok(&["ca", "-q"]), s.token("worker"), s.token("manager"));
+    let (cid, root, wt, mt) =
+        (cluster_id(&s), s.admin_ok(&["ca", "-q"]), s.token("worker"), s.token("manager"));
     let o = join(&s.addr, &wt, &tmp.path().join("w"));
     assert!(o.status.success(), "{}", text(&o.stderr));
     let (node_id, ..) = subject(&std::fs::read(tmp.path().join("w/swarm-node.crt")).unwrap());
@@ -253,7 +262,11 @@ fn wrong_rotated_and_mismatched_tokens_are_refused() {
     let wrong = format!("{}{}", &wt[..wt.len() - 25], "0".repeat(25));
     let o = join(&s.addr, &wrong, &tmp.path().join("a"));
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("A valid join token is necessary to join this cluster"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("A valid join token is necessary to join this cluster"),
+        "{}",
+        text(&o.stderr)
+    );
     // Rotated: the old token stops working, the new one works.
     let out = s.admin_ok(&["join-token", "--rotate", "worker"]);
     assert!(out.contains("rotated"), "{out}");
@@ -342,7 +355,13 @@ fn operator_errors_are_one_line_and_nonzero() {
     // Unwritable data dir (a path below a regular file).
     let file = tmp.path().join("file");
     std::fs::write(&file, b"x").unwrap();
-    let o = run(&["serve", "--data-dir", file.join("d").to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())]);
+    let o = run(&[
+        "serve",
+        "--data-dir",
+        file.join("d").to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
     assert!(!o.status.success());
     let err = text(&o.stderr);
     assert!(err.contains("data directory") && err.trim().lines().count() == 1, "{err}");
@@ -350,7 +369,13 @@ fn operator_errors_are_one_line_and_nonzero() {
     // Port in use.
     let busy = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
-    let o = run(&["serve", "--data-dir", tmp.path().join("p").to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")]);
+    let o = run(&[
+        "serve",
+        "--data-dir",
+        tmp.path().join("p").to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ]);
     assert!(!o.status.success());
     let err = text(&o.stderr);
     assert!(err.contains("cannot listen") && err.trim().lines().count() == 1, "{err}");
@@ -359,7 +384,13 @@ fn operator_errors_are_one_line_and_nonzero() {
     std::fs::create_dir_all(&data).unwrap();
     let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
     std::fs::write(data.join("swarmca.redb"), &garbage).unwrap();
-    let o = run(&["serve", "--data-dir", data.to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())]);
+    let o = run(&[
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
     assert!(!o.status.success());
     let err = text(&o.stderr);
     assert!(err.contains("cannot open the store") && err.trim().lines().count() == 1, "{err}");
@@ -367,7 +398,13 @@ fn operator_errors_are_one_line_and_nonzero() {
     // A second server on the same data dir.
     let d2 = tmp.path().join("twice");
     let _s = Server::start(&d2, free_port());
-    let o = run(&["serve", "--data-dir", d2.to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())]);
+    let o = run(&[
+        "serve",
+        "--data-dir",
+        d2.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
     assert!(!o.status.success());
     assert_eq!(text(&o.stderr).trim().lines().count(), 1, "{}", text(&o.stderr));
 }
@@ -375,9 +412,13 @@ fn operator_errors_are_one_line_and_nonzero() {
 /// Python grpcio requires ALPN h2 from the server; a grpcio client calls GetRootCACertificate.
 #[test]
 fn grpcio_client_gets_root_over_tls() {
-    let have = Command::new("python3").args(["-c", "import grpc, grpc_tools"]).status().is_ok_and(|s| s.success());
+    let have =
+        Command::new("python3").args(["-c", "import grpc, grpc_tools"]).status().is_ok_and(|s| s.success());
     if !have {
-        assert!(std::env::var_os("SWARMCA_REQUIRE_GRPCIO").is_none(), "grpcio is required (SWARMCA_REQUIRE_GRPCIO is set)");
+        assert!(
+            std::env::var_os("SWARMCA_REQUIRE_GRPCIO").is_none(),
+            "grpcio is required (SWARMCA_REQUIRE_GRPCIO is set)"
+        );
         eprintln!("SKIP: python3 grpcio/grpcio-tools not installed");
         return;
     }

@@ -130,11 +130,8 @@ async fn issue_node_certificate_with_invalid_csr() {
     let mut f = Fixture::start().await;
     let addr = f.serve_tls().await;
     let mut c = f.node_ca(addr, None).await;
-    let r = c
-        .issue_node_certificate(join_req(b"random garbage", &f.worker_token))
-        .await
-        .unwrap()
-        .into_inner();
+    let r =
+        c.issue_node_certificate(join_req(b"random garbage", &f.worker_token)).await.unwrap().into_inner();
     assert_eq!(r.node_membership, Membership::Accepted as i32);
     let s = wait_final(&mut c, &r.node_id).await;
     let st = s.status.unwrap();

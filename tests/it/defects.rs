@@ -8,7 +8,9 @@ use swarmca_proto::node_ca_server::NodeCa;
 use swarmca_server::{shared_entropy, CaServer, OsEntropy, ServerConfig, ServerDeps, SystemClock};
 use swarmca_store::{BoxFuture, MemStore, Op, Snapshot, Store, StoreError, Watch, WatchFilter};
 use swarmca_types::issuance_status::State;
-use swarmca_types::{BlacklistedCertificate, IssueNodeCertificateRequest, Node, NodeCertificateStatusRequest};
+use swarmca_types::{
+    BlacklistedCertificate, IssueNodeCertificateRequest, Node, NodeCertificateStatusRequest,
+};
 use tonic::{Code, Request};
 use x509_parser::prelude::*;
 
@@ -30,13 +32,15 @@ impl Store for RacingStore {
     fn get_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Node>, StoreError>> {
         self.inner.get_node(id)
     }
-    fn get_cluster<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<swarmca_types::Cluster>, StoreError>> {
+    fn get_cluster<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<swarmca_types::Cluster>, StoreError>> {
         self.inner.get_cluster(id)
     }
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
-        let writes_issued = ops.iter().any(|op| {
-            matches!(op, Op::UpdateNode(n) if state_of(n) == State::Issued as i32)
-        });
+        let writes_issued =
+            ops.iter().any(|op| matches!(op, Op::UpdateNode(n) if state_of(n) == State::Issued as i32));
         if writes_issued {
             let hook = self.hook.lock().unwrap().take();
             if let Some(h) = hook {
@@ -144,8 +148,20 @@ fn futures_ready<T>(f: BoxFuture<'_, T>) -> T {
 async fn recoverable_signer_errors_keep_nodes_pending_and_deleted_nodes_leave_pending() {
     let f = Fixture::with(Opts { with_key: false, ..Opts::default() }).await;
     let (csr, _) = new_csr();
-    let a = f.server.issue_node_certificate(Request::new(join_req(&csr, &f.worker_token))).await.unwrap().into_inner().node_id;
-    let b = f.server.issue_node_certificate(Request::new(join_req(&csr, &f.worker_token))).await.unwrap().into_inner().node_id;
+    let a = f
+        .server
+        .issue_node_certificate(Request::new(join_req(&csr, &f.worker_token)))
+        .await
+        .unwrap()
+        .into_inner()
+        .node_id;
+    let b = f
+        .server
+        .issue_node_certificate(Request::new(join_req(&csr, &f.worker_token)))
+        .await
+        .unwrap()
+        .into_inner()
+        .node_id;
     let server = f.server.clone();
     eventually(5, || {
         let s = server.clone();
@@ -199,7 +215,8 @@ async fn update_root_ca_failure_is_surfaced_and_keeps_the_signer() {
     assert!(f.server.root_ca_error().is_none());
     let before = f.server.root_ca().unwrap().digest_string();
     let mut cluster = f.cluster().await;
-    cluster.root_ca.as_mut().unwrap().ca_key = b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec();
+    cluster.root_ca.as_mut().unwrap().ca_key =
+        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec();
     let direct = f.server.update_root_ca(&cluster);
     assert!(matches!(direct, Err(swarmca_server::ServerError::InvalidRootCa(_))), "{direct:?}");
     f.store.commit(vec![Op::UpdateCluster(cluster)]).await.unwrap();
@@ -212,7 +229,13 @@ async fn update_root_ca_failure_is_surfaced_and_keeps_the_signer() {
     assert_eq!(f.server.root_ca().unwrap().digest_string(), before);
     // Still signs with the previous (valid) signer.
     let (csr, _) = new_csr();
-    let id = f.server.issue_node_certificate(Request::new(join_req(&csr, &f.worker_token))).await.unwrap().into_inner().node_id;
+    let id = f
+        .server
+        .issue_node_certificate(Request::new(join_req(&csr, &f.worker_token)))
+        .await
+        .unwrap()
+        .into_inner()
+        .node_id;
     let r = tokio::time::timeout(Duration::from_secs(5), f.server.node_certificate_status(status_req(&id)))
         .await
         .unwrap()
@@ -259,7 +282,12 @@ async fn renewal_of_a_deleted_node_is_not_found() {
     assert!(e.message().contains("not found when attempting to renew certificate"), "{}", e.message());
 }
 
-fn forwarded(mut req: Request<IssueNodeCertificateRequest>, cn: &str, ou: &str, org: &str) -> Request<IssueNodeCertificateRequest> {
+fn forwarded(
+    mut req: Request<IssueNodeCertificateRequest>,
+    cn: &str,
+    ou: &str,
+    org: &str,
+) -> Request<IssueNodeCertificateRequest> {
     let md = req.metadata_mut();
     md.insert("forwarded_cert", "true".parse().unwrap());
     md.insert("forwarded_cert_cn", cn.parse().unwrap());
@@ -279,7 +307,12 @@ async fn forwarded_identity_is_trusted_only_from_managers() {
 
     let mut mgr = f.node_ca(addr, Some(&f.manager)).await;
     let r = mgr
-        .issue_node_certificate(forwarded(Request::new(renew()), &f.worker.node_id, "swarm-worker", &f.cluster_id))
+        .issue_node_certificate(forwarded(
+            Request::new(renew()),
+            &f.worker.node_id,
+            "swarm-worker",
+            &f.cluster_id,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -287,7 +320,12 @@ async fn forwarded_identity_is_trusted_only_from_managers() {
 
     let mut wrk = f.node_ca(addr, Some(&f.worker)).await;
     let e = wrk
-        .issue_node_certificate(forwarded(Request::new(renew()), &f.manager.node_id, "swarm-manager", &f.cluster_id))
+        .issue_node_certificate(forwarded(
+            Request::new(renew()),
+            &f.manager.node_id,
+            "swarm-manager",
+            &f.cluster_id,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "a worker cannot forward");
@@ -305,7 +343,12 @@ async fn forwarded_identity_is_trusted_only_from_managers() {
     })
     .await;
     let e = mgr
-        .issue_node_certificate(forwarded(Request::new(renew()), &f.worker.node_id, "swarm-worker", &f.cluster_id))
+        .issue_node_certificate(forwarded(
+            Request::new(renew()),
+            &f.worker.node_id,
+            "swarm-worker",
+            &f.cluster_id,
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);

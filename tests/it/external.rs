@@ -114,7 +114,8 @@ impl FakeCa {
                 let stop_req = stop_rx.clone();
                 tokio::spawn(async move {
                     let serve = async move {
-                        let svc = hyper::service::service_fn(move |req| handle(st.clone(), req, stop_req.clone()));
+                        let svc =
+                            hyper::service::service_fn(move |req| handle(st.clone(), req, stop_req.clone()));
                         let http = hyper::server::conn::http1::Builder::new();
                         match tls {
                             Some(cfg) => {
@@ -156,7 +157,11 @@ fn text(code: u16, body: impl Into<String>) -> Resp {
         .unwrap()
 }
 
-async fn handle(st: Arc<FakeState>, req: Request<Incoming>, mut stop: watch::Receiver<bool>) -> Result<Resp, Infallible> {
+async fn handle(
+    st: Arc<FakeState>,
+    req: Request<Incoming>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
     let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
@@ -254,7 +259,8 @@ fn issuer_of(root_pem: &[u8], key_pem: &[u8]) -> rcgen::Issuer<'static, rcgen::K
 /// A server certificate for 127.0.0.1 signed by the root: (cert PEM, key PEM).
 pub fn loopback_server_cert(root_pem: &[u8], key_pem: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, "127.0.0.1");
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params.signed_by(&key, &issuer_of(root_pem, key_pem)).unwrap();
@@ -286,9 +292,10 @@ fn fake_tls(cert_pem: &[u8], key_pem: &[u8], client_roots_pem: &[u8]) -> Arc<rus
     for c in CertificateDer::pem_slice_iter(client_roots_pem) {
         roots.add(c.unwrap()).unwrap();
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
     let chain = CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>().unwrap();
     let key = PrivateKeyDer::from_pem_slice(key_pem).unwrap();
     Arc::new(
@@ -326,7 +333,12 @@ pub fn cross_sign(new_root: &GeneratedRoot, new_cn: &str, old_root: &GeneratedRo
 // Helpers.
 
 pub fn ext_ca(url: &str, ca_cert: &[u8]) -> ApiExternalCa {
-    ApiExternalCa { protocol: 0, url: url.to_string(), options: Default::default(), ca_cert: ca_cert.to_vec() }
+    ApiExternalCa {
+        protocol: 0,
+        url: url.to_string(),
+        options: Default::default(),
+        ca_cert: ca_cert.to_vec(),
+    }
 }
 
 /// A stopped fixture whose cluster root has no key (`f.root` still holds it, for fakes).
@@ -451,14 +463,26 @@ async fn answers_are_classified_like_swarmkit() {
         (Mode::Status(500), true, "unexpected status code in CSR response: 500 - flaky"),
         (Mode::Status(403), true, "unexpected status code in CSR response: 403"),
         (Mode::Body("garbage{".into()), true, "unable to parse JSON response"),
-        (Mode::Body(cfssl_error(9002, "CSR Decode failed")), false, "response errors: [{9002 CSR Decode failed}]"),
+        (
+            Mode::Body(cfssl_error(9002, "CSR Decode failed")),
+            false,
+            "response errors: [{9002 CSR Decode failed}]",
+        ),
         (Mode::Body(r#"{"success":true,"result":null}"#.into()), false, "certificate signing request failed"),
         // Real cfssl answers its errors with HTTP 400: CSR errors are fatal, others are not.
         (Mode::Raw(400, cfssl_error(9300, "bad csr")), false, "response errors: [{9300 bad csr}]"),
-        (Mode::Raw(400, cfssl_error(5200, "policy")), true, "unexpected status code in CSR response: 400 - {"),
+        (
+            Mode::Raw(400, cfssl_error(5200, "policy")),
+            true,
+            "unexpected status code in CSR response: 400 - {",
+        ),
         (Mode::Raw(500, cfssl_error(9002, "x")), true, "unexpected status code in CSR response: 500"),
         (Mode::Body(r#"{"success":true,"result":[1]}"#.into()), false, "invalid result type"),
-        (Mode::Body(r#"{"success":true,"result":{"certificate":1}}"#.into()), false, "invalid result certificate field type"),
+        (
+            Mode::Body(r#"{"success":true,"result":{"certificate":1}}"#.into()),
+            false,
+            "invalid result certificate field type",
+        ),
     ];
     for (mode, recoverable, msg) in cases {
         fake.set_mode(mode);
@@ -479,18 +503,29 @@ async fn urls_are_tried_in_order_and_the_last_error_wins() {
         format!("http://{}/sign", l.local_addr().unwrap())
     };
     let inter = b"-----BEGIN CERTIFICATE-----\nINTERMEDIATE\n-----END CERTIFICATE-----\n".to_vec();
-    let ext = ExternalCa::new(vec![dead.clone(), bad.url.clone(), good.url.clone()], inter.clone(), None, Duration::from_secs(5));
+    let ext = ExternalCa::new(
+        vec![dead.clone(), bad.url.clone(), good.url.clone()],
+        inter.clone(),
+        None,
+        Duration::from_secs(5),
+    );
     let pem = ext.sign(&worker_req(&f)).await.unwrap();
     assert!(pem.ends_with(&inter), "intermediates are appended");
     assert_eq!((bad.requests(), good.requests()), (1, 1));
 
     let ext = ExternalCa::new(vec![bad.url.clone(), dead.clone()], Vec::new(), None, Duration::from_secs(5));
     let e = ext.sign(&worker_req(&f)).await.unwrap_err();
-    assert!(e.is_recoverable() && e.to_string().contains("unable to perform certificate signing request"), "{e}");
+    assert!(
+        e.is_recoverable() && e.to_string().contains("unable to perform certificate signing request"),
+        "{e}"
+    );
     let ext = ExternalCa::new(vec![dead, bad.url.clone()], Vec::new(), None, Duration::from_secs(5));
     let e = ext.sign(&worker_req(&f)).await.unwrap_err();
     assert_eq!(e, ExternalCaError::Rejected("[{1 nope}]".into()));
-    assert_eq!(ExternalCa::new(vec![], vec![], None, Duration::from_secs(1)).sign(&worker_req(&f)).await, Err(ExternalCaError::NoUrls));
+    assert_eq!(
+        ExternalCa::new(vec![], vec![], None, Duration::from_secs(1)).sign(&worker_req(&f)).await,
+        Err(ExternalCaError::NoUrls)
+    );
 }
 
 #[tokio::test]
@@ -502,8 +537,10 @@ async fn https_without_tls_config_or_with_an_untrusted_server_is_recoverable() {
     assert!(e.is_recoverable() && e.to_string().contains("TLS configuration"), "{e}");
     // Trusting another root: the server certificate does not verify.
     let other = generate_root("other", SystemTime::now(), serial()).unwrap();
-    let other_der = CertificateDer::pem_slice_iter(&other.cert_pem).map(|c| c.unwrap().to_vec()).collect::<Vec<_>>();
-    let tls = client_tls_config(&other_der, Some((&f.server_creds.cert_pem, &f.server_creds.key_pem))).unwrap();
+    let other_der =
+        CertificateDer::pem_slice_iter(&other.cert_pem).map(|c| c.unwrap().to_vec()).collect::<Vec<_>>();
+    let tls =
+        client_tls_config(&other_der, Some((&f.server_creds.cert_pem, &f.server_creds.key_pem))).unwrap();
     let ext = ExternalCa::new(vec![fake.url.clone()], Vec::new(), Some(tls), Duration::from_secs(5));
     let e = ext.sign(&worker_req(&f)).await.unwrap_err();
     assert!(e.is_recoverable() && e.to_string().contains("tls"), "{e}");
@@ -522,7 +559,8 @@ async fn external_ca_gets_tls_keypair_updates() {
     let root_pem = f.root_pem.clone();
     let url = fake.url.clone();
     f.update_cluster(|c| {
-        c.spec.as_mut().unwrap().ca_config.get_or_insert_with(Default::default).external_cas = vec![ext_ca(&url, &root_pem)];
+        c.spec.as_mut().unwrap().ca_config.get_or_insert_with(Default::default).external_cas =
+            vec![ext_ca(&url, &root_pem)];
     })
     .await;
     f.server.update_root_ca(&f.cluster().await).unwrap();
@@ -599,7 +637,15 @@ async fn recoverable_answers_keep_joins_pending() {
 #[tokio::test]
 async fn fatal_answers_and_bad_certificates_fail_the_node() {
     let other = generate_root("other-root", SystemTime::now(), serial()).unwrap();
-    let other_ca = RootCa::new(&other.cert_pem, &other.cert_pem, &other.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", SystemTime::now()).unwrap();
+    let other_ca = RootCa::new(
+        &other.cert_pem,
+        &other.cert_pem,
+        &other.key_pem,
+        DEFAULT_NODE_CERT_EXPIRY,
+        b"",
+        SystemTime::now(),
+    )
+    .unwrap();
     let cases: Vec<(&str, Mode, &str)> = vec![
         ("reject", Mode::Body(cfssl_error(9002, "CSR Decode failed")), "response errors: [{9002 CSR Decode failed}]"),
         ("wrong key", Mode::WrongKey, "external CA returned an invalid certificate: the certificate's public key is not the CSR's"),
@@ -648,9 +694,11 @@ async fn update_root_ca_filters_external_ca_urls() {
     let f = Fixture::with(Opts { with_key: false, run: false, ..Opts::default() }).await;
     let now = SystemTime::now();
     let old = GeneratedRoot { cert_pem: f.root_pem.clone(), key_pem: f.root_key_pem.clone() };
-    let old_ca = RootCa::new(&old.cert_pem, &old.cert_pem, &old.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", now).unwrap();
+    let old_ca =
+        RootCa::new(&old.cert_pem, &old.cert_pem, &old.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", now).unwrap();
     let new = generate_root("swarm-new-CA", now, serial()).unwrap();
-    let new_ca = RootCa::new(&new.cert_pem, &new.cert_pem, &new.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", now).unwrap();
+    let new_ca =
+        RootCa::new(&new.cert_pem, &new.cert_pem, &new.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", now).unwrap();
     let cross = cross_sign(&new, "swarm-new-CA", &old);
     let old_fake = FakeCa::http(&old_ca, Mode::Sign).await;
     let new_fake = FakeCa::http(&new_ca, Mode::Sign).await;
@@ -663,7 +711,11 @@ async fn update_root_ca_filters_external_ca_urls() {
         c.spec.as_mut().unwrap().ca_config.get_or_insert_with(Default::default).external_cas = ext;
         c
     };
-    let rotation = |key: &[u8]| RootRotation { ca_cert: new.cert_pem.clone(), ca_key: key.to_vec(), cross_signed_ca_cert: cross.clone() };
+    let rotation = |key: &[u8]| RootRotation {
+        ca_cert: new.cert_pem.clone(),
+        ca_key: key.to_vec(),
+        cross_signed_ca_cert: cross.clone(),
+    };
 
     // Case 1: the root without its key, an external CA without a cert (= the current root).
     f.server.update_root_ca(&with(Vec::new(), None, vec![ext_ca(&old_fake.url, b"")])).unwrap();
@@ -677,7 +729,9 @@ async fn update_root_ca_filters_external_ca_urls() {
     old_ca.check_issued(&pem, &csr, "n1", Role::Worker, &f.cluster_id, now).unwrap();
 
     // Case 2: a rotation with the new key; the external CA (for the old root) is filtered out.
-    f.server.update_root_ca(&with(Vec::new(), Some(rotation(&new.key_pem)), vec![ext_ca(&old_fake.url, b"")])).unwrap();
+    f.server
+        .update_root_ca(&with(Vec::new(), Some(rotation(&new.key_pem)), vec![ext_ca(&old_fake.url, b"")]))
+        .unwrap();
     let root = f.server.root_ca().unwrap();
     let cross_der = CertificateDer::pem_slice_iter(&cross).next().unwrap().unwrap();
     assert_eq!(root.signer_cert_der(), Some(cross_der.as_ref()));
@@ -716,14 +770,19 @@ async fn rotation_joins_are_signed_for_the_new_root() {
     let now = SystemTime::now();
     let old = GeneratedRoot { cert_pem: f.root_pem.clone(), key_pem: f.root_key_pem.clone() };
     let new = generate_root("swarm-new-CA", now, serial()).unwrap();
-    let new_ca = RootCa::new(&new.cert_pem, &new.cert_pem, &new.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", now).unwrap();
+    let new_ca =
+        RootCa::new(&new.cert_pem, &new.cert_pem, &new.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", now).unwrap();
     let cross = cross_sign(&new, "swarm-new-CA", &old);
     let fake = FakeCa::http(&new_ca, Mode::Sign).await;
     let (url, new_pem) = (fake.url.clone(), new.cert_pem.clone());
     f.update_cluster(|c| {
-        c.root_ca.as_mut().unwrap().root_rotation =
-            Some(RootRotation { ca_cert: new_pem.clone(), ca_key: Vec::new(), cross_signed_ca_cert: cross.clone() });
-        c.spec.as_mut().unwrap().ca_config.get_or_insert_with(Default::default).external_cas = vec![ext_ca(&url, &new_pem)];
+        c.root_ca.as_mut().unwrap().root_rotation = Some(RootRotation {
+            ca_cert: new_pem.clone(),
+            ca_key: Vec::new(),
+            cross_signed_ca_cert: cross.clone(),
+        });
+        c.spec.as_mut().unwrap().ca_config.get_or_insert_with(Default::default).external_cas =
+            vec![ext_ca(&url, &new_pem)];
     })
     .await;
     let mut f = f;

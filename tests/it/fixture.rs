@@ -11,10 +11,10 @@ use swarmca_core::role::Role;
 use swarmca_core::rootca::{digest, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY};
 use swarmca_core::token::generate_join_token;
 use swarmca_proto::ca_client::CaClient;
-use swarmca_proto::node_ca_client::NodeCaClient;
-use swarmca_server::peer::{CallInfo, PeerCertificates};
 use swarmca_proto::ca_server::CaServer as CaService;
+use swarmca_proto::node_ca_client::NodeCaClient;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
+use swarmca_server::peer::{CallInfo, PeerCertificates};
 use swarmca_server::tls::{client_tls_config, server_tls_config};
 use swarmca_server::{
     shared_entropy, CaServer, OsEntropy, ServerConfig, ServerDeps, SystemClock, TlsPeerCertificates,
@@ -23,9 +23,8 @@ use swarmca_store::{MemStore, Op, Store};
 use swarmca_types::issuance_status::State;
 use swarmca_types::node_spec::Membership;
 use swarmca_types::{
-    Annotations, Certificate, Cluster, ClusterSpec, IssuanceStatus, IssueNodeCertificateRequest,
-    JoinTokens, Node, NodeCertificateStatusRequest, NodeCertificateStatusResponse, NodeSpec,
-    RootCa as ApiRootCa,
+    Annotations, Certificate, Cluster, ClusterSpec, IssuanceStatus, IssueNodeCertificateRequest, JoinTokens,
+    Node, NodeCertificateStatusRequest, NodeCertificateStatusResponse, NodeSpec, RootCa as ApiRootCa,
 };
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};

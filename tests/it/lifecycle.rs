@@ -87,13 +87,19 @@ async fn status_waits_until_final_then_answers() {
     let id = f.worker.node_id.clone();
     // Put the worker back into RENEW without a CSR the CA can sign: it stays non-final only
     // until the signer marks it; use a verify-only race instead: set UNKNOWN (never signed).
-    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32).await;
+    f.update_node(&id, |n| {
+        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32
+    })
+    .await;
     let s = f.server.clone();
     let id2 = id.clone();
     let waiter = tokio::spawn(async move { s.node_certificate_status(status_req(&id2)).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished(), "UNKNOWN is not final: the call must wait");
-    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Issued as i32).await;
+    f.update_node(&id, |n| {
+        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Issued as i32
+    })
+    .await;
     let r = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
     assert_eq!(r.into_inner().status.unwrap().state, State::Issued as i32);
 }
@@ -102,7 +108,10 @@ async fn status_waits_until_final_then_answers() {
 async fn status_is_bounded_by_the_callers_deadline() {
     let f = Fixture::start().await;
     let id = f.worker.node_id.clone();
-    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32).await;
+    f.update_node(&id, |n| {
+        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32
+    })
+    .await;
     let mut req = status_req(&id);
     req.metadata_mut().insert("grpc-timeout", "200m".parse().unwrap());
     let t0 = tokio::time::Instant::now();
@@ -115,7 +124,10 @@ async fn status_is_bounded_by_the_callers_deadline() {
 async fn status_is_cut_by_server_stop() {
     let f = Fixture::start().await;
     let id = f.worker.node_id.clone();
-    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32).await;
+    f.update_node(&id, |n| {
+        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32
+    })
+    .await;
     let s = f.server.clone();
     let waiter = tokio::spawn(async move { s.node_certificate_status(status_req(&id)).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -128,7 +140,10 @@ async fn status_is_cut_by_server_stop() {
 async fn status_of_a_node_deleted_while_waiting_is_not_found() {
     let f = Fixture::start().await;
     let id = f.worker.node_id.clone();
-    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32).await;
+    f.update_node(&id, |n| {
+        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32
+    })
+    .await;
     let s = f.server.clone();
     let id2 = id.clone();
     let waiter = tokio::spawn(async move { s.node_certificate_status(status_req(&id2)).await });
@@ -183,7 +198,10 @@ async fn leader_catch_up_signs_what_was_pending_while_stopped() {
     // A join accepted by a previous leader, never signed.
     let (csr, _) = new_csr();
     let id = new_id();
-    let mut node = issued_node(&Creds { node_id: id.clone(), cert_pem: Vec::new(), key_pem: Vec::new() }, swarmca_core::role::Role::Worker);
+    let mut node = issued_node(
+        &Creds { node_id: id.clone(), cert_pem: Vec::new(), key_pem: Vec::new() },
+        swarmca_core::role::Role::Worker,
+    );
     let c = node.certificate.as_mut().unwrap();
     c.csr = csr.clone();
     c.status.as_mut().unwrap().state = State::Pending as i32;
@@ -203,7 +221,10 @@ async fn pending_membership_is_not_signed_but_renew_is() {
     let f = Fixture::start().await;
     let (csr, _) = new_csr();
     let id = new_id();
-    let mut node = issued_node(&Creds { node_id: id.clone(), cert_pem: Vec::new(), key_pem: Vec::new() }, swarmca_core::role::Role::Worker);
+    let mut node = issued_node(
+        &Creds { node_id: id.clone(), cert_pem: Vec::new(), key_pem: Vec::new() },
+        swarmca_core::role::Role::Worker,
+    );
     node.spec.as_mut().unwrap().membership = swarmca_types::node_spec::Membership::Pending as i32;
     let c = node.certificate.as_mut().unwrap();
     c.csr = csr;
@@ -211,7 +232,10 @@ async fn pending_membership_is_not_signed_but_renew_is() {
     f.store.commit(vec![Op::CreateNode(node)]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(state_of(&f.node(&id).await.unwrap()), State::Pending as i32);
-    f.update_node(&id, |n| n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Renew as i32).await;
+    f.update_node(&id, |n| {
+        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Renew as i32
+    })
+    .await;
     let r = tokio::time::timeout(Duration::from_secs(5), f.server.node_certificate_status(status_req(&id)))
         .await
         .unwrap()
@@ -254,7 +278,10 @@ async fn follower_accepts_joins_and_the_leader_signs_them() {
     let id2 = id.clone();
     let waiter = tokio::spawn(async move { fo.node_certificate_status(status_req(&id2)).await });
     // Token rotation reaches the follower too.
-    f.update_cluster(|c| c.root_ca.as_mut().unwrap().join_tokens.as_mut().unwrap().worker = "SWMTKN-1-rotated".into()).await;
+    f.update_cluster(|c| {
+        c.root_ca.as_mut().unwrap().join_tokens.as_mut().unwrap().worker = "SWMTKN-1-rotated".into()
+    })
+    .await;
     let probe = follower.clone();
     eventually(5, || {
         let p = probe.clone();
@@ -263,7 +290,8 @@ async fn follower_accepts_joins_and_the_leader_signs_them() {
     })
     .await;
     f.run_server().await;
-    let r = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap().into_inner();
+    let r =
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap().into_inner();
     assert_eq!(r.status.unwrap().state, State::Issued as i32);
     assert_eq!(r.certificate.unwrap().csr, csr);
 }

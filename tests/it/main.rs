@@ -4,8 +4,8 @@
 // Test code: panicking on a broken expectation is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-mod cli;
 mod cfssl;
+mod cli;
 mod conformance;
 mod defects;
 mod external;

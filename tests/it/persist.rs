@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use swarmca_proto::node_ca_server::NodeCa;
-use swarmca_server::{shared_entropy, CaServer, OsEntropy, ServerConfig, ServerDeps, SystemClock, TlsPeerCertificates};
+use swarmca_server::{
+    shared_entropy, CaServer, OsEntropy, ServerConfig, ServerDeps, SystemClock, TlsPeerCertificates,
+};
 use swarmca_store::{Op, RedbStore, Store, WatchFilter};
 use swarmca_types::issuance_status::State;
 use swarmca_types::NodeCertificateStatusRequest;
@@ -72,7 +74,8 @@ async fn acknowledged_join_survives_reopen_and_is_signed() {
     tokio::time::timeout(Duration::from_secs(5), server.ready()).await.unwrap();
     let r = tokio::time::timeout(
         Duration::from_secs(5),
-        server.node_certificate_status(Request::new(NodeCertificateStatusRequest { node_id: node_id.clone() })),
+        server
+            .node_certificate_status(Request::new(NodeCertificateStatusRequest { node_id: node_id.clone() })),
     )
     .await
     .unwrap()

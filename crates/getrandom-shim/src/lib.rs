@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::EINTR));
         assert!(std::format!("{e}").contains("OS error"));
         assert_eq!(Error::UNSUPPORTED.raw_os_error(), None);
-        assert!(Error::CUSTOM_START > Error::INTERNAL_START);
+        const { assert!(Error::CUSTOM_START > Error::INTERNAL_START) };
         let io: std::io::Error = e.into();
         assert_eq!(io.raw_os_error(), Some(libc::EINTR));
     }

@@ -31,9 +31,7 @@ pub(crate) fn encode_padded(bytes: &[u8], width: usize) -> String {
 }
 
 fn digit(v: u32) -> char {
-    DIGITS
-        .get(usize::try_from(v).unwrap_or(usize::MAX))
-        .map_or('0', |&c| char::from(c))
+    DIGITS.get(usize::try_from(v).unwrap_or(usize::MAX)).map_or('0', |&c| char::from(c))
 }
 
 /// Value of one base-36 digit; both letter cases are accepted.

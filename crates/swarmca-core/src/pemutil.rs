@@ -57,10 +57,7 @@ fn block_at(data: &[u8], start: usize) -> Option<(Block, usize)> {
     }
     let mut end = end_start + end_marker.len();
     let after = data.get(end..).unwrap_or_default();
-    let trailing_ws = after
-        .iter()
-        .position(|&c| c != b' ' && c != b'\t')
-        .unwrap_or(after.len());
+    let trailing_ws = after.iter().position(|&c| c != b' ' && c != b'\t').unwrap_or(after.len());
     match after.get(trailing_ws) {
         None => end += trailing_ws,
         Some(b'\n') => end += trailing_ws + 1,
@@ -71,13 +68,7 @@ fn block_at(data: &[u8], start: usize) -> Option<(Block, usize)> {
     if parsed.tag() != label {
         return None;
     }
-    Some((
-        Block {
-            label: label.to_string(),
-            der: parsed.into_contents(),
-        },
-        end,
-    ))
+    Some((Block { label: label.to_string(), der: parsed.into_contents() }, end))
 }
 
 /// Encodes a block the way Go's `pem.EncodeToMemory` does (LF, 64-column lines, no headers).

@@ -18,33 +18,21 @@ pub fn should_sign(membership: i32, state: i32) -> bool {
 
 /// Whether an issuance state is final: ISSUED, FAILED or ROTATE.
 pub fn is_final_state(state: i32) -> bool {
-    matches!(
-        State::try_from(state),
-        Ok(State::Issued | State::Failed | State::Rotate)
-    )
+    matches!(State::try_from(state), Ok(State::Issued | State::Failed | State::Rotate))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ALL_STATES: [State; 6] = [
-        State::Unknown,
-        State::Renew,
-        State::Pending,
-        State::Issued,
-        State::Failed,
-        State::Rotate,
-    ];
+    const ALL_STATES: [State; 6] =
+        [State::Unknown, State::Renew, State::Pending, State::Issued, State::Failed, State::Rotate];
 
     #[test]
     fn decision_table_matches_swarmkit() {
         for m in [Membership::Pending, Membership::Accepted] {
             for s in ALL_STATES {
-                let expected = matches!(
-                    (m, s),
-                    (_, State::Renew) | (Membership::Accepted, State::Pending)
-                );
+                let expected = matches!((m, s), (_, State::Renew) | (Membership::Accepted, State::Pending));
                 assert_eq!(should_sign(m as i32, s as i32), expected, "{m:?} {s:?}");
             }
         }

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use swarmca_core::rootca::{digest, digest_string, effective_expiry, MIN_NODE_CERT_EXPIRY};
 use swarmca_core::role::Role;
+use swarmca_core::rootca::{digest, digest_string, MIN_NODE_CERT_EXPIRY};
 use swarmca_core::token::generate_join_token;
 use swarmca_proto::admin;
 use swarmca_store::{Node, Op, StoreError};
@@ -133,14 +133,14 @@ impl Control {
     /// `force`; the serving manager cannot be removed.
     pub async fn remove_node(&self, id: &str, force: bool) -> Result<admin::NodeInfo, ServerError> {
         if self.self_node_id.as_deref() == Some(id) {
-            return Err(precondition(format!("node {id} is the manager serving this cluster; it cannot be removed")));
+            return Err(precondition(format!(
+                "node {id} is the manager serving this cluster; it cannot be removed"
+            )));
         }
         for _ in 0..ATTEMPTS {
             let node = self.node(id).await?;
             if node.role == Role::Manager.to_proto() && !force {
-                return Err(precondition(format!(
-                    "node {id} is a manager; demote it first or use --force"
-                )));
+                return Err(precondition(format!("node {id} is a manager; demote it first or use --force")));
             }
             let mut cluster = self.server.cluster().await?;
             let expiry = cert_not_after(&node).unwrap_or_else(|| {
@@ -286,13 +286,7 @@ impl Control {
     }
 
     fn cert_expiry(&self, c: &Cluster) -> Duration {
-        effective_expiry(
-            c.spec
-                .as_ref()
-                .and_then(|s| s.ca_config.as_ref())
-                .and_then(|ca| ca.node_cert_expiry.as_ref())
-                .and_then(|d| Duration::try_from(*d).ok()),
-        )
+        swarmca_core::rootca::cluster_cert_expiry(c)
     }
 
     fn cluster_summary(&self, c: &Cluster, nodes: &[Node]) -> admin::ClusterInfo {
@@ -337,7 +331,8 @@ impl Control {
             id: n.id.clone(),
             role: n.role,
             desired_role: spec.desired_role,
-            membership: if spec.membership == Membership::Accepted as i32 { "accepted" } else { "pending" }.into(),
+            membership: if spec.membership == Membership::Accepted as i32 { "accepted" } else { "pending" }
+                .into(),
             state: state_name(status.state).into(),
             detail: if status.state == State::Pending as i32 || status.state == State::Renew as i32 {
                 self.server.signer_problem().map(|p| format!("waiting: {p}")).unwrap_or_default()
@@ -397,13 +392,7 @@ struct LeafSummary {
 fn leaf_summary(pem: &[u8]) -> Option<LeafSummary> {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
     let (_, c) = X509Certificate::from_der(&p.contents).ok()?;
-    let issuer = c
-        .issuer()
-        .iter_common_name()
-        .next()
-        .and_then(|a| a.as_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let issuer = c.issuer().iter_common_name().next().and_then(|a| a.as_str().ok()).unwrap_or("").to_string();
     Some(LeafSummary {
         not_before: c.validity().not_before.timestamp(),
         not_after: c.validity().not_after.timestamp(),

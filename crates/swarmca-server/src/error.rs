@@ -92,9 +92,7 @@ impl ServerError {
             ServerError::Cancelled => Code::Cancelled,
             ServerError::DeadlineExceeded => Code::DeadlineExceeded,
             ServerError::Contention(_) => Code::Aborted,
-            ServerError::Store(StoreError::Unavailable(_)) | ServerError::WatchClosed => {
-                Code::Unavailable
-            }
+            ServerError::Store(StoreError::Unavailable(_)) | ServerError::WatchClosed => Code::Unavailable,
             ServerError::ClusterNotFound(_)
             | ServerError::InvalidRootCa(_)
             | ServerError::NoRoot

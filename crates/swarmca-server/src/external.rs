@@ -327,9 +327,7 @@ pub fn client_tls_config(
     let bad = |e: String| ExternalCaError::TlsConfig(e);
     let mut roots = rustls::RootCertStore::empty();
     for der in roots_der {
-        roots
-            .add(CertificateDer::from(der.clone()))
-            .map_err(|e| bad(format!("unusable trust root: {e}")))?;
+        roots.add(CertificateDer::from(der.clone())).map_err(|e| bad(format!("unusable trust root: {e}")))?;
     }
     let builder = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -344,8 +342,7 @@ pub fn client_tls_config(
             if chain.is_empty() {
                 return Err(bad("client certificate: no certificate found".into()));
             }
-            let key = PrivateKeyDer::from_pem_slice(key_pem)
-                .map_err(|e| bad(format!("client key: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad(format!("client key: {e}")))?;
             builder.with_client_auth_cert(chain, key).map_err(|e| bad(e.to_string()))?
         }
     };
@@ -455,9 +452,8 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let transport = |e: hyper::Error| ExternalCaError::Transport(error_chain(&e));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io))
-        .await
-        .map_err(transport)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await.map_err(transport)?;
     let work = async move {
         let resp = sender.send_request(req).await.map_err(transport)?;
         let status = resp.status().as_u16();

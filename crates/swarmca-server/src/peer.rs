@@ -34,9 +34,8 @@ pub struct CallInfo<'a> {
 impl<'a> CallInfo<'a> {
     /// Collects the call info of a tonic request.
     pub fn of<T>(req: &'a tonic::Request<T>) -> CallInfo<'a> {
-        let tls_chain = req
-            .peer_certs()
-            .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect::<Vec<_>>());
+        let tls_chain =
+            req.peer_certs().map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect::<Vec<_>>());
         CallInfo { metadata: req.metadata(), tls_chain, remote_addr: req.remote_addr() }
     }
 }
@@ -76,14 +75,9 @@ pub fn forwarded_info(md: &MetadataMap) -> Option<ForwardedInfo> {
         [only] if only.to_str().ok() == Some("true") => {}
         _ => return None,
     }
-    let first = |k: &str| {
-        md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_default()
-    };
-    let ous = md
-        .get_all(FORWARDED_CERT_OU)
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_string))
-        .collect();
+    let first = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_default();
+    let ous =
+        md.get_all(FORWARDED_CERT_OU).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect();
     Some(ForwardedInfo { cn: first(FORWARDED_CERT_CN), org: first(FORWARDED_CERT_ORG), ous })
 }
 

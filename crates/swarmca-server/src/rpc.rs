@@ -15,9 +15,8 @@ use swarmca_types::issuance_status::State;
 use swarmca_types::node_spec::Membership;
 use swarmca_types::{
     Certificate, GetRootCaCertificateRequest, GetRootCaCertificateResponse, GetUnlockKeyRequest,
-    GetUnlockKeyResponse, IssuanceStatus, IssueNodeCertificateRequest,
-    IssueNodeCertificateResponse, NodeCertificateStatusRequest, NodeCertificateStatusResponse,
-    NodeSpec, Version,
+    GetUnlockKeyResponse, IssuanceStatus, IssueNodeCertificateRequest, IssueNodeCertificateResponse,
+    NodeCertificateStatusRequest, NodeCertificateStatusResponse, NodeSpec, Version,
 };
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -64,7 +63,11 @@ impl CaServer {
         Ok(None)
     }
 
-    async fn issue(&self, call: &CallInfo<'_>, req: IssueNodeCertificateRequest) -> Result<IssueNodeCertificateResponse, ServerError> {
+    async fn issue(
+        &self,
+        call: &CallInfo<'_>,
+        req: IssueNodeCertificateRequest,
+    ) -> Result<IssueNodeCertificateResponse, ServerError> {
         if req.csr.is_empty() {
             return Err(ServerError::EmptyField);
         }
@@ -146,19 +149,24 @@ impl CaServer {
             match store.commit(vec![Op::UpdateNode(node)]).await {
                 Ok(_) => {
                     info!(node = %node_id, "certificate renewal requested");
-                    return Ok(IssueNodeCertificateResponse { node_id: node_id.to_string(), node_membership: membership });
+                    return Ok(IssueNodeCertificateResponse {
+                        node_id: node_id.to_string(),
+                        node_membership: membership,
+                    });
                 }
                 Err(StoreError::SequenceConflict) => continue,
-                Err(StoreError::NotExist) => {
-                    return Err(ServerError::RenewNodeNotFound(node_id.to_string()))
-                }
+                Err(StoreError::NotExist) => return Err(ServerError::RenewNodeNotFound(node_id.to_string())),
                 Err(e) => return Err(e.into()),
             }
         }
         Err(ServerError::Contention(format!("renewal of node {node_id} kept conflicting")))
     }
 
-    async fn status(&self, node_id: String, deadline: Option<Duration>) -> Result<NodeCertificateStatusResponse, ServerError> {
+    async fn status(
+        &self,
+        node_id: String,
+        deadline: Option<Duration>,
+    ) -> Result<NodeCertificateStatusResponse, ServerError> {
         if node_id.is_empty() {
             return Err(ServerError::EmptyField);
         }
@@ -232,10 +240,8 @@ impl CaServer {
 fn final_response(node: &Node) -> Option<NodeCertificateStatusResponse> {
     let cert = node.certificate.as_ref()?;
     let status = cert.status.clone().unwrap_or_default();
-    is_final_state(status.state).then(|| NodeCertificateStatusResponse {
-        status: Some(status),
-        certificate: Some(cert.clone()),
-    })
+    is_final_state(status.state)
+        .then(|| NodeCertificateStatusResponse { status: Some(status), certificate: Some(cert.clone()) })
 }
 
 /// Parses the `grpc-timeout` header (e.g. `5S`, `250m`).

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
-use swarmca_core::rootca::{effective_expiry, RootCa};
+use swarmca_core::rootca::{cluster_cert_expiry, RootCa};
 use swarmca_store::{Store, StoreError, WatchFilter};
 use swarmca_types::{BlacklistedCertificate, Cluster, JoinTokens};
 use tracing::{error, info, warn};
@@ -111,7 +111,8 @@ impl SignerState {
 }
 
 fn external_tls(pool: &[Vec<u8>], id: Option<&TlsIdentity>) -> Result<Arc<rustls::ClientConfig>, String> {
-    client_tls_config(pool, id.map(|i| (i.cert_pem.as_slice(), i.key_pem.as_slice()))).map_err(|e| e.to_string())
+    client_tls_config(pool, id.map(|i| (i.cert_pem.as_slice(), i.key_pem.as_slice())))
+        .map_err(|e| e.to_string())
 }
 
 pub(crate) struct Inner {
@@ -305,7 +306,10 @@ impl CaServer {
 
     pub(crate) fn mark_ready(&self, generation_cancel: &RunCancel) {
         let life = self.life();
-        if matches!(life.phase, Phase::Running { .. }) && !generation_cancel.get() && life.join_tokens.is_some() {
+        if matches!(life.phase, Phase::Running { .. })
+            && !generation_cancel.get()
+            && life.join_tokens.is_some()
+        {
             self.inner.ready_tx.set(true);
         }
     }
@@ -330,21 +334,14 @@ impl CaServer {
     }
 
     /// The blacklist of the served cluster, read fresh; an unreadable cluster gives an error.
-    pub(crate) async fn blacklist(
-        &self,
-    ) -> Result<BTreeMap<String, BlacklistedCertificate>, ServerError> {
+    pub(crate) async fn blacklist(&self) -> Result<BTreeMap<String, BlacklistedCertificate>, ServerError> {
         let c = self.cluster().await?;
         Ok(c.blacklisted_certificates)
     }
 
     pub(crate) async fn cluster(&self) -> Result<Cluster, ServerError> {
         let id = &self.inner.cfg.cluster_id;
-        self.inner
-            .deps
-            .store
-            .get_cluster(id)
-            .await?
-            .ok_or_else(|| ServerError::ClusterNotFound(id.clone()))
+        self.inner.deps.store.get_cluster(id).await?.ok_or_else(|| ServerError::ClusterNotFound(id.clone()))
     }
 
     /// SwarmKit's `UpdateRootCA`: takes the join tokens from `cluster` and, when the RootCA
@@ -363,14 +360,7 @@ impl CaServer {
                 life.join_tokens = Some(tokens);
             }
         }
-        let expiry = effective_expiry(
-            cluster
-                .spec
-                .as_ref()
-                .and_then(|s| s.ca_config.as_ref())
-                .and_then(|c| c.node_cert_expiry.as_ref())
-                .and_then(|d| Duration::try_from(*d).ok()),
-        );
+        let expiry = cluster_cert_expiry(cluster);
         let external_cas: Vec<swarmca_types::ExternalCa> = cluster
             .spec
             .as_ref()

@@ -102,18 +102,30 @@ struct Loop {
     health: Health,
 }
 
-/// The body of [`CaServer::run_follower`]: keep the signer view (root, tokens) current.
-pub(crate) async fn follow_loop(server: CaServer, cancel: RunCancel) -> Result<(), ServerError> {
-    let cluster_id = server.inner.cfg.cluster_id.clone();
-    let (snapshot, mut watch) =
-        server.inner.deps.store.view_and_watch(swarmca_store::WatchFilter::Cluster(cluster_id.clone())).await?;
+/// The start of every term: a snapshot and watch, the signer loaded from the cluster object
+/// (which must exist), and readiness.
+async fn start_term(
+    server: &CaServer,
+    cancel: &RunCancel,
+    filter: swarmca_store::WatchFilter,
+) -> Result<(swarmca_store::Snapshot, swarmca_store::Watch), ServerError> {
+    let cluster_id = &server.inner.cfg.cluster_id;
+    let (snapshot, watch) = server.inner.deps.store.view_and_watch(filter).await?;
     let cluster = snapshot
         .clusters
         .iter()
-        .find(|c| c.id == cluster_id)
+        .find(|c| &c.id == cluster_id)
         .ok_or_else(|| ServerError::ClusterNotFound(cluster_id.clone()))?;
-    log_update_root_ca(&server, cluster);
-    server.mark_ready(&cancel);
+    log_update_root_ca(server, cluster);
+    server.mark_ready(cancel);
+    Ok((snapshot, watch))
+}
+
+/// The body of [`CaServer::run_follower`]: keep the signer view (root, tokens) current.
+pub(crate) async fn follow_loop(server: CaServer, cancel: RunCancel) -> Result<(), ServerError> {
+    let cluster_id = server.inner.cfg.cluster_id.clone();
+    let (_, mut watch) =
+        start_term(&server, &cancel, swarmca_store::WatchFilter::Cluster(cluster_id)).await?;
     loop {
         tokio::select! {
             biased;
@@ -132,16 +144,8 @@ pub(crate) async fn follow_loop(server: CaServer, cancel: RunCancel) -> Result<(
 
 /// The body of [`CaServer::run`].
 pub(crate) async fn run_loop(server: CaServer, cancel: RunCancel) -> Result<(), ServerError> {
-    let store = server.inner.deps.store.clone();
     let cluster_id = server.inner.cfg.cluster_id.clone();
-    let (snapshot, mut watch) = store.view_and_watch(run_filter()).await?;
-    let cluster = snapshot
-        .clusters
-        .iter()
-        .find(|c| c.id == cluster_id)
-        .ok_or_else(|| ServerError::ClusterNotFound(cluster_id.clone()))?;
-    log_update_root_ca(&server, cluster);
-    server.mark_ready(&cancel);
+    let (snapshot, mut watch) = start_term(&server, &cancel, run_filter()).await?;
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut lp = Loop {
@@ -198,13 +202,9 @@ pub(crate) async fn run_loop(server: CaServer, cancel: RunCancel) -> Result<(), 
 impl Loop {
     /// A node was created, updated, or found at start.
     fn consider(&mut self, node: Node) {
-        let wants = node
-            .spec
-            .as_ref()
-            .zip(node.certificate.as_ref())
-            .is_some_and(|(spec, cert)| {
-                should_sign(spec.membership, cert.status.as_ref().map_or(0, |s| s.state))
-            });
+        let wants = node.spec.as_ref().zip(node.certificate.as_ref()).is_some_and(|(spec, cert)| {
+            should_sign(spec.membership, cert.status.as_ref().map_or(0, |s| s.state))
+        });
         let id = node.id.clone();
         match self.pending.get_mut(&id) {
             Some(e) if e.in_flight => {
@@ -224,7 +224,13 @@ impl Loop {
             None if wants => {
                 self.pending.insert(
                     id.clone(),
-                    PendingEntry { node, in_flight: false, awaiting_retry: false, dirty: false, signed: None },
+                    PendingEntry {
+                        node,
+                        in_flight: false,
+                        awaiting_retry: false,
+                        dirty: false,
+                        signed: None,
+                    },
                 );
                 self.dispatch(&id);
             }
@@ -339,11 +345,8 @@ impl Loop {
         if self.probe.is_some() {
             return;
         }
-        let next = self
-            .pending
-            .iter()
-            .find(|(_, e)| e.awaiting_retry && !e.in_flight)
-            .map(|(id, _)| id.clone());
+        let next =
+            self.pending.iter().find(|(_, e)| e.awaiting_retry && !e.in_flight).map(|(id, _)| id.clone());
         if let Some(id) = next {
             self.probe = Some(id.clone());
             self.dispatch(&id);
@@ -443,11 +446,7 @@ async fn write_result(
                 return Outcome::Recoverable(e.to_string());
             }
         };
-        let state = fresh
-            .certificate
-            .as_ref()
-            .and_then(|c| c.status.as_ref())
-            .map_or(0, |s| s.state);
+        let state = fresh.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state);
         let still_wanted = (state == State::Renew as i32 || state == State::Pending as i32)
             && Request::of(&fresh).as_ref() == Some(req);
         if !still_wanted {

@@ -22,9 +22,8 @@ pub fn client_tls_config(
     server_name: &str,
     identity: Option<(&[u8], &[u8])>,
 ) -> ClientTlsConfig {
-    let cfg = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(roots_pem))
-        .domain_name(server_name);
+    let cfg =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(roots_pem)).domain_name(server_name);
     match identity {
         Some((cert, key)) => cfg.identity(Identity::from_pem(cert, key)),
         None => cfg,

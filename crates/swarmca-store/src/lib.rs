@@ -162,8 +162,7 @@ pub trait Store: Send + Sync + 'static {
     fn get_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Node>, StoreError>>;
 
     /// One cluster by ID.
-    fn get_cluster<'a>(&'a self, id: &'a str)
-        -> BoxFuture<'a, Result<Option<Cluster>, StoreError>>;
+    fn get_cluster<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Cluster>, StoreError>>;
 
     /// Applies `ops` atomically, in order, and returns the new revision. Every object written
     /// gets that revision as its `meta.version`. On error nothing is written.
@@ -171,10 +170,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// A snapshot plus a watch registered at the same revision: every later event that matches
     /// `filter` is delivered once, in commit order, with no gap.
-    fn view_and_watch(
-        &self,
-        filter: WatchFilter,
-    ) -> BoxFuture<'_, Result<(Snapshot, Watch), StoreError>>;
+    fn view_and_watch(&self, filter: WatchFilter) -> BoxFuture<'_, Result<(Snapshot, Watch), StoreError>>;
 }
 
 /// The stored version of an object's meta, or 0 when absent.

@@ -152,8 +152,7 @@ impl RedbStore {
             .name("swarmca-store-writer".into())
             .spawn(move || writer.run(&rx))
             .map_err(|e| unavailable(path, e))?;
-        let handle =
-            Handle { core, path: path.to_path_buf(), queue: Some(queue), writer: Some(writer) };
+        let handle = Handle { core, path: path.to_path_buf(), queue: Some(queue), writer: Some(writer) };
         Ok(RedbStore { inner: Arc::new(handle) })
     }
 
@@ -186,13 +185,9 @@ impl Store for RedbStore {
             return Box::pin(std::future::ready(Ok(self.revision())));
         }
         let (reply, rx) = oneshot::channel();
-        let queued =
-            self.inner.queue.as_ref().is_some_and(|q| q.send(Request { ops, reply }).is_ok());
+        let queued = self.inner.queue.as_ref().is_some_and(|q| q.send(Request { ops, reply }).is_ok());
         let stopped = move || {
-            StoreError::Unavailable(format!(
-                "{}: the store writer has stopped",
-                self.path().display()
-            ))
+            StoreError::Unavailable(format!("{}: the store writer has stopped", self.path().display()))
         };
         Box::pin(async move {
             if !queued {
@@ -458,9 +453,7 @@ fn classify(path: &Path, e: impl Into<redb::Error>) -> StoreError {
         redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
             unavailable(path, "the file is locked: another process holds the store open")
         }
-        redb::Error::Io(io)
-            if !matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof) =>
-        {
+        redb::Error::Io(io) if !matches!(io.kind(), ErrorKind::InvalidData | ErrorKind::UnexpectedEof) => {
             unavailable(path, io)
         }
         other => corrupt(path, &format!("not a readable swarmca store: {other}")),

@@ -10,9 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
-use crate::{
-    set_version, version_of, Cluster, Event, Node, Op, Snapshot, StoreError, Watch, WatchFilter,
-};
+use crate::{set_version, version_of, Cluster, Event, Node, Op, Snapshot, StoreError, Watch, WatchFilter};
 
 /// The stored objects at one revision.
 #[derive(Debug, Default)]
@@ -80,17 +78,12 @@ impl Tables {
     /// Validates `ops` against these tables overlaid with `pending`, and returns the commit's
     /// own changes (at revision `pending.revision + 1`) and its events. Writes nothing: on error
     /// the caller simply drops the result.
-    pub(crate) fn stage(
-        &self,
-        pending: &Changes,
-        ops: Vec<Op>,
-    ) -> Result<(Changes, Vec<Event>), StoreError> {
+    pub(crate) fn stage(&self, pending: &Changes, ops: Vec<Op>) -> Result<(Changes, Vec<Event>), StoreError> {
         let rev = pending.revision + 1;
         let mut own = Changes::at(rev);
         let mut events = Vec::with_capacity(ops.len());
         let node = |own: &Changes, id: &str| lookup(&own.nodes, &pending.nodes, &self.nodes, id);
-        let cluster =
-            |own: &Changes, id: &str| lookup(&own.clusters, &pending.clusters, &self.clusters, id);
+        let cluster = |own: &Changes, id: &str| lookup(&own.clusters, &pending.clusters, &self.clusters, id);
         for op in ops {
             match op {
                 Op::CreateNode(mut n) => {
@@ -156,12 +149,8 @@ impl Tables {
             WatchFilter::All => {
                 (self.nodes.values().cloned().collect(), self.clusters.values().cloned().collect())
             }
-            WatchFilter::Node(id) => {
-                (self.nodes.get(id).cloned().into_iter().collect(), Vec::new())
-            }
-            WatchFilter::Cluster(id) => {
-                (Vec::new(), self.clusters.get(id).cloned().into_iter().collect())
-            }
+            WatchFilter::Node(id) => (self.nodes.get(id).cloned().into_iter().collect(), Vec::new()),
+            WatchFilter::Cluster(id) => (Vec::new(), self.clusters.get(id).cloned().into_iter().collect()),
         };
         Snapshot { revision: self.revision, nodes, clusters }
     }

@@ -61,11 +61,8 @@ impl TempDir {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "swarmca-store-{}-{}-{nanos}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name =
+            format!("swarmca-store-{}-{}-{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join(name);
         std::fs::create_dir(&dir).unwrap();
         TempDir(dir)
@@ -124,8 +121,7 @@ fn create_sets_version_to_new_revision<S: TestStore>(s: S) {
     assert_eq!(rev, 1);
     let n = block_on(s.get_node("a")).unwrap().unwrap();
     assert_eq!(version_of(n.meta.as_ref()), 1);
-    let rev2 =
-        s.commit_sync(vec![Op::CreateNode(node("b")), Op::CreateCluster(cluster("c"))]).unwrap();
+    let rev2 = s.commit_sync(vec![Op::CreateNode(node("b")), Op::CreateCluster(cluster("c"))]).unwrap();
     assert_eq!(rev2, 2);
     assert_eq!(version_of(block_on(s.get_node("b")).unwrap().unwrap().meta.as_ref()), 2);
     assert_eq!(version_of(block_on(s.get_cluster("c")).unwrap().unwrap().meta.as_ref()), 2);
@@ -133,8 +129,7 @@ fn create_sets_version_to_new_revision<S: TestStore>(s: S) {
 
 fn create_existing_id_fails_with_exists_and_writes_nothing<S: TestStore>(s: S) {
     s.commit_sync(vec![Op::CreateNode(node("a"))]).unwrap();
-    let err =
-        s.commit_sync(vec![Op::CreateNode(node("b")), Op::CreateNode(node("a"))]).unwrap_err();
+    let err = s.commit_sync(vec![Op::CreateNode(node("b")), Op::CreateNode(node("a"))]).unwrap_err();
     assert_eq!(err, StoreError::Exists);
     assert!(block_on(s.get_node("b")).unwrap().is_none(), "failed commit must be atomic");
     assert_eq!(s.revision(), 1);

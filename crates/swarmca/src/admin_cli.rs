@@ -109,7 +109,11 @@ pub async fn node(cmd: NodeCommand) -> Result<(), Fatal> {
         }
         NodeCommand::Rm { data, force, id } => {
             let mut c = client(&data.path).await?;
-            let n = c.remove_node(admin::RemoveNodeRequest { node_id: id, force }).await.map_err(rpc_err)?.into_inner();
+            let n = c
+                .remove_node(admin::RemoveNodeRequest { node_id: id, force })
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
             println!("{}", n.id);
             eprintln!("node removed; its certificates are refused from now on");
             Ok(())
@@ -141,9 +145,7 @@ async fn role_change(data_dir: &Path, id: String, promote: bool) -> Result<(), F
 
 fn fmt_time(unix: i64) -> String {
     match u64::try_from(unix) {
-        Ok(s) if s > 0 => {
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string()
-        }
+        Ok(s) if s > 0 => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string(),
         _ => "-".into(),
     }
 }
@@ -155,7 +157,12 @@ fn fmt_remaining(unix: i64) -> String {
     }
     let at = UNIX_EPOCH + Duration::from_secs(s);
     match at.duration_since(SystemTime::now()) {
-        Ok(d) => format!("in {}", humantime::format_duration(Duration::from_secs(d.as_secs() / 3600 * 3600)).to_string().replace(' ', "")),
+        Ok(d) => format!(
+            "in {}",
+            humantime::format_duration(Duration::from_secs(d.as_secs() / 3600 * 3600))
+                .to_string()
+                .replace(' ', "")
+        ),
         Err(_) => "EXPIRED".into(),
     }
 }
@@ -214,7 +221,10 @@ pub async fn ca(data_dir: &Path, quiet: bool) -> Result<(), Fatal> {
 fn print_cluster(info: &admin::ClusterInfo) {
     println!("ID:                 {}", info.id);
     println!("Root CA digest:     {}", info.root_ca_digest);
-    println!("Certificate expiry: {}", humantime::format_duration(Duration::from_secs(info.cert_expiry_secs)));
+    println!(
+        "Certificate expiry: {}",
+        humantime::format_duration(Duration::from_secs(info.cert_expiry_secs))
+    );
     println!("Autolock:           {}", info.autolock);
     println!("Nodes:              {} ({} waiting for a certificate)", info.nodes, info.pending);
     if info.external_cas.is_empty() {
@@ -256,7 +266,10 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), Fatal> {
             println!("Cluster updated.");
             print_cluster(&info);
             if autolock == Some(true) {
-                println!("\nRetrieve the unlock key with `swarmca unlock-key --data-dir {}`.", data.path.display());
+                println!(
+                    "\nRetrieve the unlock key with `swarmca unlock-key --data-dir {}`.",
+                    data.path.display()
+                );
             }
             Ok(())
         }
@@ -282,7 +295,10 @@ pub async fn unlock_key(data_dir: &Path, rotate: bool, quiet: bool) -> Result<()
         if rotate {
             println!("Successfully rotated manager unlock key.\n");
         }
-        println!("To unlock a swarm manager after it restarts, use this unlock key:\n\n    {}\n", r.unlock_key);
+        println!(
+            "To unlock a swarm manager after it restarts, use this unlock key:\n\n    {}\n",
+            r.unlock_key
+        );
         println!("Keep the key safe: without it a restarted, locked manager cannot rejoin.");
     }
     Ok(())

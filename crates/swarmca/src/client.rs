@@ -16,9 +16,7 @@ use swarmca_core::token::parse_join_token;
 use swarmca_proto::ca_client::CaClient;
 use swarmca_proto::node_ca_client::NodeCaClient;
 use swarmca_types::issuance_status::State;
-use swarmca_types::{
-    GetRootCaCertificateRequest, IssueNodeCertificateRequest, NodeCertificateStatusRequest,
-};
+use swarmca_types::{GetRootCaCertificateRequest, IssueNodeCertificateRequest, NodeCertificateStatusRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
@@ -247,10 +245,17 @@ async fn request_certificate(
         progress.update(&node_id, &last);
         if Instant::now() >= deadline {
             progress.done();
-            return Err(fatal!("timed out after {} s waiting for the certificate of node {node_id} (last state: {last})", timeout.as_secs()));
+            return Err(fatal!(
+                "timed out after {} s waiting for the certificate of node {node_id} (last state: {last})",
+                timeout.as_secs()
+            ));
         }
         let mut req = tonic::Request::new(NodeCertificateStatusRequest { node_id: node_id.clone() });
-        req.set_timeout(CALL_TIMEOUT.min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_millis(100)));
+        req.set_timeout(
+            CALL_TIMEOUT
+                .min(deadline.saturating_duration_since(Instant::now()))
+                .max(Duration::from_millis(100)),
+        );
         match client.node_certificate_status(req).await {
             Ok(r) => {
                 let r = r.into_inner();
@@ -264,7 +269,10 @@ async fn request_certificate(
                     }
                     State::Failed if cert.csr == csr => {
                         progress.done();
-                        return Err(fatal!("the CA refused to issue a certificate for node {node_id}: {}", status.err));
+                        return Err(fatal!(
+                            "the CA refused to issue a certificate for node {node_id}: {}",
+                            status.err
+                        ));
                     }
                     _ => {
                         last = format!("{state:?}").to_lowercase();
@@ -287,11 +295,13 @@ fn verify_issued(root_pem: &[u8], cert_pem: &[u8], key_pem: &str) -> Result<(Str
     let root = RootCa::new(root_pem, b"", b"", DEFAULT_NODE_CERT_EXPIRY, b"", now)
         .map_err(|e| fatal!("the root CA is unusable: {e}"))?;
     let chain: Vec<Vec<u8>> = pem_certs(cert_pem)?.into_iter().map(|c| c.to_vec()).collect();
-    let id = root.verify_peer(&chain, now).map_err(|e| fatal!("the issued certificate does not verify against the root: {e}"))?;
+    let id = root
+        .verify_peer(&chain, now)
+        .map_err(|e| fatal!("the issued certificate does not verify against the root: {e}"))?;
     let key = rcgen::KeyPair::from_pem(key_pem)?;
     let leaf = chain.first().ok_or_else(|| fatal!("empty certificate"))?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| fatal!("unparsable certificate: {e}"))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|e| fatal!("unparsable certificate: {e}"))?;
     if parsed.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
         return Err(fatal!("the issued certificate is not for our key"));
     }

@@ -246,9 +246,9 @@ fn parse_external_ca(s: &str) -> Result<ExternalCaArg, String> {
     let mut url = None;
     let mut cacert = None;
     for part in s.split(',') {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| format!("expected key=value in {part:?} (protocol=cfssl,url=URL[,cacert=FILE])"))?;
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            format!("expected key=value in {part:?} (protocol=cfssl,url=URL[,cacert=FILE])")
+        })?;
         match k.trim().to_ascii_lowercase().as_str() {
             "protocol" => protocol = Some(v.trim().to_ascii_lowercase()),
             "url" => url = Some(v.trim().to_string()),
@@ -349,8 +349,6 @@ async fn dispatch(cmd: Command) -> Result<(), Fatal> {
         Command::Node(cmd) => admin_cli::node(cmd).await,
         Command::Ca { data, quiet } => admin_cli::ca(&data.path, quiet).await,
         Command::Cluster(cmd) => admin_cli::cluster(cmd).await,
-        Command::UnlockKey { data, rotate, quiet } => {
-            admin_cli::unlock_key(&data.path, rotate, quiet).await
-        }
+        Command::UnlockKey { data, rotate, quiet } => admin_cli::unlock_key(&data.path, rotate, quiet).await,
     }
 }

@@ -8,24 +8,21 @@ use std::time::{Duration, SystemTime};
 
 use swarmca_core::entropy::Entropy;
 use swarmca_core::role::Role;
-use swarmca_core::rootca::{
-    digest, effective_expiry, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY, DEFAULT_ROOT_CN,
-};
+use swarmca_core::rootca::{digest, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY, DEFAULT_ROOT_CN};
 use swarmca_core::token::generate_join_token;
 use swarmca_proto::admin::admin_server::AdminServer;
 use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
 use swarmca_server::tls::server_tls_config;
 use swarmca_server::{
-    shared_entropy, CaServer, Control, OsEntropy, ServerConfig, ServerDeps, SystemClock,
-    TlsPeerCertificates,
+    shared_entropy, CaServer, Control, OsEntropy, ServerConfig, ServerDeps, SystemClock, TlsPeerCertificates,
 };
 use swarmca_store::{Op, RedbStore, Store, WatchFilter};
 use swarmca_types::issuance_status::State;
 use swarmca_types::node_spec::Membership;
 use swarmca_types::{
-    Annotations, CaConfig, Certificate, Cluster, ClusterSpec, IssuanceStatus, JoinTokens, Node,
-    NodeSpec, RootCa as ApiRootCa,
+    Annotations, CaConfig, Certificate, Cluster, ClusterSpec, IssuanceStatus, JoinTokens, Node, NodeSpec,
+    RootCa as ApiRootCa,
 };
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -69,13 +66,7 @@ fn serial() -> Result<[u8; 20], Fatal> {
 }
 
 fn expiry_of(c: &Cluster) -> Duration {
-    effective_expiry(
-        c.spec
-            .as_ref()
-            .and_then(|s| s.ca_config.as_ref())
-            .and_then(|ca| ca.node_cert_expiry.as_ref())
-            .and_then(|d| Duration::try_from(*d).ok()),
-    )
+    swarmca_core::rootca::cluster_cert_expiry(c)
 }
 
 /// A certificate issued to this manager, with its new key and the CSR it was made from.
@@ -95,7 +86,8 @@ async fn issue_own(
     cluster_id: &str,
 ) -> Result<OwnCert, Fatal> {
     let now = SystemTime::now();
-    let ca = RootCa::from_api(root, expiry, now).map_err(|e| fatal!("the cluster root CA is unusable: {e}"))?;
+    let ca =
+        RootCa::from_api(root, expiry, now).map_err(|e| fatal!("the cluster root CA is unusable: {e}"))?;
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -109,7 +101,10 @@ async fn issue_own(
         let tls = swarmca_server::external::client_tls_config(&roots, None)?;
         let ext = swarmca_server::ExternalCa::new(urls, Vec::new(), Some(tls), Duration::from_secs(5));
         let req = swarmca_server::SignRequest::node(&csr, node_id, Role::Manager, cluster_id);
-        let cert = ext.sign(&req).await.map_err(|e| fatal!("the external CA did not sign this manager's certificate: {e}"))?;
+        let cert = ext
+            .sign(&req)
+            .await
+            .map_err(|e| fatal!("the external CA did not sign this manager's certificate: {e}"))?;
         ca.check_issued(&cert, &csr, node_id, Role::Manager, cluster_id, now)
             .map_err(|e| fatal!("the external CA returned an unusable certificate for this manager: {e}"))?;
         cert
@@ -153,9 +148,12 @@ async fn create_cluster(store: &dyn Store, init: &InitOptions) -> Result<Identit
     let expiry = init.cert_expiry.unwrap_or(DEFAULT_NODE_CERT_EXPIRY);
     let (ca_cert, ca_key) = match &init.ca_cert {
         Some(path) => {
-            let cert = std::fs::read(path).map_err(|e| fatal!("cannot read --ca-cert {}: {e}", path.display()))?;
+            let cert =
+                std::fs::read(path).map_err(|e| fatal!("cannot read --ca-cert {}: {e}", path.display()))?;
             let key = match &init.ca_key {
-                Some(k) => std::fs::read(k).map_err(|e| fatal!("cannot read --ca-key {}: {e}", k.display()))?,
+                Some(k) => {
+                    std::fs::read(k).map_err(|e| fatal!("cannot read --ca-key {}: {e}", k.display()))?
+                }
                 None => Vec::new(),
             };
             RootCa::new(&cert, if key.is_empty() { b"" } else { &cert }, &key, expiry, b"", now)
@@ -185,7 +183,11 @@ async fn create_cluster(store: &dyn Store, init: &InitOptions) -> Result<Identit
         .external_ca
         .iter()
         .map(|e| {
-            e.to_spec().map(|s| swarmca_types::ExternalCa { url: s.url, ca_cert: s.ca_cert, ..Default::default() })
+            e.to_spec().map(|s| swarmca_types::ExternalCa {
+                url: s.url,
+                ca_cert: s.ca_cert,
+                ..Default::default()
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let node_id = swarmca_core::id::new_id(&mut entropy)?;
@@ -206,7 +208,10 @@ async fn create_cluster(store: &dyn Store, init: &InitOptions) -> Result<Identit
         ..Default::default()
     };
     store
-        .commit(vec![Op::CreateCluster(cluster), Op::CreateNode(manager_node(&node_id, csr, cert_pem.clone()))])
+        .commit(vec![
+            Op::CreateCluster(cluster),
+            Op::CreateNode(manager_node(&node_id, csr, cert_pem.clone())),
+        ])
         .await
         .map_err(|e| fatal!("cannot store the new cluster: {e}"))?;
     Ok(Identity { cluster_id, node_id, cert_pem, key_pem, tokens, root, expiry, created: true })
@@ -259,9 +264,16 @@ async fn reopen(store: &dyn Store, cluster: Cluster, certs: &Path) -> Result<Ide
         None
     };
     match existing {
-        Some((node_id, cert_pem, key_pem, false)) => {
-            Ok(Identity { cluster_id: cluster.id, node_id, cert_pem, key_pem, tokens, root, expiry, created: false })
-        }
+        Some((node_id, cert_pem, key_pem, false)) => Ok(Identity {
+            cluster_id: cluster.id,
+            node_id,
+            cert_pem,
+            key_pem,
+            tokens,
+            root,
+            expiry,
+            created: false,
+        }),
         other => {
             let node_id = match &other {
                 Some((id, ..)) => id.clone(),
@@ -276,7 +288,16 @@ async fn reopen(store: &dyn Store, cluster: Cluster, certs: &Path) -> Result<Ide
                 None => Op::CreateNode(node),
             };
             store.commit(vec![op]).await.map_err(|e| fatal!("cannot store this manager's node: {e}"))?;
-            Ok(Identity { cluster_id: cluster.id, node_id, cert_pem, key_pem, tokens, root, expiry, created: false })
+            Ok(Identity {
+                cluster_id: cluster.id,
+                node_id,
+                cert_pem,
+                key_pem,
+                tokens,
+                root,
+                expiry,
+                created: false,
+            })
         }
     }
 }
@@ -285,11 +306,16 @@ async fn reopen(store: &dyn Store, cluster: Cluster, certs: &Path) -> Result<Ide
 async fn claim_socket(path: &Path) -> Result<tokio::net::UnixListener, Fatal> {
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(fatal!("another swarmca server is running on this data directory ({} answers)", path.display()));
+            return Err(fatal!(
+                "another swarmca server is running on this data directory ({} answers)",
+                path.display()
+            ));
         }
-        std::fs::remove_file(path).map_err(|e| fatal!("cannot remove stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| fatal!("cannot remove stale socket {}: {e}", path.display()))?;
     }
-    let l = tokio::net::UnixListener::bind(path).map_err(|e| fatal!("cannot create control socket {}: {e}", path.display()))?;
+    let l = tokio::net::UnixListener::bind(path)
+        .map_err(|e| fatal!("cannot create control socket {}: {e}", path.display()))?;
     files::owner_only(path)?;
     Ok(l)
 }
@@ -301,7 +327,8 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr, init: InitOptions) -> Re
     files::ensure_private_dir(&certs)?;
     let store_path = data_dir.join(STORE_FILE);
     let store = Arc::new(
-        RedbStore::open(&store_path).map_err(|e| fatal!("cannot open the store {}: {e}", store_path.display()))?,
+        RedbStore::open(&store_path)
+            .map_err(|e| fatal!("cannot open the store {}: {e}", store_path.display()))?,
     );
     let socket = socket_path(data_dir);
     let control_listener = claim_socket(&socket).await?;
@@ -362,8 +389,14 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr, init: InitOptions) -> Re
         println!("Swarm reopened: cluster {}, this manager is node {}.", id.cluster_id, id.node_id);
     }
     println!("Serving on {listen} (TLS); admin socket {}.\n", socket.display());
-    println!("To add a worker to this swarm, run:\n\n    swarmca join --token {} {listen}\n", id.tokens.worker);
-    println!("To add a manager to this swarm, run:\n\n    swarmca join --token {} {listen}\n", id.tokens.manager);
+    println!(
+        "To add a worker to this swarm, run:\n\n    swarmca join --token {} {listen}\n",
+        id.tokens.worker
+    );
+    println!(
+        "To add a manager to this swarm, run:\n\n    swarmca join --token {} {listen}\n",
+        id.tokens.manager
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signal_task = tokio::spawn(async move {

@@ -44,7 +44,17 @@ mod sim_main {
     }
 
     fn parse() -> Args {
-        let mut a = Args { seeds: 1, first: 1, single: None, determinism: false, long_minutes: None, verbose: false, coverage: true, madsim_check: false, jobs: std::thread::available_parallelism().map_or(1, |n| n.get()) };
+        let mut a = Args {
+            seeds: 1,
+            first: 1,
+            single: None,
+            determinism: false,
+            long_minutes: None,
+            verbose: false,
+            coverage: true,
+            madsim_check: false,
+            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         let mut it = std::env::args().skip(1);
         let num = |v: Option<String>| v.and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
         while let Some(arg) = it.next() {
@@ -115,7 +125,11 @@ mod sim_main {
             }
             for seed in args.first..args.first + args.seeds {
                 let rep = madsim::runtime::Runtime::check_determinism(seed, madsim::Config::default(), go);
-                println!("seed {seed:>6} madsim determinism check passed ({} events, hash {})", rep.log_lines, &rep.log_hash[..16]);
+                println!(
+                    "seed {seed:>6} madsim determinism check passed ({} events, hash {})",
+                    rep.log_lines,
+                    &rep.log_hash[..16]
+                );
             }
             return 0;
         }

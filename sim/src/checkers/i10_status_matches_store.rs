@@ -13,7 +13,10 @@ pub fn check(m: &Mirror, shared: &Shared) {
         if !held {
             shared.violation(
                 "I10",
-                format!("status of node {} answered state {} cert {} that the store never held", s.node, s.state, s.cert_digest),
+                format!(
+                    "status of node {} answered state {} cert {} that the store never held",
+                    s.node, s.state, s.cert_digest
+                ),
             );
         }
     }

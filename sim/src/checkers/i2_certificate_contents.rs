@@ -62,7 +62,8 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
     }
     let nb = cert.validity().not_before.timestamp();
     let na = cert.validity().not_after.timestamp();
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs() as i64;
+    let now =
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs() as i64;
     let slack = ctx.shared.opts.max_clock_skew.as_secs() as i64 + 120;
     if (nb - (now - 3600)).abs() > slack {
         return Err(format!("NotBefore {} s from now − 1 h", nb - (now - 3600)));
@@ -75,6 +76,9 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
     if !ok {
         return Err(format!("lifetime {} s matches no configured expiry + 1 h", lifetime.as_secs()));
     }
-    ctx.shared.root.verify_peer(&chain, SystemTime::now()).map_err(|e| format!("does not chain to the root: {e}"))?;
+    ctx.shared
+        .root
+        .verify_peer(&chain, SystemTime::now())
+        .map_err(|e| format!("does not chain to the root: {e}"))?;
     Ok(())
 }

@@ -7,7 +7,8 @@ use crate::shared::{lock, Shared};
 pub fn check_write(ctx: &WriteCtx<'_>) {
     let blacklisted = ctx.cluster.is_some_and(|c| c.blacklisted_certificates.contains_key(&ctx.new.id));
     if blacklisted {
-        ctx.shared.violation("I3", format!("write to blacklisted node {} (state {})", ctx.new.id, ctx.state()));
+        ctx.shared
+            .violation("I3", format!("write to blacklisted node {} (state {})", ctx.new.id, ctx.state()));
     }
 }
 
@@ -16,7 +17,10 @@ pub fn check_renewals(shared: &Shared) {
     for (node, start, ok) in lock(&shared.unlock_calls).iter() {
         let Some((_, at)) = removed.iter().find(|(id, _)| id == node) else { continue };
         if *ok && start > at {
-            shared.violation("I3", format!("GetUnlockKey answered a removed manager {node} at {start:?} (removed at {at:?})"));
+            shared.violation(
+                "I3",
+                format!("GetUnlockKey answered a removed manager {node} at {start:?} (removed at {at:?})"),
+            );
         }
         if !*ok && start > at {
             shared.coverage.hit("branch.unlock_key_refused_removed");
@@ -25,7 +29,13 @@ pub fn check_renewals(shared: &Shared) {
     for r in lock(&shared.renewals).iter() {
         let Some((_, at)) = removed.iter().find(|(id, _)| *id == r.node) else { continue };
         if r.ok && r.start > *at {
-            shared.violation("I3", format!("renewal of node {} accepted at {:?}, after its removal at {at:?}", r.node, r.rpc_end));
+            shared.violation(
+                "I3",
+                format!(
+                    "renewal of node {} accepted at {:?}, after its removal at {at:?}",
+                    r.node, r.rpc_end
+                ),
+            );
         }
         if r.start <= *at && *at <= r.end {
             shared.coverage.hit("branch.renewal_racing_removal");

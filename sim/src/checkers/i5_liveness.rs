@@ -17,6 +17,13 @@ pub fn waiting(m: &Mirror) -> Vec<String> {
 pub fn check(m: &Mirror, shared: &Shared) {
     let w = waiting(m);
     if !w.is_empty() {
-        shared.violation("I5", format!("{} node(s) never signed after heal: {:?}", w.len(), w.iter().take(5).collect::<Vec<_>>()));
+        shared.violation(
+            "I5",
+            format!(
+                "{} node(s) never signed after heal: {:?}",
+                w.len(),
+                w.iter().take(5).collect::<Vec<_>>()
+            ),
+        );
     }
 }

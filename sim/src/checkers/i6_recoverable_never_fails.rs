@@ -11,7 +11,13 @@ pub fn check(m: &mut Mirror, ctx: &WriteCtx<'_>) {
     m.failed += 1;
     ctx.shared.coverage.hit("branch.failed_state");
     let csr = ctx.new.certificate.as_ref().map(|c| c.csr.clone()).unwrap_or_default();
-    let why = ctx.new.certificate.as_ref().and_then(|c| c.status.as_ref()).map(|s| s.err.clone()).unwrap_or_default();
+    let why = ctx
+        .new
+        .certificate
+        .as_ref()
+        .and_then(|c| c.status.as_ref())
+        .map(|s| s.err.clone())
+        .unwrap_or_default();
     // A deliberate `success:false` from the fake external CA is a fatal answer by design.
     if why.contains(crate::extca::REFUSAL) {
         ctx.shared.coverage.hit("branch.external_refusal_failed");

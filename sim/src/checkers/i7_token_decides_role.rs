@@ -29,7 +29,11 @@ pub fn check(m: &Mirror, shared: &Shared) {
         if !valid {
             shared.violation(
                 "I7",
-                format!("client {} joined as {} with a token not current for that role during the call", j.client, if manager { "manager" } else { "worker" }),
+                format!(
+                    "client {} joined as {} with a token not current for that role during the call",
+                    j.client,
+                    if manager { "manager" } else { "worker" }
+                ),
             );
         }
     }

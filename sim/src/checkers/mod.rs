@@ -10,6 +10,7 @@ use swarmca_types::Cluster;
 use crate::mirror::Mirror;
 use crate::shared::Shared;
 
+pub mod i10_status_matches_store;
 pub mod i1_key_matches_csr;
 pub mod i2_certificate_contents;
 pub mod i3_blacklist;
@@ -18,7 +19,6 @@ pub mod i5_liveness;
 pub mod i6_recoverable_never_fails;
 pub mod i7_token_decides_role;
 pub mod i9_unique_serials;
-pub mod i10_status_matches_store;
 
 /// One store write of a node, with the state before it.
 pub struct WriteCtx<'a> {

@@ -133,17 +133,11 @@ pub fn parse_csr_der(der: &[u8]) -> Result<ValidatedCsr, CsrError> {
         .map_err(|_| CsrError::UnsupportedKey("unusual public key encoding".into()))?;
     csr.verify_signature().map_err(|e| match e {
         x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => {
-            CsrError::UnsupportedSignatureAlgorithm(
-                csr.signature_algorithm.algorithm.to_id_string(),
-            )
+            CsrError::UnsupportedSignatureAlgorithm(csr.signature_algorithm.algorithm.to_id_string())
         }
         _ => CsrError::BadSignature,
     })?;
-    Ok(ValidatedCsr {
-        der: der.to_vec(),
-        spki_der: spki.raw.to_vec(),
-        key_kind,
-    })
+    Ok(ValidatedCsr { der: der.to_vec(), spki_der: spki.raw.to_vec(), key_kind })
 }
 
 /// x509-parser tolerates wrong tags on the unsigned envelope (outer SEQUENCE, signature
@@ -168,12 +162,8 @@ fn classify_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, CsrError> {
     let unsupported = |what: &str| CsrError::UnsupportedKey(format!("{what} ({ACCEPTED_KEYS})"));
     match alg.as_str() {
         OID_EC_PUBLIC_KEY => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string());
+            let curve =
+                spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string());
             match curve.as_deref() {
                 Some(OID_P256) => Ok(KeyKind::EcdsaP256),
                 Some(OID_P384) => Ok(KeyKind::EcdsaP384),

@@ -28,12 +28,7 @@ fn accepts_openssl_csrs_of_supported_key_types() {
         let block = ::pem::parse(&pem).unwrap();
         assert_eq!(csr.der(), block.contents(), "{name}");
         // The SPKI is a sub-slice of the request DER.
-        assert!(
-            csr.der()
-                .windows(csr.public_key_der().len())
-                .any(|w| w == csr.public_key_der()),
-            "{name}"
-        );
+        assert!(csr.der().windows(csr.public_key_der().len()).any(|w| w == csr.public_key_der()), "{name}");
         assert_eq!(parse_csr_der(csr.der()).unwrap().key_kind(), &kind);
     }
 }
@@ -47,10 +42,7 @@ fn accepts_rcgen_csrs_and_keeps_the_exact_public_key() {
         let (key, pem) = rcgen_csr(alg);
         let csr = parse_csr_pem(pem.as_bytes()).unwrap();
         assert_eq!(csr.key_kind(), &kind);
-        assert_eq!(
-            csr.public_key_der(),
-            rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
-        );
+        assert_eq!(csr.public_key_der(), rcgen::PublicKeyData::subject_public_key_info(&key).as_slice());
     }
 }
 
@@ -68,10 +60,7 @@ fn rejects_unsupported_keys_with_a_clear_reason() {
         assert!(reason.starts_with(what), "{name}: {reason}");
         let text = err.to_string();
         assert!(text.starts_with("unsupported CSR key: "), "{text}");
-        assert!(
-            text.contains("accepted: ECDSA P-256, ECDSA P-384, RSA >= 2048 bits"),
-            "{text}"
-        );
+        assert!(text.contains("accepted: ECDSA P-256, ECDSA P-384, RSA >= 2048 bits"), "{text}");
     }
     // Ed25519 from rcgen too.
     let (_, pem) = rcgen_csr(&rcgen::PKCS_ED25519);
@@ -82,12 +71,7 @@ fn rejects_unsupported_keys_with_a_clear_reason() {
 
 #[test]
 fn garbage_is_a_decode_failure() {
-    for input in [
-        &b""[..],
-        b"garbage",
-        b"\x00\x01\x02",
-        b"-----BEGIN CERTIFICATE REQUEST-----\nnot closed",
-    ] {
+    for input in [&b""[..], b"garbage", b"\x00\x01\x02", b"-----BEGIN CERTIFICATE REQUEST-----\nnot closed"] {
         let err = parse_csr_pem(input).unwrap_err();
         assert_eq!(err, CsrError::NoPemBlock);
         assert!(err.to_string().contains("CSR Decode failed"));
@@ -97,12 +81,7 @@ fn garbage_is_a_decode_failure() {
 #[test]
 fn a_certificate_is_not_a_csr() {
     let err = parse_csr_pem(&fixture("not_a_csr.crt")).unwrap_err();
-    assert_eq!(
-        err,
-        CsrError::NotACsr {
-            label: "CERTIFICATE".into()
-        }
-    );
+    assert_eq!(err, CsrError::NotACsr { label: "CERTIFICATE".into() });
     assert!(err.to_string().starts_with("not a csr"));
 }
 
@@ -110,17 +89,11 @@ fn a_certificate_is_not_a_csr() {
 fn only_the_first_pem_block_counts() {
     let mut input = fixture("not_a_csr.crt");
     input.extend_from_slice(&fixture("p256.csr"));
-    assert!(matches!(
-        parse_csr_pem(&input),
-        Err(CsrError::NotACsr { .. })
-    ));
+    assert!(matches!(parse_csr_pem(&input), Err(CsrError::NotACsr { .. })));
     let mut input = b"leading text\n".to_vec();
     input.extend_from_slice(&fixture("p256.csr"));
     input.extend_from_slice(&fixture("not_a_csr.crt"));
-    assert_eq!(
-        parse_csr_pem(&input).unwrap().key_kind(),
-        &KeyKind::EcdsaP256
-    );
+    assert_eq!(parse_csr_pem(&input).unwrap().key_kind(), &KeyKind::EcdsaP256);
 }
 
 #[test]
@@ -134,25 +107,13 @@ fn new_certificate_request_label_is_accepted() {
 fn truncated_and_trailing_der_is_malformed() {
     let der = ::pem::parse(fixture("p256.csr")).unwrap().into_contents();
     for cut in [1, 10, der.len() / 2, der.len() - 1] {
-        assert!(
-            matches!(parse_csr_der(&der[..cut]), Err(CsrError::Malformed(_))),
-            "cut {cut}"
-        );
+        assert!(matches!(parse_csr_der(&der[..cut]), Err(CsrError::Malformed(_))), "cut {cut}");
     }
     let mut trailing = der.clone();
     trailing.push(0);
-    assert!(matches!(
-        parse_csr_der(&trailing),
-        Err(CsrError::Malformed(_))
-    ));
-    let pem = ::pem::encode(&::pem::Pem::new(
-        "CERTIFICATE REQUEST",
-        der[..der.len() - 3].to_vec(),
-    ));
-    assert!(matches!(
-        parse_csr_pem(pem.as_bytes()),
-        Err(CsrError::Malformed(_))
-    ));
+    assert!(matches!(parse_csr_der(&trailing), Err(CsrError::Malformed(_))));
+    let pem = ::pem::encode(&::pem::Pem::new("CERTIFICATE REQUEST", der[..der.len() - 3].to_vec()));
+    assert!(matches!(parse_csr_pem(pem.as_bytes()), Err(CsrError::Malformed(_))));
 }
 
 #[test]
@@ -163,11 +124,7 @@ fn flipped_signature_bit_is_a_bad_signature() {
         // may also break the signature's own DER, which must still be a signature failure.
         let n = der.len();
         der[n - 2] ^= 0x01;
-        assert_eq!(
-            parse_csr_der(&der).unwrap_err(),
-            CsrError::BadSignature,
-            "{name}"
-        );
+        assert_eq!(parse_csr_der(&der).unwrap_err(), CsrError::BadSignature, "{name}");
     }
 }
 
@@ -189,21 +146,13 @@ fn oversized_input_is_rejected_before_parsing() {
     let len = big.len();
     let err = parse_csr_pem(&big).unwrap_err();
     assert_eq!(err, CsrError::TooLarge { len });
-    assert_eq!(
-        err.to_string(),
-        format!("CSR too large: {len} bytes (max 65536)")
-    );
+    assert_eq!(err.to_string(), format!("CSR too large: {len} bytes (max 65536)"));
     assert_eq!(
         parse_csr_der(&vec![0x30; MAX_CSR_SIZE + 1]).unwrap_err(),
-        CsrError::TooLarge {
-            len: MAX_CSR_SIZE + 1
-        }
+        CsrError::TooLarge { len: MAX_CSR_SIZE + 1 }
     );
     // Exactly the limit is decoded (and fails for other reasons).
-    assert_eq!(
-        parse_csr_pem(&vec![b' '; MAX_CSR_SIZE]).unwrap_err(),
-        CsrError::NoPemBlock
-    );
+    assert_eq!(parse_csr_pem(&vec![b' '; MAX_CSR_SIZE]).unwrap_err(), CsrError::NoPemBlock);
 }
 
 #[test]

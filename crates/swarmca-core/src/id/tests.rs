@@ -24,19 +24,11 @@ impl Entropy for FailingEntropy {
 fn ids_are_25_lowercase_base36_chars() {
     let mut counter = 0u8;
     for _ in 0..200 {
-        let mut e = FixedEntropy(
-            (0..17)
-                .map(|i| counter.wrapping_mul(31).wrapping_add(i * 7))
-                .collect(),
-        );
+        let mut e = FixedEntropy((0..17).map(|i| counter.wrapping_mul(31).wrapping_add(i * 7)).collect());
         counter = counter.wrapping_add(1);
         let id = new_id(&mut e).unwrap();
         assert_eq!(id.len(), ID_LEN);
-        assert!(
-            id.bytes()
-                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()),
-            "{id}"
-        );
+        assert!(id.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()), "{id}");
     }
 }
 

@@ -52,12 +52,7 @@ pub(crate) fn signature_alg_allowed(cert: &X509Certificate<'_>) -> bool {
 
 /// The certificate's common name, for messages.
 pub(crate) fn cn_of(cert: &X509Certificate<'_>) -> String {
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or("")
-        .to_string()
+    cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or("").to_string()
 }
 
 /// Checks NotBefore <= now <= NotAfter.
@@ -71,11 +66,7 @@ pub(crate) fn check_validity(cert: &X509Certificate<'_>, now: i64) -> Result<(),
         ));
     }
     if now > v.not_after.timestamp() {
-        return Err(format!(
-            "certificate (CN {:?}) has expired: valid until {}",
-            cn_of(cert),
-            v.not_after
-        ));
+        return Err(format!("certificate (CN {:?}) has expired: valid until {}", cn_of(cert), v.not_after));
     }
     Ok(())
 }
@@ -101,10 +92,7 @@ pub(crate) fn chains_to_roots(
     if roots.iter().any(|r| r.as_raw() == cert.as_raw()) {
         return true;
     }
-    if roots
-        .iter()
-        .any(|r| check_validity(r, now).is_ok() && signed_by(cert, r))
-    {
+    if roots.iter().any(|r| check_validity(r, now).is_ok() && signed_by(cert, r)) {
         return true;
     }
     depth < MAX_DEPTH
@@ -126,8 +114,7 @@ pub(crate) fn validate_chain(
         return Err("no certificates in the chain".into());
     }
     for (i, cert) in chain.iter().enumerate() {
-        check_validity(cert, now)
-            .map_err(|e| format!("certificate {} in the chain: {e}", i + 1))?;
+        check_validity(cert, now).map_err(|e| format!("certificate {} in the chain: {e}", i + 1))?;
     }
     for pair in chain.windows(2) {
         if let [child, parent] = pair {

@@ -57,66 +57,43 @@ impl RootCa {
         now: SystemTime,
     ) -> Result<(), IssuedCertError> {
         let ders = chain::parse_certs_pem(bundle_pem).map_err(IssuedCertError::Malformed)?;
-        let (leaf_der, rest) = ders
-            .split_first()
-            .ok_or_else(|| IssuedCertError::Malformed("no certificate".into()))?;
+        let (leaf_der, rest) =
+            ders.split_first().ok_or_else(|| IssuedCertError::Malformed("no certificate".into()))?;
         let leaf = chain::parse_cert(leaf_der).map_err(IssuedCertError::Malformed)?;
 
         if leaf.public_key().raw != csr_public_key(csr_pem)?.as_slice() {
             return Err(IssuedCertError::KeyMismatch);
         }
         let subject = leaf.subject();
-        let strings =
-            |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
-                it.map(|a| {
-                    a.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|_| "<non-string>".into())
-                })
+        let strings = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+            it.map(|a| a.as_str().map(str::to_string).unwrap_or_else(|_| "<non-string>".into()))
                 .collect::<Vec<_>>()
-            };
+        };
         for (field, want, got) in [
             ("CN", cn, strings(&mut subject.iter_common_name())),
-            (
-                "OU",
-                role.ou(),
-                strings(&mut subject.iter_organizational_unit()),
-            ),
+            ("OU", role.ou(), strings(&mut subject.iter_organizational_unit())),
             ("O", org, strings(&mut subject.iter_organization())),
         ] {
             if got.len() != 1 || got.first().map(String::as_str) != Some(want) {
-                return Err(IssuedCertError::Subject {
-                    field,
-                    want: vec![want.to_string()],
-                    got,
-                });
+                return Err(IssuedCertError::Subject { field, want: vec![want.to_string()], got });
             }
         }
 
         let leaf_ref = CertificateDer::from(leaf_der.as_slice());
         let ee = webpki::EndEntityCert::try_from(&leaf_ref)
             .map_err(|e| IssuedCertError::Malformed(format!("{e:?}")))?;
-        let root_refs: Vec<CertificateDer<'_>> = self
-            .roots_der
-            .iter()
-            .map(|d| CertificateDer::from(d.as_slice()))
-            .collect();
+        let root_refs: Vec<CertificateDer<'_>> =
+            self.roots_der.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
         let anchors = root_refs
             .iter()
             .map(webpki::anchor_from_trusted_cert)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| IssuedCertError::Chain(format!("unusable root: {e:?}")))?;
-        let intermediates: Vec<CertificateDer<'_>> = rest
-            .iter()
-            .map(|d| CertificateDer::from(d.as_slice()))
-            .collect();
-        let since_epoch = now
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| IssuedCertError::Chain("clock before 1970".into()))?;
-        for usage in [
-            webpki::KeyUsage::client_auth(),
-            webpki::KeyUsage::server_auth(),
-        ] {
+        let intermediates: Vec<CertificateDer<'_>> =
+            rest.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
+        let since_epoch =
+            now.duration_since(UNIX_EPOCH).map_err(|_| IssuedCertError::Chain("clock before 1970".into()))?;
+        for usage in [webpki::KeyUsage::client_auth(), webpki::KeyUsage::server_auth()] {
             ee.verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
                 &anchors,
@@ -134,16 +111,12 @@ impl RootCa {
 
 /// The SubjectPublicKeyInfo DER of the first PEM block of `csr_pem`, which must be a CSR.
 fn csr_public_key(csr_pem: &[u8]) -> Result<Vec<u8>, IssuedCertError> {
-    let (block, _) =
-        pemutil::decode(csr_pem).ok_or_else(|| IssuedCertError::Csr("no PEM block".into()))?;
+    let (block, _) = pemutil::decode(csr_pem).ok_or_else(|| IssuedCertError::Csr("no PEM block".into()))?;
     if block.label != "CERTIFICATE REQUEST" && block.label != "NEW CERTIFICATE REQUEST" {
-        return Err(IssuedCertError::Csr(format!(
-            "PEM block type is {:?}",
-            block.label
-        )));
+        return Err(IssuedCertError::Csr(format!("PEM block type is {:?}", block.label)));
     }
-    let (_, csr) = X509CertificationRequest::from_der(&block.der)
-        .map_err(|e| IssuedCertError::Csr(e.to_string()))?;
+    let (_, csr) =
+        X509CertificationRequest::from_der(&block.der).map_err(|e| IssuedCertError::Csr(e.to_string()))?;
     Ok(csr.certification_request_info.subject_pki.raw.to_vec())
 }
 

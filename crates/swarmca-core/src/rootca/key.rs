@@ -47,10 +47,7 @@ impl Curve {
 
 /// A private key taken apart but not yet checked against a certificate.
 enum ParsedKey {
-    Ec {
-        curve: Option<Curve>,
-        scalar: Vec<u8>,
-    },
+    Ec { curve: Option<Curve>, scalar: Vec<u8> },
     RsaPkcs8(Vec<u8>),
     RsaPkcs1(Vec<u8>),
 }
@@ -64,8 +61,7 @@ fn malformed(why: &str) -> RootCaError {
 fn parse_key_pem(pem: &[u8]) -> Result<ParsedKey, RootCaError> {
     let (block, _) = pemutil::decode(pem).ok_or_else(|| malformed("no PEM block found"))?;
     let der = block.der;
-    let body =
-        der::expect_all(&der, TAG_SEQUENCE).ok_or_else(|| malformed("not a DER sequence"))?;
+    let body = der::expect_all(&der, TAG_SEQUENCE).ok_or_else(|| malformed("not a DER sequence"))?;
     let (version, after_version) =
         der::expect(body, TAG_INTEGER).ok_or_else(|| malformed("missing version"))?;
     let (tag, _, _) = der::read_tlv(after_version).ok_or_else(|| malformed("truncated key"))?;
@@ -77,30 +73,22 @@ fn parse_key_pem(pem: &[u8]) -> Result<ParsedKey, RootCaError> {
             }
             let (alg_id, rest) =
                 der::expect(after_version, TAG_SEQUENCE).ok_or_else(|| malformed("bad PKCS#8"))?;
-            let (inner, _) =
-                der::expect(rest, TAG_OCTET_STRING).ok_or_else(|| malformed("bad PKCS#8"))?;
+            let (inner, _) = der::expect(rest, TAG_OCTET_STRING).ok_or_else(|| malformed("bad PKCS#8"))?;
             let (alg_oid, params) =
                 der::expect(alg_id, TAG_OID).ok_or_else(|| malformed("bad PKCS#8 algorithm"))?;
             if alg_oid == OID_EC_PUBLIC_KEY {
                 let curve = der::expect(params, TAG_OID)
                     .and_then(|(oid, _)| Curve::from_oid(oid))
-                    .ok_or_else(|| {
-                        RootCaError::UnsupportedKeyAlgorithm("unknown elliptic curve".into())
-                    })?;
+                    .ok_or_else(|| RootCaError::UnsupportedKeyAlgorithm("unknown elliptic curve".into()))?;
                 let (inner_curve, scalar) = parse_sec1(inner)?;
                 if inner_curve.is_some_and(|c| c != curve) {
                     return Err(malformed("inconsistent curves in PKCS#8 key"));
                 }
-                Ok(ParsedKey::Ec {
-                    curve: Some(curve),
-                    scalar,
-                })
+                Ok(ParsedKey::Ec { curve: Some(curve), scalar })
             } else if alg_oid == OID_RSA_ENCRYPTION {
                 Ok(ParsedKey::RsaPkcs8(der.clone()))
             } else {
-                Err(RootCaError::UnsupportedKeyAlgorithm(
-                    "private key is neither ECDSA nor RSA".into(),
-                ))
+                Err(RootCaError::UnsupportedKeyAlgorithm("private key is neither ECDSA nor RSA".into()))
             }
         }
         // SEC1 ECPrivateKey: version 1, OCTET STRING privateKey, [0] curve, [1] public key.
@@ -128,9 +116,10 @@ fn parse_sec1(der: &[u8]) -> Result<(Option<Curve>, Vec<u8>), RootCaError> {
         match tag {
             TAG_CTX0 => {
                 let oid = der::expect_all(value, TAG_OID).ok_or_else(bad)?;
-                curve = Some(Curve::from_oid(oid).ok_or_else(|| {
-                    RootCaError::UnsupportedKeyAlgorithm("unknown elliptic curve".into())
-                })?);
+                curve =
+                    Some(Curve::from_oid(oid).ok_or_else(|| {
+                        RootCaError::UnsupportedKeyAlgorithm("unknown elliptic curve".into())
+                    })?);
             }
             TAG_CTX1 => {
                 der::expect_all(value, TAG_BIT_STRING).ok_or_else(bad)?;
@@ -160,9 +149,7 @@ pub(crate) struct CaKey {
 
 impl fmt::Debug for CaKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CaKey")
-            .field("alg", self.alg)
-            .finish_non_exhaustive()
+        f.debug_struct("CaKey").field("alg", self.alg).finish_non_exhaustive()
     }
 }
 
@@ -172,9 +159,7 @@ impl CaKey {
         let parsed = parse_key_pem(key_pem)?;
         let spki = cert.public_key();
         let public = spki.subject_public_key.data.to_vec();
-        let cert_key = spki
-            .parsed()
-            .map_err(|e| RootCaError::UnsupportedKeyAlgorithm(e.to_string()))?;
+        let cert_key = spki.parsed().map_err(|e| RootCaError::UnsupportedKeyAlgorithm(e.to_string()))?;
         let rng = SystemRandom::new();
         match (parsed, cert_key) {
             (ParsedKey::Ec { curve, scalar }, PublicKey::EC(_)) => {
@@ -184,41 +169,32 @@ impl CaKey {
                     .as_ref()
                     .and_then(|p| p.as_oid().ok())
                     .and_then(|o| Curve::from_oid(o.as_bytes()))
-                    .ok_or_else(|| {
-                        RootCaError::UnsupportedKeyAlgorithm("unknown elliptic curve".into())
-                    })?;
+                    .ok_or_else(|| RootCaError::UnsupportedKeyAlgorithm("unknown elliptic curve".into()))?;
                 if curve.is_some_and(|c| c != cert_curve) {
                     return Err(RootCaError::KeyMismatch);
                 }
                 let (ring_alg, alg) = match cert_curve {
-                    Curve::P256 => (
-                        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-                        &rcgen::PKCS_ECDSA_P256_SHA256,
-                    ),
-                    Curve::P384 => (
-                        &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
-                        &rcgen::PKCS_ECDSA_P384_SHA384,
-                    ),
+                    Curve::P256 => {
+                        (&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &rcgen::PKCS_ECDSA_P256_SHA256)
+                    }
+                    Curve::P384 => {
+                        (&signature::ECDSA_P384_SHA384_ASN1_SIGNING, &rcgen::PKCS_ECDSA_P384_SHA384)
+                    }
                     Curve::P521 => {
                         return Err(RootCaError::UnsupportedKeyAlgorithm(
                             "ECDSA P-521 CA keys cannot sign with ring".into(),
                         ))
                     }
                 };
-                let kp =
-                    EcdsaKeyPair::from_private_key_and_public_key(ring_alg, &scalar, &public, &rng)
-                        .map_err(|e| {
-                            if e.to_string() == "InconsistentComponents" {
-                                RootCaError::KeyMismatch
-                            } else {
-                                RootCaError::MalformedPrivateKey(e.to_string())
-                            }
-                        })?;
-                Ok(Self {
-                    kind: Kind::Ecdsa(kp),
-                    public,
-                    alg,
-                })
+                let kp = EcdsaKeyPair::from_private_key_and_public_key(ring_alg, &scalar, &public, &rng)
+                    .map_err(|e| {
+                        if e.to_string() == "InconsistentComponents" {
+                            RootCaError::KeyMismatch
+                        } else {
+                            RootCaError::MalformedPrivateKey(e.to_string())
+                        }
+                    })?;
+                Ok(Self { kind: Kind::Ecdsa(kp), public, alg })
             }
             (ParsedKey::RsaPkcs8(der) | ParsedKey::RsaPkcs1(der), PublicKey::RSA(rsa)) => {
                 let bits = rsa.key_size();
@@ -247,16 +223,10 @@ impl CaKey {
                 } else {
                     (&signature::RSA_PKCS1_SHA256, &rcgen::PKCS_RSA_SHA256)
                 };
-                Ok(Self {
-                    kind: Kind::Rsa(kp, encoding),
-                    public,
-                    alg,
-                })
+                Ok(Self { kind: Kind::Rsa(kp, encoding), public, alg })
             }
             (_, PublicKey::EC(_) | PublicKey::RSA(_)) => Err(RootCaError::KeyMismatch),
-            _ => Err(RootCaError::UnsupportedKeyAlgorithm(
-                "certificate key is neither ECDSA nor RSA".into(),
-            )),
+            _ => Err(RootCaError::UnsupportedKeyAlgorithm("certificate key is neither ECDSA nor RSA".into())),
         }
     }
 }
@@ -279,14 +249,12 @@ impl rcgen::SigningKey for KeyRef<'_> {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
         let rng = SystemRandom::new();
         match &self.0.kind {
-            Kind::Ecdsa(kp) => kp
-                .sign(&rng, msg)
-                .map(|s| s.as_ref().to_vec())
-                .map_err(|_| rcgen::Error::RingUnspecified),
+            Kind::Ecdsa(kp) => {
+                kp.sign(&rng, msg).map(|s| s.as_ref().to_vec()).map_err(|_| rcgen::Error::RingUnspecified)
+            }
             Kind::Rsa(kp, encoding) => {
                 let mut sig = vec![0u8; kp.public().modulus_len()];
-                kp.sign(*encoding, &rng, msg, &mut sig)
-                    .map_err(|_| rcgen::Error::RingUnspecified)?;
+                kp.sign(*encoding, &rng, msg, &mut sig).map_err(|_| rcgen::Error::RingUnspecified)?;
                 Ok(sig)
             }
         }

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest as _, Sha256};
@@ -47,6 +46,19 @@ pub fn effective_expiry(expiry: Option<Duration>) -> Duration {
         Some(e) if e >= MIN_NODE_CERT_EXPIRY => e,
         _ => DEFAULT_NODE_CERT_EXPIRY,
     }
+}
+
+/// The node certificate validity a cluster asks for (`spec.ca_config.node_cert_expiry`),
+/// through [`effective_expiry`]: absent, unparsable or under 1 h gives the default.
+pub fn cluster_cert_expiry(cluster: &swarmca_types::Cluster) -> Duration {
+    effective_expiry(
+        cluster
+            .spec
+            .as_ref()
+            .and_then(|s| s.ca_config.as_ref())
+            .and_then(|ca| ca.node_cert_expiry.as_ref())
+            .and_then(|d| Duration::try_from(*d).ok()),
+    )
 }
 
 /// SHA-256 of `bytes`.
@@ -95,31 +107,21 @@ impl fmt::Debug for GeneratedRoot {
 /// NotAfter is NotBefore + backdate + [`ROOT_CA_VALIDITY`]; BasicConstraints CA:true,
 /// KeyUsage certSign|cRLSign, SHA-1 subject key identifier. The key is drawn from *ring*'s
 /// `SystemRandom`.
-pub fn generate_root(
-    cn: &str,
-    now: SystemTime,
-    serial: [u8; 20],
-) -> Result<GeneratedRoot, RootCaError> {
+pub fn generate_root(cn: &str, now: SystemTime, serial: [u8; 20]) -> Result<GeneratedRoot, RootCaError> {
     let internal = |e: rcgen::Error| RootCaError::Internal(e.to_string());
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(internal)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, dn_value(cn));
+    params.distinguished_name.push(DnType::CommonName, dn_value(cn));
     let not_before = backdated_start(now).map_err(RootCaError::Internal)?;
     params.not_before = not_before;
-    params.not_after =
-        add(not_before, CERT_BACKDATE + ROOT_CA_VALIDITY).map_err(RootCaError::Internal)?;
+    params.not_after = add(not_before, CERT_BACKDATE + ROOT_CA_VALIDITY).map_err(RootCaError::Internal)?;
     params.serial_number = Some(serial_number(serial));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.key_identifier_method = KeyIdMethod::PreSpecified(key_id(key.public_key_raw()));
     let cert = params.self_signed(&key).map_err(internal)?;
-    Ok(GeneratedRoot {
-        cert_pem: cert.pem().into_bytes(),
-        key_pem: key.serialize_pem().into_bytes(),
-    })
+    Ok(GeneratedRoot { cert_pem: cert.pem().into_bytes(), key_pem: key.serialize_pem().into_bytes() })
 }
 
 /// Why a root CA could not be built.
@@ -274,8 +276,7 @@ impl RootCa {
         now: SystemTime,
     ) -> Result<RootCa, RootCaError> {
         let now_secs = unix_secs(now);
-        let roots_der =
-            chain::parse_certs_pem(roots_pem).map_err(RootCaError::MalformedCertificate)?;
+        let roots_der = chain::parse_certs_pem(roots_pem).map_err(RootCaError::MalformedCertificate)?;
         if roots_der.is_empty() {
             return Err(RootCaError::NoValidRootCertificates);
         }
@@ -306,8 +307,8 @@ impl RootCa {
         let intermediates_der = if pemutil::trim_space(intermediates_pem).is_empty() {
             Vec::new()
         } else {
-            let der = chain::parse_certs_pem(intermediates_pem)
-                .map_err(RootCaError::InvalidIntermediateChain)?;
+            let der =
+                chain::parse_certs_pem(intermediates_pem).map_err(RootCaError::InvalidIntermediateChain)?;
             let parsed = parse_all(&der)?;
             chain::validate_chain(&roots, &parsed, now_secs)
                 .map_err(RootCaError::InvalidIntermediateChain)?;
@@ -325,9 +326,7 @@ impl RootCa {
                 .map_err(RootCaError::MalformedCertificate)?
                 .into_iter()
                 .next()
-                .ok_or_else(|| {
-                    RootCaError::MalformedCertificate("no signing certificate found".into())
-                })?;
+                .ok_or_else(|| RootCaError::MalformedCertificate("no signing certificate found".into()))?;
             let cert = chain::parse_cert(&cert_der).map_err(RootCaError::MalformedCertificate)?;
             if !chain::signature_alg_allowed(&cert) {
                 return Err(RootCaError::UnsupportedSignatureAlgorithm);
@@ -351,12 +350,7 @@ impl RootCa {
                     x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(_)
                 )
             });
-            let signer = Signer {
-                cert_der: cert_der.clone(),
-                key_pem: sign_key_pem.to_vec(),
-                key,
-                has_ski,
-            };
+            let signer = Signer { cert_der: cert_der.clone(), key_pem: sign_key_pem.to_vec(), key, has_ski };
             check_signer(&signer)?;
             Some(Arc::new(signer))
         };
@@ -464,26 +458,14 @@ impl RootCa {
             hosts.push(CA_ROLE);
         }
         let not_before = backdated_start(now).map_err(SignError::Internal)?;
-        let not_after =
-            add(not_before, self.expiry + CERT_BACKDATE).map_err(SignError::Internal)?;
-        let der = issue(
-            signer,
-            csr.public_key_der(),
-            org,
-            role.ou(),
-            cn,
-            &hosts,
-            not_before,
-            not_after,
-            serial,
-        )
-        .map_err(SignError::Internal)?;
+        let not_after = add(not_before, self.expiry + CERT_BACKDATE).map_err(SignError::Internal)?;
+        let der =
+            issue(signer, csr.public_key_der(), org, role.ou(), cn, &hosts, not_before, not_after, serial)
+                .map_err(SignError::Internal)?;
         // The issued key must be exactly the CSR's key.
         let cert = chain::parse_cert(&der).map_err(SignError::Internal)?;
         if cert.public_key().raw != csr.public_key_der() {
-            return Err(SignError::Internal(
-                "issued public key differs from the CSR's".into(),
-            ));
+            return Err(SignError::Internal("issued public key differs from the CSR's".into()));
         }
         let mut out = pemutil::encode("CERTIFICATE", &der);
         out.extend_from_slice(&self.intermediates_pem);
@@ -493,32 +475,21 @@ impl RootCa {
     /// Verifies a peer's chain (leaf first, then intermediates) against the roots at `now`
     /// for client authentication, with rustls-webpki, and returns the leaf's identity
     /// (CN, every OU, first O; each must be present and non-empty).
-    pub fn verify_peer(
-        &self,
-        chain_der: &[Vec<u8>],
-        now: SystemTime,
-    ) -> Result<PeerIdentity, VerifyError> {
+    pub fn verify_peer(&self, chain_der: &[Vec<u8>], now: SystemTime) -> Result<PeerIdentity, VerifyError> {
         let (leaf_der, rest) = chain_der.split_first().ok_or(VerifyError::EmptyChain)?;
         let leaf_ref = CertificateDer::from(leaf_der.as_slice());
         let ee = webpki::EndEntityCert::try_from(&leaf_ref)
             .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
-        let root_refs: Vec<CertificateDer<'_>> = self
-            .roots_der
-            .iter()
-            .map(|d| CertificateDer::from(d.as_slice()))
-            .collect();
+        let root_refs: Vec<CertificateDer<'_>> =
+            self.roots_der.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
         let anchors = root_refs
             .iter()
             .map(webpki::anchor_from_trusted_cert)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| VerifyError::Invalid(format!("unusable root: {e:?}")))?;
-        let intermediates: Vec<CertificateDer<'_>> = rest
-            .iter()
-            .map(|d| CertificateDer::from(d.as_slice()))
-            .collect();
-        let since_epoch = now
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| VerifyError::NotYetValid)?;
+        let intermediates: Vec<CertificateDer<'_>> =
+            rest.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
+        let since_epoch = now.duration_since(UNIX_EPOCH).map_err(|_| VerifyError::NotYetValid)?;
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
             &anchors,
@@ -544,14 +515,9 @@ impl RootCa {
 /// first certificate.
 pub fn issuer_info_of_cert_pem(pem: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RootCaError> {
     let ders = chain::parse_certs_pem(pem).map_err(RootCaError::MalformedCertificate)?;
-    let der = ders
-        .first()
-        .ok_or_else(|| RootCaError::MalformedCertificate("no certificate found".into()))?;
+    let der = ders.first().ok_or_else(|| RootCaError::MalformedCertificate("no certificate found".into()))?;
     let cert = chain::parse_cert(der).map_err(RootCaError::MalformedCertificate)?;
-    Ok((
-        cert.subject().as_raw().to_vec(),
-        cert.public_key().raw.to_vec(),
-    ))
+    Ok((cert.subject().as_raw().to_vec(), cert.public_key().raw.to_vec()))
 }
 
 /// Reads CN, OUs and O from a leaf certificate.
@@ -559,9 +525,7 @@ fn identity_of(leaf_der: &[u8]) -> Result<PeerIdentity, VerifyError> {
     let cert = chain::parse_cert(leaf_der).map_err(VerifyError::Malformed)?;
     let subject = cert.subject();
     let as_str = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| {
-        a.as_str()
-            .map(str::to_string)
-            .map_err(|e| VerifyError::Malformed(e.to_string()))
+        a.as_str().map(str::to_string).map_err(|e| VerifyError::Malformed(e.to_string()))
     };
     let node_id = match subject.iter_common_name().next() {
         Some(a) => as_str(a)?,
@@ -570,10 +534,7 @@ fn identity_of(leaf_der: &[u8]) -> Result<PeerIdentity, VerifyError> {
     if node_id.is_empty() {
         return Err(VerifyError::MissingCommonName);
     }
-    let roles = subject
-        .iter_organizational_unit()
-        .map(as_str)
-        .collect::<Result<Vec<_>, _>>()?;
+    let roles = subject.iter_organizational_unit().map(as_str).collect::<Result<Vec<_>, _>>()?;
     if roles.first().is_none_or(|r| r.is_empty()) {
         return Err(VerifyError::MissingOrganizationalUnit);
     }
@@ -584,17 +545,11 @@ fn identity_of(leaf_der: &[u8]) -> Result<PeerIdentity, VerifyError> {
     if org.is_empty() {
         return Err(VerifyError::MissingOrganization);
     }
-    Ok(PeerIdentity {
-        node_id,
-        roles,
-        org,
-    })
+    Ok(PeerIdentity { node_id, roles, org })
 }
 
 fn parse_all(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, RootCaError> {
-    ders.iter()
-        .map(|d| chain::parse_cert(d).map_err(RootCaError::MalformedCertificate))
-        .collect()
+    ders.iter().map(|d| chain::parse_cert(d).map_err(RootCaError::MalformedCertificate)).collect()
 }
 
 /// Builds and signs a leaf certificate for `spki_der`; returns its DER.
@@ -614,11 +569,9 @@ fn issue(
     let issuer = issuer_of(signer)?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    for (ty, value) in [
-        (DnType::OrganizationName, org),
-        (DnType::OrganizationalUnitName, ou),
-        (DnType::CommonName, cn),
-    ] {
+    for (ty, value) in
+        [(DnType::OrganizationName, org), (DnType::OrganizationalUnitName, ou), (DnType::CommonName, cn)]
+    {
         if !value.is_empty() {
             params.distinguished_name.push(ty, dn_value(value));
         }
@@ -637,20 +590,13 @@ fn issue(
     params.not_after = not_after;
     params.serial_number = Some(serial_number(serial));
     params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.key_identifier_method =
         KeyIdMethod::PreSpecified(key_id(rcgen::PublicKeyData::der_bytes(&public_key)));
     params.use_authority_key_identifier_extension = signer.has_ski;
-    let cert = params
-        .signed_by(&public_key, &issuer)
-        .map_err(|e| e.to_string())?;
+    let cert = params.signed_by(&public_key, &issuer).map_err(|e| e.to_string())?;
     Ok(cert.der().to_vec())
 }
 
@@ -671,18 +617,8 @@ fn check_signer(signer: &Signer) -> Result<(), RootCaError> {
     let cert = chain::parse_cert(&signer.cert_der).map_err(RootCaError::MalformedCertificate)?;
     let spki = cert.public_key().raw;
     let not_before = OffsetDateTime::UNIX_EPOCH;
-    let der = issue(
-        signer,
-        spki,
-        "check",
-        "check",
-        "check",
-        &[],
-        not_before,
-        not_before,
-        [1; 20],
-    )
-    .map_err(RootCaError::UnusableSigner)?;
+    let der = issue(signer, spki, "check", "check", "check", &[], not_before, not_before, [1; 20])
+        .map_err(RootCaError::UnusableSigner)?;
     let leaf = chain::parse_cert(&der).map_err(RootCaError::Internal)?;
     if leaf.issuer().as_raw() != cert.subject().as_raw() {
         return Err(RootCaError::UnusableSigner(
@@ -690,9 +626,7 @@ fn check_signer(signer: &Signer) -> Result<(), RootCaError> {
         ));
     }
     if leaf.verify_signature(Some(cert.public_key())).is_err() {
-        return Err(RootCaError::UnusableSigner(
-            "test signature does not verify".into(),
-        ));
+        return Err(RootCaError::UnusableSigner("test signature does not verify".into()));
     }
     Ok(())
 }
@@ -716,9 +650,7 @@ fn serial_number(mut serial: [u8; 20]) -> SerialNumber {
 
 /// SHA-1 of the subjectPublicKey bits (RFC 5280 method 1, as Go uses).
 fn key_id(public_key_bits: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, public_key_bits)
-        .as_ref()
-        .to_vec()
+    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, public_key_bits).as_ref().to_vec()
 }
 
 /// Whole seconds since the Unix epoch (negative before it).
@@ -754,8 +686,7 @@ fn backdated_start(now: SystemTime) -> Result<OffsetDateTime, String> {
 
 fn add(t: OffsetDateTime, d: Duration) -> Result<OffsetDateTime, String> {
     let d = time::Duration::try_from(d).map_err(|e| e.to_string())?;
-    t.checked_add(d)
-        .ok_or_else(|| "time out of range".to_string())
+    t.checked_add(d).ok_or_else(|| "time out of range".to_string())
 }
 
 #[cfg(test)]

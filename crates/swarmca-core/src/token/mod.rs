@@ -105,13 +105,7 @@ pub fn parse_join_token(s: &str) -> Result<ParsedJoinToken, TokenError> {
     }
     let (fips, digest, secret) = match (version, rest) {
         ("1", [digest, secret]) => (false, *digest, *secret),
-        ("1", _) => {
-            return Err(TokenError::WrongPartCount {
-                version: 1,
-                expected: 4,
-                got: parts.len(),
-            })
-        }
+        ("1", _) => return Err(TokenError::WrongPartCount { version: 1, expected: 4, got: parts.len() }),
         ("2", [flag, digest, secret]) => {
             let fips = match *flag {
                 "0" => false,
@@ -120,13 +114,7 @@ pub fn parse_join_token(s: &str) -> Result<ParsedJoinToken, TokenError> {
             };
             (fips, *digest, *secret)
         }
-        ("2", _) => {
-            return Err(TokenError::WrongPartCount {
-                version: 2,
-                expected: 5,
-                got: parts.len(),
-            })
-        }
+        ("2", _) => return Err(TokenError::WrongPartCount { version: 2, expected: 5, got: parts.len() }),
         (other, _) => return Err(TokenError::UnsupportedVersion(other.to_string())),
     };
     if secret.len() != SECRET_LEN {

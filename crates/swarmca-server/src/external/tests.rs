@@ -60,7 +60,9 @@ fn bad_status_and_bad_json_are_recoverable() {
     let big = vec![b'a'; 5000];
     let e = parse_response(403, &big).unwrap_err();
     assert!(e.to_string().ends_with("... (5000 bytes)"), "{e}");
-    for body in [&b"not json"[..], b"", br#"{"success":"yes"}"#, br#"{"success":true,"result":{"certificate":"#] {
+    for body in
+        [&b"not json"[..], b"", br#"{"success":"yes"}"#, br#"{"success":true,"result":{"certificate":"#]
+    {
         let e = parse_response(200, body).unwrap_err();
         assert!(e.to_string().starts_with("unable to parse JSON response"), "{e}");
         assert!(e.is_recoverable());
@@ -72,11 +74,20 @@ fn cfssl_400_for_the_csr_itself_is_fatal_and_other_errors_are_not() {
     // What a real `cfssl serve` answers for an Ed25519 CSR.
     let ed = br#"{"success":false,"result":null,"errors":[{"code":9300,"message":"x509: cannot verify signature: algorithm unimplemented"}],"messages":[]}"#;
     let e = parse_response(400, ed).unwrap_err();
-    assert_eq!(e.to_string(), "response errors: [{9300 x509: cannot verify signature: algorithm unimplemented}]");
+    assert_eq!(
+        e.to_string(),
+        "response errors: [{9300 x509: cannot verify signature: algorithm unimplemented}]"
+    );
     assert!(!e.is_recoverable());
     // Policy (5000) or unclassified errors, other statuses, or non-JSON bodies: recoverable.
-    let policy = br#"{"success":false,"result":null,"errors":[{"code":5200,"message":"policy"}],"messages":[]}"#;
-    for (status, body) in [(400, &policy[..]), (500, &ed[..]), (403, b"Invalid CN"), (400, b"Client sent an HTTP request to an HTTPS server.")] {
+    let policy =
+        br#"{"success":false,"result":null,"errors":[{"code":5200,"message":"policy"}],"messages":[]}"#;
+    for (status, body) in [
+        (400, &policy[..]),
+        (500, &ed[..]),
+        (403, b"Invalid CN"),
+        (400, b"Client sent an HTTP request to an HTTPS server."),
+    ] {
         let e = parse_response(status, body).unwrap_err();
         assert!(matches!(e, ExternalCaError::Status { .. }) && e.is_recoverable(), "{status}: {e}");
     }
@@ -94,7 +105,12 @@ fn recoverability_matches_swarmkit() {
 }
 
 fn ext(url: &str, cert: &[u8]) -> swarmca_types::ExternalCa {
-    swarmca_types::ExternalCa { protocol: 0, url: url.into(), options: Default::default(), ca_cert: cert.to_vec() }
+    swarmca_types::ExternalCa {
+        protocol: 0,
+        url: url.into(),
+        options: Default::default(),
+        ca_cert: cert.to_vec(),
+    }
 }
 
 #[test]

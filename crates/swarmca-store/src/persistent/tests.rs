@@ -29,8 +29,7 @@ fn reopen_restores_objects_versions_and_revision() {
         commit(&s, vec![Op::CreateNode(node("b")), Op::CreateNode(node("gone"))]).unwrap();
         let mut a = block_on(s.get_node("a")).unwrap().unwrap();
         a.role = 1;
-        a.certificate =
-            Some(swarmca_types::Certificate { csr: vec![7; 300], ..Default::default() });
+        a.certificate = Some(swarmca_types::Certificate { csr: vec![7; 300], ..Default::default() });
         let gone = block_on(s.get_node("gone")).unwrap().unwrap();
         commit(&s, vec![Op::UpdateNode(a), Op::DeleteNode(gone)]).unwrap();
         assert_eq!(s.revision(), 3);
@@ -53,8 +52,7 @@ fn new_store_is_empty_at_revision_zero_and_leaves_no_temporary_file() {
     let dir = TempDir::new();
     let s = dir.store();
     assert_eq!(snapshot(&s), crate::Snapshot::default());
-    let names: Vec<_> =
-        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["store.redb"]);
 }
 
@@ -65,16 +63,14 @@ fn open_damaged(bytes: &[u8]) -> StoreError {
     std::fs::write(&path, bytes).unwrap();
     let err = RedbStore::open(&path).unwrap_err();
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "a file that failed to open was modified");
-    let names: Vec<_> =
-        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["store.redb"], "a temporary file was left behind");
     err
 }
 
 #[test]
 fn garbage_file_is_corrupt_and_left_untouched() {
-    let garbage: Vec<u8> =
-        (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let err = open_damaged(&garbage);
     assert!(matches!(&err, StoreError::Corrupt(m) if m.contains("store.redb")), "{err:?}");
 }
@@ -93,8 +89,7 @@ fn store_bytes(n: usize) -> Vec<u8> {
     let ops = (0..n)
         .map(|i| {
             let mut n = node(&format!("node-{i:04}"));
-            n.certificate =
-                Some(swarmca_types::Certificate { csr: vec![1; 500], ..Default::default() });
+            n.certificate = Some(swarmca_types::Certificate { csr: vec![1; 500], ..Default::default() });
             Op::CreateNode(n)
         })
         .collect();
@@ -108,11 +103,7 @@ fn truncated_store_fails_to_open_without_panic_and_is_left_untouched() {
     let whole = store_bytes(300);
     for keep in [whole.len() - 1, whole.len() / 2, 8192, 4096, 1000, 100, 9] {
         let err = open_damaged(&whole[..keep]);
-        assert!(
-            matches!(err, StoreError::Corrupt(_)),
-            "kept {keep} of {} bytes: {err:?}",
-            whole.len()
-        );
+        assert!(matches!(err, StoreError::Corrupt(_)), "kept {keep} of {} bytes: {err:?}", whole.len());
     }
 }
 
@@ -294,11 +285,7 @@ impl StorageBackend for FaultyBackend {
     fn try_lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, redb::BackendError> {
         self.inner.try_lock_range(s, e)
     }
-    fn try_lock_shared_range(
-        &self,
-        s: Bound<u64>,
-        e: Bound<u64>,
-    ) -> Result<bool, redb::BackendError> {
+    fn try_lock_shared_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<bool, redb::BackendError> {
         self.inner.try_lock_shared_range(s, e)
     }
     fn lock_range(&self, s: Bound<u64>, e: Bound<u64>) -> Result<(), redb::BackendError> {
@@ -372,8 +359,7 @@ fn failed_batch_fails_every_commit_validated_on_top_of_it() {
         f.fail = true;
         f.hold = false;
     });
-    for (name, r) in
-        [("first", block_on(first)), ("a", block_on(a)), ("b", block_on(b)), ("c", block_on(c))]
+    for (name, r) in [("first", block_on(first)), ("a", block_on(a)), ("b", block_on(b)), ("c", block_on(c))]
     {
         assert!(matches!(r, Err(StoreError::Unavailable(_))), "{name}: {r:?}");
     }
@@ -435,8 +421,7 @@ fn spawn_child(name: &str, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Ch
 #[test]
 #[ignore = "child process of kill_9_keeps_every_acknowledged_commit"]
 fn crash_child() {
-    let (Some(path), Some(tag)) = (std::env::var_os(CHILD_PATH), std::env::var_os(CHILD_TAG))
-    else {
+    let (Some(path), Some(tag)) = (std::env::var_os(CHILD_PATH), std::env::var_os(CHILD_TAG)) else {
         return;
     };
     let tag = tag.to_string_lossy().into_owned();
@@ -498,9 +483,7 @@ fn kill_9_keeps_every_acknowledged_commit() {
         assert!(acked.len() >= want);
         for (rev, id) in &acked {
             let n = block_on(s.get_node(id)).unwrap();
-            let n = n.unwrap_or_else(|| {
-                panic!("round {round}: acknowledged {id} (revision {rev}) is lost")
-            });
+            let n = n.unwrap_or_else(|| panic!("round {round}: acknowledged {id} (revision {rev}) is lost"));
             assert_eq!(version_of(n.meta.as_ref()), *rev, "{id}");
         }
         let max = acked.iter().map(|(rev, _)| *rev).max().unwrap();
@@ -563,10 +546,7 @@ fn bench_open_child() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?");
     let rss = rss.trim_start_matches("VmRSS:").trim();
-    println!(
-        "opened {} nodes in {ms} ms; {rss} resident",
-        s.core().view(&WatchFilter::All).nodes.len()
-    );
+    println!("opened {} nodes in {ms} ms; {rss} resident", s.core().view(&WatchFilter::All).nodes.len());
 }
 
 /// Open time and resident memory of a store of 100,000 nodes of about 2 KB each.
@@ -597,8 +577,7 @@ fn bench_open_100k_nodes() {
     }
     let size = std::fs::metadata(&path).unwrap().len();
     println!("file: {} MiB", size >> 20);
-    let child =
-        spawn_child("persistent::tests::bench_open_child", &[(CHILD_PATH, path.as_os_str())]);
+    let child = spawn_child("persistent::tests::bench_open_child", &[(CHILD_PATH, path.as_os_str())]);
     let out = child.wait_with_output().unwrap();
     for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("opened")) {
         println!("{line}");
