@@ -22,33 +22,20 @@ pub struct ExtCa {
     pub control: Arc<crate::extca::Control>,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    ExtCaKill,
-    ExtCaClog,
-    ExtCaPause,
-    ExtCaMode(crate::extca::Mode),
-    LeaderGraceful,
-    LeaderKill,
-    LeaderPause,
-    Clog,
-    ClockSkew,
-    LongPartition,
-}
+use crate::options::FaultKind as Fault;
 
 fn enabled(shared: &Shared, ext: bool) -> Vec<Fault> {
     let o = &shared.opts;
     let mut v = Vec::new();
     if ext && o.extca_faults {
-        use crate::extca::Mode;
         v.extend([
-            Fault::ExtCaKill,
+            Fault::ExtCaCrash,
             Fault::ExtCaClog,
             Fault::ExtCaPause,
-            Fault::ExtCaMode(Mode::Hang),
-            Fault::ExtCaMode(Mode::Http500),
-            Fault::ExtCaMode(Mode::Garbage),
-            Fault::ExtCaMode(Mode::Refuse),
+            Fault::ExtCaHang,
+            Fault::ExtCaHttp500,
+            Fault::ExtCaGarbage,
+            Fault::ExtCaRefuse,
         ]);
     }
     if o.leader_graceful {
@@ -75,6 +62,20 @@ fn enabled(shared: &Shared, ext: bool) -> Vec<Fault> {
 /// Runs faults until healing starts.
 pub async fn run(world: Arc<World>, clients: Vec<NodeId>, ext: Option<ExtCa>) {
     let shared = world.shared.clone();
+    if let Some(schedule) = shared.opts.schedule.clone() {
+        for (at, f) in schedule {
+            let now = madsim::time::TimeHandle::current().elapsed();
+            let at = Duration::from_secs(at);
+            if at > now {
+                madsim::time::sleep(at - now).await;
+            }
+            if shared.healing() {
+                break;
+            }
+            apply(&world, &clients, ext.as_ref(), f).await;
+        }
+        return;
+    }
     let faults = enabled(&shared, ext.is_some());
     if faults.is_empty() {
         return;
@@ -103,7 +104,7 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
     let net = NetSim::current();
     let d = Duration::from_secs(thread_rng().gen_range(2..40));
     match (f, ext) {
-        (Fault::ExtCaKill, Some(e)) => {
+        (Fault::ExtCaCrash, Some(e)) => {
             shared.coverage.hit("fault.extca_kill");
             shared.log.push(format!("nemesis: crash external CA for {}s", d.as_secs()));
             e.control.crash();
@@ -136,14 +137,15 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
             });
             return;
         }
-        (Fault::ExtCaMode(mode), Some(e)) => {
-            shared.coverage.hit(match mode {
-                crate::extca::Mode::Hang => "fault.extca_hang",
-                crate::extca::Mode::Http500 => "fault.extca_http500",
-                crate::extca::Mode::Garbage => "fault.extca_garbage",
-                crate::extca::Mode::Refuse => "fault.extca_refuse",
-                crate::extca::Mode::Sign => "fault.extca_sign",
-            });
+        (Fault::ExtCaHang | Fault::ExtCaHttp500 | Fault::ExtCaGarbage | Fault::ExtCaRefuse, Some(e)) => {
+            use crate::extca::Mode;
+            let (mode, name) = match f {
+                Fault::ExtCaHang => (Mode::Hang, "fault.extca_hang"),
+                Fault::ExtCaHttp500 => (Mode::Http500, "fault.extca_http500"),
+                Fault::ExtCaGarbage => (Mode::Garbage, "fault.extca_garbage"),
+                _ => (Mode::Refuse, "fault.extca_refuse"),
+            };
+            shared.coverage.hit(name);
             shared.log.push(format!("nemesis: external CA answers {mode:?} for {}s", d.as_secs()));
             *crate::shared::lock(&e.control.mode) = mode;
             let c = e.control.clone();
@@ -156,7 +158,13 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
         _ => {}
     }
     match f {
-        Fault::ExtCaKill | Fault::ExtCaClog | Fault::ExtCaPause | Fault::ExtCaMode(_) => {}
+        Fault::ExtCaCrash
+        | Fault::ExtCaClog
+        | Fault::ExtCaPause
+        | Fault::ExtCaHang
+        | Fault::ExtCaHttp500
+        | Fault::ExtCaGarbage
+        | Fault::ExtCaRefuse => {}
         Fault::LeaderGraceful => {
             if let Some(next) = other_up(world, world.leader()) {
                 shared.coverage.hit("fault.leader_graceful");

@@ -34,6 +34,66 @@ impl SplitMix64 {
     }
 }
 
+/// A fault the nemesis can inject; victims and durations are drawn from the seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    LeaderGraceful,
+    LeaderKill,
+    LeaderPause,
+    Clog,
+    ClockSkew,
+    LongPartition,
+    ExtCaCrash,
+    ExtCaClog,
+    ExtCaPause,
+    ExtCaHang,
+    ExtCaHttp500,
+    ExtCaGarbage,
+    ExtCaRefuse,
+}
+
+impl FaultKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [FaultKind; 13] = [
+        FaultKind::LeaderGraceful,
+        FaultKind::LeaderKill,
+        FaultKind::LeaderPause,
+        FaultKind::Clog,
+        FaultKind::ClockSkew,
+        FaultKind::LongPartition,
+        FaultKind::ExtCaCrash,
+        FaultKind::ExtCaClog,
+        FaultKind::ExtCaPause,
+        FaultKind::ExtCaHang,
+        FaultKind::ExtCaHttp500,
+        FaultKind::ExtCaGarbage,
+        FaultKind::ExtCaRefuse,
+    ];
+
+    /// The short name used in scenario strings.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::LeaderGraceful => "leader_graceful",
+            FaultKind::LeaderKill => "leader_kill",
+            FaultKind::LeaderPause => "leader_pause",
+            FaultKind::Clog => "clog",
+            FaultKind::ClockSkew => "clock_skew",
+            FaultKind::LongPartition => "long_partition",
+            FaultKind::ExtCaCrash => "extca_crash",
+            FaultKind::ExtCaClog => "extca_clog",
+            FaultKind::ExtCaPause => "extca_pause",
+            FaultKind::ExtCaHang => "extca_hang",
+            FaultKind::ExtCaHttp500 => "extca_http500",
+            FaultKind::ExtCaGarbage => "extca_garbage",
+            FaultKind::ExtCaRefuse => "extca_refuse",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
 /// The options of one simulated run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimOptions {
@@ -91,6 +151,9 @@ pub struct SimOptions {
     pub external_only: bool,
     /// F3: external-CA outages and bad answers.
     pub extca_faults: bool,
+    /// An explicit fault schedule (second of the safety phase, fault) replacing the random
+    /// nemesis: a scenario as data, as proptest generates and shrinks it.
+    pub schedule: Option<Vec<(u64, FaultKind)>>,
 }
 
 impl SimOptions {
@@ -125,7 +188,70 @@ impl SimOptions {
             external_ca: r.chance(0.5),
             external_only: r.chance(0.4),
             extca_faults: r.chance(0.7),
+            schedule: None,
         }
+    }
+
+    /// The replayable one-line form of a scenario (see [`SimOptions::from_scenario`]).
+    pub fn to_scenario(&self) -> String {
+        let faults: Vec<String> =
+            self.schedule.iter().flatten().map(|(t, k)| format!("{t}:{}", k.name())).collect();
+        format!(
+            "seed={},managers={},clients={},safety={},conflict={},store_err={},slow={},extca={},extca_only={},faults={}",
+            self.seed,
+            self.managers,
+            self.clients,
+            self.safety.as_secs(),
+            self.p_conflict,
+            self.p_store_error,
+            self.p_slow_commit,
+            self.external_ca,
+            self.external_only,
+            faults.join(";"),
+        )
+    }
+
+    /// Parses [`SimOptions::to_scenario`]'s form; unnamed options come from the seed.
+    pub fn from_scenario(s: &str) -> Result<SimOptions, String> {
+        let mut kv = std::collections::BTreeMap::new();
+        for part in s.split(',') {
+            let (k, v) = part.split_once('=').ok_or_else(|| format!("expected key=value: {part:?}"))?;
+            kv.insert(k.trim(), v.trim());
+        }
+        let num = |k: &str| -> Result<Option<u64>, String> {
+            kv.get(k).map(|v| v.parse::<u64>().map_err(|e| format!("{k}: {e}"))).transpose()
+        };
+        let float = |k: &str| -> Result<Option<f64>, String> {
+            kv.get(k).map(|v| v.parse::<f64>().map_err(|e| format!("{k}: {e}"))).transpose()
+        };
+        let flag = |k: &str| -> Result<Option<bool>, String> {
+            kv.get(k).map(|v| v.parse::<bool>().map_err(|e| format!("{k}: {e}"))).transpose()
+        };
+        let seed = num("seed")?.ok_or("missing seed=")?;
+        let mut o = SimOptions::from_seed(seed);
+        if let Some(v) = num("managers")? {
+            o.managers = v.clamp(1, 9) as usize;
+        }
+        if let Some(v) = num("clients")? {
+            o.clients = v.clamp(1, 200) as usize;
+        }
+        if let Some(v) = num("safety")? {
+            o.safety = Duration::from_secs(v);
+        }
+        o.p_conflict = float("conflict")?.unwrap_or(o.p_conflict).clamp(0.0, 1.0);
+        o.p_store_error = float("store_err")?.unwrap_or(o.p_store_error).clamp(0.0, 1.0);
+        o.p_slow_commit = float("slow")?.unwrap_or(o.p_slow_commit).clamp(0.0, 1.0);
+        o.external_ca = flag("extca")?.unwrap_or(o.external_ca);
+        o.external_only = flag("extca_only")?.unwrap_or(o.external_only);
+        let mut faults = Vec::new();
+        for f in kv.get("faults").copied().unwrap_or("").split(';').filter(|f| !f.is_empty()) {
+            let (t, k) = f.split_once(':').ok_or_else(|| format!("fault {f:?}: expected SECONDS:KIND"))?;
+            let t = t.parse::<u64>().map_err(|e| format!("fault time {t:?}: {e}"))?;
+            let k = FaultKind::from_name(k).ok_or_else(|| format!("unknown fault {k:?}"))?;
+            faults.push((t, k));
+        }
+        o.schedule = Some(faults);
+        Ok(o)
     }
 }
 
@@ -152,6 +278,7 @@ impl SimOptions {
             external_ca: true,
             external_only: false,
             extca_faults: true,
+            schedule: None,
             ..SimOptions::from_seed(seed)
         }
     }
@@ -198,6 +325,17 @@ impl fmt::Display for SimOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scenarios_round_trip() {
+        let mut o = SimOptions::from_seed(9);
+        o.managers = 4;
+        o.schedule = Some(vec![(5, FaultKind::LeaderKill), (30, FaultKind::ExtCaRefuse)]);
+        let back = SimOptions::from_scenario(&o.to_scenario()).unwrap();
+        assert_eq!(back.to_scenario(), o.to_scenario());
+        assert_eq!(back.schedule, o.schedule);
+        assert!(SimOptions::from_scenario("seed=1,faults=3:nope").is_err());
+    }
 
     #[test]
     fn options_are_a_function_of_the_seed() {

@@ -22,7 +22,7 @@ mod sim_main {
 
     use swarmca_sim::coverage::REQUIRED;
     use swarmca_sim::options::SimOptions;
-    use swarmca_sim::run::{run_seed, warm_up, Report};
+    use swarmca_sim::run::{run_seed, run_with, warm_up, Report};
 
     struct Args {
         seeds: u64,
@@ -34,11 +34,12 @@ mod sim_main {
         coverage: bool,
         madsim_check: bool,
         jobs: usize,
+        scenario: Option<String>,
     }
 
     fn usage() -> ! {
         eprintln!(
-            "usage: swarmca-sim [--seeds N] [--first-seed S] [--seed S] [--determinism] [--long MINUTES] [--jobs J] [--verbose] [--no-coverage] [--madsim-check]"
+            "usage: swarmca-sim [--seeds N] [--first-seed S] [--seed S] [--determinism] [--long MINUTES] [--jobs J] [--verbose] [--no-coverage] [--madsim-check] [--scenario STR]"
         );
         std::process::exit(2);
     }
@@ -54,6 +55,7 @@ mod sim_main {
             coverage: true,
             madsim_check: false,
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            scenario: None,
         };
         let mut it = std::env::args().skip(1);
         let num = |v: Option<String>| v.and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
@@ -68,6 +70,7 @@ mod sim_main {
                 "--no-coverage" => a.coverage = false,
                 "--madsim-check" => a.madsim_check = true,
                 "--jobs" | "-j" => a.jobs = num(it.next()) as usize,
+                "--scenario" => a.scenario = Some(it.next().unwrap_or_else(|| usage())),
                 "--help" | "-h" => usage(),
                 _ => usage(),
             }
@@ -117,6 +120,40 @@ mod sim_main {
             madsim::runtime::Runtime::with_seed_and_config(0, madsim::Config::default()).block_on(warm_up())
         })
         .join();
+        if let Some(sc) = &args.scenario {
+            // Replay a scenario as data (what the proptest suite prints when it shrinks one).
+            let opts = match SimOptions::from_scenario(sc) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("bad --scenario: {e}");
+                    return 2;
+                }
+            };
+            let echo = args.verbose;
+            let rep = std::thread::spawn(move || {
+                let seed = opts.seed;
+                let mut rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+                rt.set_time_limit(opts.safety + opts.liveness_budget + Duration::from_secs(900));
+                rt.block_on(run_with(opts, echo))
+            })
+            .join();
+            return match rep {
+                Ok(r) if r.violations.is_empty() => {
+                    println!("scenario ok: {} events, hash {}", r.log_lines, &r.log_hash[..16]);
+                    0
+                }
+                Ok(r) => {
+                    for v in &r.violations {
+                        println!("{v}");
+                    }
+                    1
+                }
+                Err(_) => {
+                    println!("scenario CRASHED");
+                    1
+                }
+            };
+        }
         if args.madsim_check {
             // madsim's own check: runs the seed twice and panics at the first divergence of the
             // RNG/time call sequence, naming the simulated time.
