@@ -113,10 +113,7 @@ async fn force_rotation_is_noop() {
     let (csr, _) = new_csr();
     let r = c.issue_node_certificate(join_req(&csr, &f.worker_token)).await.unwrap().into_inner();
     let issued = wait_final(&mut c, &r.node_id).await.certificate.unwrap().certificate;
-    f.update_node(&r.node_id, |n| {
-        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Rotate as i32;
-    })
-    .await;
+    f.set_state(&r.node_id, State::Rotate).await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     let n = f.node(&r.node_id).await.unwrap();
     let cert = n.certificate.unwrap();

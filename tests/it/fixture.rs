@@ -307,6 +307,28 @@ impl Fixture {
         }
     }
 
+    /// Sets a node's issuance state in the store.
+    pub async fn set_state(&self, id: &str, state: State) {
+        self.update_node(id, |n| {
+            n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = state as i32
+        })
+        .await;
+    }
+
+    /// A NodeCertificateStatus call for `id`, in-process, running in the background.
+    pub fn spawn_status(
+        &self,
+        id: &str,
+    ) -> tokio::task::JoinHandle<
+        Result<tonic::Response<swarmca_types::NodeCertificateStatusResponse>, tonic::Status>,
+    > {
+        use swarmca_proto::node_ca_server::NodeCa;
+        let (s, id) = (self.server.clone(), id.to_string());
+        tokio::spawn(async move {
+            s.node_certificate_status(tonic::Request::new(NodeCertificateStatusRequest { node_id: id })).await
+        })
+    }
+
     /// Read-modify-write of a node, retried on conflicts.
     pub async fn update_node(&self, id: &str, f: impl Fn(&mut Node)) {
         loop {

@@ -87,19 +87,11 @@ async fn status_waits_until_final_then_answers() {
     let id = f.worker.node_id.clone();
     // Put the worker back into RENEW without a CSR the CA can sign: it stays non-final only
     // until the signer marks it; use a verify-only race instead: set UNKNOWN (never signed).
-    f.update_node(&id, |n| {
-        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32
-    })
-    .await;
-    let s = f.server.clone();
-    let id2 = id.clone();
-    let waiter = tokio::spawn(async move { s.node_certificate_status(status_req(&id2)).await });
+    f.set_state(&id, State::Unknown).await;
+    let waiter = f.spawn_status(&id);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished(), "UNKNOWN is not final: the call must wait");
-    f.update_node(&id, |n| {
-        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Issued as i32
-    })
-    .await;
+    f.set_state(&id, State::Issued).await;
     let r = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap();
     assert_eq!(r.into_inner().status.unwrap().state, State::Issued as i32);
 }
@@ -108,10 +100,7 @@ async fn status_waits_until_final_then_answers() {
 async fn status_is_bounded_by_the_callers_deadline() {
     let f = Fixture::start().await;
     let id = f.worker.node_id.clone();
-    f.update_node(&id, |n| {
-        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32
-    })
-    .await;
+    f.set_state(&id, State::Unknown).await;
     let mut req = status_req(&id);
     req.metadata_mut().insert("grpc-timeout", "200m".parse().unwrap());
     let t0 = tokio::time::Instant::now();
@@ -124,12 +113,8 @@ async fn status_is_bounded_by_the_callers_deadline() {
 async fn status_is_cut_by_server_stop() {
     let f = Fixture::start().await;
     let id = f.worker.node_id.clone();
-    f.update_node(&id, |n| {
-        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32
-    })
-    .await;
-    let s = f.server.clone();
-    let waiter = tokio::spawn(async move { s.node_certificate_status(status_req(&id)).await });
+    f.set_state(&id, State::Unknown).await;
+    let waiter = f.spawn_status(&id);
     tokio::time::sleep(Duration::from_millis(50)).await;
     f.server.stop().await.unwrap();
     let e = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap_err();
@@ -140,13 +125,8 @@ async fn status_is_cut_by_server_stop() {
 async fn status_of_a_node_deleted_while_waiting_is_not_found() {
     let f = Fixture::start().await;
     let id = f.worker.node_id.clone();
-    f.update_node(&id, |n| {
-        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Unknown as i32
-    })
-    .await;
-    let s = f.server.clone();
-    let id2 = id.clone();
-    let waiter = tokio::spawn(async move { s.node_certificate_status(status_req(&id2)).await });
+    f.set_state(&id, State::Unknown).await;
+    let waiter = f.spawn_status(&id);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let n = f.node(&id).await.unwrap();
     f.store.commit(vec![Op::DeleteNode(n)]).await.unwrap();
@@ -232,10 +212,7 @@ async fn pending_membership_is_not_signed_but_renew_is() {
     f.store.commit(vec![Op::CreateNode(node)]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(state_of(&f.node(&id).await.unwrap()), State::Pending as i32);
-    f.update_node(&id, |n| {
-        n.certificate.as_mut().unwrap().status.as_mut().unwrap().state = State::Renew as i32
-    })
-    .await;
+    f.set_state(&id, State::Renew).await;
     let r = tokio::time::timeout(Duration::from_secs(5), f.server.node_certificate_status(status_req(&id)))
         .await
         .unwrap()

@@ -263,17 +263,8 @@ async fn reopen(store: &dyn Store, cluster: Cluster, certs: &Path) -> Result<Ide
     } else {
         None
     };
-    match existing {
-        Some((node_id, cert_pem, key_pem, false)) => Ok(Identity {
-            cluster_id: cluster.id,
-            node_id,
-            cert_pem,
-            key_pem,
-            tokens,
-            root,
-            expiry,
-            created: false,
-        }),
+    let (node_id, cert_pem, key_pem) = match existing {
+        Some((node_id, cert_pem, key_pem, false)) => (node_id, cert_pem, key_pem),
         other => {
             let node_id = match &other {
                 Some((id, ..)) => id.clone(),
@@ -288,18 +279,10 @@ async fn reopen(store: &dyn Store, cluster: Cluster, certs: &Path) -> Result<Ide
                 None => Op::CreateNode(node),
             };
             store.commit(vec![op]).await.map_err(|e| fatal!("cannot store this manager's node: {e}"))?;
-            Ok(Identity {
-                cluster_id: cluster.id,
-                node_id,
-                cert_pem,
-                key_pem,
-                tokens,
-                root,
-                expiry,
-                created: false,
-            })
+            (node_id, cert_pem, key_pem)
         }
-    }
+    };
+    Ok(Identity { cluster_id: cluster.id, node_id, cert_pem, key_pem, tokens, root, expiry, created: false })
 }
 
 /// Fails if another server answers on the control socket; removes a stale socket file.

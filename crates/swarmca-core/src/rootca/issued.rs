@@ -2,9 +2,8 @@
 //! whatever its external CA returned; here the result must be exactly what was asked for
 //! before it is handed to a node.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::prelude::FromDer;
 
@@ -79,32 +78,18 @@ impl RootCa {
             }
         }
 
-        let leaf_ref = CertificateDer::from(leaf_der.as_slice());
-        let ee = webpki::EndEntityCert::try_from(&leaf_ref)
-            .map_err(|e| IssuedCertError::Malformed(format!("{e:?}")))?;
-        let root_refs: Vec<CertificateDer<'_>> =
-            self.roots_der.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
-        let anchors = root_refs
-            .iter()
-            .map(webpki::anchor_from_trusted_cert)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| IssuedCertError::Chain(format!("unusable root: {e:?}")))?;
-        let intermediates: Vec<CertificateDer<'_>> =
-            rest.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
-        let since_epoch =
-            now.duration_since(UNIX_EPOCH).map_err(|_| IssuedCertError::Chain("clock before 1970".into()))?;
-        for usage in [webpki::KeyUsage::client_auth(), webpki::KeyUsage::server_auth()] {
-            ee.verify_for_usage(
-                webpki::ALL_VERIFICATION_ALGS,
-                &anchors,
-                &intermediates,
-                UnixTime::since_unix_epoch(since_epoch),
-                usage,
-                None,
-                None,
-            )
-            .map_err(|e| IssuedCertError::Chain(format!("{e:?}")))?;
-        }
+        self.webpki_verify(
+            leaf_der,
+            rest,
+            now,
+            &[webpki::KeyUsage::client_auth(), webpki::KeyUsage::server_auth()],
+        )
+        .map_err(|f| match f {
+            super::ChainFailure::Leaf(m) => IssuedCertError::Malformed(m),
+            super::ChainFailure::Root(m) => IssuedCertError::Chain(format!("unusable root: {m}")),
+            super::ChainFailure::Clock => IssuedCertError::Chain("clock before 1970".into()),
+            super::ChainFailure::Verify(e) => IssuedCertError::Chain(format!("{e:?}")),
+        })?;
         Ok(())
     }
 }

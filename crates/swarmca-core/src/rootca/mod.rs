@@ -477,38 +477,68 @@ impl RootCa {
     /// (CN, every OU, first O; each must be present and non-empty).
     pub fn verify_peer(&self, chain_der: &[Vec<u8>], now: SystemTime) -> Result<PeerIdentity, VerifyError> {
         let (leaf_der, rest) = chain_der.split_first().ok_or(VerifyError::EmptyChain)?;
-        let leaf_ref = CertificateDer::from(leaf_der.as_slice());
-        let ee = webpki::EndEntityCert::try_from(&leaf_ref)
-            .map_err(|e| VerifyError::Malformed(format!("{e:?}")))?;
+        self.webpki_verify(leaf_der, rest, now, &[webpki::KeyUsage::client_auth()]).map_err(|f| match f {
+            ChainFailure::Leaf(m) => VerifyError::Malformed(m),
+            ChainFailure::Root(m) => VerifyError::Invalid(format!("unusable root: {m}")),
+            ChainFailure::Clock => VerifyError::NotYetValid,
+            ChainFailure::Verify(webpki::Error::CertExpired { .. }) => VerifyError::Expired,
+            ChainFailure::Verify(webpki::Error::CertNotValidYet { .. }) => VerifyError::NotYetValid,
+            ChainFailure::Verify(
+                webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey,
+            ) => VerifyError::UnknownIssuer,
+            ChainFailure::Verify(other) => VerifyError::Invalid(format!("{other:?}")),
+        })?;
+        identity_of(leaf_der)
+    }
+
+    /// Verifies `leaf` (with `intermediates`) to this root set at `now`, with rustls-webpki,
+    /// for every one of `usages`.
+    pub(crate) fn webpki_verify(
+        &self,
+        leaf: &[u8],
+        intermediates: &[Vec<u8>],
+        now: SystemTime,
+        usages: &[webpki::KeyUsage],
+    ) -> Result<(), ChainFailure> {
+        let leaf_ref = CertificateDer::from(leaf);
+        let ee =
+            webpki::EndEntityCert::try_from(&leaf_ref).map_err(|e| ChainFailure::Leaf(format!("{e:?}")))?;
         let root_refs: Vec<CertificateDer<'_>> =
             self.roots_der.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
         let anchors = root_refs
             .iter()
             .map(webpki::anchor_from_trusted_cert)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| VerifyError::Invalid(format!("unusable root: {e:?}")))?;
+            .map_err(|e| ChainFailure::Root(format!("{e:?}")))?;
         let intermediates: Vec<CertificateDer<'_>> =
-            rest.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
-        let since_epoch = now.duration_since(UNIX_EPOCH).map_err(|_| VerifyError::NotYetValid)?;
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &anchors,
-            &intermediates,
-            UnixTime::since_unix_epoch(since_epoch),
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| match e {
-            webpki::Error::CertExpired { .. } => VerifyError::Expired,
-            webpki::Error::CertNotValidYet { .. } => VerifyError::NotYetValid,
-            webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
-                VerifyError::UnknownIssuer
-            }
-            other => VerifyError::Invalid(format!("{other:?}")),
-        })?;
-        identity_of(leaf_der)
+            intermediates.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
+        let since_epoch = now.duration_since(UNIX_EPOCH).map_err(|_| ChainFailure::Clock)?;
+        for usage in usages {
+            ee.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors,
+                &intermediates,
+                UnixTime::since_unix_epoch(since_epoch),
+                *usage,
+                None,
+                None,
+            )
+            .map_err(ChainFailure::Verify)?;
+        }
+        Ok(())
     }
+}
+
+/// Why [`RootCa::webpki_verify`] failed.
+pub(crate) enum ChainFailure {
+    /// The leaf does not parse.
+    Leaf(String),
+    /// A root is unusable as a trust anchor.
+    Root(String),
+    /// `now` is before 1970.
+    Clock,
+    /// Path building or validation failed.
+    Verify(webpki::Error),
 }
 
 /// Parses a PEM certificate and returns (raw subject DER, SubjectPublicKeyInfo DER) of the
