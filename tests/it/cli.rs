@@ -218,6 +218,15 @@ fn serve_then_join_worker_and_manager() {
         let ls = s.admin_ok(&["node", "ls"]);
         assert!(ls.lines().any(|l| l.starts_with(&cn) && l.contains("issued")), "{ls}");
     }
+    // The control socket and the manager's key are owner-only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [data.join("control.sock"), data.join("certificates/swarm-node.key")] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} must be owner-only, mode {:o}", f.display(), mode & 0o777);
+        }
+    }
     // The manager's own files.
     let own = data.join("certificates");
     openssl_verify(&own);
