@@ -27,6 +27,11 @@ pub fn url() -> String {
     format!("https://{ADDR}/api/v1/cfssl/sign")
 }
 
+/// Whether the fake CA, when poisoning is on, always fails this CSR recoverably (HTTP 503).
+pub fn poisoned(csr: &[u8]) -> bool {
+    swarmca_core::rootca::digest(csr).first().is_some_and(|b| *b < 16)
+}
+
 /// Marker in every refusal, so checkers can tell a deliberate fatal answer from a bug.
 pub const REFUSAL: &str = "sim-extca-refused";
 
@@ -239,7 +244,14 @@ async fn handle(
         Mode::Refuse => return Ok(reply(200, refusal(1000, REFUSAL))),
         Mode::Sign => {}
     }
-    let v: serde_json::Value = match serde_json::from_slice(&body) {
+    let v: serde_json::Value = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v)
+            if shared.opts.extca_poison
+                && poisoned(v["certificate_request"].as_str().unwrap_or("").as_bytes()) =>
+        {
+            shared.coverage.hit("extca.poisoned_request");
+            return Ok(reply(503, "this request cannot be served right now".into()));
+        }
         Ok(v) => v,
         Err(_) => return Ok(reply(400, refusal(400, "Unable to parse sign request"))),
     };

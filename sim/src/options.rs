@@ -151,6 +151,9 @@ pub struct SimOptions {
     pub external_only: bool,
     /// F3: external-CA outages and bad answers.
     pub extca_faults: bool,
+    /// The external CA fails some CSRs recoverably, forever (HTTP 503 for ~6% of CSRs): other
+    /// nodes must still be signed.
+    pub extca_poison: bool,
     /// An explicit fault schedule (second of the safety phase, fault) replacing the random
     /// nemesis: a scenario as data, as proptest generates and shrinks it.
     pub schedule: Option<Vec<(u64, FaultKind)>>,
@@ -188,6 +191,7 @@ impl SimOptions {
             external_ca: r.chance(0.5),
             external_only: r.chance(0.4),
             extca_faults: r.chance(0.7),
+            extca_poison: r.chance(0.3),
             schedule: None,
         }
     }
@@ -278,6 +282,7 @@ impl SimOptions {
             external_ca: true,
             external_only: false,
             extca_faults: true,
+            extca_poison: true,
             schedule: None,
             ..SimOptions::from_seed(seed)
         }

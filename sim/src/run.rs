@@ -163,8 +163,19 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     let ext = extca_node.map(|id| crate::nemesis::ExtCa { node: id, control: extca.clone() });
     madsim::task::spawn(crate::nemesis::run(world.clone(), client_nodes.clone(), ext.clone()));
 
-    // Safety phase.
-    madsim::time::sleep(opts.safety).await;
+    // Safety phase. With an external CA, it ends with an outage that overlaps the heal, so the
+    // liveness phase starts with a backlog of requests waiting for the retry ticker.
+    let backlog = ext.is_some() && opts.extca_faults && opts.safety > Duration::from_secs(60);
+    if backlog {
+        madsim::time::sleep(opts.safety - Duration::from_secs(45)).await;
+        if let Some(e) = &ext {
+            shared.log.push("nemesis: external CA crash before heal");
+            e.control.crash();
+        }
+        madsim::time::sleep(Duration::from_secs(45)).await;
+    } else {
+        madsim::time::sleep(opts.safety).await;
+    }
 
     // Heal, then liveness.
     shared.healing.store(true, Ordering::SeqCst);
@@ -173,7 +184,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     crate::nemesis::heal(&world, &client_nodes, ext.as_ref()).await;
     let deadline = madsim::time::TimeHandle::current().elapsed() + opts.liveness_budget;
     loop {
-        let waiting = checkers::i5_liveness::waiting(&lock(&mirror));
+        let waiting = checkers::i5_liveness::waiting(&lock(&mirror), &shared);
         if waiting.is_empty() || madsim::time::TimeHandle::current().elapsed() >= deadline {
             break;
         }

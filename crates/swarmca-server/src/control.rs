@@ -219,6 +219,12 @@ impl Control {
             if d < MIN_NODE_CERT_EXPIRY {
                 return Err(ServerError::InvalidSetting("minimum certificate expiry time is: 1h0m0s".into()));
             }
+            // Beyond the root's own validity every certificate would outlive its issuer.
+            if d > swarmca_core::rootca::ROOT_CA_VALIDITY {
+                return Err(ServerError::InvalidSetting(
+                    "maximum certificate expiry time is 20 years (the root CA validity)".into(),
+                ));
+            }
         }
         let entropy = self.server.inner.deps.entropy.clone();
         let (_, c) = self

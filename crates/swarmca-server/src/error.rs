@@ -97,7 +97,9 @@ impl ServerError {
             | ServerError::InvalidRootCa(_)
             | ServerError::NoRoot
             | ServerError::FailedPrecondition(_) => Code::FailedPrecondition,
-            ServerError::Store(_) | ServerError::Entropy(_) => Code::Internal,
+            // SwarmKit returns raw store errors, which gRPC reports as Unknown.
+            ServerError::Store(_) => Code::Unknown,
+            ServerError::Entropy(_) => Code::Internal,
         }
     }
 }

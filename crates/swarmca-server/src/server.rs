@@ -213,7 +213,7 @@ impl CaServer {
             life.phase = Phase::Running { cancel: cancel.clone(), generation: life.generation };
             (cancel, life.generation)
         };
-        let _guard = RunGuard { server: self.clone(), generation };
+        let _guard = RunGuard { server: self.clone(), generation, cancel: cancel_rx.clone() };
         info!(cluster = %self.inner.cfg.cluster_id, leader, "CA server starting");
         let r = if leader {
             signing::run_loop(self.clone(), cancel_rx).await
@@ -444,14 +444,17 @@ impl Inner {
     }
 }
 
-/// Restores `Stopped` when `run` returns or is dropped.
+/// Restores `Stopped` when `run` returns or is dropped; a dropped `run` also cancels the jobs
+/// of its term (they check the flag before writing).
 struct RunGuard {
     server: CaServer,
     generation: u64,
+    cancel: RunCancel,
 }
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
+        self.cancel.set(true);
         let mut life = self.server.life();
         let ours = match &life.phase {
             Phase::Running { generation, .. } => *generation == self.generation,

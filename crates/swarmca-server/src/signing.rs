@@ -62,6 +62,12 @@ pub(crate) enum Health {
     ExternalUnavailable,
 }
 
+/// Whether an outcome shows that a signer works.
+enum Kind {
+    Success,
+    Other,
+}
+
 /// The identity of a signing request: a result may be written only onto a node that still asks
 /// for exactly this.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +104,8 @@ struct Loop {
     in_flight: usize,
     /// The node whose retry probes the signer this tick.
     probe: Option<String>,
+    /// The node probed last (probes rotate through the waiting nodes).
+    last_probe: Option<String>,
     /// What was last logged about the signer.
     health: Health,
 }
@@ -156,6 +164,7 @@ pub(crate) async fn run_loop(server: CaServer, cancel: RunCancel) -> Result<(), 
         done_tx,
         in_flight: 0,
         probe: None,
+        last_probe: None,
         health: Health::Ok,
     };
     // Leader catch-up: sign whatever a previous term left in RENEW/PENDING.
@@ -266,11 +275,13 @@ impl Loop {
         let done = self.done_tx.clone();
         let id = id.to_string();
         tokio::spawn(async move {
+            // Reports even if the job unwinds, so the loop never waits for it forever.
+            let mut report = Report { done, id: Some(id) };
             let outcome = match permits.acquire_owned().await {
                 Ok(_permit) => sign_and_write(&server, &cancel, node).await,
                 Err(_) => Outcome::Cancelled,
             };
-            let _ = done.send((id, outcome));
+            report.send(outcome);
         });
     }
 
@@ -305,6 +316,10 @@ impl Loop {
             }
             _ => {}
         }
+        let outcome_kind = match &outcome {
+            Outcome::Issued | Outcome::Failed => Kind::Success,
+            _ => Kind::Other,
+        };
         match outcome {
             Outcome::Recoverable(why) | Outcome::Unavailable(_, why) => {
                 debug!(node = %id, error = %why, "recoverable signing failure; will retry");
@@ -325,8 +340,9 @@ impl Loop {
                 if dirty {
                     self.consider(node);
                 }
-                if was_probe {
-                    // The signer works again: retry everything that was waiting.
+                if matches!(outcome_kind, Kind::Success) {
+                    // A signer works (this probe, or any other job): retry everything waiting,
+                    // so one node failing recoverably on its own cannot starve the others.
                     let waiting: Vec<String> = self
                         .pending
                         .iter()
@@ -345,12 +361,42 @@ impl Loop {
         if self.probe.is_some() {
             return;
         }
-        let next =
-            self.pending.iter().find(|(_, e)| e.awaiting_retry && !e.in_flight).map(|(id, _)| id.clone());
+        // Probe the next waiting node after the last one probed (wrapping), so that a node
+        // whose own request keeps failing does not hide the others.
+        let waiting = |(_, e): &(&String, &PendingEntry)| e.awaiting_retry && !e.in_flight;
+        let after = self.last_probe.clone().unwrap_or_default();
+        let next = self
+            .pending
+            .range::<String, _>((std::ops::Bound::Excluded(&after), std::ops::Bound::Unbounded))
+            .find(waiting)
+            .or_else(|| self.pending.iter().find(waiting))
+            .map(|(id, _)| id.clone());
         if let Some(id) = next {
             self.probe = Some(id.clone());
+            self.last_probe = Some(id.clone());
             self.dispatch(&id);
         }
+    }
+}
+
+/// A job's outcome channel; if the job is dropped or unwinds before reporting, it reports a
+/// recoverable failure, so the entry is retried and a probe never stays in flight forever.
+struct Report {
+    done: mpsc::UnboundedSender<(String, Outcome)>,
+    id: Option<String>,
+}
+
+impl Report {
+    fn send(&mut self, outcome: Outcome) {
+        if let Some(id) = self.id.take() {
+            let _ = self.done.send((id, outcome));
+        }
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        self.send(Outcome::Recoverable("signing job aborted".into()));
     }
 }
 
@@ -400,6 +446,10 @@ async fn sign(
             let now = inner.deps.clock.now();
             match root.check_issued(&pem, &req.csr, &req.cn, role, org, now) {
                 Ok(()) => Ok(Ok(pem)),
+                // Clock skew between us and the external CA: retry rather than fail the node.
+                Err(e @ swarmca_core::rootca::IssuedCertError::NotYetValid) => {
+                    Err(Outcome::Recoverable(e.to_string()))
+                }
                 Err(e) => {
                     warn!(node = %id, error = %e, "external CA returned an unacceptable certificate");
                     Ok(Err(format!("external CA returned an invalid certificate: {e}")))

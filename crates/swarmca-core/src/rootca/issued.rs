@@ -38,6 +38,10 @@ pub enum IssuedCertError {
     /// TLS client and server use.
     #[error("the certificate does not verify against the cluster root CA: {0}")]
     Chain(String),
+    /// The certificate's NotBefore is after `now`: the signer's clock is ahead of ours. Not a
+    /// defect of the certificate; callers may retry later.
+    #[error("the certificate is not valid yet (the external CA's clock is ahead of ours)")]
+    NotYetValid,
 }
 
 impl RootCa {
@@ -88,6 +92,9 @@ impl RootCa {
             super::ChainFailure::Leaf(m) => IssuedCertError::Malformed(m),
             super::ChainFailure::Root(m) => IssuedCertError::Chain(format!("unusable root: {m}")),
             super::ChainFailure::Clock => IssuedCertError::Chain("clock before 1970".into()),
+            super::ChainFailure::Verify(webpki::Error::CertNotValidYet { .. }) => {
+                IssuedCertError::NotYetValid
+            }
             super::ChainFailure::Verify(e) => IssuedCertError::Chain(format!("{e:?}")),
         })?;
         Ok(())
