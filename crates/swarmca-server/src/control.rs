@@ -320,7 +320,10 @@ impl Control {
                 .map(|ca| {
                     ca.external_cas
                         .iter()
-                        .map(|e| admin::ExternalCaSpec { url: e.url.clone(), ca_cert: e.ca_cert.clone() })
+                        .map(|e| admin::ExternalCaSpec {
+                            url: crate::external::redact_url(&e.url),
+                            ca_cert: e.ca_cert.clone(),
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),

@@ -299,7 +299,7 @@ impl ExternalCa {
                     return Ok(cert);
                 }
                 Err(e) => {
-                    debug!(url = %url, error = %e, "external CA did not sign");
+                    debug!(url = %redact_url(url), error = %e, "external CA did not sign");
                     last = e;
                 }
             }
@@ -366,17 +366,36 @@ pub fn filter_external_ca_urls(
     let mut urls = Vec::new();
     for (i, ext) in list.iter().enumerate() {
         if ext.protocol != CaProtocol::Cfssl as i32 {
-            debug!(index = i, url = %ext.url, "skipping external CA with an unknown protocol");
+            debug!(index = i, url = %redact_url(&ext.url), "skipping external CA with an unknown protocol");
             continue;
         }
         let cert = if ext.ca_cert.is_empty() { default_cert } else { &ext.ca_cert };
         if normalize_pems(cert) != desired {
-            debug!(index = i, url = %ext.url, "skipping external CA for another CA certificate");
+            debug!(index = i, url = %redact_url(&ext.url), "skipping external CA for another CA certificate");
             continue;
         }
         urls.push(ext.url.clone());
     }
     urls
+}
+
+/// `url` without any `user:password@` part, for logs and operator messages.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Redacted forms of `urls`.
+pub(crate) fn redact_urls(urls: &[String]) -> Vec<String> {
+    urls.iter().map(|u| redact_url(u)).collect()
 }
 
 /// `a: b: c` from an error and its sources.

@@ -379,7 +379,7 @@ impl CaServer {
         if !changed {
             if external_changed {
                 let urls = filter_external_ca_urls(desired_cert, &api.ca_cert, &external_cas);
-                info!(urls = ?urls, "external CA list updated");
+                info!(urls = ?crate::external::redact_urls(&urls), "external CA list updated");
                 signer.external.update_urls(urls);
                 signer.last_seen_external_cas = Some(external_cas);
             }
@@ -399,7 +399,7 @@ impl CaServer {
                     can_sign = root.can_sign(),
                     rotating = api.root_rotation.is_some(),
                     expiry_secs = expiry.as_secs(),
-                    external_ca_urls = ?urls,
+                    external_ca_urls = ?crate::external::redact_urls(&urls),
                     "loaded cluster root CA"
                 );
                 let tls = signer.external_tls();

@@ -135,3 +135,14 @@ fn tls_config_refuses_bad_credentials() {
     assert!(matches!(e, ExternalCaError::TlsConfig(_)), "{e}");
     assert!(client_tls_config(&[], None).is_ok());
 }
+
+#[test]
+fn urls_are_redacted_for_logs() {
+    assert_eq!(redact_url("https://ca:8888/api/v1/cfssl/sign"), "https://ca:8888/api/v1/cfssl/sign");
+    assert_eq!(
+        redact_url("https://user:secret@ca:8888/api/v1/cfssl/sign"),
+        "https://***@ca:8888/api/v1/cfssl/sign"
+    );
+    assert_eq!(redact_url("http://u@10.0.0.1"), "http://***@10.0.0.1");
+    assert_eq!(redact_url("not a url"), "not a url");
+}
