@@ -148,20 +148,8 @@ fn futures_ready<T>(f: BoxFuture<'_, T>) -> T {
 async fn recoverable_signer_errors_keep_nodes_pending_and_deleted_nodes_leave_pending() {
     let f = Fixture::with(Opts { with_key: false, ..Opts::default() }).await;
     let (csr, _) = new_csr();
-    let a = f
-        .server
-        .issue_node_certificate(Request::new(join_req(&csr, &f.worker_token)))
-        .await
-        .unwrap()
-        .into_inner()
-        .node_id;
-    let b = f
-        .server
-        .issue_node_certificate(Request::new(join_req(&csr, &f.worker_token)))
-        .await
-        .unwrap()
-        .into_inner()
-        .node_id;
+    let a = f.join_in_process(&csr, &f.worker_token).await;
+    let b = f.join_in_process(&csr, &f.worker_token).await;
     let server = f.server.clone();
     eventually(5, || {
         let s = server.clone();
@@ -182,11 +170,7 @@ async fn recoverable_signer_errors_keep_nodes_pending_and_deleted_nodes_leave_pe
     // The key arrives (e.g. the operator fixed the cluster): the remaining node is issued.
     let key = f.root_key_pem.clone();
     f.update_cluster(move |c| c.root_ca.as_mut().unwrap().ca_key = key.clone()).await;
-    let r = tokio::time::timeout(Duration::from_secs(5), f.server.node_certificate_status(status_req(&b)))
-        .await
-        .unwrap()
-        .unwrap()
-        .into_inner();
+    let r = f.final_status(&b).await;
     assert_eq!(r.status.unwrap().state, State::Issued as i32);
     eventually(5, || {
         let s = server.clone();
@@ -229,18 +213,8 @@ async fn update_root_ca_failure_is_surfaced_and_keeps_the_signer() {
     assert_eq!(f.server.root_ca().unwrap().digest_string(), before);
     // Still signs with the previous (valid) signer.
     let (csr, _) = new_csr();
-    let id = f
-        .server
-        .issue_node_certificate(Request::new(join_req(&csr, &f.worker_token)))
-        .await
-        .unwrap()
-        .into_inner()
-        .node_id;
-    let r = tokio::time::timeout(Duration::from_secs(5), f.server.node_certificate_status(status_req(&id)))
-        .await
-        .unwrap()
-        .unwrap()
-        .into_inner();
+    let id = f.join_in_process(&csr, &f.worker_token).await;
+    let r = f.final_status(&id).await;
     assert_eq!(r.status.unwrap().state, State::Issued as i32);
 }
 

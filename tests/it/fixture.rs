@@ -307,6 +307,28 @@ impl Fixture {
         }
     }
 
+    /// An in-process join with `token`; the new node's ID.
+    pub async fn join_in_process(&self, csr: &[u8], token: &str) -> String {
+        use swarmca_proto::node_ca_server::NodeCa;
+        self.server
+            .issue_node_certificate(tonic::Request::new(join_req(csr, token)))
+            .await
+            .unwrap()
+            .into_inner()
+            .node_id
+    }
+
+    /// An in-process NodeCertificateStatus for `id`, which must answer within 5 s.
+    pub async fn final_status(&self, id: &str) -> NodeCertificateStatusResponse {
+        use swarmca_proto::node_ca_server::NodeCa;
+        let req = tonic::Request::new(NodeCertificateStatusRequest { node_id: id.to_string() });
+        tokio::time::timeout(Duration::from_secs(5), self.server.node_certificate_status(req))
+            .await
+            .expect("status answered within 5 s")
+            .unwrap()
+            .into_inner()
+    }
+
     /// Sets a node's issuance state in the store.
     pub async fn set_state(&self, id: &str, state: State) {
         self.update_node(id, |n| {

@@ -187,11 +187,7 @@ async fn leader_catch_up_signs_what_was_pending_while_stopped() {
     c.status.as_mut().unwrap().state = State::Pending as i32;
     f.store.commit(vec![Op::CreateNode(node)]).await.unwrap();
     f.run_server().await;
-    let r = tokio::time::timeout(Duration::from_secs(5), f.server.node_certificate_status(status_req(&id)))
-        .await
-        .unwrap()
-        .unwrap()
-        .into_inner();
+    let r = f.final_status(&id).await;
     assert_eq!(r.status.unwrap().state, State::Issued as i32);
     assert_eq!(r.certificate.unwrap().csr, csr);
 }
@@ -213,11 +209,7 @@ async fn pending_membership_is_not_signed_but_renew_is() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(state_of(&f.node(&id).await.unwrap()), State::Pending as i32);
     f.set_state(&id, State::Renew).await;
-    let r = tokio::time::timeout(Duration::from_secs(5), f.server.node_certificate_status(status_req(&id)))
-        .await
-        .unwrap()
-        .unwrap()
-        .into_inner();
+    let r = f.final_status(&id).await;
     assert_eq!(r.status.unwrap().state, State::Issued as i32, "RENEW is signed whatever the membership");
 }
 
