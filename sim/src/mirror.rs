@@ -4,6 +4,7 @@
 //! role each node was created with, and every (state, certificate, CSR) a node ever held.
 
 use std::collections::{BTreeMap, BTreeSet};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +21,9 @@ pub struct Mirror {
     pub cluster: Option<Cluster>,
     /// Role each node was created with (from its first certificate request).
     pub created_role: BTreeMap<String, i32>,
-    /// Every (state, certificate digest, CSR digest) each node held.
-    pub history: BTreeMap<String, BTreeSet<(i32, String, String)>>,
+    /// Every (state, certificate digest, CSR digest) each node held, with the simulated time it
+    /// was written, in order.
+    pub history: BTreeMap<String, Vec<(Duration, (i32, String, String))>>,
     /// Serial number (hex) → certificate digest, over every certificate ever issued.
     pub serials: BTreeMap<String, String>,
     /// Every node certificate expiry the cluster was configured with.
@@ -91,7 +93,7 @@ fn record_tokens(shared: &Shared, c: &Cluster, initial: bool) {
 
 fn note_history(m: &mut Mirror, n: &Node) {
     let (state, cert, csr, _) = cert_of(n);
-    m.history.entry(n.id.clone()).or_default().insert((state, short(&cert), short(&csr)));
+    m.history.entry(n.id.clone()).or_default().push((now(), (state, short(&cert), short(&csr))));
 }
 
 fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {

@@ -24,6 +24,9 @@ pub struct JoinObs {
 #[derive(Debug, Clone)]
 pub struct StatusObs {
     pub node: String,
+    /// When the call started and when its answer came.
+    pub start: Duration,
+    pub end: Duration,
     pub state: i32,
     pub cert_digest: String,
     pub csr_digest: String,

@@ -107,6 +107,7 @@ impl Client {
             let per_call = if short_poll { Duration::from_millis(200) } else { Duration::from_secs(5) };
             let mut req = tonic::Request::new(NodeCertificateStatusRequest { node_id: node_id.to_string() });
             req.set_timeout(per_call);
+            let started = now();
             let r =
                 madsim::time::timeout(per_call + Duration::from_millis(100), c.node_certificate_status(req))
                     .await;
@@ -117,6 +118,8 @@ impl Client {
                     let cert = resp.certificate.unwrap_or_default();
                     lock(&self.shared.statuses).push(StatusObs {
                         node: node_id.to_string(),
+                        start: started,
+                        end: now(),
                         state: cert.status.as_ref().map_or(status.state, |s| s.state),
                         cert_digest: short(&cert.certificate),
                         csr_digest: short(&cert.csr),
