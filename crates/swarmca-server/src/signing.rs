@@ -62,12 +62,6 @@ pub(crate) enum Health {
     ExternalUnavailable,
 }
 
-/// Whether an outcome shows that a signer works.
-enum Kind {
-    Success,
-    Other,
-}
-
 /// The identity of a signing request: a result may be written only onto a node that still asks
 /// for exactly this.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,10 +310,8 @@ impl Loop {
             }
             _ => {}
         }
-        let outcome_kind = match &outcome {
-            Outcome::Issued | Outcome::Failed => Kind::Success,
-            _ => Kind::Other,
-        };
+        // An issued or failed request shows that a signer answers.
+        let signer_works = matches!(outcome, Outcome::Issued | Outcome::Failed);
         match outcome {
             Outcome::Recoverable(why) | Outcome::Unavailable(_, why) => {
                 debug!(node = %id, error = %why, "recoverable signing failure; will retry");
@@ -340,7 +332,7 @@ impl Loop {
                 if dirty {
                     self.consider(node);
                 }
-                if matches!(outcome_kind, Kind::Success) {
+                if signer_works {
                     // A signer works (this probe, or any other job): retry everything waiting,
                     // so one node failing recoverably on its own cannot starve the others.
                     let waiting: Vec<String> = self
