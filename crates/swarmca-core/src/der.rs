@@ -41,3 +41,67 @@ pub(crate) fn expect_all(input: &[u8], tag: u8) -> Option<&[u8]> {
     let (v, rest) = expect(input, tag)?;
     rest.is_empty().then_some(v)
 }
+
+/// Reads one TLV; returns (tag, the whole encoded TLV, rest).
+pub(crate) fn split_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (tag, _, rest) = read_tlv(input)?;
+    let whole = input.get(..input.len() - rest.len())?;
+    Some((tag, whole, rest))
+}
+
+/// Splits the contents of a constructed value into its elements (tag, whole TLV).
+pub(crate) fn elements(mut contents: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut out = Vec::new();
+    while !contents.is_empty() {
+        let (tag, whole, rest) = split_tlv(contents)?;
+        out.push((tag, whole));
+        contents = rest;
+    }
+    Some(out)
+}
+
+/// Encodes one TLV with a definite length.
+pub(crate) fn tlv(tag: u8, value: &[u8]) -> Vec<u8> {
+    let len = value.len();
+    let mut out = Vec::with_capacity(len + 6);
+    out.push(tag);
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|&&b| b == 0).count();
+        let significant = bytes.get(skip..).unwrap_or_default();
+        out.push(0x80 | significant.len() as u8);
+        out.extend_from_slice(significant);
+    }
+    out.extend_from_slice(value);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tlv_round_trips_every_length_form() {
+        for len in [0usize, 1, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x10000] {
+            let value = vec![0xab; len];
+            let enc = tlv(TAG_OCTET_STRING, &value);
+            let (tag, whole, rest) = split_tlv(&enc).unwrap();
+            assert_eq!((tag, whole, rest), (TAG_OCTET_STRING, enc.as_slice(), &[][..]));
+            assert_eq!(expect_all(&enc, TAG_OCTET_STRING).unwrap(), value.as_slice());
+        }
+        assert_eq!(tlv(TAG_SEQUENCE, &[]), vec![0x30, 0x00]);
+        assert_eq!(&tlv(TAG_SEQUENCE, &[0; 0x80])[..3], &[0x30, 0x81, 0x80]);
+        assert_eq!(&tlv(TAG_SEQUENCE, &[0; 0x100])[..4], &[0x30, 0x82, 0x01, 0x00]);
+    }
+
+    #[test]
+    fn elements_splits_and_rejects_truncation() {
+        let a = tlv(TAG_INTEGER, &[1]);
+        let b = tlv(TAG_SEQUENCE, &[5, 0]);
+        let both = [a.clone(), b.clone()].concat();
+        assert_eq!(elements(&both).unwrap(), vec![(TAG_INTEGER, a.as_slice()), (TAG_SEQUENCE, b.as_slice())]);
+        assert!(elements(&both[..both.len() - 1]).is_none());
+    }
+}

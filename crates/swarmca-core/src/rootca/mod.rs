@@ -2,6 +2,7 @@
 //! certificate issuance (`ParseValidateAndSignCSR`) and peer verification.
 
 mod chain;
+mod cross;
 mod issued;
 mod key;
 
@@ -19,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
+pub use self::cross::{cross_sign_csr, CrossSignCsr, CrossSignError};
 pub use self::issued::IssuedCertError;
 use self::key::{CaKey, KeyRef};
 use crate::csr::{self, CsrError};

@@ -715,3 +715,126 @@ fn issuer_info_matches_the_certificate() {
     assert!(issuer_info_of_cert_pem(b"").is_err());
     assert!(issuer_info_of_cert_pem(b"junk").is_err());
 }
+
+// ---------------------------------------------------------------------------------------
+// Cross-signing (SwarmKit CrossSignCACertificate; TestExternalCACrossSign's assertions)
+
+/// Every cross-sign case: (new root cert, new root key, time at which both are valid).
+fn cross_sign_targets() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+    let generated = gen_root("root-2");
+    vec![
+        ("generated P-256", generated.cert_pem, generated.key_pem),
+        ("openssl P-256", fixture("ca_p256.crt"), fixture("ca_p256_sec1.key")),
+        ("openssl RSA-2048", fixture("ca_rsa2048.crt"), fixture("ca_rsa2048_pkcs1.key")),
+    ]
+}
+
+#[test]
+fn cross_signed_root_chains_leaves_of_the_new_root_to_the_old_one() {
+    for (name, r2_cert, r2_key) in cross_sign_targets() {
+        let now = fixture_now(&r2_cert).max(t0());
+        let r1 = generate_root("root-1", now - HOUR, [0x11; 20]).unwrap();
+        let r1_ca = RootCa::new(&r1.cert_pem, &r1.cert_pem, &r1.key_pem, HOUR, b"", now).unwrap();
+        let r2_ca = RootCa::new(&r2_cert, &r2_cert, &r2_key, HOUR, b"", now).unwrap();
+        let cross = r1_ca.cross_sign(&r2_cert).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(ders(&cross).len(), 1, "{name}: one certificate");
+
+        let r2_der = ders(&r2_cert).remove(0);
+        let r1_der = ders(&r1.cert_pem).remove(0);
+        let cross_der = ders(&cross).remove(0);
+        let (r2p, r1p, xp) = (parse(&r2_der), parse(&r1_der), parse(&cross_der));
+        assert_eq!(xp.subject().as_raw(), r2p.subject().as_raw(), "{name}: same subject");
+        assert_eq!(xp.public_key().raw, r2p.public_key().raw, "{name}: same key");
+        assert_eq!(xp.raw_serial(), r2p.raw_serial(), "{name}: same serial");
+        assert_eq!(xp.validity().not_before, r2p.validity().not_before, "{name}");
+        assert_eq!(xp.validity().not_after, r2p.validity().not_after, "{name}");
+        assert!(xp.is_ca(), "{name}: still a CA");
+        assert_eq!(xp.issuer().as_raw(), r1p.subject().as_raw(), "{name}: issued by the old root");
+        xp.verify_signature(Some(r1p.public_key())).unwrap();
+        // Every extension but the AKI is carried over byte for byte, in order.
+        let non_aki = |c: &x509_parser::certificate::X509Certificate<'_>| {
+            c.extensions()
+                .iter()
+                .filter(|e| e.oid.to_id_string() != "2.5.29.35")
+                .map(|e| (e.oid.to_id_string(), e.critical, e.value.to_vec()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(non_aki(&xp), non_aki(&r2p), "{name}");
+        assert!(!non_aki(&xp).is_empty(), "{name}");
+        // The AKI now names the old root's SKI.
+        let ski_r1 = r1p
+            .iter_extensions()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+                _ => None,
+            })
+            .unwrap();
+        let aki = xp
+            .iter_extensions()
+            .filter_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0.to_vec()),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(aki, vec![ski_r1], "{name}: exactly one AKI, naming the old root");
+
+        // A leaf from the new root: not valid against the old root alone, valid with the
+        // intermediate, and valid against the new root with or without it.
+        let leaf_pem = r2_ca.sign_csr(&p256_csr(), "n", Role::Worker, "o", now, [9; 20]).unwrap();
+        let leaf_der = ders(&leaf_pem).remove(0);
+        assert_eq!(
+            r1_ca.verify_peer(std::slice::from_ref(&leaf_der), now).unwrap_err(),
+            VerifyError::UnknownIssuer,
+            "{name}"
+        );
+        r1_ca
+            .verify_peer(&[leaf_der.clone(), cross_der.clone()], now)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        r2_ca.verify_peer(std::slice::from_ref(&leaf_der), now).unwrap();
+        r2_ca.verify_peer(&[leaf_der.clone(), cross_der.clone()], now).unwrap();
+
+        // The rotation signer accepts it as its intermediate (NewRootCA's checks).
+        let rotating = RootCa::new(&r1.cert_pem, &cross, &r2_key, HOUR, &cross, now)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let issued = rotating.sign_csr(&p256_csr(), "n", Role::Manager, "o", now, [8; 20]).unwrap();
+        rotating.verify_peer(&ders(&issued), now).unwrap();
+    }
+}
+
+#[test]
+fn cross_sign_errors() {
+    let r1 = gen_root("root-1");
+    let r2 = gen_root("root-2");
+    let verify_only = RootCa::new(&r1.cert_pem, b"", b"", HOUR, b"", t0()).unwrap();
+    assert_eq!(verify_only.cross_sign(&r2.cert_pem).unwrap_err(), CrossSignError::NoValidSigner);
+    let ca = signing_ca(&r1, HOUR);
+    assert!(matches!(ca.cross_sign(b"garbage").unwrap_err(), CrossSignError::Malformed(_)));
+    assert!(matches!(ca.cross_sign(b"").unwrap_err(), CrossSignError::Malformed(_)));
+    let leaf = ca.sign_csr(&p256_csr(), "n", Role::Worker, "o", t0(), [3; 20]).unwrap();
+    assert_eq!(ca.cross_sign(&leaf).unwrap_err(), CrossSignError::NotCa);
+    assert_eq!(cross_sign_csr(&leaf, &r1.key_pem).unwrap_err(), CrossSignError::NotCa);
+    assert!(matches!(cross_sign_csr(&r2.cert_pem, &r1.key_pem).unwrap_err(), CrossSignError::Key(_)));
+}
+
+#[test]
+fn cross_sign_csr_carries_the_root_subject_key_and_constraints() {
+    for (name, cert, key) in cross_sign_targets() {
+        let req = cross_sign_csr(&cert, &key).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let root_der = ders(&cert).remove(0);
+        let root = parse(&root_der);
+        let csr_der = ::pem::parse(&req.csr_pem).unwrap().into_contents();
+        let (rest, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&csr_der).unwrap();
+        assert!(rest.is_empty());
+        csr.verify_signature().unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(csr.certification_request_info.subject.as_raw(), root.subject().as_raw(), "{name}");
+        assert_eq!(csr.certification_request_info.subject_pki.raw, root.public_key().raw, "{name}");
+        let requested = csr.requested_extensions().map(|e| e.count()).unwrap_or(0);
+        assert_eq!(requested, root.extensions().len(), "{name}: all root extensions requested");
+        assert_eq!(req.common_name, chain::cn_of(&root));
+        let bc = root.extensions().iter().find(|e| e.oid.to_id_string() == "2.5.29.19").unwrap();
+        assert_eq!(req.basic_constraints, Some((bc.critical, bc.value.to_vec())), "{name}");
+        // Our own CSR parser accepts it (the CA path would sign it).
+        crate::csr::parse_csr_pem(&req.csr_pem).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
