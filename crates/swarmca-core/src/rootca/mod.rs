@@ -552,6 +552,24 @@ pub fn issuer_info_of_cert_pem(pem: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RootCaE
     Ok((cert.subject().as_raw().to_vec(), cert.public_key().raw.to_vec()))
 }
 
+/// The issuer of `chain[0]` as SwarmKit's TLS info records it: (raw issuer subject DER,
+/// issuer SubjectPublicKeyInfo DER). The issuing certificate is looked up among the rest of
+/// the chain and `candidates`: same subject as the leaf's issuer, and the key that verifies
+/// the leaf's signature (a cross-signed root and the root it replaces often share their
+/// subject). `None` if the leaf does not parse or no candidate issued it.
+pub fn leaf_issuer(chain: &[Vec<u8>], candidates: &[Vec<u8>]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (leaf_der, rest) = chain.split_first()?;
+    let leaf = chain::parse_cert(leaf_der).ok()?;
+    let issuer = leaf.issuer().as_raw();
+    let parsed: Vec<X509Certificate<'_>> =
+        rest.iter().chain(candidates).filter_map(|d| chain::parse_cert(d).ok()).collect();
+    let found = parsed
+        .iter()
+        .filter(|c| c.subject().as_raw() == issuer)
+        .find(|c| leaf.verify_signature(Some(c.public_key())).is_ok())?;
+    Some((found.subject().as_raw().to_vec(), found.public_key().raw.to_vec()))
+}
+
 /// Reads CN, OUs and O from a leaf certificate.
 fn identity_of(leaf_der: &[u8]) -> Result<PeerIdentity, VerifyError> {
     let cert = chain::parse_cert(leaf_der).map_err(VerifyError::Malformed)?;

@@ -838,3 +838,31 @@ fn cross_sign_csr_carries_the_root_subject_key_and_constraints() {
         crate::csr::parse_csr_pem(&req.csr_pem).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+#[test]
+fn leaf_issuer_tells_roots_with_the_same_subject_apart() {
+    // Generated roots share the subject CN=swarm-ca: only the key tells them apart.
+    let r1 = gen_root(DEFAULT_ROOT_CN);
+    let r2 = generate_root(DEFAULT_ROOT_CN, t0(), [0x43; 20]).unwrap();
+    let r1_ca = signing_ca(&r1, HOUR);
+    let cross = r1_ca.cross_sign(&r2.cert_pem).unwrap();
+    let rotating = RootCa::new(&r1.cert_pem, &cross, &r2.key_pem, HOUR, &cross, t0()).unwrap();
+    let (r1_der, r2_der) = (ders(&r1.cert_pem).remove(0), ders(&r2.cert_pem).remove(0));
+    let r2_id = (parse(&r2_der).subject().as_raw().to_vec(), parse(&r2_der).public_key().raw.to_vec());
+    let r1_id = (parse(&r1_der).subject().as_raw().to_vec(), parse(&r1_der).public_key().raw.to_vec());
+    assert_eq!(r1_id.0, r2_id.0);
+
+    let old_leaf = ders(&r1_ca.sign_csr(&p256_csr(), "a", Role::Worker, "o", t0(), [1; 20]).unwrap());
+    let new_chain = ders(&rotating.sign_csr(&p256_csr(), "b", Role::Worker, "o", t0(), [2; 20]).unwrap());
+    let both_roots = [r1_der.clone(), r2_der.clone()];
+    assert_eq!(leaf_issuer(&old_leaf, &both_roots), Some(r1_id.clone()));
+    // The cross-signed intermediate carries R2's subject and key.
+    assert_eq!(leaf_issuer(&new_chain, std::slice::from_ref(&r1_der)), Some(r2_id.clone()));
+    assert_eq!(leaf_issuer(&new_chain[..1], &both_roots), Some(r2_id));
+    // Nothing that issued it: None, as for garbage.
+    assert_eq!(leaf_issuer(&new_chain[..1], std::slice::from_ref(&r1_der)), None);
+    assert_eq!(leaf_issuer(&[b"junk".to_vec()], &both_roots), None);
+    assert_eq!(leaf_issuer(&[], &both_roots), None);
+    assert_eq!(leaf_issuer(&old_leaf, std::slice::from_ref(&r1_der)), Some(r1_id));
+    assert_eq!(leaf_issuer(&old_leaf, std::slice::from_ref(&r2_der)), None);
+}
