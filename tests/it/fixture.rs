@@ -46,6 +46,8 @@ pub struct Opts {
     pub run: bool,
     /// Where the server takes peer certificates from.
     pub peers: PeerSource,
+    /// Interval of the root-rotation reconciler.
+    pub reconcile_interval: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,7 +58,12 @@ pub enum PeerSource {
 
 impl Default for Opts {
     fn default() -> Opts {
-        Opts { with_key: true, run: true, peers: PeerSource::Tls }
+        Opts {
+            with_key: true,
+            run: true,
+            peers: PeerSource::Tls,
+            reconcile_interval: Duration::from_millis(20),
+        }
     }
 }
 
@@ -198,6 +205,7 @@ impl Fixture {
 
         let mut cfg = ServerConfig::new(cluster_id.clone());
         cfg.retry_interval = Duration::from_millis(50);
+        cfg.root_reconcile_interval = opts.reconcile_interval;
         let peers: Arc<dyn PeerCertificates> = match opts.peers {
             PeerSource::Tls => Arc::new(TlsPeerCertificates),
             PeerSource::Metadata => Arc::new(MetadataPeers),
@@ -229,6 +237,28 @@ impl Fixture {
             f.run_server().await;
         }
         f
+    }
+
+    /// Another server on the same store (another manager), stopped.
+    pub fn extra_server(&self, reconcile_interval: Duration) -> CaServer {
+        let mut cfg = ServerConfig::new(self.cluster_id.clone());
+        cfg.retry_interval = Duration::from_millis(50);
+        cfg.root_reconcile_interval = reconcile_interval;
+        let deps = ServerDeps {
+            store: Arc::new(self.store.clone()),
+            clock: Arc::new(SystemClock),
+            entropy: shared_entropy(OsEntropy),
+            peers: Arc::new(TlsPeerCertificates),
+        };
+        CaServer::new(cfg, deps, Some(self.root.clone()))
+    }
+
+    /// Stops the run loop started by [`Fixture::run_server`].
+    pub async fn stop_server(&mut self) {
+        self.server.stop().await.unwrap();
+        if let Some(h) = self.run.take() {
+            h.await.unwrap().unwrap();
+        }
     }
 
     /// Starts the run loop and waits until ready.

@@ -12,3 +12,4 @@ mod external;
 mod fixture;
 mod lifecycle;
 mod persist;
+mod rotation;

@@ -94,4 +94,18 @@ impl Admin for Control {
     ) -> Result<Response<admin::UnlockKeyResponse>, Status> {
         Ok(Response::new(Control::unlock_key(self, req.into_inner().rotate).await?))
     }
+
+    async fn rotate_root(
+        &self,
+        req: Request<admin::RotateRootRequest>,
+    ) -> Result<Response<admin::RotationStatus>, Status> {
+        Ok(Response::new(Control::rotate_root(self, req.into_inner()).await?))
+    }
+
+    async fn get_rotation_status(
+        &self,
+        _req: Request<admin::RotationStatusRequest>,
+    ) -> Result<Response<admin::RotationStatus>, Status> {
+        Ok(Response::new(self.rotation_status().await?))
+    }
 }

@@ -18,6 +18,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::env::{draw, with_entropy};
 use crate::error::ServerError;
+use crate::rotation::IssuerView;
 use crate::server::CaServer;
 
 /// Read-modify-write attempts before giving up with `Contention`.
@@ -30,7 +31,7 @@ const UNLOCK_KEY_PREFIX: &str = "SWMKEY-1-";
 /// Administration of one cluster, bound to the server that serves it.
 #[derive(Clone, Debug)]
 pub struct Control {
-    server: CaServer,
+    pub(crate) server: CaServer,
     self_node_id: Option<String>,
 }
 
@@ -45,12 +46,12 @@ impl Control {
         Control { server, self_node_id }
     }
 
-    fn store(&self) -> &dyn swarmca_store::Store {
+    pub(crate) fn store(&self) -> &dyn swarmca_store::Store {
         &*self.server.inner.deps.store
     }
 
     /// Applies `f` to the cluster and commits, retrying on conflicts.
-    async fn update_cluster<T>(
+    pub(crate) async fn update_cluster<T>(
         &self,
         mut f: impl FnMut(&mut Cluster) -> Result<T, ServerError>,
     ) -> Result<(T, Cluster), ServerError> {
@@ -121,12 +122,14 @@ impl Control {
     /// Every node, in ID order.
     pub async fn list_nodes(&self) -> Result<Vec<admin::NodeInfo>, ServerError> {
         let snap = self.store().view(swarmca_store::WatchFilter::All).await?;
-        Ok(snap.nodes.iter().map(|n| self.info(n, false)).collect())
+        let view = self.issuer_view(&snap);
+        Ok(snap.nodes.iter().map(|n| self.info(n, false, &view)).collect())
     }
 
     /// One node, with its certificate.
     pub async fn inspect_node(&self, id: &str) -> Result<admin::NodeInfo, ServerError> {
-        Ok(self.info(&self.node(id).await?, true))
+        let n = self.node(id).await?;
+        Ok(self.info(&n, true, &self.cluster_issuers().await))
     }
 
     /// Removes a node and blacklists its certificates until they expire. Managers need
@@ -151,7 +154,7 @@ impl Control {
                 node.id.clone(),
                 BlacklistedCertificate { expiry: Some(prost_types::Timestamp::from(expiry)) },
             );
-            let info = self.info(&node, false);
+            let info = self.info(&node, false, &IssuerView::default());
             match self.store().commit(vec![Op::UpdateCluster(cluster), Op::DeleteNode(node)]).await {
                 Ok(_) => {
                     info!(node = %id, "node removed; its certificates are blacklisted");
@@ -176,7 +179,7 @@ impl Control {
             })
             .await?;
         info!(node = %id, role = role.ou(), "node role changed; effective at its next renewal");
-        Ok(self.info(&n, false))
+        Ok(self.info(&n, false, &self.cluster_issuers().await))
     }
 
     /// Marks a node's membership ACCEPTED (it is then signed if its request is pending).
@@ -187,7 +190,7 @@ impl Control {
                 Ok(())
             })
             .await?;
-        Ok(self.info(&n, false))
+        Ok(self.info(&n, false, &self.cluster_issuers().await))
     }
 
     /// Cluster summary.
@@ -331,7 +334,18 @@ impl Control {
         }
     }
 
-    fn info(&self, n: &Node, with_cert: bool) -> admin::NodeInfo {
+    /// The issuers of the served cluster as found in `snap`.
+    fn issuer_view(&self, snap: &swarmca_store::Snapshot) -> IssuerView {
+        let id = self.server.cluster_id();
+        snap.clusters.iter().find(|c| c.id == id).map(IssuerView::of).unwrap_or_default()
+    }
+
+    /// The issuers of the served cluster, read now (unknown if unreadable).
+    async fn cluster_issuers(&self) -> IssuerView {
+        self.server.cluster().await.map(|c| IssuerView::of(&c)).unwrap_or_default()
+    }
+
+    pub(crate) fn info(&self, n: &Node, with_cert: bool, issuers: &IssuerView) -> admin::NodeInfo {
         let cert = n.certificate.clone().unwrap_or_default();
         let status = cert.status.clone().unwrap_or_default();
         let spec = n.spec.clone().unwrap_or_default();
@@ -361,6 +375,7 @@ impl Control {
                 .into(),
             is_self: self.self_node_id.as_deref() == Some(n.id.as_str()),
             certificate: if with_cert { cert.certificate } else { Vec::new() },
+            issuer_state: issuers.state_of(n).into(),
         }
     }
 }

@@ -73,6 +73,9 @@ pub enum ServerError {
     /// The server has no root CA to hand out yet.
     #[error("CA root not loaded yet")]
     NoRoot,
+    /// A bug or an unexpected library failure.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ServerError {
@@ -99,7 +102,7 @@ impl ServerError {
             | ServerError::FailedPrecondition(_) => Code::FailedPrecondition,
             // SwarmKit returns raw store errors, which gRPC reports as Unknown.
             ServerError::Store(_) => Code::Unknown,
-            ServerError::Entropy(_) => Code::Internal,
+            ServerError::Entropy(_) | ServerError::Internal(_) => Code::Internal,
         }
     }
 }

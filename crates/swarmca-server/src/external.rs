@@ -139,6 +139,17 @@ pub struct SignRequest {
     #[serde(rename = "ReturnPrecert")]
     return_precert: bool,
     metadata: Option<()>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    extensions: Vec<Extension>,
+}
+
+/// A certificate extension CFSSL copies into what it signs (profile whitelist permitting).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+struct Extension {
+    id: String,
+    critical: bool,
+    /// Hex of the DER value.
+    value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -157,6 +168,9 @@ struct Name {
     #[serde(rename = "OU", skip_serializing_if = "String::is_empty")]
     ou: String,
 }
+
+/// The CFSSL signing profile used to cross-sign a root (SwarmKit `ExternalCrossSignProfile`).
+pub const CROSS_SIGN_PROFILE: &str = "CA";
 
 /// Go's zero `time.Time` in JSON.
 const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -184,6 +198,34 @@ impl SignRequest {
             not_after: GO_ZERO_TIME,
             return_precert: false,
             metadata: None,
+            extensions: Vec::new(),
+        }
+    }
+
+    /// The request to cross-sign a root (SwarmKit's external `CrossSignRootCA`): profile `CA`,
+    /// subject CN of the root, and its BasicConstraints passed explicitly because stock CFSSL
+    /// ignores the extensions of a CSR.
+    pub fn cross_sign(csr: &swarmca_core::rootca::CrossSignCsr) -> SignRequest {
+        SignRequest {
+            hosts: Vec::new(),
+            certificate_request: String::from_utf8_lossy(&csr.csr_pem).into_owned(),
+            subject: Subject { cn: csr.common_name.clone(), names: Vec::new(), serial_number: String::new() },
+            profile: CROSS_SIGN_PROFILE.to_string(),
+            crl_override: String::new(),
+            label: String::new(),
+            not_before: GO_ZERO_TIME,
+            not_after: GO_ZERO_TIME,
+            return_precert: false,
+            metadata: None,
+            extensions: csr
+                .basic_constraints
+                .iter()
+                .map(|(critical, value)| Extension {
+                    id: "2.5.29.19".into(),
+                    critical: *critical,
+                    value: hex::encode(value),
+                })
+                .collect(),
         }
     }
 

@@ -21,6 +21,8 @@ pub mod env;
 pub mod error;
 pub mod external;
 pub mod peer;
+pub mod reconciler;
+mod rotation;
 mod rpc;
 mod server;
 mod signal;

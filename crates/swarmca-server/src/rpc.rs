@@ -7,6 +7,7 @@ use swarmca_core::id::new_id;
 use swarmca_core::identity::PeerIdentity;
 use swarmca_core::policy::is_final_state;
 use swarmca_core::role::{Role, MANAGER_OU, WORKER_OU};
+use swarmca_core::rootca::leaf_issuer;
 use swarmca_core::token::token_matches;
 use swarmca_proto::ca_server::Ca;
 use swarmca_proto::node_ca_server::NodeCa;
@@ -16,12 +17,13 @@ use swarmca_types::node_spec::Membership;
 use swarmca_types::{
     Certificate, GetRootCaCertificateRequest, GetRootCaCertificateResponse, GetUnlockKeyRequest,
     GetUnlockKeyResponse, IssuanceStatus, IssueNodeCertificateRequest, IssueNodeCertificateResponse,
-    NodeCertificateStatusRequest, NodeCertificateStatusResponse, NodeSpec, Version,
+    NodeCertificateStatusRequest, NodeCertificateStatusResponse, NodeSpec, NodeTlsInfo, Version,
 };
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::error::ServerError;
+use crate::external::certs_der;
 use crate::peer::{authorize_forwarded_role_and_org, forwarded_info, CallInfo};
 use crate::server::CaServer;
 
@@ -29,6 +31,8 @@ use crate::server::CaServer;
 const NODE_ID_ATTEMPTS: usize = 4;
 /// Read-modify-write retries of a renewal that keeps meeting concurrent writers.
 const RENEW_ATTEMPTS: usize = 16;
+/// Attempts at recording a node's certificate issuer against concurrent writers.
+const TLS_INFO_ATTEMPTS: usize = 4;
 /// The subsystem name of the manager unlock key.
 const MANAGER_UNLOCK_SUBSYSTEM: &str = "swarm-manager";
 
@@ -36,8 +40,56 @@ impl CaServer {
     /// Verifies the caller's certificate chain against the current roots.
     fn direct_identity(&self, call: &CallInfo<'_>) -> Result<PeerIdentity, String> {
         let chain = self.inner.deps.peers.chain(call).ok_or_else(String::new)?;
-        let root = self.root_ca().ok_or_else(|| ": no root CA loaded".to_string())?;
+        let root = self.trust_roots().ok_or_else(|| ": no root CA loaded".to_string())?;
         root.verify_peer(&chain, self.inner.deps.clock.now()).map_err(|e| format!(": {e}"))
+    }
+
+    /// The issuer of the certificate a caller authenticated with, when the caller is itself
+    /// (not forwarding for) an authenticated node: (node ID, TLS info).
+    fn direct_tls_info(&self, call: &CallInfo<'_>) -> Option<(String, NodeTlsInfo)> {
+        if forwarded_info(call.metadata).is_some() {
+            return None;
+        }
+        let id = self.direct_identity(call).ok()?;
+        let chain = self.inner.deps.peers.chain(call)?;
+        Some((id.node_id, self.tls_info_of(&chain)?))
+    }
+
+    /// TLS info naming the issuer of `chain[0]`, if one of the known roots (or the rotation
+    /// target, or the chain's own intermediates) issued it.
+    fn tls_info_of(&self, chain: &[Vec<u8>]) -> Option<NodeTlsInfo> {
+        let candidates = self.inner.read_signer().issuer_candidates.clone();
+        let (subject, spki) = leaf_issuer(chain, &candidates)?;
+        Some(NodeTlsInfo {
+            trust_root: Vec::new(),
+            cert_issuer_subject: subject,
+            cert_issuer_public_key: spki,
+        })
+    }
+
+    /// Records, in the background, which issuer a node's certificate has (SwarmKit's agents
+    /// report this as TLS info; here the CA sees it when the node authenticates with it or
+    /// fetches an issued certificate). Best effort: a node that changed meanwhile is re-read
+    /// a few times, then left for the next report.
+    fn note_tls_info(&self, node_id: String, info: NodeTlsInfo) {
+        let server = self.clone();
+        tokio::spawn(async move {
+            let store = &server.inner.deps.store;
+            for _ in 0..TLS_INFO_ATTEMPTS {
+                let Ok(Some(mut node)) = store.get_node(&node_id).await else { return };
+                let desc = node.description.get_or_insert_with(Default::default);
+                if desc.tls_info.as_ref() == Some(&info) {
+                    return;
+                }
+                desc.tls_info = Some(info.clone());
+                match store.commit(vec![Op::UpdateNode(node)]).await {
+                    Err(StoreError::SequenceConflict) => continue,
+                    Ok(_) => debug!(node = %node_id, "recorded the node's certificate issuer"),
+                    Err(e) => debug!(node = %node_id, error = %e, "could not record the certificate issuer"),
+                }
+                return;
+            }
+        });
     }
 
     /// The renewal identity of the caller, if it is an authorized node of this cluster.
@@ -77,7 +129,8 @@ impl CaServer {
         self.ready_tokens()?;
         if let Some(node_id) = self.renewal_identity(call).await? {
             tracing::Span::current().record("node", node_id.as_str());
-            return self.renew(&node_id, req.csr).await;
+            let tls_info = self.direct_tls_info(call).filter(|(id, _)| *id == node_id).map(|(_, t)| t);
+            return self.renew(&node_id, req.csr, tls_info).await;
         }
         // Re-read the tokens under the lock: a stop since the first check gives Aborted.
         let tokens = self.ready_tokens()?;
@@ -131,7 +184,14 @@ impl CaServer {
     }
 
     /// `issueRenewCertificate`: replace the node's certificate request, role from `node.role`.
-    async fn renew(&self, node_id: &str, csr: Vec<u8>) -> Result<IssueNodeCertificateResponse, ServerError> {
+    /// `tls_info` names the issuer of the certificate the node authenticated with, recorded in
+    /// the same write.
+    async fn renew(
+        &self,
+        node_id: &str,
+        csr: Vec<u8>,
+        tls_info: Option<NodeTlsInfo>,
+    ) -> Result<IssueNodeCertificateResponse, ServerError> {
         let store = &self.inner.deps.store;
         for _ in 0..RENEW_ATTEMPTS {
             let Some(mut node) = store.get_node(node_id).await? else {
@@ -145,6 +205,9 @@ impl CaServer {
                 certificate: Vec::new(),
                 cn: node.id.clone(),
             });
+            if let Some(t) = &tls_info {
+                node.description.get_or_insert_with(Default::default).tls_info = Some(t.clone());
+            }
             let membership = node.spec.as_ref().map_or(0, |s| s.membership);
             match store.commit(vec![Op::UpdateNode(node)]).await {
                 Ok(_) => {
@@ -175,6 +238,7 @@ impl CaServer {
             self.inner.deps.store.view_and_watch(WatchFilter::Node(node_id.clone())).await?;
         let node = snap.nodes.into_iter().find(|n| n.id == node_id).ok_or(ServerError::NodeNotFound)?;
         if let Some(resp) = final_response(&node) {
+            self.note_fetched(&node, &resp);
             return Ok(resp);
         }
         let wait = async {
@@ -186,6 +250,7 @@ impl CaServer {
                         None => return Err(ServerError::WatchClosed),
                         Some(Event::UpdateNode(n)) | Some(Event::CreateNode(n)) => {
                             if let Some(resp) = final_response(&n) {
+                                self.note_fetched(&n, &resp);
                                 return Ok(resp);
                             }
                         }
@@ -198,6 +263,21 @@ impl CaServer {
         match deadline {
             Some(d) => tokio::time::timeout(d, wait).await.map_err(|_| ServerError::DeadlineExceeded)?,
             None => wait.await,
+        }
+    }
+
+    /// A node fetched an ISSUED certificate: record its issuer.
+    fn note_fetched(&self, node: &Node, resp: &NodeCertificateStatusResponse) {
+        let issued = resp.status.as_ref().is_some_and(|s| s.state == State::Issued as i32);
+        let Some(cert) = resp.certificate.as_ref().filter(|c| issued && !c.certificate.is_empty()) else {
+            return;
+        };
+        let chain = certs_der(&cert.certificate);
+        if let Some(info) = self.tls_info_of(&chain) {
+            let known = node.description.as_ref().and_then(|d| d.tls_info.as_ref());
+            if known != Some(&info) {
+                self.note_tls_info(node.id.clone(), info);
+            }
         }
     }
 
@@ -216,6 +296,9 @@ impl CaServer {
         .inspect(|id| {
             tracing::Span::current().record("node", id.as_str());
         })?;
+        if let Some((id, info)) = self.direct_tls_info(call) {
+            self.note_tls_info(id, info);
+        }
         let version = Version { index: swarmca_store::version_of(cluster.meta.as_ref()) };
         let autolock = cluster
             .spec
@@ -267,9 +350,12 @@ pub(crate) fn grpc_timeout(md: &tonic::metadata::MetadataMap) -> Option<Duration
 impl Ca for CaServer {
     async fn get_root_ca_certificate(
         &self,
-        _request: Request<GetRootCaCertificateRequest>,
+        request: Request<GetRootCaCertificateRequest>,
     ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
         let root = self.root_ca().ok_or(ServerError::NoRoot)?;
+        if let Some((id, info)) = self.direct_tls_info(&CallInfo::of(&request)) {
+            self.note_tls_info(id, info);
+        }
         Ok(Response::new(GetRootCaCertificateResponse { certificate: root.certs_pem().to_vec() }))
     }
 

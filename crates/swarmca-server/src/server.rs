@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub max_parallel_signing: usize,
     /// Deadline of one request to one external CA URL.
     pub external_ca_timeout: Duration,
+    /// Interval between two batches of the root-rotation reconciler.
+    pub root_reconcile_interval: Duration,
 }
 
 impl ServerConfig {
@@ -50,6 +52,7 @@ impl ServerConfig {
             retry_interval: DEFAULT_RETRY_INTERVAL,
             max_parallel_signing: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             external_ca_timeout: EXTERNAL_REQUEST_TIMEOUT,
+            root_reconcile_interval: crate::reconciler::DEFAULT_ROOT_RECONCILE_INTERVAL,
         }
     }
 }
@@ -85,6 +88,12 @@ struct Lifecycle {
 /// The signer as last built from the cluster's RootCA object and external CA list.
 pub(crate) struct SignerState {
     pub(crate) root: Option<Arc<RootCa>>,
+    /// What callers' chains are verified against: the roots, plus the rotation target during a
+    /// rotation (verify-only).
+    pub(crate) trust: Option<Arc<RootCa>>,
+    /// Certificates that may have issued a node's certificate: the roots and the rotation
+    /// target (DER), for recording TLS info.
+    pub(crate) issuer_candidates: Vec<Vec<u8>>,
     /// Tried before local signing; without URLs it answers `NoUrls`.
     pub(crate) external: Arc<ExternalCa>,
     /// What the external CAs' TLS servers are trusted by: the roots, plus the rotation target.
@@ -104,6 +113,11 @@ struct TlsIdentity {
 }
 
 impl SignerState {
+    /// This manager's TLS credentials (certificate chain PEM, key PEM), if handed over.
+    pub(crate) fn tls_identity_pems(&self) -> Option<(&[u8], &[u8])> {
+        self.tls_identity.as_ref().map(|i| (i.cert_pem.as_slice(), i.key_pem.as_slice()))
+    }
+
     /// The external CA TLS configuration for the current pool and identity.
     fn external_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
         external_tls(&self.external_pool, self.tls_identity.as_ref())
@@ -154,8 +168,11 @@ impl CaServer {
             external_tls(&external_pool, None),
             cfg.external_ca_timeout,
         );
+        let initial_root = initial_root.map(Arc::new);
         let signer = SignerState {
-            root: initial_root.map(Arc::new),
+            trust: initial_root.clone(),
+            issuer_candidates: external_pool.clone(),
+            root: initial_root,
             external: Arc::new(external),
             external_pool,
             tls_identity: None,
@@ -279,9 +296,15 @@ impl CaServer {
         self.inner.pending_len.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The root CA currently used for signing and for verifying peers.
+    /// The root CA currently used for signing (and served by `GetRootCACertificate`).
     pub fn root_ca(&self) -> Option<Arc<RootCa>> {
         self.inner.read_signer().root.clone()
+    }
+
+    /// What callers' certificate chains are verified against: the roots of
+    /// [`CaServer::root_ca`], plus the new root while a rotation is in progress.
+    pub fn trust_roots(&self) -> Option<Arc<RootCa>> {
+        self.inner.read_signer().trust.clone()
     }
 
     /// The external CA client currently used for signing (SwarmKit's test accessor
@@ -392,6 +415,22 @@ impl CaServer {
                 if let Some(r) = &api.root_rotation {
                     pool.extend(certs_der(&r.ca_cert));
                 }
+                signer.issuer_candidates = pool.clone();
+                signer.trust = match &api.root_rotation {
+                    None => Some(Arc::new(root.clone())),
+                    Some(r) => {
+                        let mut both = api.ca_cert.clone();
+                        both.push(b'\n');
+                        both.extend_from_slice(&r.ca_cert);
+                        match RootCa::new(&both, &[], &[], expiry, &[], now) {
+                            Ok(t) => Some(Arc::new(t)),
+                            Err(e) => {
+                                warn!(error = %e, "rotation target unusable as a trust root; trusting the current roots only");
+                                Some(Arc::new(root.clone()))
+                            }
+                        }
+                    }
+                };
                 signer.external_pool = pool;
                 let urls = filter_external_ca_urls(desired_cert, &api.ca_cert, &external_cas);
                 info!(

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use crate::env::draw;
 use crate::error::ServerError;
 use crate::external::{ExternalCaError, SignRequest};
+use crate::reconciler;
 use crate::server::{log_update_root_ca, run_filter, transient, CaServer, RunCancel};
 
 /// How many times a write that keeps conflicting is re-read and retried before the job is
@@ -149,6 +150,13 @@ pub(crate) async fn run_loop(server: CaServer, cancel: RunCancel) -> Result<(), 
     let cluster_id = server.inner.cfg.cluster_id.clone();
     let (snapshot, mut watch) = start_term(&server, &cancel, run_filter()).await?;
 
+    // The root-rotation reconciler runs beside the loop for this term and sees what it sees.
+    let (rec_tx, rec_rx) = mpsc::unbounded_channel();
+    let reconciler = tokio::spawn(reconciler::run(server.clone(), cancel.clone(), rec_rx));
+    if let Some(c) = snapshot.clusters.iter().find(|c| c.id == cluster_id) {
+        let _ = rec_tx.send(reconciler::Input::Root(c.root_ca.clone().unwrap_or_default()));
+    }
+
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let mut lp = Loop {
         permits: Arc::new(Semaphore::new(server.inner.cfg.max_parallel_signing.max(1))),
@@ -176,10 +184,17 @@ pub(crate) async fn run_loop(server: CaServer, cancel: RunCancel) -> Result<(), 
             Some((id, outcome)) = done_rx.recv() => lp.on_outcome(id, outcome),
             ev = watch.next() => match ev {
                 None => break Err(ServerError::WatchClosed),
-                Some(Event::CreateNode(n)) | Some(Event::UpdateNode(n)) => lp.consider(n),
-                Some(Event::DeleteNode(n)) => lp.on_delete(&n.id),
+                Some(Event::CreateNode(n)) | Some(Event::UpdateNode(n)) => {
+                    let _ = rec_tx.send(reconciler::Input::Node(n.clone()));
+                    lp.consider(n)
+                }
+                Some(Event::DeleteNode(n)) => {
+                    let _ = rec_tx.send(reconciler::Input::Deleted(n.id.clone()));
+                    lp.on_delete(&n.id)
+                }
                 Some(Event::CreateCluster(c)) | Some(Event::UpdateCluster(c)) => {
                     if c.id == cluster_id {
+                        let _ = rec_tx.send(reconciler::Input::Root(c.root_ca.clone().unwrap_or_default()));
                         log_update_root_ca(&server, &c);
                         server.mark_ready(&cancel);
                     }
@@ -191,6 +206,11 @@ pub(crate) async fn run_loop(server: CaServer, cancel: RunCancel) -> Result<(), 
     };
     server.inner.pending_len.store(0, std::sync::atomic::Ordering::Relaxed);
     server.set_signer_problem(None);
+    // The reconciler sees the cancel flag before each write; wait for it likewise.
+    drop(rec_tx);
+    if let Err(e) = reconciler.await {
+        error!(error = %e, "root rotation reconciler ended abnormally");
+    }
     // Jobs see the cancel flag before writing; wait for them so nothing of this term writes
     // after `run` has returned.
     while lp.in_flight > 0 {
