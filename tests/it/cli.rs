@@ -53,7 +53,7 @@ pub fn run(args: &[&str]) -> Output {
     Command::new(bin()).args(args).env("RUST_LOG", "warn").output().unwrap()
 }
 
-fn text(b: &[u8]) -> String {
+pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -150,7 +150,7 @@ pub fn join(addr: &str, token: &str, dir: &Path) -> Output {
     run(&["join", "--token", token, "--cert-dir", dir.to_str().unwrap(), "--timeout", "20s", addr])
 }
 
-fn subject(pem: &[u8]) -> (String, Vec<String>, String, Vec<String>) {
+pub fn subject(pem: &[u8]) -> (String, Vec<String>, String, Vec<String>) {
     let (_, p) = x509_parser::pem::parse_x509_pem(pem).unwrap();
     let (_, c) = X509Certificate::from_der(&p.contents).unwrap();
     let s = c.subject();
@@ -177,7 +177,7 @@ fn cluster_id(s: &Server) -> String {
     out.lines().find_map(|l| l.strip_prefix("ID:")).unwrap().trim().to_string()
 }
 
-fn openssl_verify(dir: &Path) {
+pub fn openssl_verify(dir: &Path) {
     let o = Command::new("openssl")
         .args(["verify", "-CAfile"])
         .arg(dir.join("swarm-root-ca.crt"))

@@ -6,6 +6,7 @@
 
 mod cfssl;
 mod cli;
+mod cli_rotation;
 mod conformance;
 mod defects;
 mod external;

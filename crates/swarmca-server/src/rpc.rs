@@ -46,13 +46,14 @@ impl CaServer {
 
     /// The issuer of the certificate a caller authenticated with, when the caller is itself
     /// (not forwarding for) an authenticated node: (node ID, TLS info).
-    fn direct_tls_info(&self, call: &CallInfo<'_>) -> Option<(String, NodeTlsInfo)> {
+    fn direct_tls_info(&self, call: &CallInfo<'_>) -> Option<(String, NodeTlsInfo, Vec<u8>)> {
         if forwarded_info(call.metadata).is_some() {
             return None;
         }
         let id = self.direct_identity(call).ok()?;
         let chain = self.inner.deps.peers.chain(call)?;
-        Some((id.node_id, self.tls_info_of(&chain)?))
+        let info = self.tls_info_of(&chain)?;
+        Some((id.node_id, info, chain.into_iter().next()?))
     }
 
     /// TLS info naming the issuer of `chain[0]`, if one of the known roots (or the rotation
@@ -69,14 +70,22 @@ impl CaServer {
 
     /// Records, in the background, which issuer a node's certificate has (SwarmKit's agents
     /// report this as TLS info; here the CA sees it when the node authenticates with it or
-    /// fetches an issued certificate). Best effort: a node that changed meanwhile is re-read
-    /// a few times, then left for the next report.
-    fn note_tls_info(&self, node_id: String, info: NodeTlsInfo) {
+    /// fetches an issued certificate). With `presented`, the leaf a node authenticated with,
+    /// it is recorded only while that leaf is the node's current certificate: a connection
+    /// still open with an older certificate must not undo what a fetch recorded. Best effort:
+    /// a node that changed meanwhile is re-read a few times, then left for the next report.
+    fn note_tls_info(&self, node_id: String, info: NodeTlsInfo, presented: Option<Vec<u8>>) {
         let server = self.clone();
         tokio::spawn(async move {
             let store = &server.inner.deps.store;
             for _ in 0..TLS_INFO_ATTEMPTS {
                 let Ok(Some(mut node)) = store.get_node(&node_id).await else { return };
+                if let Some(leaf) = &presented {
+                    let current = node.certificate.as_ref().map(|c| certs_der(&c.certificate));
+                    if current.as_ref().and_then(|c| c.first()) != Some(leaf) {
+                        return;
+                    }
+                }
                 let desc = node.description.get_or_insert_with(Default::default);
                 if desc.tls_info.as_ref() == Some(&info) {
                     return;
@@ -129,7 +138,8 @@ impl CaServer {
         self.ready_tokens()?;
         if let Some(node_id) = self.renewal_identity(call).await? {
             tracing::Span::current().record("node", node_id.as_str());
-            let tls_info = self.direct_tls_info(call).filter(|(id, _)| *id == node_id).map(|(_, t)| t);
+            let tls_info =
+                self.direct_tls_info(call).filter(|(id, ..)| *id == node_id).map(|(_, t, l)| (t, l));
             return self.renew(&node_id, req.csr, tls_info).await;
         }
         // Re-read the tokens under the lock: a stop since the first check gives Aborted.
@@ -184,13 +194,13 @@ impl CaServer {
     }
 
     /// `issueRenewCertificate`: replace the node's certificate request, role from `node.role`.
-    /// `tls_info` names the issuer of the certificate the node authenticated with, recorded in
-    /// the same write.
+    /// `tls_info` names the issuer of the certificate the node authenticated with (and that
+    /// leaf), recorded in the same write if that leaf is the node's current certificate.
     async fn renew(
         &self,
         node_id: &str,
         csr: Vec<u8>,
-        tls_info: Option<NodeTlsInfo>,
+        tls_info: Option<(NodeTlsInfo, Vec<u8>)>,
     ) -> Result<IssueNodeCertificateResponse, ServerError> {
         let store = &self.inner.deps.store;
         for _ in 0..RENEW_ATTEMPTS {
@@ -198,6 +208,8 @@ impl CaServer {
                 return Err(ServerError::RenewNodeNotFound(node_id.to_string()));
             };
             tracing::Span::current().record("role", Role::from_proto(node.role).map_or("invalid", Role::ou));
+            let current_leaf =
+                node.certificate.as_ref().and_then(|c| certs_der(&c.certificate).into_iter().next());
             node.certificate = Some(Certificate {
                 role: node.role,
                 csr: csr.clone(),
@@ -205,8 +217,10 @@ impl CaServer {
                 certificate: Vec::new(),
                 cn: node.id.clone(),
             });
-            if let Some(t) = &tls_info {
-                node.description.get_or_insert_with(Default::default).tls_info = Some(t.clone());
+            if let Some((t, leaf)) = &tls_info {
+                if current_leaf.as_ref() == Some(leaf) {
+                    node.description.get_or_insert_with(Default::default).tls_info = Some(t.clone());
+                }
             }
             let membership = node.spec.as_ref().map_or(0, |s| s.membership);
             match store.commit(vec![Op::UpdateNode(node)]).await {
@@ -276,7 +290,7 @@ impl CaServer {
         if let Some(info) = self.tls_info_of(&chain) {
             let known = node.description.as_ref().and_then(|d| d.tls_info.as_ref());
             if known != Some(&info) {
-                self.note_tls_info(node.id.clone(), info);
+                self.note_tls_info(node.id.clone(), info, None);
             }
         }
     }
@@ -296,8 +310,8 @@ impl CaServer {
         .inspect(|id| {
             tracing::Span::current().record("node", id.as_str());
         })?;
-        if let Some((id, info)) = self.direct_tls_info(call) {
-            self.note_tls_info(id, info);
+        if let Some((id, info, leaf)) = self.direct_tls_info(call) {
+            self.note_tls_info(id, info, Some(leaf));
         }
         let version = Version { index: swarmca_store::version_of(cluster.meta.as_ref()) };
         let autolock = cluster
@@ -353,8 +367,8 @@ impl Ca for CaServer {
         request: Request<GetRootCaCertificateRequest>,
     ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
         let root = self.root_ca().ok_or(ServerError::NoRoot)?;
-        if let Some((id, info)) = self.direct_tls_info(&CallInfo::of(&request)) {
-            self.note_tls_info(id, info);
+        if let Some((id, info, leaf)) = self.direct_tls_info(&CallInfo::of(&request)) {
+            self.note_tls_info(id, info, Some(leaf));
         }
         Ok(Response::new(GetRootCaCertificateResponse { certificate: root.certs_pem().to_vec() }))
     }

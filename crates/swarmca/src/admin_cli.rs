@@ -8,7 +8,7 @@ use swarmca_proto::admin::admin_client::AdminClient;
 use swarmca_proto::admin::{self, NodeInfo};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{fatal, ClusterCommand, Fatal, NodeCommand, RoleArg};
+use crate::{fatal, ClusterCommand, ExternalCaArg, Fatal, NodeCommand, RoleArg};
 
 /// The control socket of a data directory.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
@@ -168,7 +168,10 @@ fn fmt_remaining(unix: i64) -> String {
 }
 
 fn print_table(nodes: &[NodeInfo]) {
-    println!("{:<27} {:<8} {:<9} {:<8} {:<14} DETAIL", "ID", "ROLE", "MEMBER", "CERT", "EXPIRES");
+    println!(
+        "{:<27} {:<8} {:<9} {:<8} {:<14} {:<8} DETAIL",
+        "ID", "ROLE", "MEMBER", "CERT", "EXPIRES", "ISSUER"
+    );
     for n in nodes {
         let id = if n.is_self { format!("{} *", n.id) } else { n.id.clone() };
         let mut role = role_name(n.role).to_string();
@@ -176,12 +179,13 @@ fn print_table(nodes: &[NodeInfo]) {
             role.push_str(&format!("->{}", role_name(n.desired_role)));
         }
         println!(
-            "{:<27} {:<8} {:<9} {:<8} {:<14} {}",
+            "{:<27} {:<8} {:<9} {:<8} {:<14} {:<8} {}",
             id,
             role,
             n.membership,
             n.state,
             fmt_remaining(n.not_after),
+            n.issuer_state,
             n.detail.lines().next().unwrap_or("")
         );
     }
@@ -198,6 +202,7 @@ fn print_node(n: &NodeInfo) {
         println!("Detail:          {}", n.detail);
     }
     println!("  Issuer:        {}", if n.issuer.is_empty() { "-" } else { &n.issuer });
+    println!("  Reported:      {} (the issuer the node last authenticated or fetched with)", n.issuer_state);
     println!("  Not before:    {}", fmt_time(n.not_before));
     println!("  Not after:     {}", fmt_time(n.not_after));
     println!("  Fingerprint:   {}", if n.cert_fingerprint.is_empty() { "-" } else { &n.cert_fingerprint });
@@ -207,15 +212,186 @@ fn print_node(n: &NodeInfo) {
     }
 }
 
+/// What `swarmca ca` does.
+#[derive(Debug)]
+pub enum CaAction {
+    /// Print the root.
+    Show,
+    /// Start (or restart) a rotation.
+    Rotate {
+        ca_cert: Option<PathBuf>,
+        ca_key: Option<PathBuf>,
+        external_ca: Vec<ExternalCaArg>,
+        cert_expiry: Option<Duration>,
+    },
+    /// Abort the rotation in progress.
+    Abort,
+    /// Follow the rotation in progress.
+    Watch,
+}
+
+fn read_file(p: &Path) -> Result<Vec<u8>, Fatal> {
+    std::fs::read(p).map_err(|e| fatal!("cannot read {}: {e}", p.display()))
+}
+
 /// `swarmca ca`.
-pub async fn ca(data_dir: &Path, quiet: bool) -> Result<(), Fatal> {
+pub async fn ca(data_dir: &Path, action: CaAction, detach: bool, quiet: bool) -> Result<(), Fatal> {
     let mut c = client(data_dir).await?;
-    let info = c.get_cluster_info(admin::ClusterInfoRequest {}).await.map_err(rpc_err)?.into_inner();
-    if !quiet {
-        eprintln!("Root CA of cluster {} ({})", info.id, info.root_ca_digest);
+    let target = match action {
+        CaAction::Show => {
+            let info = c.get_cluster_info(admin::ClusterInfoRequest {}).await.map_err(rpc_err)?.into_inner();
+            if !quiet {
+                eprintln!("Root CA of cluster {} ({})", info.id, info.root_ca_digest);
+                let st = c.get_rotation_status(admin::RotationStatusRequest {}).await.map_err(rpc_err)?;
+                let st = st.into_inner();
+                if st.in_progress {
+                    eprintln!(
+                        "A root rotation to {} is in progress ({}/{} nodes converged); follow it with `swarmca ca --watch`.",
+                        st.target_digest, st.converged, st.nodes
+                    );
+                }
+            }
+            print!("{}", String::from_utf8_lossy(&info.root_ca_pem));
+            return Ok(());
+        }
+        CaAction::Abort => {
+            let st = c
+                .rotate_root(admin::RotateRootRequest { abort: true, ..Default::default() })
+                .await
+                .map_err(rpc_err)?
+                .into_inner();
+            if !quiet {
+                eprintln!("Root rotation aborted; the cluster keeps root {}.", st.current_digest);
+                eprintln!("Nodes already asked to renew keep certificates from the rotation's cross-signed root, valid under the current root.");
+            }
+            return Ok(());
+        }
+        CaAction::Watch => {
+            let st =
+                c.get_rotation_status(admin::RotationStatusRequest {}).await.map_err(rpc_err)?.into_inner();
+            if !st.in_progress {
+                if !quiet {
+                    eprintln!("No root rotation in progress; the root is {}.", st.current_digest);
+                }
+                return Ok(());
+            }
+            st.target_digest
+        }
+        CaAction::Rotate { ca_cert, ca_key, external_ca, cert_expiry } => {
+            let req = admin::RotateRootRequest {
+                ca_cert: ca_cert.as_deref().map(read_file).transpose()?.unwrap_or_default(),
+                ca_key: ca_key.as_deref().map(read_file).transpose()?.unwrap_or_default(),
+                abort: false,
+                cert_expiry_secs: cert_expiry.map_or(0, |d| d.as_secs()),
+                set_external_cas: !external_ca.is_empty(),
+                external_cas: external_ca.iter().map(ExternalCaArg::to_spec).collect::<Result<_, _>>()?,
+            };
+            if !quiet {
+                eprintln!(
+                    "Starting a root rotation ({})...",
+                    if req.ca_cert.is_empty() { "generating a new root" } else { "to the given root" }
+                );
+            }
+            let st = c.rotate_root(req).await.map_err(rpc_err)?.into_inner();
+            if !quiet {
+                eprintln!("Rotating from {} to {}.", st.current_digest, st.target_digest);
+            }
+            st.target_digest
+        }
+    };
+    if detach {
+        if !quiet {
+            eprintln!(
+                "Detached; follow the rotation with `swarmca ca --watch --data-dir {}`.",
+                data_dir.display()
+            );
+        }
+        return Ok(());
     }
+    watch_rotation(&mut c, &target, quiet).await?;
+    let info = c.get_cluster_info(admin::ClusterInfoRequest {}).await.map_err(rpc_err)?.into_inner();
     print!("{}", String::from_utf8_lossy(&info.root_ca_pem));
     Ok(())
+}
+
+/// Shows the progress of the rotation to `target` until it completes (Ok), is aborted or
+/// replaced (error), or the user interrupts (error, the rotation goes on).
+async fn watch_rotation(c: &mut AdminClient<Channel>, target: &str, quiet: bool) -> Result<(), Fatal> {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    let start = std::time::Instant::now();
+    let mut last_line = String::new();
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
+    loop {
+        let st = c.get_rotation_status(admin::RotationStatusRequest {}).await.map_err(rpc_err)?.into_inner();
+        if !st.in_progress {
+            if tty && !quiet {
+                eprintln!();
+            }
+            if st.current_digest == target {
+                if !quiet {
+                    eprintln!(
+                        "Root rotation complete after {}s: the root is now {}; both join tokens were regenerated \
+                         (see `swarmca join-token worker|manager`).",
+                        start.elapsed().as_secs(),
+                        st.current_digest
+                    );
+                }
+                return Ok(());
+            }
+            return Err(fatal!(
+                "the root rotation to {target} was aborted; the root is {}",
+                st.current_digest
+            ));
+        }
+        if st.target_digest != target {
+            return Err(fatal!(
+                "the root rotation was restarted towards {} by someone else",
+                st.target_digest
+            ));
+        }
+        if !quiet {
+            let line = progress_line(&st);
+            if tty {
+                eprint!("\r\x1b[2K{line}");
+            } else if line != last_line {
+                eprintln!("{line}");
+            }
+            last_line = line;
+        }
+        tokio::select! {
+            _ = &mut interrupt => {
+                if !quiet {
+                    eprintln!();
+                    eprintln!("Stopped watching; the rotation goes on (follow it again with `swarmca ca --watch`).");
+                }
+                return Err(fatal!("interrupted"));
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// One line of rotation progress: converged count, nodes renewing, and who blocks.
+fn progress_line(st: &admin::RotationStatus) -> String {
+    let mut line =
+        format!("Rotating root: {}/{} nodes converged, {} renewing", st.converged, st.nodes, st.renewing);
+    let waiting: Vec<String> = st
+        .blocking
+        .iter()
+        .take(5)
+        .map(|n| format!("{} ({}, issuer {})", n.id, n.state, n.issuer_state))
+        .collect();
+    if !waiting.is_empty() {
+        line.push_str("; waiting for ");
+        line.push_str(&waiting.join(", "));
+        let more = usize::try_from(st.nodes.saturating_sub(st.converged)).unwrap_or(usize::MAX);
+        if more > waiting.len() {
+            line.push_str(&format!(" and {} more", more - waiting.len()));
+        }
+    }
+    line
 }
 
 fn print_cluster(info: &admin::ClusterInfo) {

@@ -327,17 +327,84 @@ pub async fn join(addr: &str, token: &str, cert_dir: &Path, timeout: Duration) -
     Ok(())
 }
 
+/// Why this node should renew now, or `None` (for `renew --if-needed`): the CA asked it to
+/// (ROTATE, during a root rotation), its role changed, or its certificate is past half of
+/// its validity.
+async fn renewal_reason(ch: Channel, node_id: &str, cert_pem: &[u8]) -> Result<Option<String>, Fatal> {
+    let mut req = tonic::Request::new(NodeCertificateStatusRequest { node_id: node_id.to_string() });
+    req.set_timeout(Duration::from_secs(2));
+    let resp = match NodeCaClient::new(ch).node_certificate_status(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if s.code() == tonic::Code::DeadlineExceeded => {
+            return Ok(Some("a renewal of this node is already under way".into()))
+        }
+        Err(s) => return Err(fatal!("NodeCertificateStatus failed: {}", status_msg(&s))),
+    };
+    let state = State::try_from(resp.status.unwrap_or_default().state).unwrap_or(State::Unknown);
+    if state == State::Rotate {
+        return Ok(Some("the CA asked this node to renew (root rotation)".into()));
+    }
+    let (_, leaf) =
+        x509_parser::pem::parse_x509_pem(cert_pem).map_err(|e| fatal!("unreadable certificate: {e}"))?;
+    let (_, c) = x509_parser::parse_x509_certificate(&leaf.contents)
+        .map_err(|e| fatal!("unreadable certificate: {e}"))?;
+    let ou = c.subject().iter_organizational_unit().next().and_then(|a| a.as_str().ok()).unwrap_or("");
+    let stored_role = resp.certificate.map_or(0, |c| c.role);
+    let want_ou = swarmca_core::role::Role::from_proto(stored_role).map_or("", |r| r.ou());
+    if !want_ou.is_empty() && want_ou != ou {
+        return Ok(Some(format!("its role changed to {}", want_ou.trim_start_matches("swarm-"))));
+    }
+    let (nb, na) = (c.validity().not_before.timestamp(), c.validity().not_after.timestamp());
+    let now =
+        i64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+            .unwrap_or(i64::MAX);
+    if now > nb + (na - nb) / 2 {
+        return Ok(Some("its certificate is past half of its validity".into()));
+    }
+    Ok(None)
+}
+
 /// `swarmca renew`.
-pub async fn renew(addr: &str, cert_dir: &Path, timeout: Duration) -> Result<(), Fatal> {
+pub async fn renew(addr: &str, cert_dir: &Path, timeout: Duration, if_needed: bool) -> Result<(), Fatal> {
     let root = files::read(cert_dir, ROOT_CERT)?;
     let old_cert = files::read(cert_dir, NODE_CERT)?;
     let old_key = files::read(cert_dir, NODE_KEY)?;
     let cfg = tls_config(Trust::Roots { roots_pem: &root, identity: Some((&old_cert, &old_key)) })?;
     let ch = connect(addr, cfg, swarmca_core::role::MANAGER_OU).await?;
+    if if_needed {
+        let old_chain: Vec<Vec<u8>> = pem_certs(&old_cert)?.into_iter().map(|c| c.to_vec()).collect();
+        let trust = RootCa::new(&root, b"", b"", DEFAULT_NODE_CERT_EXPIRY, b"", SystemTime::now())
+            .map_err(|e| fatal!("the stored root CA is unusable: {e}"))?;
+        let me = trust
+            .verify_peer(&old_chain, SystemTime::now())
+            .map_err(|e| fatal!("the current certificate does not verify: {e}"))?;
+        match renewal_reason(ch.clone(), &me.node_id, &old_cert).await? {
+            Some(why) => eprintln!("renewing: {why}"),
+            None => {
+                println!("No renewal needed for node {}", me.node_id);
+                return Ok(());
+            }
+        }
+    }
     let (key_pem, csr) = new_key_and_csr()?;
-    let (node_id, cert) = request_certificate(ch, &csr, "", timeout).await?;
-    let (_, role) = verify_issued(&root, &cert, &key_pem)?;
-    write_certs(cert_dir, &root, &cert, &key_pem)?;
+    let (node_id, cert) = request_certificate(ch.clone(), &csr, "", timeout).await?;
+    // Pick up the cluster's root bundle (after a root rotation it is the new root), asked over
+    // this authenticated channel, if our new certificate verifies against it.
+    let mut req = tonic::Request::new(GetRootCaCertificateRequest {});
+    req.set_timeout(CALL_TIMEOUT);
+    let served = CaClient::new(ch).get_root_ca_certificate(req).await.map(|r| r.into_inner().certificate);
+    let bundle = match served {
+        Ok(served) if served != root && verify_issued(&served, &cert, &key_pem).is_ok() => {
+            eprintln!(
+                "picked up the cluster's new root CA ({})",
+                swarmca_core::rootca::digest_string(&served)
+            );
+            served
+        }
+        _ => root,
+    };
+    let (_, role) = verify_issued(&bundle, &cert, &key_pem)?;
+    write_certs(cert_dir, &bundle, &cert, &key_pem)?;
     println!("Renewed the certificate of node {node_id} ({})", role.trim_start_matches("swarm-"));
     Ok(())
 }

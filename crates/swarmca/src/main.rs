@@ -8,6 +8,8 @@
 mod admin_cli;
 mod client;
 mod files;
+mod listener;
+mod selfcert;
 mod serve;
 
 use std::net::SocketAddr;
@@ -98,10 +100,17 @@ enum Command {
         addr: String,
     },
     /// Renew this node's certificate over mTLS (no token), replacing the files in CERT_DIR.
+    ///
+    /// Also picks up the cluster's new root CA after a root rotation. With --if-needed (for a
+    /// periodic job) it renews only when the CA asked this node to (root rotation), its role
+    /// changed, or its certificate is past half of its validity.
     Renew {
         /// Directory holding swarm-node.crt, swarm-node.key and swarm-root-ca.crt.
         #[arg(long, default_value = "./swarm-certs")]
         cert_dir: PathBuf,
+        /// Renew only when needed (see above); otherwise say so and exit 0.
+        #[arg(long)]
+        if_needed: bool,
         /// Give up waiting for the certificate after this long.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
@@ -125,11 +134,45 @@ enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Print the cluster's root CA certificate.
+    /// Print the cluster's root CA certificate, or rotate it.
+    ///
+    /// `--rotate` replaces the root without any node losing trust: the new root is
+    /// cross-signed by the current one, nodes are asked (30 at a time) to renew, and once every
+    /// node holds a certificate from the new root, the root is swapped and both join tokens are
+    /// regenerated. Without -d, progress is shown until the rotation completes (Ctrl-C stops
+    /// watching, not the rotation). Running `--rotate` again during a rotation restarts it
+    /// towards the new root; `--abort` cancels it. A node that never renews blocks completion
+    /// until it is removed with `swarmca node rm`.
     Ca {
         #[command(flatten)]
         data: DataDir,
-        /// Print the PEM only.
+        /// Start a root rotation; without --ca-cert a new root (and key) is generated.
+        #[arg(long, conflicts_with_all = ["abort", "watch"])]
+        rotate: bool,
+        /// The new root CA certificate (PEM file), with --rotate.
+        #[arg(long, requires = "rotate")]
+        ca_cert: Option<PathBuf>,
+        /// The new root's private key (PEM file). Without it an --external-ca for the new root
+        /// (cacert=...) must sign.
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Replace the external CA list in the same update (repeat for several):
+        /// `protocol=cfssl,url=URL[,cacert=ROOT.pem]`.
+        #[arg(long = "external-ca", value_parser = parse_external_ca, requires = "rotate")]
+        external_ca: Vec<ExternalCaArg>,
+        /// Validity of node certificates issued from now on (minimum 1h), with --rotate.
+        #[arg(long, value_parser = parse_expiry, requires = "rotate")]
+        cert_expiry: Option<Duration>,
+        /// Abort the rotation in progress; the cluster keeps its current root.
+        #[arg(long, conflicts_with = "watch")]
+        abort: bool,
+        /// Follow the progress of the rotation in progress until it completes.
+        #[arg(long)]
+        watch: bool,
+        /// Do not wait for the rotation to complete.
+        #[arg(short, long)]
+        detach: bool,
+        /// Print the PEM only (no progress output).
         #[arg(short, long)]
         quiet: bool,
     },
@@ -342,12 +385,36 @@ async fn dispatch(cmd: Command) -> Result<(), Fatal> {
         Command::Join { token, cert_dir, timeout, addr } => {
             client::join(&addr, &token, &cert_dir, timeout).await
         }
-        Command::Renew { cert_dir, timeout, addr } => client::renew(&addr, &cert_dir, timeout).await,
+        Command::Renew { cert_dir, if_needed, timeout, addr } => {
+            client::renew(&addr, &cert_dir, timeout, if_needed).await
+        }
         Command::JoinToken { data, rotate, quiet, role } => {
             admin_cli::join_token(&data.path, role, rotate, quiet).await
         }
         Command::Node(cmd) => admin_cli::node(cmd).await,
-        Command::Ca { data, quiet } => admin_cli::ca(&data.path, quiet).await,
+        Command::Ca {
+            data,
+            rotate,
+            ca_cert,
+            ca_key,
+            external_ca,
+            cert_expiry,
+            abort,
+            watch,
+            detach,
+            quiet,
+        } => {
+            let action = if rotate {
+                admin_cli::CaAction::Rotate { ca_cert, ca_key, external_ca, cert_expiry }
+            } else if abort {
+                admin_cli::CaAction::Abort
+            } else if watch {
+                admin_cli::CaAction::Watch
+            } else {
+                admin_cli::CaAction::Show
+            };
+            admin_cli::ca(&data.path, action, detach, quiet).await
+        }
         Command::Cluster(cmd) => admin_cli::cluster(cmd).await,
         Command::UnlockKey { data, rotate, quiet } => admin_cli::unlock_key(&data.path, rotate, quiet).await,
     }

@@ -13,7 +13,6 @@ use swarmca_core::token::generate_join_token;
 use swarmca_proto::admin::admin_server::AdminServer;
 use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
-use swarmca_server::tls::server_tls_config;
 use swarmca_server::{
     shared_entropy, CaServer, Control, OsEntropy, ServerConfig, ServerDeps, SystemClock, TlsPeerCertificates,
 };
@@ -30,6 +29,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::admin_cli::socket_path;
 use crate::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
+use crate::listener::{self, DynamicTls};
+use crate::selfcert::SelfCert;
 use crate::{fatal, Fatal};
 
 /// The store file inside the data directory.
@@ -315,8 +316,8 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr, init: InitOptions) -> Re
     );
     let socket = socket_path(data_dir);
     let control_listener = claim_socket(&socket).await?;
-    let incoming = tonic::transport::server::TcpIncoming::bind(listen)
-        .map_err(|e| fatal!("cannot listen on {listen}: {e}"))?;
+    let tcp =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| fatal!("cannot listen on {listen}: {e}"))?;
 
     let snap = store.view(WatchFilter::All).await?;
     let id = match snap.clusters.len() {
@@ -397,14 +398,30 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr, init: InitOptions) -> Re
             .add_service(AdminServer::new(control))
             .serve_with_incoming_shutdown(control_incoming, stopped(stop_rx.clone())),
     );
-    let tls = server_tls_config(&id.cert_pem, &id.key_pem, &id.root.ca_cert);
+    let mut trust = id.root.ca_cert.clone();
+    if let Some(r) = &id.root.root_rotation {
+        trust.push(b'\n');
+        trust.extend_from_slice(&r.ca_cert);
+    }
+    let tls = DynamicTls::new(&id.cert_pem, &id.key_pem, &trust)?;
+    let selfcert = tokio::spawn(
+        SelfCert {
+            store: store.clone(),
+            server: server.clone(),
+            tls: tls.clone(),
+            cluster_id: id.cluster_id.clone(),
+            node_id: id.node_id.clone(),
+            certs_dir: certs.clone(),
+        }
+        .run(stop_rx.clone()),
+    );
     let grpc = tonic::transport::Server::builder()
-        .tls_config(tls)?
         .add_service(CaService::new(server.clone()))
         .add_service(NodeCaService::new(server.clone()))
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+        .serve_with_incoming_shutdown(listener::incoming(tcp, tls.server_config()?), stopped(stop_rx));
     let served = grpc.await;
     signal_task.abort();
+    selfcert.abort();
     if let Err(e) = server.stop().await {
         error!(error = %e, "stopping the CA server");
     }

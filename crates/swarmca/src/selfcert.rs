@@ -1,0 +1,233 @@
+//! What `serve` does for its own identity while it runs: the listener's client trust roots
+//! follow the cluster root (plus the rotation target during a root rotation), and when the
+//! root-rotation reconciler marks this manager's node ROTATE, the manager renews its own
+//! certificate through the CA like any node (RENEW with a new CSR), then serves it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use swarmca_core::rootca::leaf_issuer;
+use swarmca_server::CaServer;
+use swarmca_store::{Event, Node, Op, Store, StoreError, WatchFilter};
+use swarmca_types::issuance_status::State;
+use swarmca_types::{Certificate, Cluster, IssuanceStatus, NodeTlsInfo};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
+use crate::listener::DynamicTls;
+
+/// Everything the task needs.
+pub struct SelfCert {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The CA server (its roots verify the renewed certificate; its external CA client gets
+    /// the new credentials).
+    pub server: CaServer,
+    /// The listener's credentials.
+    pub tls: Arc<DynamicTls>,
+    /// The cluster.
+    pub cluster_id: String,
+    /// This manager's node ID.
+    pub node_id: String,
+    /// Where this manager's certificate files live.
+    pub certs_dir: PathBuf,
+}
+
+/// A renewal of this manager's certificate in flight: the CSR sent and its key.
+struct Renewal {
+    csr: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+fn state_of(n: &Node) -> i32 {
+    n.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state)
+}
+
+/// The roots client certificates are verified against: the cluster root, and the new root
+/// during a rotation.
+fn trust_pem(c: &Cluster) -> Vec<u8> {
+    let root = c.root_ca.clone().unwrap_or_default();
+    let mut pem = root.ca_cert;
+    if let Some(r) = root.root_rotation {
+        pem.push(b'\n');
+        pem.extend_from_slice(&r.ca_cert);
+    }
+    pem
+}
+
+fn certs_der(pem: &[u8]) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem).filter_map(|p| p.ok().map(|p| p.contents)).collect()
+}
+
+impl SelfCert {
+    /// Runs until `stop` turns true. Failures are logged; the listener keeps its credentials.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let (snap, mut clusters) =
+            match self.store.view_and_watch(WatchFilter::Cluster(self.cluster_id.clone())).await {
+                Ok(x) => x,
+                Err(e) => return error!(error = %e, "cannot follow the cluster; TLS trust roots stay fixed"),
+            };
+        let (node_snap, mut nodes) = match self
+            .store
+            .view_and_watch(WatchFilter::Node(self.node_id.clone()))
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                return error!(error = %e, "cannot follow this manager's node; it will not follow root rotations")
+            }
+        };
+        let mut trust = Vec::new();
+        let mut root_file = Vec::new();
+        if let Some(c) = snap.clusters.first() {
+            self.on_cluster(c, &mut trust, &mut root_file);
+        }
+        let mut renewal: Option<Renewal> = None;
+        if let Some(n) = node_snap.nodes.into_iter().next() {
+            self.on_node(n, &mut renewal).await;
+        }
+        enum Next {
+            Stop,
+            Cluster(Option<Event>),
+            Node(Option<Event>),
+        }
+        loop {
+            let next = tokio::select! {
+                _ = stop.wait_for(|s| *s) => Next::Stop,
+                ev = clusters.next() => Next::Cluster(ev),
+                ev = nodes.next() => Next::Node(ev),
+            };
+            match next {
+                Next::Stop => return,
+                Next::Cluster(Some(Event::UpdateCluster(c) | Event::CreateCluster(c))) => {
+                    self.on_cluster(&c, &mut trust, &mut root_file)
+                }
+                Next::Node(Some(Event::UpdateNode(n) | Event::CreateNode(n))) => {
+                    self.on_node(n, &mut renewal).await
+                }
+                Next::Cluster(None) => return warn!("cluster watch closed"),
+                Next::Node(None) => return warn!("node watch closed"),
+                Next::Cluster(Some(_)) | Next::Node(Some(_)) => {}
+            }
+        }
+    }
+
+    fn on_cluster(&self, c: &Cluster, trust: &mut Vec<u8>, root_file: &mut Vec<u8>) {
+        let t = trust_pem(c);
+        if t != *trust {
+            match self.tls.set_roots(&t) {
+                Ok(()) => {
+                    info!(roots = certs_der(&t).len(), "listener trust roots updated");
+                    *trust = t;
+                }
+                Err(e) => warn!(error = %e.0, "new trust roots unusable; keeping the previous ones"),
+            }
+        }
+        let root = c.root_ca.clone().unwrap_or_default().ca_cert;
+        if root != *root_file {
+            if let Err(e) = files::write_atomic(&self.certs_dir, ROOT_CERT, &root, false) {
+                warn!(error = %e.0, "cannot write the root CA file");
+            }
+            *root_file = root;
+        }
+    }
+
+    async fn on_node(&self, node: Node, renewal: &mut Option<Renewal>) {
+        let state = state_of(&node);
+        if let Some(r) = renewal.as_ref() {
+            let cert = node.certificate.clone().unwrap_or_default();
+            if cert.csr != r.csr {
+                // Someone else replaced the request (another renewal of this node): start over.
+                *renewal = None;
+            } else if state == State::Issued as i32 && !cert.certificate.is_empty() {
+                if let Some(r) = renewal.take() {
+                    self.install(&cert.certificate, &r.key_pem).await;
+                }
+                return;
+            } else if state == State::Failed as i32 {
+                error!(error = %cert.status.unwrap_or_default().err, "the CA refused this manager's new certificate");
+                *renewal = None;
+                return;
+            } else {
+                return;
+            }
+        }
+        if state == State::Rotate as i32 {
+            info!("root rotation: renewing this manager's certificate");
+            *renewal = self.request(node).await;
+        }
+    }
+
+    /// Writes RENEW with a new CSR onto this manager's node.
+    async fn request(&self, mut node: Node) -> Option<Renewal> {
+        let key = rcgen::KeyPair::generate().ok()?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params.serialize_request(&key).ok()?.pem().ok()?.into_bytes();
+        for _ in 0..8 {
+            if state_of(&node) != State::Rotate as i32 {
+                return None;
+            }
+            node.certificate = Some(Certificate {
+                role: node.role,
+                csr: csr.clone(),
+                status: Some(IssuanceStatus { state: State::Renew as i32, err: String::new() }),
+                certificate: Vec::new(),
+                cn: node.id.clone(),
+            });
+            match self.store.commit(vec![Op::UpdateNode(node.clone())]).await {
+                Ok(_) => return Some(Renewal { csr, key_pem: key.serialize_pem().into_bytes() }),
+                Err(StoreError::SequenceConflict) => match self.store.get_node(&self.node_id).await {
+                    Ok(Some(n)) => node = n,
+                    _ => return None,
+                },
+                Err(e) => {
+                    warn!(error = %e, "cannot request this manager's renewal");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Checks and installs a newly issued certificate: files, listener, external CA client,
+    /// and the node's TLS info.
+    async fn install(&self, cert_pem: &[u8], key_pem: &[u8]) {
+        let chain = certs_der(cert_pem);
+        let Some(trust) = self.server.trust_roots() else { return };
+        if let Err(e) = trust.verify_peer(&chain, SystemTime::now()) {
+            return error!(error = %e, "this manager's new certificate does not verify; keeping the old one");
+        }
+        if let Err(e) = self.tls.set_identity(cert_pem, key_pem) {
+            return error!(error = %e.0, "this manager's new certificate is unusable; keeping the old one");
+        }
+        let written = files::write_atomic(&self.certs_dir, NODE_KEY, key_pem, true)
+            .and_then(|()| files::write_atomic(&self.certs_dir, NODE_CERT, cert_pem, false));
+        if let Err(e) = written {
+            warn!(error = %e.0, "cannot write this manager's new certificate files");
+        }
+        if let Err(e) = self.server.update_tls_credentials(cert_pem, key_pem) {
+            warn!(error = %e, "the external CA client keeps the old credentials");
+        }
+        info!("this manager now serves its renewed certificate");
+        let mut candidates: Vec<Vec<u8>> = trust.roots_der().to_vec();
+        candidates.extend(chain.iter().skip(1).cloned());
+        let Some((subject, spki)) = leaf_issuer(&chain, &candidates) else { return };
+        let info = NodeTlsInfo {
+            trust_root: Vec::new(),
+            cert_issuer_subject: subject,
+            cert_issuer_public_key: spki,
+        };
+        for _ in 0..8 {
+            let Ok(Some(mut n)) = self.store.get_node(&self.node_id).await else { return };
+            n.description.get_or_insert_with(Default::default).tls_info = Some(info.clone());
+            match self.store.commit(vec![Op::UpdateNode(n)]).await {
+                Err(StoreError::SequenceConflict) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => return warn!(error = %e, "cannot record this manager's certificate issuer"),
+                Ok(_) => return,
+            }
+        }
+    }
+}
