@@ -325,3 +325,78 @@ fn binary_signs_through_cfssl_and_reports_outages() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A root rotation to a root that only a real `cfssl serve` holds: the binary cross-signs it
+/// with the current local root, signs through cfssl during and after the rotation, nodes
+/// follow with `renew --if-needed`, and the rotation completes to the cfssl root.
+#[test]
+fn binary_rotates_to_a_cfssl_root() {
+    use crate::cli::{free_port, join, run, text, Server, TempDir};
+    if !cfssl_available("binary_rotates_to_a_cfssl_root") {
+        return;
+    }
+    let tmp = TempDir::new("cfssl-rotate");
+    let s = Server::start(&tmp.path().join("data"), free_port());
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        let dir = tmp.path().join(format!("w{i}"));
+        let o = join(&s.addr, &s.token("worker"), &dir);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        workers.push(dir);
+    }
+    // cfssl holds the new root's key; swarmca only gets its certificate.
+    let g = swarmca_core::rootca::generate_root("swarm-ca-cfssl", SystemTime::now(), [9u8; 20]).unwrap();
+    let cfssl = Cfssl::start_with(&g.cert_pem, &g.key_pem, false);
+    let new_root = tmp.path().join("cfssl-root.pem");
+    std::fs::write(&new_root, &g.cert_pem).unwrap();
+    let ext = format!("protocol=cfssl,url={},cacert={}", cfssl.url(), new_root.display());
+    let o =
+        s.admin(&["ca", "--rotate", "--ca-cert", new_root.to_str().unwrap(), "--external-ca", &ext, "-d"]);
+    assert!(o.status.success(), "rotate: {}", text(&o.stderr));
+    // Nodes renew when asked; their certificates now come from cfssl (with the cross-signed
+    // intermediate appended).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for dir in &workers {
+            let o = run(&[
+                "renew",
+                "--if-needed",
+                "--cert-dir",
+                dir.to_str().unwrap(),
+                "--timeout",
+                "20s",
+                &s.addr,
+            ]);
+            assert!(o.status.success(), "renew: {}", text(&o.stderr));
+        }
+        let info = s.admin_ok(&["ca", "-q"]);
+        if info.as_bytes() == g.cert_pem.as_slice() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rotation to the cfssl root did not complete: {}",
+            s.admin_ok(&["node", "ls"])
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // After the rotation: a join with the new token is signed by cfssl (only it holds the new
+    // root key) for the new root.
+    let late = tmp.path().join("late");
+    let o = join(&s.addr, &s.token("worker"), &late);
+    assert!(o.status.success(), "join after rotation: {}", text(&o.stderr));
+    let o = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&new_root)
+        .arg(late.join("swarm-node.crt"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stdout));
+    // The workers pick up the new root on their next renewal.
+    for dir in &workers {
+        let o = run(&["renew", "--cert-dir", dir.to_str().unwrap(), "--timeout", "20s", &s.addr]);
+        assert!(o.status.success(), "renew after rotation: {}", text(&o.stderr));
+        assert_eq!(std::fs::read(dir.join("swarm-root-ca.crt")).unwrap(), g.cert_pem);
+    }
+    assert!(s.terminate().success());
+}

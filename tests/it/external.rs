@@ -57,6 +57,8 @@ type Captured = (String, Option<String>, Vec<u8>);
 
 struct FakeState {
     mode: Mutex<Mode>,
+    /// Whether profile `CA` exists (SwarmKit's reference signer's `EnableCASigning`).
+    ca_signing: std::sync::atomic::AtomicBool,
     signer: RootCa,
     requests: Mutex<Vec<Captured>>,
     /// Bytes the endless body produced, and whether it was dropped (the connection closed).
@@ -94,6 +96,7 @@ impl FakeCa {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let state = Arc::new(FakeState {
             mode: Mutex::new(mode),
+            ca_signing: std::sync::atomic::AtomicBool::new(false),
             signer: signer.clone(),
             requests: Mutex::new(Vec::new()),
             endless_sent: AtomicUsize::new(0),
@@ -142,6 +145,11 @@ impl FakeCa {
         *self.state.mode.lock().unwrap() = mode;
     }
 
+    /// Adds the `CA` profile: CA certificates, BasicConstraints taken from the request.
+    pub fn enable_ca_signing(&self) {
+        self.state.ca_signing.store(true, Ordering::Relaxed);
+    }
+
     pub fn requests(&self) -> usize {
         self.state.requests.lock().unwrap().len()
     }
@@ -186,6 +194,9 @@ async fn handle(
         Ok(v) => v,
         Err(_) => return Ok(text(200, cfssl_error(400, "Unable to parse sign request"))),
     };
+    if v["profile"].as_str() == Some("CA") {
+        return Ok(text(200, ca_profile(&st, &signer, &v)));
+    }
     let mut csr = v["certificate_request"].as_str().unwrap_or("").as_bytes().to_vec();
     let mut cn = v["subject"]["CN"].as_str().unwrap_or("").to_string();
     let org = v["subject"]["names"][0]["O"].as_str().unwrap_or("").to_string();
@@ -207,6 +218,68 @@ async fn handle(
         ),
         Err(e) => text(200, cfssl_error(9002, &e.to_string())),
     })
+}
+
+/// Profile `CA` like the reference signer: a CA certificate for the CSR's subject and key,
+/// valid 2160 h, backdated 1 h; refused while CA signing is not enabled (the default profile
+/// whitelists no extension).
+fn ca_profile(st: &FakeState, signer: &RootCa, v: &serde_json::Value) -> String {
+    if !st.ca_signing.load(Ordering::Relaxed) {
+        return cfssl_error(5300, "Certificate request has extensions not in the whitelist");
+    }
+    // Like CFSSL, take the CSR's subject and key (rcgen refuses CSRs with CA extensions).
+    let csr_pem = v["certificate_request"].as_str().unwrap_or("").to_string();
+    let Ok(der) = ::pem::parse(&csr_pem).map(|p| p.into_contents()) else {
+        return cfssl_error(9001, "invalid CSR PEM");
+    };
+    let Ok((_, csr)) =
+        <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<
+            '_,
+            _,
+        >>::from_der(&der)
+    else {
+        return cfssl_error(9001, "invalid CSR");
+    };
+    if csr.verify_signature().is_err() {
+        return cfssl_error(9001, "bad CSR signature");
+    }
+    let bc = v["extensions"].as_array().and_then(|a| a.iter().find(|e| e["id"] == "2.5.29.19"));
+    assert!(bc.is_some(), "the cross-sign request carries the root's BasicConstraints explicitly");
+    let info = &csr.certification_request_info;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    for attr in info.subject.iter_attributes() {
+        let ty = match attr.attr_type().to_id_string().as_str() {
+            "2.5.4.3" => rcgen::DnType::CommonName,
+            "2.5.4.10" => rcgen::DnType::OrganizationName,
+            "2.5.4.11" => rcgen::DnType::OrganizationalUnitName,
+            "2.5.4.6" => rcgen::DnType::CountryName,
+            other => return cfssl_error(9001, &format!("unsupported subject attribute {other}")),
+        };
+        let value = attr.as_str().unwrap().to_string();
+        let dn = if attr.attr_value().tag() == x509_parser::der_parser::asn1_rs::Tag::PrintableString {
+            rcgen::DnValue::PrintableString(value.as_str().try_into().unwrap())
+        } else {
+            rcgen::DnValue::Utf8String(value)
+        };
+        params.distinguished_name.push(ty, dn);
+    }
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(2160);
+    params.use_authority_key_identifier_extension = true;
+    let issuer = rcgen::Issuer::from_ca_cert_der(
+        &signer.signer_cert_der().unwrap().to_vec().into(),
+        rcgen::KeyPair::from_pem(std::str::from_utf8(signer.signer_key_pem().unwrap()).unwrap()).unwrap(),
+    )
+    .unwrap();
+    match params.signed_by(&public_key, &issuer) {
+        Ok(c) => serde_json::json!({"success": true, "result": {"certificate": c.pem()}, "errors": [], "messages": []})
+            .to_string(),
+        Err(e) => cfssl_error(9002, &e.to_string()),
+    }
 }
 
 fn cfssl_error(code: u32, msg: &str) -> String {
@@ -792,4 +865,92 @@ async fn rotation_joins_are_signed_for_the_new_root() {
     assert_eq!(state_of(&n), State::Issued as i32, "{}", err_of(&n));
     f.root.check_issued(&cert_of(&n), &csr, &id, Role::Worker, &f.cluster_id, now).unwrap();
     assert!(cert_of(&n).ends_with(&cross));
+}
+
+/// Spec §7.2 TestExternalCACrossSign: for a P-256 and an RSA-2048 new root, cross-signing
+/// through the external CA fails while it has no CA profile, and then gives an intermediate
+/// with the new root's raw subject and key that chains the new root's leaves to the old root.
+#[tokio::test]
+async fn external_ca_cross_sign() {
+    let f = Fixture::with(Opts { run: false, ..Opts::default() }).await;
+    let fake = FakeCa::http(&f.root, Mode::Sign).await;
+    let ext = ExternalCa::new(vec![fake.url.clone()], Vec::new(), None, Duration::from_secs(5));
+    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/swarmca-core/testdata");
+    let generated = generate_root("swarm-test-CA-2", SystemTime::now(), serial()).unwrap();
+    let cases = [
+        ("ECDSA P-256", generated.cert_pem.clone(), generated.key_pem.clone()),
+        (
+            "RSA-2048",
+            std::fs::read(testdata.join("ca_rsa2048.crt")).unwrap(),
+            std::fs::read(testdata.join("ca_rsa2048_pkcs1.key")).unwrap(),
+        ),
+    ];
+    let now = SystemTime::now();
+    for (name, root2_pem, root2_key) in cases {
+        let root2 =
+            RootCa::new(&root2_pem, &root2_pem, &root2_key, DEFAULT_NODE_CERT_EXPIRY, b"", now).unwrap();
+        let leaf_pem = root2.sign_csr(&new_csr().0, "n", Role::Worker, "o", now, serial()).unwrap();
+        let leaf = ::pem::parse(&leaf_pem).unwrap().into_contents();
+
+        let err = ext.cross_sign_root(&root2_pem, &root2_key).await.unwrap_err();
+        assert!(matches!(err, ExternalCaError::Rejected(_)), "{name}: {err}");
+        fake.enable_ca_signing();
+        let cross_pem = ext.cross_sign_root(&root2_pem, &root2_key).await.unwrap();
+        let cross = ::pem::parse(&cross_pem).unwrap().into_contents();
+        let root2_der = ::pem::parse(&root2_pem).unwrap().into_contents();
+        let (_, c) = x509_parser::parse_x509_certificate(&cross).unwrap();
+        let (_, r2) = x509_parser::parse_x509_certificate(&root2_der).unwrap();
+        assert_eq!(c.subject().as_raw(), r2.subject().as_raw(), "{name}: raw subject");
+        assert_eq!(c.public_key().raw, r2.public_key().raw, "{name}: key");
+        assert!(c.is_ca(), "{name}: a CA");
+        // Against the cluster root: not alone, but with the intermediate.
+        assert!(f.root.verify_peer(std::slice::from_ref(&leaf), now).is_err(), "{name}");
+        f.root.verify_peer(&[leaf.clone(), cross.clone()], now).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Against root 2: with or without it.
+        let r2_only = RootCa::new(&root2_pem, b"", b"", DEFAULT_NODE_CERT_EXPIRY, b"", now).unwrap();
+        r2_only.verify_peer(std::slice::from_ref(&leaf), now).unwrap();
+        r2_only.verify_peer(&[leaf.clone(), cross.clone()], now).unwrap();
+        // Back to no CA profile for the next case.
+        fake.state.ca_signing.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A cluster whose root key is only in an external CA rotates to a new local root: the
+/// cross-signature comes from the external CA (profile `CA`), and fails clearly without it.
+#[tokio::test]
+async fn rotation_from_an_external_root_cross_signs_through_it() {
+    let mut f = keyless_fixture().await;
+    let fake = FakeCa::http(&f.root, Mode::Sign).await;
+    run_with_external(&mut f, &[&fake.url]).await;
+    let control = swarmca_server::Control::new(f.server.clone(), None);
+    let err = control.rotate_root(Default::default()).await.unwrap_err();
+    assert!(err.to_string().contains("did not cross-sign"), "{err}");
+    assert!(f.cluster().await.root_ca.unwrap().root_rotation.is_none());
+    fake.enable_ca_signing();
+    let st = control.rotate_root(Default::default()).await.unwrap();
+    assert!(st.in_progress);
+    let rot = f.cluster().await.root_ca.unwrap().root_rotation.unwrap();
+    // The stored cross-signed certificate chains to the (external) current root, and the
+    // server now signs with the new key through it.
+    RootCa::new(
+        &f.root_pem,
+        &rot.cross_signed_ca_cert,
+        &rot.ca_key,
+        DEFAULT_NODE_CERT_EXPIRY,
+        &rot.cross_signed_ca_cert,
+        SystemTime::now(),
+    )
+    .unwrap();
+    eventually(5, || async {
+        f.server.root_ca().is_some_and(|r| r.signer_key_pem() == Some(rot.ca_key.as_slice()))
+    })
+    .await;
+    let (id, _) = join(&f, &f.worker_token.clone()).await;
+    let resp = f.final_status(&id).await;
+    // ISSUED, or already ROTATE: nothing has reported this node's issuer yet.
+    let cert = resp.certificate.unwrap().certificate;
+    let chain: Vec<Vec<u8>> =
+        ::pem::parse_many(&cert).unwrap().into_iter().map(|p| p.into_contents()).collect();
+    assert_eq!(chain.len(), 2, "leaf + cross-signed intermediate");
+    f.root.verify_peer(&chain, SystemTime::now()).unwrap();
 }

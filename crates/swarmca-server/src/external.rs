@@ -99,6 +99,10 @@ pub enum ExternalCaError {
     /// The request could not be encoded (fatal; a bug).
     #[error("unable to encode the sign request: {0}")]
     Encode(String),
+    /// A cross-sign request could not be made, or its answer is not the cross-signed root
+    /// (fatal).
+    #[error("cross-signing failed: {0}")]
+    CrossSign(String),
 }
 
 impl ExternalCaError {
@@ -117,7 +121,8 @@ impl ExternalCaError {
             | ExternalCaError::Failed
             | ExternalCaError::InvalidResultType
             | ExternalCaError::InvalidCertificateField
-            | ExternalCaError::Encode(_) => false,
+            | ExternalCaError::Encode(_)
+            | ExternalCaError::CrossSign(_) => false,
         }
     }
 }
@@ -347,6 +352,39 @@ impl ExternalCa {
             }
         }
         Err(last)
+    }
+
+    /// SwarmKit's external `CrossSignRootCA`: asks for the new root (first certificate of
+    /// `new_cert_pem`) signed by the root this external CA signs for, with profile `CA`; the
+    /// CSR is self-signed with `new_key_pem`. The answer (normalized) must be exactly one CA
+    /// certificate with the new root's exact subject and public key.
+    pub async fn cross_sign_root(
+        &self,
+        new_cert_pem: &[u8],
+        new_key_pem: &[u8],
+    ) -> Result<Vec<u8>, ExternalCaError> {
+        let bad = |e: String| ExternalCaError::CrossSign(e);
+        let csr = swarmca_core::rootca::cross_sign_csr(new_cert_pem, new_key_pem)
+            .map_err(|e| bad(e.to_string()))?;
+        let answer = self.sign(&SignRequest::cross_sign(&csr)).await?;
+        let (want_subject, want_key) =
+            swarmca_core::rootca::issuer_info_of_cert_pem(new_cert_pem).map_err(|e| bad(e.to_string()))?;
+        let der = certs_der(&answer)
+            .into_iter()
+            .next()
+            .ok_or_else(|| bad("no certificate in the answer".into()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(e.to_string()))?;
+        if cert.subject().as_raw() != want_subject.as_slice() || cert.public_key().raw != want_key.as_slice()
+        {
+            return Err(bad("the answer is not the new root's subject and key".into()));
+        }
+        if !cert.is_ca() {
+            return Err(bad("the answer is not a CA certificate".into()));
+        }
+        if certs_der(&answer).len() != 1 {
+            return Err(bad("the answer must be exactly one certificate".into()));
+        }
+        Ok(swarmca_core::rootca::normalize_pems(&answer))
     }
 
     async fn sign_at(&self, url: &str, tls: &TlsState, body: Bytes) -> Result<Vec<u8>, ExternalCaError> {
