@@ -429,7 +429,7 @@ async fn root_rotation_reconciliation_throttled() {
 /// fresh tokens; the old tokens are refused afterwards.
 #[tokio::test]
 async fn rotation_control_start_restart_abort_and_complete() {
-    let f = Fixture::start().await;
+    let f = Fixture::with(Opts { peers: PeerSource::Metadata, ..Opts::default() }).await;
     let control = Control::new(f.server.clone(), None);
     let idle = control.rotation_status().await.unwrap();
     assert!(!idle.in_progress);
@@ -510,7 +510,7 @@ async fn rotation_control_start_restart_abort_and_complete() {
     assert!(!st.in_progress);
     assert_eq!(f.cluster().await.root_ca.unwrap().ca_cert, f.root_pem);
 
-    // A full rotation: every node fetches a certificate issued during the rotation.
+    // A full rotation: every node renews, then authenticates with its new certificate.
     let old_tokens = f.cluster().await.root_ca.unwrap().join_tokens.unwrap();
     let target = new_root();
     control
@@ -549,6 +549,22 @@ async fn rotation_control_start_restart_abort_and_complete() {
         .await;
         let resp = f.final_status(id).await;
         assert_eq!(resp.status.unwrap().state, State::Issued as i32, "node {id}");
+        let cert_pem = resp.certificate.unwrap().certificate;
+        // Fetched but not yet used: the node still counts as unconverged.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(f.cluster().await.root_ca.unwrap().root_rotation.is_some());
+        let creds = Creds { node_id: id.clone(), cert_pem, key_pem: Vec::new() };
+        use swarmca_proto::ca_server::Ca;
+        let req = as_peer(tonic::Request::new(swarmca_types::GetRootCaCertificateRequest {}), &creds);
+        f.server.get_root_ca_certificate(req).await.unwrap();
+        eventually(5, || async {
+            let n = f.node(id).await.unwrap();
+            n.description.and_then(|d| d.tls_info).is_some_and(|t| {
+                t.cert_issuer_public_key == tls_info_of(&target.cert_pem).cert_issuer_public_key
+                    && !t.trust_root.is_empty()
+            })
+        })
+        .await;
     }
     assert!(ids.contains(&joined));
     eventually(10, || async { f.cluster().await.root_ca.unwrap().root_rotation.is_none() }).await;

@@ -50,7 +50,10 @@ impl CaServer {
         if forwarded_info(call.metadata).is_some() {
             return None;
         }
-        let id = self.direct_identity(call).ok()?;
+        let id = self
+            .direct_identity(call)
+            .inspect_err(|e| debug!(error = %e, "no TLS info: caller not verified"))
+            .ok()?;
         let chain = self.inner.deps.peers.chain(call)?;
         let info = self.tls_info_of(&chain)?;
         Some((id.node_id, info, chain.into_iter().next()?))
@@ -68,25 +71,34 @@ impl CaServer {
         })
     }
 
-    /// Records, in the background, which issuer a node's certificate has (SwarmKit's agents
-    /// report this as TLS info; here the CA sees it when the node authenticates with it or
-    /// fetches an issued certificate). With `presented`, the leaf a node authenticated with,
-    /// it is recorded only while that leaf is the node's current certificate: a connection
-    /// still open with an older certificate must not undo what a fetch recorded. Best effort:
-    /// a node that changed meanwhile is re-read a few times, then left for the next report.
-    fn note_tls_info(&self, node_id: String, info: NodeTlsInfo, presented: Option<Vec<u8>>) {
+    /// Records, in the background, the TLS info of a node that authenticated with `presented`
+    /// (its leaf): the issuer of that certificate and, when given in `info.trust_root`, the
+    /// root bundle it just fetched (SwarmKit's agents report the same over their dispatcher
+    /// session). Only a node's *current* certificate counts: a connection still open with an
+    /// older one must not undo a newer report, and a certificate the node was sent but never
+    /// used proves nothing. Best effort: a node that changed meanwhile is re-read a few times,
+    /// then left for its next call.
+    fn note_tls_info(&self, node_id: String, mut info: NodeTlsInfo, presented: Vec<u8>) {
         let server = self.clone();
         tokio::spawn(async move {
             let store = &server.inner.deps.store;
             for _ in 0..TLS_INFO_ATTEMPTS {
                 let Ok(Some(mut node)) = store.get_node(&node_id).await else { return };
-                if let Some(leaf) = &presented {
-                    let current = node.certificate.as_ref().map(|c| certs_der(&c.certificate));
-                    if current.as_ref().and_then(|c| c.first()) != Some(leaf) {
-                        return;
-                    }
+                let current = node.certificate.as_ref().map(|c| certs_der(&c.certificate));
+                if current.as_ref().and_then(|c| c.first()) != Some(&presented) {
+                    debug!(
+                        node = %node_id,
+                        presented = %swarmca_core::rootca::digest_string(&presented),
+                        current = ?current.as_ref().and_then(|c| c.first()).map(|c| swarmca_core::rootca::digest_string(c)),
+                        "not recording TLS info: authenticated with another than its current certificate"
+                    );
+                    return;
                 }
                 let desc = node.description.get_or_insert_with(Default::default);
+                if info.trust_root.is_empty() {
+                    info.trust_root =
+                        desc.tls_info.as_ref().map(|t| t.trust_root.clone()).unwrap_or_default();
+                }
                 if desc.tls_info.as_ref() == Some(&info) {
                     return;
                 }
@@ -219,7 +231,9 @@ impl CaServer {
             });
             if let Some((t, leaf)) = &tls_info {
                 if current_leaf.as_ref() == Some(leaf) {
-                    node.description.get_or_insert_with(Default::default).tls_info = Some(t.clone());
+                    let desc = node.description.get_or_insert_with(Default::default);
+                    let trust_root = desc.tls_info.as_ref().map(|t| t.trust_root.clone()).unwrap_or_default();
+                    desc.tls_info = Some(NodeTlsInfo { trust_root, ..t.clone() });
                 }
             }
             let membership = node.spec.as_ref().map_or(0, |s| s.membership);
@@ -252,7 +266,6 @@ impl CaServer {
             self.inner.deps.store.view_and_watch(WatchFilter::Node(node_id.clone())).await?;
         let node = snap.nodes.into_iter().find(|n| n.id == node_id).ok_or(ServerError::NodeNotFound)?;
         if let Some(resp) = final_response(&node) {
-            self.note_fetched(&node, &resp);
             return Ok(resp);
         }
         let wait = async {
@@ -264,7 +277,6 @@ impl CaServer {
                         None => return Err(ServerError::WatchClosed),
                         Some(Event::UpdateNode(n)) | Some(Event::CreateNode(n)) => {
                             if let Some(resp) = final_response(&n) {
-                                self.note_fetched(&n, &resp);
                                 return Ok(resp);
                             }
                         }
@@ -277,21 +289,6 @@ impl CaServer {
         match deadline {
             Some(d) => tokio::time::timeout(d, wait).await.map_err(|_| ServerError::DeadlineExceeded)?,
             None => wait.await,
-        }
-    }
-
-    /// A node fetched an ISSUED certificate: record its issuer.
-    fn note_fetched(&self, node: &Node, resp: &NodeCertificateStatusResponse) {
-        let issued = resp.status.as_ref().is_some_and(|s| s.state == State::Issued as i32);
-        let Some(cert) = resp.certificate.as_ref().filter(|c| issued && !c.certificate.is_empty()) else {
-            return;
-        };
-        let chain = certs_der(&cert.certificate);
-        if let Some(info) = self.tls_info_of(&chain) {
-            let known = node.description.as_ref().and_then(|d| d.tls_info.as_ref());
-            if known != Some(&info) {
-                self.note_tls_info(node.id.clone(), info, None);
-            }
         }
     }
 
@@ -311,7 +308,7 @@ impl CaServer {
             tracing::Span::current().record("node", id.as_str());
         })?;
         if let Some((id, info, leaf)) = self.direct_tls_info(call) {
-            self.note_tls_info(id, info, Some(leaf));
+            self.note_tls_info(id, info, leaf);
         }
         let version = Version { index: swarmca_store::version_of(cluster.meta.as_ref()) };
         let autolock = cluster
@@ -367,8 +364,9 @@ impl Ca for CaServer {
         request: Request<GetRootCaCertificateRequest>,
     ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
         let root = self.root_ca().ok_or(ServerError::NoRoot)?;
-        if let Some((id, info, leaf)) = self.direct_tls_info(&CallInfo::of(&request)) {
-            self.note_tls_info(id, info, Some(leaf));
+        if let Some((id, mut info, leaf)) = self.direct_tls_info(&CallInfo::of(&request)) {
+            info.trust_root = root.certs_pem().to_vec();
+            self.note_tls_info(id, info, leaf);
         }
         Ok(Response::new(GetRootCaCertificateResponse { certificate: root.certs_pem().to_vec() }))
     }

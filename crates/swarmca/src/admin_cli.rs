@@ -157,12 +157,14 @@ fn fmt_remaining(unix: i64) -> String {
     }
     let at = UNIX_EPOCH + Duration::from_secs(s);
     match at.duration_since(SystemTime::now()) {
-        Ok(d) => format!(
-            "in {}",
-            humantime::format_duration(Duration::from_secs(d.as_secs() / 3600 * 3600))
-                .to_string()
-                .replace(' ', "")
-        ),
+        Ok(d) => {
+            let (days, hours, mins) = (d.as_secs() / 86_400, d.as_secs() / 3600 % 24, d.as_secs() / 60 % 60);
+            if days > 0 {
+                format!("in {days}d{hours}h")
+            } else {
+                format!("in {hours}h{mins}m")
+            }
+        }
         Err(_) => "EXPIRED".into(),
     }
 }

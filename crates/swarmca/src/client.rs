@@ -322,6 +322,11 @@ pub async fn join(addr: &str, token: &str, cert_dir: &Path, timeout: Duration) -
         return Err(fatal!("the issued certificate names node {cn}, expected {node_id}"));
     }
     write_certs(cert_dir, &root, &cert, &key_pem)?;
+    // Authenticate once with the new certificate, as an agent's first session would: the CA
+    // records which root issued it (root rotations wait for that).
+    if let Err(e) = fetch_root_with(addr, &root, &cert, key_pem.as_bytes()).await {
+        eprintln!("warning: could not confirm the new certificate with the manager: {}", e.0);
+    }
     println!("This node joined the swarm as a {}: node ID {node_id}", role.trim_start_matches("swarm-"));
     println!("Certificates written to {}", cert_dir.display());
     Ok(())
@@ -387,13 +392,11 @@ pub async fn renew(addr: &str, cert_dir: &Path, timeout: Duration, if_needed: bo
         }
     }
     let (key_pem, csr) = new_key_and_csr()?;
-    let (node_id, cert) = request_certificate(ch.clone(), &csr, "", timeout).await?;
-    // Pick up the cluster's root bundle (after a root rotation it is the new root), asked over
-    // this authenticated channel, if our new certificate verifies against it.
-    let mut req = tonic::Request::new(GetRootCaCertificateRequest {});
-    req.set_timeout(CALL_TIMEOUT);
-    let served = CaClient::new(ch).get_root_ca_certificate(req).await.map(|r| r.into_inner().certificate);
-    let bundle = match served {
+    let (node_id, cert) = request_certificate(ch, &csr, "", timeout).await?;
+    // Authenticate once with the new certificate (the CA records which root issued what this
+    // node now uses; root rotations wait for that), and pick up the cluster's root bundle if
+    // the new certificate verifies against it (after a root rotation it is the new root).
+    let bundle = match fetch_root_with(addr, &root, &cert, key_pem.as_bytes()).await {
         Ok(served) if served != root && verify_issued(&served, &cert, &key_pem).is_ok() => {
             eprintln!(
                 "picked up the cluster's new root CA ({})",
@@ -401,12 +404,35 @@ pub async fn renew(addr: &str, cert_dir: &Path, timeout: Duration, if_needed: bo
             );
             served
         }
-        _ => root,
+        Ok(_) => root,
+        Err(e) => {
+            eprintln!("warning: could not confirm the new certificate with the manager: {}", e.0);
+            root
+        }
     };
     let (_, role) = verify_issued(&bundle, &cert, &key_pem)?;
     write_certs(cert_dir, &bundle, &cert, &key_pem)?;
     println!("Renewed the certificate of node {node_id} ({})", role.trim_start_matches("swarm-"));
     Ok(())
+}
+
+/// GetRootCACertificate over mTLS with `cert_pem`/`key_pem`, trusting `roots_pem`.
+async fn fetch_root_with(
+    addr: &str,
+    roots_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Vec<u8>, Fatal> {
+    let cfg = tls_config(Trust::Roots { roots_pem, identity: Some((cert_pem, key_pem)) })?;
+    let ch = connect(addr, cfg, swarmca_core::role::MANAGER_OU).await?;
+    let mut req = tonic::Request::new(GetRootCaCertificateRequest {});
+    req.set_timeout(CALL_TIMEOUT);
+    Ok(CaClient::new(ch)
+        .get_root_ca_certificate(req)
+        .await
+        .map_err(|s| fatal!("GetRootCACertificate failed: {}", status_msg(&s)))?
+        .into_inner()
+        .certificate)
 }
 
 fn write_certs(dir: &Path, root: &[u8], cert: &[u8], key_pem: &str) -> Result<(), Fatal> {
