@@ -58,7 +58,53 @@ pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
                     .await;
                 shared.log.push(format!("admin: cert expiry {hours}h -> {}", r.is_ok()));
             }
+            (8..=9, _) if shared.opts.root_rotation => rotate(&shared, &control, action == 9).await,
             _ => {}
+        }
+    }
+}
+
+/// Starts (or restarts towards a new root) a root rotation, or aborts the one in progress.
+async fn rotate(shared: &Shared, control: &Control, maybe_abort: bool) {
+    let status = control.rotation_status().await.ok();
+    let in_progress = status.as_ref().is_some_and(|s| s.in_progress);
+    if maybe_abort && in_progress && thread_rng().gen_bool(0.4) {
+        let r = control
+            .rotate_root(swarmca_proto::admin::RotateRootRequest { abort: true, ..Default::default() })
+            .await;
+        if r.is_ok() {
+            shared.coverage.hit("rotation.aborted");
+        }
+        shared.log.push(format!("admin: abort root rotation -> {}", r.is_ok()));
+        return;
+    }
+    let r = control.rotate_root(Default::default()).await;
+    match &r {
+        Ok(st) => {
+            shared.coverage.hit(if in_progress { "rotation.restarted" } else { "rotation.started" });
+            shared.log.push(format!("admin: root rotation to {} started", st.target_digest));
+        }
+        Err(e) => shared.log.push(format!("admin: root rotation not started: {e}")),
+    }
+}
+
+/// Liveness phase, with root rotations: the operator removes the nodes no client holds (failed
+/// joins, superseded nodes), which would otherwise block a rotation forever.
+pub async fn remove_dead_nodes(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
+    while !shared.done() && !shared.finishing() {
+        madsim::time::sleep(Duration::from_secs(5)).await;
+        let Ok(status) = control.rotation_status().await else { continue };
+        if !status.in_progress {
+            continue;
+        }
+        let Ok(snap) = store.view(WatchFilter::All).await else { continue };
+        let held: std::collections::BTreeSet<String> = lock(&shared.held).values().cloned().collect();
+        for n in snap.nodes.iter().filter(|n| !held.contains(&n.id)) {
+            let r = control.remove_node(&n.id, true).await;
+            if r.is_ok() {
+                lock(&shared.removed).push((n.id.clone(), now()));
+            }
+            shared.log.push(format!("admin: remove dead node {} -> {}", n.id, r.is_ok()));
         }
     }
 }

@@ -26,6 +26,13 @@ pub const REQUIRED: &[&str] = &[
     "branch.stale_token_refused",
     "branch.renewal_issued",
     "branch.join_issued",
+    "rotation.started",
+    "rotation.restarted",
+    "rotation.aborted",
+    "rotation.completed",
+    "rotation.batch_marked",
+    "rotation.node_followed",
+    "rotation.bundle_picked_up",
 ];
 
 /// Hit counters of one run (or of a sweep, once merged).

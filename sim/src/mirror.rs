@@ -32,6 +32,38 @@ pub struct Mirror {
     pub issued: u64,
     /// Number of FAILED writes.
     pub failed: u64,
+    /// Every root certificate (PEM) the cluster had as root or rotation target, in order.
+    pub roots_seen: Vec<Vec<u8>>,
+    /// A verify-only CA trusting every root in `roots_seen`.
+    pub trust: Option<swarmca_core::rootca::RootCa>,
+    /// When the rotation target (or its absence) last changed.
+    pub rotation_changed_at: Duration,
+}
+
+impl Mirror {
+    /// Notes the roots of `c` (root and rotation target).
+    fn note_roots(&mut self, c: &Cluster) {
+        let root = c.root_ca.clone().unwrap_or_default();
+        let mut changed = false;
+        for pem in std::iter::once(root.ca_cert).chain(root.root_rotation.map(|r| r.ca_cert)) {
+            if !pem.is_empty() && !self.roots_seen.contains(&pem) {
+                self.roots_seen.push(pem);
+                changed = true;
+            }
+        }
+        if changed {
+            let bundle = self.roots_seen.join(&b'\n');
+            self.trust = swarmca_core::rootca::RootCa::new(
+                &bundle,
+                b"",
+                b"",
+                swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY,
+                b"",
+                std::time::SystemTime::now(),
+            )
+            .ok();
+        }
+    }
 }
 
 /// Short digest of bytes for logs and history.
@@ -58,6 +90,7 @@ pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
     {
         let mut m = lock(&mirror);
         for c in snap.clusters {
+            m.note_roots(&c);
             m.expiries.insert(expiry_of(&c));
             record_tokens(&shared, &c, true);
             m.cluster = Some(c);
@@ -135,6 +168,8 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
             ));
             m.expiries.insert(e);
             record_tokens(shared, &c, false);
+            m.note_roots(&c);
+            checkers::i8_rotation::on_cluster_write(m, shared, &c);
             m.cluster = Some(c);
         }
     }

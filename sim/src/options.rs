@@ -157,6 +157,9 @@ pub struct SimOptions {
     /// An explicit fault schedule (second of the safety phase, fault) replacing the random
     /// nemesis: a scenario as data, as proptest generates and shrinks it.
     pub schedule: Option<Vec<(u64, FaultKind)>>,
+    /// The admin actor rotates the root CA (start, restart towards another root, abort); a
+    /// rotation in progress at heal must complete in the liveness phase.
+    pub root_rotation: bool,
 }
 
 impl SimOptions {
@@ -193,6 +196,8 @@ impl SimOptions {
             extca_faults: r.chance(0.7),
             extca_poison: r.chance(0.3),
             schedule: None,
+            // Drawn last: the options above stay what they were for every seed.
+            root_rotation: r.chance(0.5),
         }
     }
 
@@ -201,7 +206,7 @@ impl SimOptions {
         let faults: Vec<String> =
             self.schedule.iter().flatten().map(|(t, k)| format!("{t}:{}", k.name())).collect();
         format!(
-            "seed={},managers={},clients={},safety={},conflict={},store_err={},slow={},extca={},extca_only={},faults={}",
+            "seed={},managers={},clients={},safety={},conflict={},store_err={},slow={},extca={},extca_only={},rotation={},faults={}",
             self.seed,
             self.managers,
             self.clients,
@@ -211,6 +216,7 @@ impl SimOptions {
             self.p_slow_commit,
             self.external_ca,
             self.external_only,
+            self.root_rotation,
             faults.join(";"),
         )
     }
@@ -247,6 +253,7 @@ impl SimOptions {
         o.p_slow_commit = float("slow")?.unwrap_or(o.p_slow_commit).clamp(0.0, 1.0);
         o.external_ca = flag("extca")?.unwrap_or(o.external_ca);
         o.external_only = flag("extca_only")?.unwrap_or(o.external_only);
+        o.root_rotation = flag("rotation")?.unwrap_or(o.root_rotation);
         let mut faults = Vec::new();
         for f in kv.get("faults").copied().unwrap_or("").split(';').filter(|f| !f.is_empty()) {
             let (t, k) = f.split_once(':').ok_or_else(|| format!("fault {f:?}: expected SECONDS:KIND"))?;
@@ -284,6 +291,7 @@ impl SimOptions {
             extca_faults: true,
             extca_poison: true,
             schedule: None,
+            root_rotation: true,
             ..SimOptions::from_seed(seed)
         }
     }
@@ -296,7 +304,8 @@ impl fmt::Display for SimOptions {
             "managers={} clients={} safety={}s liveness={}s retry={}s renew~{}s mgr_share={:.2} \
              conflict={:.3} store_err={:.3} slow={:.3} faults~{}s graceful={} kill={} pause={} \
              clogs={} skew<={}s long_part={} dup_join={:.2} conc_renew={:.2} cancel_poll={:.2} \
-             garbage_csr={:.2} bad_token={:.2} admin~{}s extca={} extca_only={} extca_faults={}",
+             garbage_csr={:.2} bad_token={:.2} admin~{}s extca={} extca_only={} extca_faults={} \
+             rotation={}",
             self.managers,
             self.clients,
             self.safety.as_secs(),
@@ -323,6 +332,7 @@ impl fmt::Display for SimOptions {
             self.external_ca,
             self.external_ca && self.external_only,
             self.external_ca && self.extca_faults,
+            self.root_rotation,
         )
     }
 }

@@ -82,7 +82,13 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
             annotations: Some(Annotations { name: "default".into(), ..Default::default() }),
             ca_config: Some(swarmca_types::CaConfig {
                 external_cas: if external {
-                    vec![swarmca_types::ExternalCa { url: crate::extca::url(), ..Default::default() }]
+                    // With root rotations, bound to the initial root: the fake signs with it only.
+                    let ca_cert = if opts.root_rotation { root.cert_pem.clone() } else { Vec::new() };
+                    vec![swarmca_types::ExternalCa {
+                        url: crate::extca::url(),
+                        ca_cert,
+                        ..Default::default()
+                    }]
                 } else {
                     Vec::new()
                 },
@@ -159,7 +165,8 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         },
         Some(root_ca),
     );
-    madsim::task::spawn(crate::admin::run(shared.clone(), Control::new(admin_server, None), store.clone()));
+    let control = Control::new(admin_server, None);
+    madsim::task::spawn(crate::admin::run(shared.clone(), control.clone(), store.clone()));
     let ext = extca_node.map(|id| crate::nemesis::ExtCa { node: id, control: extca.clone() });
     madsim::task::spawn(crate::nemesis::run(world.clone(), client_nodes.clone(), ext.clone()));
 
@@ -182,15 +189,20 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     store.set_faults(false);
     shared.log.push("heal: faults off");
     crate::nemesis::heal(&world, &client_nodes, ext.as_ref()).await;
+    if opts.root_rotation {
+        madsim::task::spawn(crate::admin::remove_dead_nodes(shared.clone(), control.clone(), store.clone()));
+    }
     let deadline = madsim::time::TimeHandle::current().elapsed() + opts.liveness_budget;
     loop {
         let waiting = checkers::i5_liveness::waiting(&lock(&mirror), &shared);
-        if waiting.is_empty() || madsim::time::TimeHandle::current().elapsed() >= deadline {
+        let rotating = checkers::i8_rotation::rotating(&lock(&mirror));
+        if (waiting.is_empty() && !rotating) || madsim::time::TimeHandle::current().elapsed() >= deadline {
             break;
         }
         madsim::time::sleep(Duration::from_secs(1)).await;
     }
     // Let clients finish what they were doing (bounded by their own 90 s poll limit).
+    shared.finishing.store(true, Ordering::SeqCst);
     madsim::time::sleep(Duration::from_secs(100)).await;
     {
         let m = lock(&mirror);

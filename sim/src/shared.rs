@@ -73,8 +73,14 @@ pub struct Shared {
     pub removed: Mutex<Vec<(String, Duration)>>,
     /// Safety-phase violations found by checkers while running.
     pub violations: Mutex<Vec<String>>,
+    /// Node each client currently holds a certificate for (client index → node ID).
+    pub held: Mutex<std::collections::BTreeMap<usize, String>>,
+    /// Root rotations completed so far.
+    pub rotations_completed: std::sync::atomic::AtomicU64,
     /// Set at heal: clients and admin stop starting new work.
     pub healing: AtomicBool,
+    /// Set when the liveness phase is judged: clients stop renewing.
+    pub finishing: AtomicBool,
     /// Set when the run is over: every actor exits.
     pub done: AtomicBool,
 }
@@ -109,13 +115,20 @@ impl Shared {
             tokens: Mutex::default(),
             removed: Mutex::default(),
             violations: Mutex::default(),
+            held: Mutex::default(),
+            rotations_completed: std::sync::atomic::AtomicU64::new(0),
             healing: AtomicBool::new(false),
+            finishing: AtomicBool::new(false),
             done: AtomicBool::new(false),
         }
     }
 
     pub fn healing(&self) -> bool {
         self.healing.load(Ordering::SeqCst)
+    }
+
+    pub fn finishing(&self) -> bool {
+        self.finishing.load(Ordering::SeqCst)
     }
 
     pub fn done(&self) -> bool {

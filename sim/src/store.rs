@@ -84,6 +84,7 @@ impl Store for FaultyStore {
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
             let opts = &self.shared.opts;
+            crate::checkers::i8_rotation::check_commit(&self.shared, &ops);
             if self.faults() {
                 let (slow, error, conflict) = {
                     let mut r = thread_rng();

@@ -22,11 +22,40 @@ pub fn client_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 1, (i + 1) as u8))
 }
 
-/// A client's credentials.
+/// A client's credentials and the root bundle it trusts (I8: the chain always verifies
+/// against the bundle).
 #[derive(Clone)]
 struct Creds {
     node_id: String,
     chain: Vec<Vec<u8>>,
+    bundle: Vec<u8>,
+}
+
+fn chain_of(pem: &[u8]) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem).filter_map(|p| p.ok().map(|p| p.contents)).collect()
+}
+
+/// Verifies `chain` against the roots in `bundle` now; the node ID on success.
+fn verify_with(bundle: &[u8], chain: &[Vec<u8>]) -> Result<String, String> {
+    let roots = swarmca_core::rootca::RootCa::new(
+        bundle,
+        b"",
+        b"",
+        swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY,
+        b"",
+        SystemTime::now(),
+    )
+    .map_err(|e| format!("unusable bundle: {e}"))?;
+    roots.verify_peer(chain, SystemTime::now()).map(|id| id.node_id).map_err(|e| e.to_string())
+}
+
+/// Whether the leaf of `chain` is valid at the simulated time with `margin` to spare.
+fn time_valid(chain: &[Vec<u8>], margin: Duration) -> bool {
+    let Some(leaf) = chain.first() else { return false };
+    let Ok((_, c)) = x509_parser::parse_x509_certificate(leaf) else { return false };
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let m = margin.as_secs() as i64;
+    c.validity().not_before.timestamp() + m <= now && now + m <= c.validity().not_after.timestamp()
 }
 
 /// How a wait for a certificate ended.
@@ -65,6 +94,26 @@ pub fn exp_delay(mean: Duration) -> Duration {
 async fn connect(addr: SocketAddr) -> Option<NodeCaClient<Channel>> {
     let ep = Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(Duration::from_secs(2));
     madsim::time::timeout(Duration::from_secs(3), ep.connect()).await.ok()?.ok().map(NodeCaClient::new)
+}
+
+/// GetRootCACertificate from a manager, presenting `chain` if given (an authenticated call
+/// records the node's TLS info).
+async fn fetch_root(addr: SocketAddr, chain: Option<&[Vec<u8>]>) -> Option<Vec<u8>> {
+    let ep = Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(Duration::from_secs(2));
+    let ch = madsim::time::timeout(Duration::from_secs(3), ep.connect()).await.ok()?.ok()?;
+    let mut req = tonic::Request::new(swarmca_types::GetRootCaCertificateRequest {});
+    if let Some(chain) = chain {
+        present(&mut req, chain);
+    }
+    let r = madsim::time::timeout(
+        Duration::from_secs(5),
+        swarmca_proto::ca_client::CaClient::new(ch).get_root_ca_certificate(req),
+    )
+    .await;
+    match r {
+        Ok(Ok(resp)) => Some(resp.into_inner().certificate),
+        _ => None,
+    }
 }
 
 fn new_key_and_csr() -> Option<(rcgen::KeyPair, Vec<u8>)> {
@@ -162,8 +211,11 @@ impl Client {
         Waited::GaveUp
     }
 
-    /// Client-side checks of an issued certificate (I1 and I2 from the node's view).
-    fn accept(&self, node_id: &str, cert_pem: &[u8], csr: &[u8]) -> Option<Creds> {
+    /// Client-side checks of an issued certificate (I1, and I8 from the node's view: it must
+    /// verify against the bundle the node holds, or — after a root rotation completed — the
+    /// bundle the cluster serves now), then one authenticated call with it, as an agent's
+    /// session would make (the CA records which root issued what the node uses).
+    async fn accept(&self, node_id: &str, cert_pem: &[u8], csr: &[u8], bundle: &[u8]) -> Option<Creds> {
         if spki_of_cert_pem(cert_pem) != spki_of_csr_pem(csr) {
             self.shared.violation(
                 "I1",
@@ -171,29 +223,62 @@ impl Client {
             );
             return None;
         }
-        let chain: Vec<Vec<u8>> = x509_parser::pem::Pem::iter_from_buffer(cert_pem)
-            .filter_map(|p| p.ok().map(|p| p.contents))
-            .collect();
-        match self.shared.root.verify_peer(&chain, SystemTime::now()) {
-            Ok(id) if id.node_id == node_id => Some(Creds { node_id: node_id.to_string(), chain }),
+        let chain = chain_of(cert_pem);
+        let mut bundle = bundle.to_vec();
+        let verified = match verify_with(&bundle, &chain) {
+            Ok(id) => Ok(id),
+            Err(first) => {
+                let served = match pick(&self.managers) {
+                    Some(addr) => fetch_root(addr, None).await,
+                    None => None,
+                };
+                match served {
+                    Some(served) => match verify_with(&served, &chain) {
+                        Ok(id) => {
+                            self.shared.coverage.hit("rotation.bundle_picked_up");
+                            bundle = served;
+                            Ok(id)
+                        }
+                        Err(second) => Err(format!("{first}; against the served root: {second}")),
+                    },
+                    // Cannot ask now: keep what we have, this is not the CA's fault.
+                    None => return None,
+                }
+            }
+        };
+        let creds = match verified {
+            Ok(id) if id == node_id => Creds { node_id: node_id.to_string(), chain, bundle },
             Ok(id) => {
                 self.shared.violation(
                     "I2",
-                    format!(
-                        "client {} got a certificate for node {} instead of {node_id}",
-                        self.idx, id.node_id
-                    ),
+                    format!("client {} got a certificate for node {id} instead of {node_id}", self.idx),
                 );
-                None
+                return None;
             }
             Err(e) => {
                 self.shared.violation(
-                    "I2",
-                    format!("client {} got a certificate that does not verify: {e}", self.idx),
+                    "I8",
+                    format!(
+                        "client {} got a certificate for node {node_id} that verifies neither against its \
+                         root bundle nor against the root the cluster serves: {e}",
+                        self.idx
+                    ),
                 );
-                None
+                return None;
+            }
+        };
+        lock(&self.shared.held).insert(self.idx, node_id.to_string());
+        // The first authenticated call with the new certificate; adopt the served bundle if our
+        // certificate verifies against it (after a rotation completed, it is the new root).
+        if let Some(addr) = pick(&self.managers) {
+            if let Some(served) = fetch_root(addr, Some(&creds.chain)).await {
+                if served != creds.bundle && verify_with(&served, &creds.chain).is_ok() {
+                    self.shared.coverage.hit("rotation.bundle_picked_up");
+                    return Some(Creds { bundle: served, ..creds });
+                }
             }
         }
+        Some(creds)
     }
 
     async fn join(&self) -> Option<Creds> {
@@ -220,6 +305,9 @@ impl Client {
             current
         };
         let stale = self.shared.current_token(self.manager_role).as_deref() != Some(token.as_str());
+        // Like a joining node: download the root first (the digest check against the token is
+        // left out on purpose, so that stale and wrong tokens still reach the CA).
+        let bundle = fetch_root(pick(&self.managers)?, None).await?;
         let (_key, mut csr) = new_key_and_csr()?;
         if chance(opts.p_garbage_csr) {
             csr =
@@ -246,7 +334,7 @@ impl Client {
         };
         match self.wait(&node_id, &csr).await {
             Waited::Issued(cert) => {
-                let c = self.accept(&node_id, &cert, &csr);
+                let c = self.accept(&node_id, &cert, &csr, &bundle).await;
                 if c.is_some() {
                     self.shared.coverage.hit("branch.join_issued");
                 }
@@ -297,7 +385,7 @@ impl Client {
         lock(&self.shared.renewals).push(record(now()));
         match waited {
             Waited::Issued(cert) => {
-                let c = self.accept(&id, &cert, &csr);
+                let c = self.accept(&id, &cert, &csr, &creds.bundle).await;
                 if c.is_some() {
                     self.shared.coverage.hit("branch.renewal_issued");
                 }
@@ -314,26 +402,29 @@ impl Client {
             let (a, b) = tokio::join!(self.renew_once(&creds), self.renew_once(&creds));
             return match (a, b) {
                 (Ok(Some(c)), _) | (_, Ok(Some(c))) => Some(c),
-                (Err(Code::InvalidArgument | Code::NotFound), _)
-                | (_, Err(Code::InvalidArgument | Code::NotFound)) => self.refused(&creds),
+                (Err(c @ (Code::InvalidArgument | Code::NotFound)), _)
+                | (_, Err(c @ (Code::InvalidArgument | Code::NotFound))) => self.refused(&creds, c),
                 _ => Some(creds),
             };
         }
         match self.renew_once(&creds).await {
             Ok(Some(c)) => Some(c),
             Ok(None) => Some(creds),
-            Err(Code::InvalidArgument | Code::NotFound) => self.refused(&creds),
+            Err(c @ (Code::InvalidArgument | Code::NotFound)) => self.refused(&creds, c),
             Err(_) => Some(creds),
         }
     }
 
     /// Managers fetch the unlock key after getting a certificate (as SwarmKit managers do).
     async fn unlock_key(&self, creds: &Creds) {
-        let is_manager = creds
-            .chain
-            .first()
-            .and_then(|d| self.shared.root.verify_peer(std::slice::from_ref(d), SystemTime::now()).ok())
-            .is_some_and(|id| id.has_role(swarmca_core::role::MANAGER_OU));
+        let is_manager =
+            creds.chain.first().and_then(|d| x509_parser::parse_x509_certificate(d).ok()).is_some_and(
+                |(_, c)| {
+                    c.subject()
+                        .iter_organizational_unit()
+                        .any(|ou| ou.as_str().ok() == Some(swarmca_core::role::MANAGER_OU))
+                },
+            );
         if !is_manager {
             return;
         }
@@ -358,12 +449,39 @@ impl Client {
     }
 
     /// The renewal was refused: if the node was removed, that is the blacklist working.
-    fn refused(&self, creds: &Creds) -> Option<Creds> {
+    /// Otherwise a node holding a certificate that is valid now was locked out (I8): its
+    /// chain verifies against the bundle it holds, so the CA must still trust it — a root
+    /// rotation may complete only once every node moved to the new root.
+    fn refused(&self, creds: &Creds, code: Code) -> Option<Creds> {
         if lock(&self.shared.removed).iter().any(|(id, _)| *id == creds.node_id) {
             self.shared.coverage.hit("branch.blacklist_refused");
-            None
-        } else {
-            Some(creds.clone())
+            lock(&self.shared.held).remove(&self.idx);
+            return None;
+        }
+        let margin = self.shared.opts.max_clock_skew + Duration::from_secs(300);
+        if code == Code::InvalidArgument && time_valid(&creds.chain, margin) {
+            self.shared.violation(
+                "I8",
+                format!(
+                    "node {} (client {}) was refused renewal although it holds a valid certificate \
+                     from the cluster's roots",
+                    creds.node_id, self.idx
+                ),
+            );
+        }
+        Some(creds.clone())
+    }
+
+    /// The node's own status (final states answer at once): whether the CA asked it to
+    /// renew (ROTATE), as SwarmKit's dispatcher would tell an agent.
+    async fn asked_to_rotate(&self, creds: &Creds) -> bool {
+        let Some(addr) = pick(&self.managers) else { return false };
+        let Some(mut c) = connect(addr).await else { return false };
+        let mut req = tonic::Request::new(NodeCertificateStatusRequest { node_id: creds.node_id.clone() });
+        req.set_timeout(Duration::from_secs(1));
+        match madsim::time::timeout(Duration::from_secs(2), c.node_certificate_status(req)).await {
+            Ok(Ok(r)) => r.into_inner().status.is_some_and(|s| s.state == 5),
+            _ => false,
         }
     }
 
@@ -380,16 +498,50 @@ impl Client {
                     c
                 }
                 Some(c) => {
-                    madsim::time::sleep(exp_delay(self.shared.opts.renew_interval)).await;
-                    if self.shared.healing() {
-                        break;
+                    // Interrupted by the heal: in the liveness phase a node must follow a root
+                    // rotation promptly.
+                    let until = now() + exp_delay(self.shared.opts.renew_interval);
+                    while now() < until && !self.shared.healing() {
+                        madsim::time::sleep((until - now()).min(Duration::from_secs(1))).await;
                     }
-                    // Removed managers keep trying too: the blacklist must stop them.
-                    self.unlock_key(&c).await;
-                    self.renew(c).await
+                    if self.shared.healing() {
+                        Some(c)
+                    } else {
+                        // Removed managers keep trying too: the blacklist must stop them.
+                        self.unlock_key(&c).await;
+                        self.renew(c).await
+                    }
                 }
             };
+            if creds.is_none() {
+                lock(&self.shared.held).remove(&self.idx);
+            }
         }
+        // Liveness phase: no new joins; a node that holds a certificate follows root
+        // rotations (renews when asked to) until the run is judged.
+        if !self.shared.opts.root_rotation {
+            return;
+        }
+        let completed = || self.shared.rotations_completed.load(std::sync::atomic::Ordering::SeqCst);
+        let mut seen = completed();
+        while let Some(c) = creds.take() {
+            if self.shared.finishing() || self.shared.done() {
+                return;
+            }
+            madsim::time::sleep(Duration::from_secs(2)).await;
+            creds = if self.asked_to_rotate(&c).await && !self.shared.finishing() {
+                self.shared.coverage.hit("rotation.node_followed");
+                self.renew(c).await
+            } else if completed() != seen && !self.shared.finishing() {
+                // A rotation completed: renew once more, as a periodic renewal would, with
+                // the certificate from the rotation; the new one is from the new root only.
+                seen = completed();
+                self.renew(c).await
+            } else {
+                Some(c)
+            };
+        }
+        lock(&self.shared.held).remove(&self.idx);
     }
 }
 

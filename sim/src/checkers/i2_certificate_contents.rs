@@ -1,7 +1,7 @@
 //! I2: an issued certificate names the node (CN), its requested role (OU), the cluster (O),
 //! carries exactly the SwarmKit SANs, has the configured validity (NotBefore ≈ now − 1 h,
 //! NotAfter − NotBefore = expiry + 1 h for some expiry the cluster was configured with), and
-//! chains to the cluster root.
+//! chains to a root the cluster had.
 
 use std::time::{Duration, SystemTime};
 
@@ -76,9 +76,11 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
     if !ok {
         return Err(format!("lifetime {} s matches no configured expiry + 1 h", lifetime.as_secs()));
     }
-    ctx.shared
-        .root
+    // Chains to a root the cluster had (root rotations make that several).
+    m.trust
+        .as_ref()
+        .ok_or("no cluster root known")?
         .verify_peer(&chain, SystemTime::now())
-        .map_err(|e| format!("does not chain to the root: {e}"))?;
+        .map_err(|e| format!("does not chain to any cluster root: {e}"))?;
     Ok(())
 }

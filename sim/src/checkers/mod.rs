@@ -18,6 +18,7 @@ pub mod i4_certificates_change_only_by_issuance;
 pub mod i5_liveness;
 pub mod i6_recoverable_never_fails;
 pub mod i7_token_decides_role;
+pub mod i8_rotation;
 pub mod i9_unique_serials;
 
 /// One store write of a node, with the state before it.
@@ -54,6 +55,7 @@ pub fn on_node_write(m: &mut Mirror, ctx: &WriteCtx<'_>) {
     i3_blacklist::check_write(ctx);
     i4_certificates_change_only_by_issuance::check(ctx);
     i6_recoverable_never_fails::check(m, ctx);
+    i8_rotation::check_write(m, ctx);
     i9_unique_serials::check(m, ctx);
 }
 
@@ -62,5 +64,6 @@ pub fn finish(m: &Mirror, shared: &Shared) {
     i3_blacklist::check_renewals(shared);
     i5_liveness::check(m, shared);
     i7_token_decides_role::check(m, shared);
+    i8_rotation::check_final(m, shared);
     i10_status_matches_store::check(m, shared);
 }
