@@ -75,6 +75,8 @@ pub struct Shared {
     pub violations: Mutex<Vec<String>>,
     /// Node each client currently holds a certificate for (client index → node ID).
     pub held: Mutex<std::collections::BTreeMap<usize, String>>,
+    /// Whether the cluster (as the mirror saw it last) has a root rotation in progress.
+    pub rotation_in_progress: AtomicBool,
     /// Root rotations completed so far.
     pub rotations_completed: std::sync::atomic::AtomicU64,
     /// Set at heal: clients and admin stop starting new work.
@@ -116,6 +118,7 @@ impl Shared {
             removed: Mutex::default(),
             violations: Mutex::default(),
             held: Mutex::default(),
+            rotation_in_progress: AtomicBool::new(false),
             rotations_completed: std::sync::atomic::AtomicU64::new(0),
             healing: AtomicBool::new(false),
             finishing: AtomicBool::new(false),

@@ -502,7 +502,7 @@ impl Client {
                     // rotation promptly.
                     let until = now() + exp_delay(self.shared.opts.renew_interval);
                     while now() < until && !self.shared.healing() {
-                        madsim::time::sleep((until - now()).min(Duration::from_secs(1))).await;
+                        madsim::time::sleep((until - now()).min(Duration::from_secs(5))).await;
                     }
                     if self.shared.healing() {
                         Some(c)
@@ -528,8 +528,9 @@ impl Client {
             if self.shared.finishing() || self.shared.done() {
                 return;
             }
-            madsim::time::sleep(Duration::from_secs(2)).await;
-            creds = if self.asked_to_rotate(&c).await && !self.shared.finishing() {
+            madsim::time::sleep(Duration::from_secs(3)).await;
+            let rotating = self.shared.rotation_in_progress.load(std::sync::atomic::Ordering::SeqCst);
+            creds = if rotating && self.asked_to_rotate(&c).await && !self.shared.finishing() {
                 self.shared.coverage.hit("rotation.node_followed");
                 self.renew(c).await
             } else if completed() != seen && !self.shared.finishing() {

@@ -83,6 +83,7 @@ pub fn check_write(m: &Mirror, ctx: &WriteCtx<'_>) {
 pub fn on_cluster_write(m: &mut Mirror, shared: &Shared, c: &Cluster) {
     let before = target(m.cluster.as_ref());
     let after = target(Some(c));
+    shared.rotation_in_progress.store(after.is_some(), std::sync::atomic::Ordering::SeqCst);
     if before == after {
         return;
     }
