@@ -76,6 +76,13 @@ fn rotate_renew_block_remove_complete() {
         // During the rotation the chain is leaf + cross-signed new root: valid under the old root.
         assert!(openssl_verify_with(&old_root, &dir.join("swarm-node.crt")));
     }
+    // A node joining during the rotation (old token, old root) gets a certificate from the new
+    // key that verifies against the old root through the cross-signed intermediate.
+    let mid = tmp.path().join("mid");
+    let o = join(&s.addr, &old_worker, &mid);
+    assert!(o.status.success(), "join during the rotation: {}", text(&o.stderr));
+    assert!(openssl_verify_with(&old_root, &mid.join("swarm-node.crt")));
+    assert_eq!(crate::cli::subject(&std::fs::read(mid.join("swarm-node.crt")).unwrap()).1, ["swarm-worker"]);
     // An up-to-date node declines to renew when asked "if needed".
     let dir0 = tmp.path().join("w0");
     let o = run(&["renew", "--if-needed", "--cert-dir", dir0.to_str().unwrap(), &s.addr]);

@@ -596,3 +596,59 @@ async fn rotation_control_start_restart_abort_and_complete() {
     new_ca.verify_peer(&chain, SystemTime::now()).unwrap();
     assert!(f.root.verify_peer(&chain, SystemTime::now()).is_err(), "not valid against the old root");
 }
+
+/// SwarmKit's nil-map case (spec §8.4): a rotation to a root with the same subject and key as
+/// the current one. The original's reconciler tracked nothing and never finished; here every
+/// node already reports that issuer, so the rotation completes at once.
+#[tokio::test]
+async fn rotation_to_a_reissued_root_with_the_same_key_completes() {
+    let f = Fixture::with(Opts { peers: PeerSource::Metadata, ..Opts::default() }).await;
+    // The same subject and key, another serial and validity: a re-issued root certificate.
+    let key = rcgen::KeyPair::from_pem(std::str::from_utf8(&f.root_key_pem).unwrap()).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        rcgen::DnValue::PrintableString("swarm-test-CA".try_into().unwrap()),
+    );
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
+    let reissued = params.self_signed(&key).unwrap().pem().into_bytes();
+    let (a, b) = (issuer_info_of_cert_pem(&reissued).unwrap(), issuer_info_of_cert_pem(&f.root_pem).unwrap());
+    assert_eq!(a, b, "same subject and key");
+    assert_ne!(reissued, f.root_pem);
+    // Every node reports the current issuer, as nodes do once they have authenticated.
+    let ids: Vec<String> = f
+        .store
+        .view(swarmca_store::WatchFilter::All)
+        .await
+        .unwrap()
+        .nodes
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    for id in &ids {
+        let info = tls_info_of(&f.root_pem);
+        f.update_node(id, |n| {
+            n.description = Some(NodeDescription { hostname: String::new(), tls_info: Some(info.clone()) })
+        })
+        .await;
+    }
+    let control = Control::new(f.server.clone(), None);
+    control
+        .rotate_root(admin::RotateRootRequest {
+            ca_cert: reissued.clone(),
+            ca_key: f.root_key_pem.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    eventually(5, || async { f.cluster().await.root_ca.unwrap().root_rotation.is_none() }).await;
+    let done = f.cluster().await.root_ca.unwrap();
+    assert_eq!(done.ca_cert, reissued);
+    assert_eq!(done.ca_cert_hash, digest_string(&reissued));
+    // No node was asked to renew: they were all converged.
+    assert!(states(&f).await.iter().all(|(_, s)| *s != State::Rotate as i32));
+}

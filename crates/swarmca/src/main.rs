@@ -83,6 +83,10 @@ enum Command {
         /// The private key (PEM file) of --ca-cert, for local signing.
         #[arg(long, requires = "ca_cert")]
         ca_key: Option<PathBuf>,
+        /// During a root rotation, how often the next batch of (at most 30) nodes is asked to
+        /// renew.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        rotation_interval: Duration,
     },
     /// Join a swarm: fetch and verify the root CA against the token, send a CSR, wait for the
     /// certificate, and write swarm-node.crt, swarm-node.key and swarm-root-ca.crt.
@@ -378,9 +382,9 @@ fn main() -> ExitCode {
 
 async fn dispatch(cmd: Command) -> Result<(), Fatal> {
     match cmd {
-        Command::Serve { data, listen, cert_expiry, external_ca, ca_cert, ca_key } => {
+        Command::Serve { data, listen, cert_expiry, external_ca, ca_cert, ca_key, rotation_interval } => {
             let init = serve::InitOptions { cert_expiry, external_ca, ca_cert, ca_key };
-            serve::serve(&data.path, listen, init).await
+            serve::serve(&data.path, listen, init, rotation_interval).await
         }
         Command::Join { token, cert_dir, timeout, addr } => {
             client::join(&addr, &token, &cert_dir, timeout).await

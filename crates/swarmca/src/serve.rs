@@ -305,7 +305,12 @@ async fn claim_socket(path: &Path) -> Result<tokio::net::UnixListener, Fatal> {
 }
 
 /// `swarmca serve`.
-pub async fn serve(data_dir: &Path, listen: SocketAddr, init: InitOptions) -> Result<(), Fatal> {
+pub async fn serve(
+    data_dir: &Path,
+    listen: SocketAddr,
+    init: InitOptions,
+    rotation_interval: Duration,
+) -> Result<(), Fatal> {
     files::ensure_private_dir(data_dir).map_err(|Fatal(m)| fatal!("unusable data directory: {m}"))?;
     let certs = data_dir.join("certificates");
     files::ensure_private_dir(&certs)?;
@@ -339,8 +344,10 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr, init: InitOptions) -> Re
     files::write_atomic(&certs, NODE_CERT, &id.cert_pem, false)?;
 
     let root_ca = RootCa::from_api(&id.root, id.expiry, SystemTime::now())?;
+    let mut config = ServerConfig::new(id.cluster_id.clone());
+    config.root_reconcile_interval = rotation_interval.max(Duration::from_millis(100));
     let server = CaServer::new(
-        ServerConfig::new(id.cluster_id.clone()),
+        config,
         ServerDeps {
             store: store.clone(),
             clock: Arc::new(SystemClock),
