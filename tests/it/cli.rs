@@ -464,3 +464,28 @@ sys.stdout.write(r.certificate.decode())
     assert!(o.status.success(), "grpcio call failed: {}", text(&o.stderr));
     assert_eq!(text(&o.stdout).as_bytes(), std::fs::read(&root).unwrap());
 }
+
+#[test]
+fn bench_command_runs_bounded_loads_and_reports() {
+    let tmp = TempDir::new("bench");
+    let s = Server::start(&tmp.path().join("data"), free_port());
+    let o = run(&["bench", "root", "-c", "2", "-n", "20", &s.addr]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("requests:  20 ok, 0 errors"), "{out}");
+    assert!(out.contains("p99"), "{out}");
+    let o = run(&["bench", "join", "-n", "3", &s.addr]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("needs --token"), "{}", text(&o.stderr));
+    let before = s.admin_ok(&["node", "ls", "-q"]).lines().count();
+    let o = run(&["bench", "join", "--token", &s.token("worker"), "-c", "2", "-n", "6", &s.addr]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("requests:  6 ok"), "{}", text(&o.stdout));
+    assert_eq!(s.admin_ok(&["node", "ls", "-q"]).lines().count(), before + 6, "each join made a node");
+    let o = run(&["bench", "renew", "--token", &s.token("worker"), "-c", "2", "-n", "4", &s.addr]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("requests:  4 ok"), "{}", text(&o.stdout));
+    // Nothing listening: a clear failure, exit non-zero.
+    let o = run(&["bench", "root", "-n", "1", "127.0.0.1:1"]);
+    assert!(!o.status.success());
+}

@@ -134,6 +134,9 @@ pub async fn connect(addr: &str, cfg: ClientConfig, server_name: &str) -> Result
         let target = target.clone();
         async move {
             let tcp = tokio::net::TcpStream::connect(&target).await?;
+            // gRPC writes small frames; with Nagle's algorithm each one waits for the peer's
+            // delayed ACK (~40 ms per call).
+            tcp.set_nodelay(true)?;
             let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
@@ -183,7 +186,7 @@ pub async fn fetch_root(addr: &str, token: &str) -> Result<Vec<u8>, Fatal> {
 }
 
 /// A new P-256 key (PKCS#8 PEM) and a CSR for it (PEM) with an empty subject, like SwarmKit's.
-fn new_key_and_csr() -> Result<(String, Vec<u8>), Fatal> {
+pub(crate) fn new_key_and_csr() -> Result<(String, Vec<u8>), Fatal> {
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();

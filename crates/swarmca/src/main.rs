@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod admin_cli;
+mod bench;
 mod client;
 mod files;
 mod listener;
@@ -183,6 +184,30 @@ enum Command {
     /// Manage cluster settings.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Load-test a manager: concurrent clients join, renew or fetch the root over TLS; shows
+    /// progress and prints requests/s, latency percentiles and errors by gRPC code.
+    ///
+    /// `join` creates a node per request (remove them afterwards); `renew` joins one node per
+    /// client first (not measured) and renews it repeatedly; `root` needs no token.
+    Bench {
+        /// What each request does.
+        #[arg(value_enum)]
+        kind: bench::BenchKind,
+        /// A join token (worker or manager), for `join` and `renew`.
+        #[arg(long)]
+        token: Option<String>,
+        /// Concurrent clients, each on its own TLS connection.
+        #[arg(short = 'c', long, default_value_t = 16)]
+        clients: usize,
+        /// Stop after this many requests.
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        requests: u64,
+        /// Stop after this long, whatever -n says.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Address of a manager, host:port.
+        addr: String,
+    },
     /// Print (or rotate) the manager unlock key (autolock).
     UnlockKey {
         #[command(flatten)]
@@ -420,6 +445,9 @@ async fn dispatch(cmd: Command) -> Result<(), Fatal> {
             admin_cli::ca(&data.path, action, detach, quiet).await
         }
         Command::Cluster(cmd) => admin_cli::cluster(cmd).await,
+        Command::Bench { kind, token, clients, requests, duration, addr } => {
+            bench::run(bench::BenchArgs { kind, addr, token, clients, requests, duration }).await
+        }
         Command::UnlockKey { data, rotate, quiet } => admin_cli::unlock_key(&data.path, rotate, quiet).await,
     }
 }

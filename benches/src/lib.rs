@@ -1,0 +1,1 @@
+//! Benchmarks only: see `benches/ca.rs` and `benches/README.md`.
