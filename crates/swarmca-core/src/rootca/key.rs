@@ -285,3 +285,22 @@ impl rcgen::SigningKey for KeyRef<'_> {
         }
     }
 }
+
+/// A shared [`CaKey`], for an issuer built once and kept with the signer.
+pub(crate) struct SharedKey(pub(crate) std::sync::Arc<CaKey>);
+
+impl rcgen::PublicKeyData for SharedKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0.public
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.0.alg
+    }
+}
+
+impl rcgen::SigningKey for SharedKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        KeyRef(&self.0).sign(msg)
+    }
+}

@@ -22,7 +22,7 @@ use x509_parser::certificate::X509Certificate;
 
 pub use self::cross::{cross_sign_csr, CrossSignCsr, CrossSignError};
 pub use self::issued::IssuedCertError;
-use self::key::{CaKey, KeyRef};
+use self::key::{CaKey, SharedKey};
 use crate::csr::{self, CsrError};
 use crate::identity::PeerIdentity;
 use crate::pemutil;
@@ -231,10 +231,13 @@ pub enum VerifyError {
 struct Signer {
     cert_der: Vec<u8>,
     key_pem: Vec<u8>,
-    key: CaKey,
+    key: Arc<CaKey>,
     /// Whether the signing certificate has a subject key identifier (Go copies it into
     /// the AKI of issued certificates, and omits the AKI otherwise).
     has_ski: bool,
+    /// rcgen's issuer (name, key identifier, key usages, key), parsed once; `None` for
+    /// subjects rcgen would mangle, which are then refused by the checked per-call path.
+    issuer: Option<Issuer<'static, SharedKey>>,
 }
 
 /// A validated root CA: trusted roots, optional intermediates and optional local signer.
@@ -352,7 +355,21 @@ impl RootCa {
                     x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(_)
                 )
             });
-            let signer = Signer { cert_der: cert_der.clone(), key_pem: sign_key_pem.to_vec(), key, has_ski };
+            // rcgen mangles or panics on empty or multi-valued RDNs: those take the checked
+            // per-signature path (and are refused there).
+            let key = Arc::new(key);
+            let simple_rdns = cert.subject().iter().all(|rdn| rdn.iter().count() == 1);
+            let issuer = simple_rdns
+                .then(|| {
+                    Issuer::from_ca_cert_der(
+                        &CertificateDer::from(cert_der.as_slice()),
+                        SharedKey(key.clone()),
+                    )
+                    .ok()
+                })
+                .flatten();
+            let signer =
+                Signer { cert_der: cert_der.clone(), key_pem: sign_key_pem.to_vec(), key, has_ski, issuer };
             check_signer(&signer)?;
             Some(Arc::new(signer))
         };
@@ -616,7 +633,14 @@ fn issue(
     serial: [u8; 20],
 ) -> Result<Vec<u8>, String> {
     let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| e.to_string())?;
-    let issuer = issuer_of(signer)?;
+    let owned;
+    let issuer = match &signer.issuer {
+        Some(i) => i,
+        None => {
+            owned = issuer_of(signer)?;
+            &owned
+        }
+    };
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     for (ty, value) in
@@ -646,19 +670,19 @@ fn issue(
     params.key_identifier_method =
         KeyIdMethod::PreSpecified(key_id(rcgen::PublicKeyData::der_bytes(&public_key)));
     params.use_authority_key_identifier_extension = signer.has_ski;
-    let cert = params.signed_by(&public_key, &issuer).map_err(|e| e.to_string())?;
+    let cert = params.signed_by(&public_key, issuer).map_err(|e| e.to_string())?;
     Ok(cert.der().to_vec())
 }
 
 /// rcgen's issuer for the signing certificate. Refuses subjects rcgen would mangle or
 /// panic on (empty or multi-valued RDNs).
-fn issuer_of(signer: &Signer) -> Result<Issuer<'static, KeyRef<'_>>, String> {
+fn issuer_of(signer: &Signer) -> Result<Issuer<'static, SharedKey>, String> {
     let cert = chain::parse_cert(&signer.cert_der)?;
     if cert.subject().iter().any(|rdn| rdn.iter().count() != 1) {
         return Err("subject has empty or multi-valued RDNs".into());
     }
     let der = CertificateDer::from(signer.cert_der.as_slice());
-    Issuer::from_ca_cert_der(&der, KeyRef(&signer.key)).map_err(|e| e.to_string())
+    Issuer::from_ca_cert_der(&der, SharedKey(signer.key.clone())).map_err(|e| e.to_string())
 }
 
 /// Issues a throwaway certificate to prove that the signer works and that rcgen reproduces
