@@ -327,7 +327,7 @@ fn grpc_join_loopback(c: &mut Criterion) {
     std::fs::create_dir_all(&dir).unwrap();
     let store: Arc<dyn Store> = Arc::new(swarmca_store::RedbStore::open(&dir.join("bench.redb")).unwrap());
     let (cl, tokens) = cluster(&g, "bench");
-    let server = rt.block_on(running(store, cl, &ca, 4));
+    let server = rt.block_on(running(store, cl, &ca, 64));
     // The manager's TLS identity.
     let (mcsr, mkey) = csr();
     let mcert = ca.sign_csr(&mcsr, "manager", Role::Manager, "bench", SystemTime::now(), serial()).unwrap();
@@ -347,7 +347,7 @@ fn grpc_join_loopback(c: &mut Criterion) {
     let mut group = c.benchmark_group("grpc");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(15));
-    for clients in [1usize, 16, 64] {
+    for clients in [1usize, 16, 64, 256] {
         group.throughput(Throughput::Elements(1));
         let channels: Vec<_> = rt.block_on(async {
             let mut v = Vec::new();

@@ -866,3 +866,16 @@ fn leaf_issuer_tells_roots_with_the_same_subject_apart() {
     assert_eq!(leaf_issuer(&old_leaf, std::slice::from_ref(&r1_der)), Some(r1_id));
     assert_eq!(leaf_issuer(&old_leaf, std::slice::from_ref(&r2_der)), None);
 }
+
+#[test]
+fn spki_of_issued_walks_the_tbs() {
+    let r = gen_root("root-s");
+    let ca = signing_ca(&r, HOUR);
+    let csr = p256_csr();
+    let leaf = ders(&ca.sign_csr(&csr, "n", Role::Worker, "o", t0(), [5; 20]).unwrap()).remove(0);
+    assert_eq!(spki_of_issued(&leaf), Some(parse(&leaf).public_key().raw));
+    let root_der = ders(&r.cert_pem).remove(0);
+    assert_eq!(spki_of_issued(&root_der), Some(parse(&root_der).public_key().raw));
+    assert_eq!(spki_of_issued(b"\x30\x00"), None);
+    assert_eq!(spki_of_issued(&leaf[..leaf.len() / 2]), None);
+}
