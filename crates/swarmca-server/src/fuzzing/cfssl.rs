@@ -1,0 +1,87 @@
+//! Target `cfssl_response`: an external CA's answer (HTTP status and body) through the body
+//! size cap and the CFSSL response parser.
+//!
+//! Input: 2 bytes of status selector, 3 bytes of leading-whitespace padding (up to 16 MiB, so
+//! that bodies beyond the 256 KiB cap are reached with small inputs), 1 byte of frame size,
+//! then the body. The body is fed frame by frame through the same capping step the HTTP
+//! client uses, then parsed.
+
+use crate::external::{append_capped, parse_response, ExternalCaError, CERTIFICATE_MAX_SIZE};
+
+/// The statuses that matter, plus anything else.
+const STATUSES: [u16; 8] = [200, 400, 500, 201, 404, 502, 100, 299];
+
+/// Runs one input.
+pub fn cfssl_response(data: &[u8]) {
+    let Some((head, body)) = data.split_first_chunk::<6>() else { return };
+    let [s0, s1, p0, p1, p2, frame] = *head;
+    let status = if s0 & 0x80 == 0 {
+        STATUSES.get(usize::from(s0) % STATUSES.len()).copied().unwrap_or(200)
+    } else {
+        u16::from_le_bytes([s0 & 0x7f, s1])
+    };
+    let pad = (usize::from(p0) | usize::from(p1) << 8 | usize::from(p2) << 16) & 0x3f_ffff;
+    let pad = if p2 & 0x80 == 0 { pad % 64 } else { pad };
+    let mut sent = vec![b' '; pad];
+    sent.extend_from_slice(body);
+
+    // The client's read loop: frames until the cap is reached.
+    let frame = usize::from(frame).max(1) * 997;
+    let mut buf = Vec::new();
+    for chunk in sent.chunks(frame) {
+        if buf.len() >= CERTIFICATE_MAX_SIZE {
+            break;
+        }
+        append_capped(&mut buf, chunk);
+    }
+    let kept = sent.len().min(CERTIFICATE_MAX_SIZE);
+    assert_eq!(buf.len(), kept, "the capped read kept the wrong number of bytes");
+    assert!(sent.starts_with(&buf), "the capped read is not a prefix of the answer");
+
+    let r = parse_response(status, &buf);
+    // Deterministic.
+    assert_eq!(r, parse_response(status, &buf));
+    match &r {
+        Ok(cert) => {
+            assert_eq!(status, 200, "a certificate accepted from a non-200 answer");
+            // A second reading of the same JSON must find the same certificate.
+            let v: serde_json::Value = match serde_json::from_slice(&buf) {
+                Ok(v) => v,
+                Err(e) => panic!("accepted body is not JSON: {e}"),
+            };
+            assert_eq!(v.get("success"), Some(&serde_json::Value::Bool(true)));
+            let c = v.get("result").and_then(|r| r.get("certificate")).and_then(|c| c.as_str());
+            assert_eq!(c.map(str::as_bytes), Some(cert.as_slice()));
+            // A cut-off answer never yields a certificate, unless only padding-free whitespace
+            // was cut.
+            if sent.len() > buf.len() {
+                let cut = sent.get(buf.len()..).unwrap_or_default();
+                assert!(cut.iter().all(u8::is_ascii_whitespace), "a truncated answer gave a certificate");
+            }
+        }
+        Err(ExternalCaError::Status { code, body: shown }) => {
+            assert_eq!(*code, status);
+            assert!(status != 200);
+            assert!(shown.len() <= 3 * 1024 + 64, "status error message is not bounded");
+        }
+        Err(e) => {
+            if status != 200 {
+                assert!(
+                    status == 400 && matches!(e, ExternalCaError::Rejected(_)),
+                    "status {status} gave {e:?}"
+                );
+            }
+        }
+    }
+    // Only what CFSSL itself said is fatal; transport-level trouble is retried.
+    if let Err(e) = &r {
+        let fatal = matches!(
+            e,
+            ExternalCaError::Rejected(_)
+                | ExternalCaError::Failed
+                | ExternalCaError::InvalidResultType
+                | ExternalCaError::InvalidCertificateField
+        );
+        assert_eq!(e.is_recoverable(), !fatal, "{e:?} classified wrongly");
+    }
+}
