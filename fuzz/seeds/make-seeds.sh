@@ -191,8 +191,8 @@ def seed(name, status_sel, body, pad=(0, 0, 0), frame=4):
     open(f"cfssl_response/{name}", "wb").write(hdr + body)
 ok = json.dumps({"success": True, "result": {"certificate": cert}, "errors": [], "messages": []}).encode()
 seed("ok", 0, ok)
-seed("ok_padded_past_cap", 0, ok, pad=(0x00, 0x10, 0x84))  # 256 KiB + of leading whitespace
-seed("ok_padded_just_under", 0, ok, pad=(0x00, 0xf0, 0x83), frame=255)
+seed("ok_padded_past_cap", 0, ok, pad=(0xff, 0xff, 0xff))  # whitespace to 64 KiB past the cap
+seed("ok_padded_just_under", 0, ok, pad=(0x00, 0x60, 0xf0), frame=255)  # ends just under the cap
 seed("rejected", 0, json.dumps({"success": False, "result": None, "errors": [{"code": 9002, "message": "CSR Decode failed"}]}).encode())
 seed("failed_no_errors", 0, b'{"success":false,"result":null,"errors":[]}')
 seed("result_not_object", 0, b'{"success":true,"result":[1,2]}')
