@@ -20,8 +20,8 @@ use swarmca_types::{
 use tonic::{Code, Request, Status};
 
 use super::harness::{
-    initial_cluster, material, new_server, runtime, CheckedStore, SeededEntropy, SetPeers, SyncReads,
-    CLUSTER_ID,
+    initial_cluster, material, new_server, runtime, yield_times, CheckedStore, SeededEntropy, SetPeers,
+    SyncReads, CLUSTER_ID,
 };
 use crate::control::Control;
 use crate::server::CaServer;
@@ -84,6 +84,10 @@ async fn handle(selector: u8, body: &[u8]) {
         panic!("follower never became ready");
     }
     dispatch(selector, body, &server, &store, &tokens).await;
+    // Let the server follow what the request wrote (a changed expiry or external CA list
+    // rebuilds its signer view); it must keep running.
+    yield_times(8).await;
+    assert!(!run.is_finished(), "the follower loop ended after the request");
     run.abort();
 }
 
