@@ -15,6 +15,8 @@ mod base36;
 pub mod csr;
 mod der;
 pub mod entropy;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod id;
 pub mod identity;
 mod pemutil;

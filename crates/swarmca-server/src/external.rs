@@ -564,8 +564,7 @@ where
                 Some(Err(e)) => return Err(ExternalCaError::Body(error_chain(&e))),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        let room = CERTIFICATE_MAX_SIZE - buf.len();
-                        buf.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
+                        append_capped(&mut buf, &data);
                     }
                 }
             }
@@ -573,6 +572,12 @@ where
         Ok((status, buf))
     };
     drive(conn, work).await
+}
+
+/// Appends as much of `data` to `buf` as fits under [`CERTIFICATE_MAX_SIZE`].
+pub(crate) fn append_capped(buf: &mut Vec<u8>, data: &[u8]) {
+    let room = CERTIFICATE_MAX_SIZE.saturating_sub(buf.len());
+    buf.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
 }
 
 /// Runs `work` while polling the connection future `conn`; the connection is dropped (and
@@ -626,7 +631,7 @@ fn csr_rejection(body: &[u8]) -> Option<String> {
 }
 
 /// CFSSL response handling (spec §5.3 steps 3–7).
-fn parse_response(status: u16, body: &[u8]) -> Result<Vec<u8>, ExternalCaError> {
+pub(crate) fn parse_response(status: u16, body: &[u8]) -> Result<Vec<u8>, ExternalCaError> {
     if status == 400 {
         if let Some(list) = csr_rejection(body) {
             return Err(ExternalCaError::Rejected(list));

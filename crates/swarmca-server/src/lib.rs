@@ -20,6 +20,8 @@ pub mod control;
 pub mod env;
 pub mod error;
 pub mod external;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod peer;
 pub mod reconciler;
 mod rotation;

@@ -146,3 +146,18 @@ fn urls_are_redacted_for_logs() {
     assert_eq!(redact_url("http://u@10.0.0.1"), "http://***@10.0.0.1");
     assert_eq!(redact_url("not a url"), "not a url");
 }
+
+/// Found by the `cfssl_response` fuzz target: invalid UTF-8 or a lone surrogate escape inside a
+/// field the parser ignores does not make the answer unreadable (serde_json does not check
+/// skipped strings; Go's encoding/json, which SwarmKit uses, replaces such characters), while
+/// invalid UTF-8 in the certificate itself is a parse error, never a certificate with replaced
+/// bytes.
+#[test]
+fn invalid_utf8_is_tolerated_only_in_ignored_fields() {
+    let ignored = b"{\"success\":true,\"result\":{\"certificate\":\"x\"},\"messages\":{\"k\xd4\":\"\xff\"}}";
+    assert_eq!(parse_response(200, ignored).unwrap(), b"x");
+    let surrogate = br#"{"success":true,"result":{"certificate":"x"},"messages":"\ud800"}"#;
+    assert_eq!(parse_response(200, surrogate).unwrap(), b"x");
+    let in_cert = b"{\"success\":true,\"result\":{\"certificate\":\"x\xd4\"}}";
+    assert!(matches!(parse_response(200, in_cert), Err(ExternalCaError::Json(_))));
+}
