@@ -53,15 +53,7 @@ impl Mirror {
         }
         if changed {
             let bundle = self.roots_seen.join(&b'\n');
-            self.trust = swarmca_core::rootca::RootCa::new(
-                &bundle,
-                b"",
-                b"",
-                swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY,
-                b"",
-                std::time::SystemTime::now(),
-            )
-            .ok();
+            self.trust = crate::shared::trust_of(&bundle).ok();
         }
     }
 }

@@ -110,7 +110,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     if let Err(e) = mem.commit_sync(vec![Op::CreateCluster(cluster)]) {
         panic!("cannot create the cluster: {e}");
     }
-    let shared = Arc::new(Shared::new(opts.clone(), log.clone(), cluster_id.clone(), root.cert_pem.clone()));
+    let shared = Arc::new(Shared::new(opts.clone(), log.clone(), cluster_id.clone()));
     let mirror = crate::mirror::start(&mem, shared.clone());
     let store = Arc::new(FaultyStore::new(mem, shared.clone()));
     let root_ca = match RootCa::new(

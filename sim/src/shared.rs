@@ -60,9 +60,6 @@ pub struct Shared {
     pub log: EventLog,
     pub coverage: Coverage,
     pub cluster_id: String,
-    pub root_pem: Vec<u8>,
-    /// The root, parsed once, for verifying chains.
-    pub root: swarmca_core::rootca::RootCa,
     pub joins: Mutex<Vec<JoinObs>>,
     pub statuses: Mutex<Vec<StatusObs>>,
     pub renewals: Mutex<Vec<RenewObs>>,
@@ -93,23 +90,12 @@ pub fn now() -> Duration {
 }
 
 impl Shared {
-    pub fn new(opts: SimOptions, log: EventLog, cluster_id: String, root_pem: Vec<u8>) -> Shared {
-        let root = swarmca_core::rootca::RootCa::new(
-            &root_pem,
-            b"",
-            b"",
-            swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY,
-            b"",
-            std::time::SystemTime::now(),
-        )
-        .unwrap_or_else(|e| panic!("root: {e}"));
+    pub fn new(opts: SimOptions, log: EventLog, cluster_id: String) -> Shared {
         Shared {
-            root,
             opts,
             log,
             coverage: Coverage::default(),
             cluster_id,
-            root_pem,
             joins: Mutex::default(),
             statuses: Mutex::default(),
             renewals: Mutex::default(),
@@ -171,6 +157,19 @@ impl Shared {
         }
         g.push(TokenSpan { token, manager, from: t, until: None });
     }
+}
+
+/// A verify-only CA trusting the roots in `bundle` (PEM), valid now.
+pub fn trust_of(bundle: &[u8]) -> Result<swarmca_core::rootca::RootCa, String> {
+    swarmca_core::rootca::RootCa::new(
+        bundle,
+        b"",
+        b"",
+        swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY,
+        b"",
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| format!("unusable bundle: {e}"))
 }
 
 /// Locks, recovering from poisoning (a panic already fails the run).

@@ -37,16 +37,10 @@ fn chain_of(pem: &[u8]) -> Vec<Vec<u8>> {
 
 /// Verifies `chain` against the roots in `bundle` now; the node ID on success.
 fn verify_with(bundle: &[u8], chain: &[Vec<u8>]) -> Result<String, String> {
-    let roots = swarmca_core::rootca::RootCa::new(
-        bundle,
-        b"",
-        b"",
-        swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY,
-        b"",
-        SystemTime::now(),
-    )
-    .map_err(|e| format!("unusable bundle: {e}"))?;
-    roots.verify_peer(chain, SystemTime::now()).map(|id| id.node_id).map_err(|e| e.to_string())
+    crate::shared::trust_of(bundle)?
+        .verify_peer(chain, SystemTime::now())
+        .map(|id| id.node_id)
+        .map_err(|e| e.to_string())
 }
 
 /// Whether the leaf of `chain` is valid at the simulated time with `margin` to spare.
