@@ -78,13 +78,62 @@ fn pki(c: &mut Criterion) {
     let pkcs8 = x509_parser::pem::parse_x509_pem(&g.key_pem).unwrap().1.contents;
     let rng = ring::rand::SystemRandom::new();
     let ca_key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8, &rng).unwrap();
-    group.bench_function("ceiling/verify_plus_sign", |b| {
-        b.iter(|| {
-            UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &spki_bits).verify(&info, &sig).unwrap();
-            ca_key.sign(&rng, &tbs).unwrap()
-        })
-    });
+    let ceiling = || {
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &spki_bits).verify(&info, &sig).unwrap();
+        ca_key.sign(&rng, &tbs).unwrap()
+    };
+    group.bench_function("ceiling/verify_plus_sign", |b| b.iter(ceiling));
     group.finish();
+    if wanted("pki/ratio") {
+        let sign =
+            || ca.sign_csr(&csr_pem, "node", Role::Worker, "cluster", SystemTime::now(), [7; 20]).unwrap();
+        interleaved_ratio(sign, ceiling);
+    }
+}
+
+/// Whether the command line's filter (criterion's first free argument, a regex it matches
+/// against bench names; we only do substring matching) selects `name`.
+fn wanted(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()) || f.contains("ratio"))
+}
+
+/// `pki/ratio`: the ceiling's speed over the pipeline's, measured in alternating short
+/// batches so that both see the same machine (a busy neighbour slows both alike). Prints
+/// the median and the 10th/90th percentiles of 300 rounds.
+fn interleaved_ratio<A, B>(mut pipeline: impl FnMut() -> A, mut floor: impl FnMut() -> B) {
+    const BATCH: u32 = 20;
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..BATCH {
+            f();
+        }
+        t.elapsed().as_secs_f64()
+    };
+    let mut ratios = Vec::new();
+    for round in 0..300 {
+        let mut p = || {
+            std::hint::black_box(pipeline());
+        };
+        let mut c = || {
+            std::hint::black_box(floor());
+        };
+        let (tp, tc) = if round % 2 == 0 {
+            let tp = time(&mut p);
+            (tp, time(&mut c))
+        } else {
+            let tc = time(&mut c);
+            (time(&mut p), tc)
+        };
+        ratios.push(tc / tp);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "pki/ratio: sign/local_p256 runs at {:.1} % of ceiling/verify_plus_sign (median of 300 interleaved rounds; p10 {:.1} %, p90 {:.1} %)",
+        ratios[150] * 100.0,
+        ratios[30] * 100.0,
+        ratios[270] * 100.0
+    );
 }
 
 fn cluster(g: &GeneratedRoot, id: &str) -> (Cluster, JoinTokens) {

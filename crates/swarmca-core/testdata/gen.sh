@@ -54,6 +54,10 @@ openssl rsa -in "$tmp/ca_rsa2048.pk8" -traditional -out ca_rsa2048_pkcs1.key 2>/
 cp "$tmp/ca_rsa2048.pk8" ca_rsa2048_pkcs8.key
 ca ca_p521 -newkey ec -pkeyopt ec_paramgen_curve:P-521 -sha512
 cp "$tmp/ca_p521.pk8" ca_p521_pkcs8.key
+# A root without a subject key identifier (its leaves carry no AKI, as Go's do).
+ca ca_p256_noski -newkey ec -pkeyopt ec_paramgen_curve:P-256 -sha256 \
+    -addext "subjectKeyIdentifier=none" -addext "authorityKeyIdentifier=none"
+cp "$tmp/ca_p256_noski.pk8" ca_p256_noski_pkcs8.key
 # A root signed with SHA-1, an algorithm SwarmKit refuses for CAs.
 ca ca_rsa_sha1 -newkey rsa:2048 -sha1
 echo "fixtures written to $(pwd)"

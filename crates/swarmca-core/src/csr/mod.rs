@@ -16,14 +16,15 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// Largest accepted RSA modulus, in bits (the verification limit of *ring*).
 pub const MAX_RSA_BITS: usize = 8192;
 
-const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
-const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
-const OID_P256: &str = "1.2.840.10045.3.1.7";
-const OID_P384: &str = "1.3.132.0.34";
-const OID_P521: &str = "1.3.132.0.35";
-const OID_ED25519: &str = "1.3.101.112";
-const OID_ED448: &str = "1.3.101.113";
-const OID_DSA: &str = "1.2.840.10040.4.1";
+// OID contents (DER, without tag and length).
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+const OID_P521: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x23];
+const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+const OID_ED448: &[u8] = &[0x2b, 0x65, 0x71];
+const OID_DSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x01];
 
 const ACCEPTED_KEYS: &str = "accepted: ECDSA P-256, ECDSA P-384, RSA >= 2048 bits";
 
@@ -128,9 +129,6 @@ pub fn parse_csr_der(der: &[u8]) -> Result<ValidatedCsr, CsrError> {
     check_envelope(der)?;
     let spki = &csr.certification_request_info.subject_pki;
     let key_kind = classify_key(spki)?;
-    // The issued certificate re-encodes the key through rcgen; make sure it can.
-    rcgen::SubjectPublicKeyInfo::from_der(spki.raw)
-        .map_err(|_| CsrError::UnsupportedKey("unusual public key encoding".into()))?;
     csr.verify_signature().map_err(|e| match e {
         x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => {
             CsrError::UnsupportedSignatureAlgorithm(csr.signature_algorithm.algorithm.to_id_string())
@@ -158,17 +156,19 @@ fn check_envelope(der: &[u8]) -> Result<(), CsrError> {
 }
 
 fn classify_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, CsrError> {
-    let alg = spki.algorithm.algorithm.to_id_string();
+    let alg = &spki.algorithm.algorithm;
     let unsupported = |what: &str| CsrError::UnsupportedKey(format!("{what} ({ACCEPTED_KEYS})"));
-    match alg.as_str() {
+    match alg.as_bytes() {
         OID_EC_PUBLIC_KEY => {
-            let curve =
-                spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string());
-            match curve.as_deref() {
+            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+            match curve.as_ref().map(|o| o.as_bytes()) {
                 Some(OID_P256) => Ok(KeyKind::EcdsaP256),
                 Some(OID_P384) => Ok(KeyKind::EcdsaP384),
                 Some(OID_P521) => Err(unsupported("ECDSA P-521")),
-                Some(other) => Err(unsupported(&format!("ECDSA curve {other}"))),
+                Some(_) => Err(unsupported(&format!(
+                    "ECDSA curve {}",
+                    curve.map(|o| o.to_id_string()).unwrap_or_default()
+                ))),
                 None => Err(unsupported("ECDSA without named curve")),
             }
         }
@@ -188,7 +188,7 @@ fn classify_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyKind, CsrError> {
         OID_ED25519 => Err(unsupported("Ed25519")),
         OID_ED448 => Err(unsupported("Ed448")),
         OID_DSA => Err(unsupported("DSA")),
-        other => Err(unsupported(&format!("key algorithm {other}"))),
+        _ => Err(unsupported(&format!("key algorithm {}", alg.to_id_string()))),
     }
 }
 

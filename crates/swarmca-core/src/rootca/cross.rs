@@ -7,9 +7,7 @@
 //! subject, the authority key identifier pointing at the current signer, and a signature by the
 //! current key. The TBSCertificate is rewritten at the DER level so nothing else changes.
 
-use rcgen::SigningKey as _;
-
-use super::key::{CaKey, KeyRef};
+use super::key::CaKey;
 use super::{chain, RootCa};
 use crate::der::{self, TAG_BIT_STRING, TAG_OCTET_STRING, TAG_SEQUENCE};
 use crate::pemutil;
@@ -81,7 +79,7 @@ impl RootCa {
         let parent_ski = subject_key_id(&parent);
         let alg = signer.key.algorithm_identifier_der();
         let tbs = rewrite_tbs(&other_der, alg, parent.subject().as_raw(), parent_ski.as_deref())?;
-        let sig = KeyRef(&signer.key).sign(&tbs).map_err(|e| CrossSignError::Internal(e.to_string()))?;
+        let sig = signer.key.sign(&tbs).map_err(CrossSignError::Internal)?;
         let cert = der::tlv(TAG_SEQUENCE, &[tbs, alg.to_vec(), bit_string(&sig)].concat());
 
         // The result must be what it claims: the other root's subject and key, signed by us.
@@ -124,7 +122,7 @@ pub fn cross_sign_csr(root_cert_pem: &[u8], root_key_pem: &[u8]) -> Result<Cross
     info.extend_from_slice(&der::tlv(TAG_CTX0, &attributes));
     let info = der::tlv(TAG_SEQUENCE, &info);
     let alg = key.algorithm_identifier_der();
-    let sig = KeyRef(&key).sign(&info).map_err(|e| CrossSignError::Internal(e.to_string()))?;
+    let sig = key.sign(&info).map_err(CrossSignError::Internal)?;
     let csr = der::tlv(TAG_SEQUENCE, &[info, alg.to_vec(), bit_string(&sig)].concat());
 
     let basic_constraints = root.basic_constraints().ok().flatten().and_then(|_| {

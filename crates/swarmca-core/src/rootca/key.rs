@@ -142,7 +142,8 @@ enum Kind {
 /// A CA signing key that matches its certificate.
 pub(crate) struct CaKey {
     kind: Kind,
-    /// The subjectPublicKey bits of the certificate.
+    /// The subjectPublicKey bits of the certificate (read by the tests' rcgen issuer).
+    #[cfg_attr(not(test), allow(dead_code))]
     public: Vec<u8>,
     alg: &'static rcgen::SignatureAlgorithm,
 }
@@ -232,6 +233,22 @@ impl CaKey {
 }
 
 impl CaKey {
+    /// Signs `msg` with *ring*; ECDSA nonces and RSA blinding come from `SystemRandom`.
+    pub(crate) fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
+        let rng = SystemRandom::new();
+        match &self.kind {
+            Kind::Ecdsa(kp) => kp
+                .sign(&rng, msg)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| "ECDSA signing failed".to_string()),
+            Kind::Rsa(kp, encoding) => {
+                let mut sig = vec![0u8; kp.public().modulus_len()];
+                kp.sign(*encoding, &rng, msg, &mut sig).map_err(|_| "RSA signing failed".to_string())?;
+                Ok(sig)
+            }
+        }
+    }
+
     /// DER of the AlgorithmIdentifier this key signs with.
     pub(crate) fn algorithm_identifier_der(&self) -> &'static [u8] {
         const ECDSA_SHA256: &[u8] = &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
@@ -256,39 +273,11 @@ impl CaKey {
     }
 }
 
-/// Borrowed [`CaKey`] in the shape rcgen's issuer wants.
-pub(crate) struct KeyRef<'a>(pub(crate) &'a CaKey);
-
-impl rcgen::PublicKeyData for KeyRef<'_> {
-    fn der_bytes(&self) -> &[u8] {
-        &self.0.public
-    }
-
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.0.alg
-    }
-}
-
-impl rcgen::SigningKey for KeyRef<'_> {
-    /// Signs with *ring*; ECDSA nonces and RSA blinding come from `SystemRandom`.
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        let rng = SystemRandom::new();
-        match &self.0.kind {
-            Kind::Ecdsa(kp) => {
-                kp.sign(&rng, msg).map(|s| s.as_ref().to_vec()).map_err(|_| rcgen::Error::RingUnspecified)
-            }
-            Kind::Rsa(kp, encoding) => {
-                let mut sig = vec![0u8; kp.public().modulus_len()];
-                kp.sign(*encoding, &rng, msg, &mut sig).map_err(|_| rcgen::Error::RingUnspecified)?;
-                Ok(sig)
-            }
-        }
-    }
-}
-
-/// A shared [`CaKey`], for an issuer built once and kept with the signer.
+/// A shared [`CaKey`] in the shape rcgen's issuer wants (the tests' reference encoder).
+#[cfg(test)]
 pub(crate) struct SharedKey(pub(crate) std::sync::Arc<CaKey>);
 
+#[cfg(test)]
 impl rcgen::PublicKeyData for SharedKey {
     fn der_bytes(&self) -> &[u8] {
         &self.0.public
@@ -299,8 +288,9 @@ impl rcgen::PublicKeyData for SharedKey {
     }
 }
 
+#[cfg(test)]
 impl rcgen::SigningKey for SharedKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        KeyRef(&self.0).sign(msg)
+        self.0.sign(msg).map_err(|_| rcgen::Error::RingUnspecified)
     }
 }

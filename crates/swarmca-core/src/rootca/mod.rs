@@ -5,15 +5,15 @@ mod chain;
 mod cross;
 mod issued;
 mod key;
+mod leaf;
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 use sha2::{Digest as _, Sha256};
@@ -22,7 +22,7 @@ use x509_parser::certificate::X509Certificate;
 
 pub use self::cross::{cross_sign_csr, CrossSignCsr, CrossSignError};
 pub use self::issued::IssuedCertError;
-use self::key::{CaKey, SharedKey};
+use self::key::CaKey;
 use crate::csr::{self, CsrError};
 use crate::identity::PeerIdentity;
 use crate::pemutil;
@@ -234,10 +234,10 @@ struct Signer {
     key: Arc<CaKey>,
     /// Whether the signing certificate has a subject key identifier (Go copies it into
     /// the AKI of issued certificates, and omits the AKI otherwise).
+    #[cfg_attr(not(test), allow(dead_code))]
     has_ski: bool,
-    /// rcgen's issuer (name, key identifier, key usages, key), parsed once; `None` for
-    /// subjects rcgen would mangle, which are then refused by the checked per-call path.
-    issuer: Option<Issuer<'static, SharedKey>>,
+    /// What this signer puts in every leaf (issuer name, AKI, algorithm), encoded once.
+    template: leaf::LeafTemplate,
 }
 
 /// A validated root CA: trusted roots, optional intermediates and optional local signer.
@@ -355,21 +355,11 @@ impl RootCa {
                     x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(_)
                 )
             });
-            // rcgen mangles or panics on empty or multi-valued RDNs: those take the checked
-            // per-signature path (and are refused there).
             let key = Arc::new(key);
-            let simple_rdns = cert.subject().iter().all(|rdn| rdn.iter().count() == 1);
-            let issuer = simple_rdns
-                .then(|| {
-                    Issuer::from_ca_cert_der(
-                        &CertificateDer::from(cert_der.as_slice()),
-                        SharedKey(key.clone()),
-                    )
-                    .ok()
-                })
-                .flatten();
+            let template =
+                leaf::LeafTemplate::new(&cert_der, &key).map_err(RootCaError::MalformedCertificate)?;
             let signer =
-                Signer { cert_der: cert_der.clone(), key_pem: sign_key_pem.to_vec(), key, has_ski, issuer };
+                Signer { cert_der: cert_der.clone(), key_pem: sign_key_pem.to_vec(), key, has_ski, template };
             check_signer(&signer)?;
             Some(Arc::new(signer))
         };
@@ -644,15 +634,51 @@ fn issue(
     not_after: OffsetDateTime,
     serial: [u8; 20],
 ) -> Result<Vec<u8>, String> {
-    let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| e.to_string())?;
-    let owned;
-    let issuer = match &signer.issuer {
-        Some(i) => i,
-        None => {
-            owned = issuer_of(signer)?;
-            &owned
-        }
+    let fields = leaf::LeafFields {
+        spki_der,
+        org,
+        ou,
+        cn,
+        hosts,
+        not_before,
+        not_after,
+        serial: normalized_serial(serial),
     };
+    let tbs = signer.template.tbs(&fields)?;
+    signer.template.sign(&tbs, &signer.key)
+}
+
+/// 20 bytes with the top bit cleared (a positive integer); all-zero becomes 1.
+fn normalized_serial(mut serial: [u8; 20]) -> [u8; 20] {
+    if let Some(first) = serial.first_mut() {
+        *first &= 0x7f;
+    }
+    if serial.iter().all(|&b| b == 0) {
+        if let Some(last) = serial.last_mut() {
+            *last = 1;
+        }
+    }
+    serial
+}
+
+/// The same leaf through rcgen: the reference the template encoder is tested against.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+fn issue_with_rcgen(
+    signer: &Signer,
+    spki_der: &[u8],
+    org: &str,
+    ou: &str,
+    cn: &str,
+    hosts: &[&str],
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    serial: [u8; 20],
+) -> Result<Vec<u8>, String> {
+    let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| e.to_string())?;
+    let der = CertificateDer::from(signer.cert_der.as_slice());
+    let issuer = rcgen::Issuer::from_ca_cert_der(&der, key::SharedKey(signer.key.clone()))
+        .map_err(|e| e.to_string())?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     for (ty, value) in
@@ -665,10 +691,10 @@ fn issue(
     params.subject_alt_names = hosts
         .iter()
         .filter(|h| !h.is_empty())
-        .map(|h| match h.parse::<IpAddr>() {
-            Ok(ip) => Ok(SanType::IpAddress(ip)),
+        .map(|h| match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(rcgen::SanType::IpAddress(ip)),
             Err(_) => rcgen::string::Ia5String::try_from(*h)
-                .map(SanType::DnsName)
+                .map(rcgen::SanType::DnsName)
                 .map_err(|e| format!("invalid DNS name {h:?}: {e}")),
         })
         .collect::<Result<_, _>>()?;
@@ -678,27 +704,17 @@ fn issue(
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     params.key_identifier_method =
         KeyIdMethod::PreSpecified(key_id(rcgen::PublicKeyData::der_bytes(&public_key)));
     params.use_authority_key_identifier_extension = signer.has_ski;
-    let cert = params.signed_by(&public_key, issuer).map_err(|e| e.to_string())?;
+    let cert = params.signed_by(&public_key, &issuer).map_err(|e| e.to_string())?;
     Ok(cert.der().to_vec())
 }
 
-/// rcgen's issuer for the signing certificate. Refuses subjects rcgen would mangle or
-/// panic on (empty or multi-valued RDNs).
-fn issuer_of(signer: &Signer) -> Result<Issuer<'static, SharedKey>, String> {
-    let cert = chain::parse_cert(&signer.cert_der)?;
-    if cert.subject().iter().any(|rdn| rdn.iter().count() != 1) {
-        return Err("subject has empty or multi-valued RDNs".into());
-    }
-    let der = CertificateDer::from(signer.cert_der.as_slice());
-    Issuer::from_ca_cert_der(&der, SharedKey(signer.key.clone())).map_err(|e| e.to_string())
-}
-
-/// Issues a throwaway certificate to prove that the signer works and that rcgen reproduces
-/// the signing certificate's subject byte for byte (chain building compares raw names).
+/// Issues a throwaway certificate to prove that the signer works: the leaf names the signing
+/// certificate's subject byte for byte (chain building compares raw names) and its signature
+/// verifies with the certificate's key.
 fn check_signer(signer: &Signer) -> Result<(), RootCaError> {
     let cert = chain::parse_cert(&signer.cert_der).map_err(RootCaError::MalformedCertificate)?;
     let spki = cert.public_key().raw;
@@ -707,9 +723,7 @@ fn check_signer(signer: &Signer) -> Result<(), RootCaError> {
         .map_err(RootCaError::UnusableSigner)?;
     let leaf = chain::parse_cert(&der).map_err(RootCaError::Internal)?;
     if leaf.issuer().as_raw() != cert.subject().as_raw() {
-        return Err(RootCaError::UnusableSigner(
-            "issuer name cannot be reproduced byte for byte (repeated attribute types?)".into(),
-        ));
+        return Err(RootCaError::UnusableSigner("issuer name cannot be reproduced byte for byte".into()));
     }
     if leaf.verify_signature(Some(cert.public_key())).is_err() {
         return Err(RootCaError::UnusableSigner("test signature does not verify".into()));
@@ -725,13 +739,9 @@ fn dn_value(s: &str) -> DnValue {
     }
 }
 
-/// 20 bytes with the top bit cleared (a positive integer); all-zero becomes 1.
-fn serial_number(mut serial: [u8; 20]) -> SerialNumber {
-    serial[0] &= 0x7f;
-    if serial.iter().all(|&b| b == 0) {
-        serial[19] = 1;
-    }
-    SerialNumber::from_slice(&serial)
+/// rcgen's form of a [`normalized_serial`].
+fn serial_number(serial: [u8; 20]) -> SerialNumber {
+    SerialNumber::from_slice(&normalized_serial(serial))
 }
 
 /// SHA-1 of the subjectPublicKey bits (RFC 5280 method 1, as Go uses).

@@ -4,6 +4,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
 use super::*;
+use rcgen::ExtendedKeyUsagePurpose;
 
 /// Fixed test epoch: 2023-11-14T22:13:37Z (37 s past the minute, so it rounds up).
 fn t0() -> SystemTime {
@@ -878,4 +879,111 @@ fn spki_of_issued_walks_the_tbs() {
     assert_eq!(spki_of_issued(&root_der), Some(parse(&root_der).public_key().raw));
     assert_eq!(spki_of_issued(b"\x30\x00"), None);
     assert_eq!(spki_of_issued(&leaf[..leaf.len() / 2]), None);
+}
+
+/// The template encoder writes exactly the TBSCertificate rcgen wrote before it (only the
+/// ECDSA signature differs: it is randomised), for every kind of signer and field.
+#[test]
+fn template_leaves_match_rcgen_byte_for_byte() {
+    let p256 = gen_root("swarm-ca");
+    let long = Duration::from_secs(20 * 365 * 24 * 3600);
+    let signers = [
+        RootCa::new(&p256.cert_pem, &p256.cert_pem, &p256.key_pem, long, b"", t0()).unwrap(),
+        RootCa::new(
+            &fixture("ca_p256_noski.crt"),
+            &fixture("ca_p256_noski.crt"),
+            &fixture("ca_p256_noski_pkcs8.key"),
+            long,
+            b"",
+            SystemTime::now(),
+        )
+        .unwrap(),
+        RootCa::new(
+            &fixture("ca_p384.crt"),
+            &fixture("ca_p384.crt"),
+            &fixture("ca_p384_sec1.key"),
+            long,
+            b"",
+            SystemTime::now(),
+        )
+        .unwrap(),
+        RootCa::new(
+            &fixture("ca_rsa2048.crt"),
+            &fixture("ca_rsa2048.crt"),
+            &fixture("ca_rsa2048_pkcs8.key"),
+            long,
+            b"",
+            SystemTime::now(),
+        )
+        .unwrap(),
+    ];
+    let has_ski: Vec<bool> = signers.iter().map(|ca| ca.signer.as_ref().unwrap().has_ski).collect();
+    assert!(has_ski.contains(&true) && has_ski.contains(&false), "both AKI forms covered: {has_ski:?}");
+
+    let keys: Vec<Vec<u8>> = ["p256.csr", "p384.csr", "rsa2048.csr"]
+        .into_iter()
+        .map(|name| crate::csr::parse_csr_pem(&fixture(name)).unwrap().public_key_der().to_vec())
+        .collect();
+    let at = |secs: i64, nanos: i64| {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(secs) * 1_000_000_000 + i128::from(nanos))
+            .unwrap()
+    };
+    // (org, ou, cn, hosts, not before, not after, serial)
+    let serial_high = {
+        let mut s = [0u8; 20];
+        s[3] = 0x80;
+        s
+    };
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<&'a str>, OffsetDateTime, OffsetDateTime, [u8; 20]);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "cluster-1",
+            "swarm-worker",
+            "node-1",
+            vec!["swarm-worker", "node-1"],
+            at(1_700_000_000, 0),
+            at(1_707_776_000, 0),
+            [7; 20],
+        ),
+        (
+            "",
+            "swarm-manager",
+            "n",
+            vec!["swarm-manager", "n", "swarm-ca"],
+            at(-100_000, 0),
+            at(2_600_000_000, 5),
+            [0xff; 20],
+        ),
+        (
+            "org_with_underscore",
+            "ou*",
+            "ÿnicode",
+            vec!["10.0.0.1", "::1", "", "host.example"],
+            at(2_524_608_000, 0),
+            at(2_524_607_999, 999),
+            [0; 20],
+        ),
+        ("o", "", "", vec![], at(-631_152_001, 0), at(-631_152_000, 0), serial_high),
+    ];
+    for (i, ca) in signers.iter().enumerate() {
+        let signer = ca.signer.as_ref().unwrap();
+        for key in &keys {
+            for (org, ou, cn, hosts, nb, na, serial) in &cases {
+                let ours = issue(signer, key, org, ou, cn, hosts, *nb, *na, *serial).unwrap();
+                let theirs = issue_with_rcgen(signer, key, org, ou, cn, hosts, *nb, *na, *serial).unwrap();
+                let (o, t) = (parse(&ours), parse(&theirs));
+                assert_eq!(
+                    o.tbs_certificate.as_ref(),
+                    t.tbs_certificate.as_ref(),
+                    "signer {i}, case {org:?}/{ou:?}/{cn:?}/{hosts:?}"
+                );
+                assert_eq!(o.signature_algorithm, t.signature_algorithm);
+                let signing_cert = parse(&signer.cert_der);
+                o.verify_signature(Some(signing_cert.public_key())).unwrap();
+                if o.signature_algorithm.algorithm.to_id_string().starts_with("1.2.840.113549.") {
+                    assert_eq!(ours, theirs, "RSA PKCS#1 v1.5 signatures are deterministic");
+                }
+            }
+        }
+    }
 }
