@@ -377,21 +377,7 @@ fn grpc_join_loopback(c: &mut Criterion) {
     let store: Arc<dyn Store> = Arc::new(swarmca_store::RedbStore::open(&dir.join("bench.redb")).unwrap());
     let (cl, tokens) = cluster(&g, "bench");
     let server = rt.block_on(running(store, cl, &ca, 64));
-    // The manager's TLS identity.
-    let (mcsr, mkey) = csr();
-    let mcert = ca.sign_csr(&mcsr, "manager", Role::Manager, "bench", SystemTime::now(), serial()).unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let tls = swarmca_server::tls::server_tls_config(&mcert, mkey.serialize_pem().as_bytes(), &g.cert_pem);
-    let s2 = server.clone();
-    rt.spawn(async move {
-        tonic::transport::Server::builder()
-            .tls_config(tls)
-            .unwrap()
-            .add_service(swarmca_proto::node_ca_server::NodeCaServer::new(s2))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-    });
+    let addr = rt.block_on(serve_tls(server, &g, &ca));
     let csrs: Vec<Vec<u8>> = (0..1024).map(|_| csr().0).collect();
     let mut group = c.benchmark_group("grpc");
     group.sample_size(10);
@@ -401,15 +387,7 @@ fn grpc_join_loopback(c: &mut Criterion) {
         let channels: Vec<_> = rt.block_on(async {
             let mut v = Vec::new();
             for _ in 0..clients {
-                let cfg = swarmca_server::tls::client_tls_config(&g.cert_pem, "swarm-ca", None);
-                let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-                    .unwrap()
-                    .tls_config(cfg)
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
-                v.push(swarmca_proto::node_ca_client::NodeCaClient::new(ch));
+                v.push(tls_client(addr, &g).await);
             }
             v
         });
@@ -456,5 +434,162 @@ fn grpc_join_loopback(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, pki, issue_in_process, store_conflicts, status_wakeup, grpc_join_loopback);
+/// Serves `server`'s NodeCA service over mTLS on a loopback port (a manager certificate
+/// from `ca`), in the background; returns the address.
+async fn serve_tls(server: CaServer, g: &GeneratedRoot, ca: &RootCa) -> std::net::SocketAddr {
+    let (mcsr, mkey) = csr();
+    let mcert = ca.sign_csr(&mcsr, "manager", Role::Manager, "bench", SystemTime::now(), serial()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = swarmca_server::tls::server_tls_config(&mcert, mkey.serialize_pem().as_bytes(), &g.cert_pem);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .tls_config(tls)
+            .unwrap()
+            .add_service(swarmca_proto::node_ca_server::NodeCaServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    addr
+}
+
+/// An anonymous NodeCA client on its own TLS connection to `addr`.
+async fn tls_client(
+    addr: std::net::SocketAddr,
+    g: &GeneratedRoot,
+) -> swarmca_proto::node_ca_client::NodeCaClient<tonic::transport::Channel> {
+    let cfg = swarmca_server::tls::client_tls_config(&g.cert_pem, "swarm-ca", None);
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(cfg)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    swarmca_proto::node_ca_client::NodeCaClient::new(ch)
+}
+
+/// The resident set size of this process, in KiB (Linux).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `status/hold`: N (default 10,000; `SWARMCA_BENCH_HOLD=N`) NodeCertificateStatus calls for
+/// PENDING nodes held at once over mTLS on loopback (200 connections), then all released by
+/// ISSUED writes. Not a criterion measurement: prints the time to register every call, the
+/// memory they hold, and the time to answer them all; fails on any error.
+fn status_hold(_c: &mut Criterion) {
+    if !wanted("status/hold") {
+        return;
+    }
+    let n: usize = std::env::var("SWARMCA_BENCH_HOLD").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    const CONNECTIONS: usize = 200;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (g, ca) = root();
+    let store = MemStore::new();
+    let (cl, _) = cluster(&g, "bench");
+    store.commit_sync(vec![Op::CreateCluster(cl)]).unwrap();
+    let deps = ServerDeps {
+        store: Arc::new(store.clone()),
+        clock: Arc::new(SystemClock),
+        entropy: shared_entropy(OsEntropy),
+        peers: Arc::new(TlsPeerCertificates),
+    };
+    // A follower: nothing is signed, every status call waits until the bench writes ISSUED.
+    let server = CaServer::new(ServerConfig::new("bench"), deps, Some(ca.clone()));
+    let s = server.clone();
+    rt.spawn(async move { s.run_follower().await });
+    rt.block_on(server.ready());
+    let ids: Vec<String> = (0..n).map(|i| format!("hold{i:06}")).collect();
+    for chunk in ids.chunks(500) {
+        store.commit_sync(chunk.iter().map(|id| Op::CreateNode(node(id, State::Pending))).collect()).unwrap();
+    }
+    let addr = rt.block_on(serve_tls(server.clone(), &g, &ca));
+    let clients: Vec<_> = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..CONNECTIONS {
+            v.push(tls_client(addr, &g).await);
+        }
+        v
+    });
+    let watchers_before = store.watcher_count();
+    let rss_before = rss_kib();
+    let start = Instant::now();
+    let calls: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut client = clients[i % CONNECTIONS].clone();
+            let id = id.clone();
+            rt.spawn(async move {
+                client
+                    .node_certificate_status(NodeCertificateStatusRequest { node_id: id })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+        })
+        .collect();
+    while store.watcher_count() < watchers_before + n {
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "only {} calls registered",
+            store.watcher_count() - watchers_before
+        );
+        assert!(calls.iter().all(|c| !c.is_finished()), "a status call ended before any node was issued");
+    }
+    let registered = start.elapsed();
+    let rss_held = rss_kib();
+    // Hold them all for a while: none may end.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(calls.iter().all(|c| !c.is_finished()), "a held status call ended early");
+    let release = Instant::now();
+    for chunk in ids.chunks(500) {
+        let ops = chunk
+            .iter()
+            .map(|id| {
+                let mut n = rt.block_on(store.get_node(id)).unwrap().unwrap();
+                if let Some(c) = n.certificate.as_mut() {
+                    c.status = Some(IssuanceStatus { state: State::Issued as i32, err: String::new() });
+                    c.certificate = b"cert".to_vec();
+                }
+                Op::UpdateNode(n)
+            })
+            .collect();
+        store.commit_sync(ops).unwrap();
+    }
+    let issued = rt.block_on(async {
+        let mut ok = 0;
+        for c in calls {
+            let r = c.await.unwrap().unwrap();
+            assert_eq!(r.status.unwrap().state, State::Issued as i32);
+            ok += 1;
+        }
+        ok
+    });
+    let released = release.elapsed();
+    println!(
+        "status/hold: {issued} concurrent NodeCertificateStatus calls over {CONNECTIONS} mTLS connections: \
+         registered in {registered:.2?}, held 5 s with no error, all answered ISSUED {released:.2?} after the first \
+         write; RSS {} MiB before the calls, {} MiB while held ({:.1} KiB per held call)",
+        rss_before / 1024,
+        rss_held / 1024,
+        (rss_held.saturating_sub(rss_before)) as f64 / n as f64
+    );
+}
+
+criterion_group!(
+    benches,
+    pki,
+    issue_in_process,
+    store_conflicts,
+    status_wakeup,
+    grpc_join_loopback,
+    status_hold
+);
 criterion_main!(benches);
