@@ -1,6 +1,7 @@
 //! Run/Stop/Ready state machine, status long-poll bounds, and the original's lifecycle defects
 //! (spec §3.3, §3.10, §8.2, §8.4).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use swarmca_proto::node_ca_server::NodeCa;
@@ -263,4 +264,69 @@ async fn follower_accepts_joins_and_the_leader_signs_them() {
         tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap().unwrap().into_inner();
     assert_eq!(r.status.unwrap().state, State::Issued as i32);
     assert_eq!(r.certificate.unwrap().csr, csr);
+}
+
+/// A store handle whose commits are all refused, as a fenced handle's are once the leadership
+/// it was made for is gone. Reads go through.
+struct RefusingWriter {
+    inner: swarmca_store::MemStore,
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+impl Store for RefusingWriter {
+    fn view(
+        &self,
+        f: swarmca_store::WatchFilter,
+    ) -> swarmca_store::BoxFuture<'_, Result<swarmca_store::Snapshot, swarmca_store::StoreError>> {
+        self.inner.view(f)
+    }
+    fn get_node<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> swarmca_store::BoxFuture<'a, Result<Option<swarmca_store::Node>, swarmca_store::StoreError>> {
+        self.inner.get_node(id)
+    }
+    fn get_cluster<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> swarmca_store::BoxFuture<'a, Result<Option<swarmca_store::Cluster>, swarmca_store::StoreError>> {
+        self.inner.get_cluster(id)
+    }
+    fn commit(&self, _ops: Vec<Op>) -> swarmca_store::BoxFuture<'_, Result<u64, swarmca_store::StoreError>> {
+        self.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Err(swarmca_store::StoreError::Unavailable("fenced: leadership lost".into())) })
+    }
+    fn view_and_watch(
+        &self,
+        f: swarmca_store::WatchFilter,
+    ) -> swarmca_store::BoxFuture<
+        '_,
+        Result<(swarmca_store::Snapshot, swarmca_store::Watch), swarmca_store::StoreError>,
+    > {
+        self.inner.view_and_watch(f)
+    }
+}
+
+/// A leader term whose writer refuses every commit (a deposed leader behind a fence) signs
+/// but lands nothing: the join stays PENDING. The next term, writing normally, issues it.
+#[tokio::test]
+async fn a_term_writing_through_a_refusing_writer_lands_nothing_and_the_next_term_issues() {
+    let mut f = Fixture::start().await;
+    f.stop_server().await;
+    let writer = Arc::new(RefusingWriter { inner: f.store.clone(), refused: Default::default() });
+    let (s, w) = (f.server.clone(), writer.clone());
+    let run = tokio::spawn(async move { s.run_with_writer(w).await });
+    tokio::time::timeout(Duration::from_secs(5), f.server.ready()).await.unwrap();
+    let (csr, _) = new_csr();
+    let id = f.join_in_process(&csr, &f.worker_token).await;
+    eventually(5, || {
+        let n = writer.refused.load(std::sync::atomic::Ordering::SeqCst);
+        async move { n > 0 }
+    })
+    .await;
+    assert_eq!(state_of(&f.node(&id).await.unwrap()), State::Pending as i32, "nothing landed");
+    f.server.stop().await.unwrap();
+    run.await.unwrap().unwrap();
+    f.run_server().await;
+    assert_eq!(f.final_status(&id).await.status.unwrap().state, State::Issued as i32);
 }

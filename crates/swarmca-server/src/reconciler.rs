@@ -20,11 +20,12 @@
 //! * One task, no shared map: events, ticks and writes are serialised.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use swarmca_core::rootca::{digest, digest_string, issuer_info_of_cert_pem, RootCa};
 use swarmca_core::token::generate_join_token;
-use swarmca_store::{Node, Op, StoreError, WatchFilter};
+use swarmca_store::{Node, Op, Store, StoreError, WatchFilter};
 use swarmca_types::issuance_status::State;
 use swarmca_types::{Certificate, IssuanceStatus, JoinTokens, RootCa as ApiRootCa};
 use tokio::sync::mpsc;
@@ -87,6 +88,8 @@ enum Finish {
 struct Reconciler {
     server: CaServer,
     cancel: RunCancel,
+    /// The store this term reads and writes through (fenced on the leadership under HA).
+    store: Arc<dyn Store>,
     root: Option<ApiRootCa>,
     issuer: Option<IssuerId>,
     /// `Some` while a rotation is tracked; `None` inside means "list the store first".
@@ -94,11 +97,17 @@ struct Reconciler {
 }
 
 /// The reconciler task body; ends when `cancel` fires or the input channel closes.
-pub(crate) async fn run(server: CaServer, cancel: RunCancel, mut rx: mpsc::UnboundedReceiver<Input>) {
+pub(crate) async fn run(
+    server: CaServer,
+    cancel: RunCancel,
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<Input>,
+) {
     let period = server.inner.cfg.root_reconcile_interval.max(Duration::from_millis(1));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut r = Reconciler { server, cancel: cancel.clone(), root: None, issuer: None, rotation: None };
+    let mut r =
+        Reconciler { server, cancel: cancel.clone(), store, root: None, issuer: None, rotation: None };
     loop {
         tokio::select! {
             biased;
@@ -178,7 +187,7 @@ impl Reconciler {
     /// Lists every node without the desired issuer.
     async fn list_unconverged(&mut self) {
         let Some(issuer) = self.issuer.clone() else { return };
-        match self.server.inner.deps.store.view(WatchFilter::All).await {
+        match self.store.view(WatchFilter::All).await {
             Ok(snap) => {
                 let map: BTreeMap<String, Node> = snap
                     .nodes
@@ -215,7 +224,7 @@ impl Reconciler {
         if batch.is_empty() || self.cancel.get() {
             return;
         }
-        let store = self.server.inner.deps.store.clone();
+        let store = self.store.clone();
         let ops = batch.iter().cloned().map(Op::UpdateNode).collect();
         match store.commit(ops).await {
             Ok(_) => {
@@ -254,7 +263,7 @@ impl Reconciler {
             return Ok(Finish::NotYet);
         };
         let Some(rotation) = expected.root_rotation.clone() else { return Ok(Finish::Done) };
-        let store = self.server.inner.deps.store.clone();
+        let store = self.store.clone();
         let snap = store.view(WatchFilter::All).await.map_err(|e| e.to_string())?;
         let left: BTreeMap<String, Node> =
             snap.nodes.into_iter().filter(|n| !has_issuer(n, &issuer)).map(|n| (n.id.clone(), n)).collect();

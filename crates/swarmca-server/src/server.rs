@@ -214,7 +214,16 @@ impl CaServer {
     /// the cluster's root CA and join tokens, signs what a previous leader left pending, then
     /// follows store events. Fails at once if already running.
     pub async fn run(&self) -> Result<(), ServerError> {
-        self.run_as(true).await
+        self.run_as(Some(self.inner.deps.store.clone())).await
+    }
+
+    /// As [`CaServer::run`], but the signing loop and the root-rotation reconciler read and
+    /// write through `writer` instead of the server's store: under high availability, a
+    /// handle on the same store that fences every write on the leadership this term was won
+    /// with, so that a deposed leader can never write (its commits fail and nothing is
+    /// applied). The caller stops the server when it loses the leadership.
+    pub async fn run_with_writer(&self, writer: Arc<dyn Store>) -> Result<(), ServerError> {
+        self.run_as(Some(writer)).await
     }
 
     /// Serves the RPCs of a *follower* manager until [`CaServer::stop`]: loads and follows the
@@ -222,10 +231,11 @@ impl CaServer {
     /// answers status from it, but signs nothing — the leader's [`CaServer::run`] does. Same
     /// lifecycle rules as `run`; a follower becomes leader with `stop` then `run`.
     pub async fn run_follower(&self) -> Result<(), ServerError> {
-        self.run_as(false).await
+        self.run_as(None).await
     }
 
-    async fn run_as(&self, leader: bool) -> Result<(), ServerError> {
+    /// Runs as leader writing through `writer`, or as a follower when `None`.
+    async fn run_as(&self, writer: Option<Arc<dyn Store>>) -> Result<(), ServerError> {
         let (cancel_rx, generation) = {
             let mut life = self.life();
             if !matches!(life.phase, Phase::Stopped) {
@@ -237,11 +247,10 @@ impl CaServer {
             (cancel, life.generation)
         };
         let _guard = RunGuard { server: self.clone(), generation, cancel: cancel_rx.clone() };
-        info!(cluster = %self.inner.cfg.cluster_id, leader, "CA server starting");
-        let r = if leader {
-            signing::run_loop(self.clone(), cancel_rx).await
-        } else {
-            signing::follow_loop(self.clone(), cancel_rx).await
+        info!(cluster = %self.inner.cfg.cluster_id, leader = writer.is_some(), "CA server starting");
+        let r = match writer {
+            Some(writer) => signing::run_loop(self.clone(), cancel_rx, writer).await,
+            None => signing::follow_loop(self.clone(), cancel_rx).await,
         };
         if let Err(e) = &r {
             error!(error = %e, "CA server run loop ended with an error");

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use swarmca_core::policy::should_sign;
 use swarmca_core::role::Role;
-use swarmca_store::{Event, Node, Op, StoreError};
+use swarmca_store::{Event, Node, Op, Store, StoreError};
 use swarmca_types::issuance_status::State;
 use swarmca_types::IssuanceStatus;
 use tokio::sync::{mpsc, Semaphore};
@@ -93,6 +93,8 @@ struct PendingEntry {
 struct Loop {
     server: CaServer,
     cancel: RunCancel,
+    /// The store this term's results are written through (fenced on the leadership under HA).
+    writer: Arc<dyn Store>,
     pending: BTreeMap<String, PendingEntry>,
     permits: Arc<Semaphore>,
     done_tx: mpsc::UnboundedSender<(String, Outcome)>,
@@ -146,13 +148,17 @@ pub(crate) async fn follow_loop(server: CaServer, cancel: RunCancel) -> Result<(
 }
 
 /// The body of [`CaServer::run`].
-pub(crate) async fn run_loop(server: CaServer, cancel: RunCancel) -> Result<(), ServerError> {
+pub(crate) async fn run_loop(
+    server: CaServer,
+    cancel: RunCancel,
+    writer: Arc<dyn Store>,
+) -> Result<(), ServerError> {
     let cluster_id = server.inner.cfg.cluster_id.clone();
     let (snapshot, mut watch) = start_term(&server, &cancel, run_filter()).await?;
 
     // The root-rotation reconciler runs beside the loop for this term and sees what it sees.
     let (rec_tx, rec_rx) = mpsc::unbounded_channel();
-    let reconciler = tokio::spawn(reconciler::run(server.clone(), cancel.clone(), rec_rx));
+    let reconciler = tokio::spawn(reconciler::run(server.clone(), cancel.clone(), writer.clone(), rec_rx));
     if let Some(c) = snapshot.clusters.iter().find(|c| c.id == cluster_id) {
         let _ = rec_tx.send(reconciler::Input::Root(c.root_ca.clone().unwrap_or_default()));
     }
@@ -162,6 +168,7 @@ pub(crate) async fn run_loop(server: CaServer, cancel: RunCancel) -> Result<(), 
         permits: Arc::new(Semaphore::new(server.inner.cfg.max_parallel_signing.max(1))),
         server: server.clone(),
         cancel: cancel.clone(),
+        writer,
         pending: BTreeMap::new(),
         done_tx,
         in_flight: 0,
@@ -285,6 +292,7 @@ impl Loop {
         let node = e.node.clone();
         let server = self.server.clone();
         let cancel = self.cancel.clone();
+        let writer = self.writer.clone();
         let permits = self.permits.clone();
         let done = self.done_tx.clone();
         let id = id.to_string();
@@ -292,7 +300,7 @@ impl Loop {
             // Reports even if the job unwinds, so the loop never waits for it forever.
             let mut report = Report { done, id: Some(id) };
             let outcome = match permits.acquire_owned().await {
-                Ok(_permit) => sign_and_write(&server, &cancel, node).await,
+                Ok(_permit) => sign_and_write(&server, &cancel, &*writer, node).await,
                 Err(_) => Outcome::Cancelled,
             };
             report.send(outcome);
@@ -413,7 +421,7 @@ impl Drop for Report {
 }
 
 /// Signs `node`'s CSR and writes the result if the node still wants it.
-async fn sign_and_write(server: &CaServer, cancel: &RunCancel, node: Node) -> Outcome {
+async fn sign_and_write(server: &CaServer, cancel: &RunCancel, store: &dyn Store, node: Node) -> Outcome {
     let Some(req) = Request::of(&node) else { return Outcome::Dropped("no certificate") };
     let signed = match Role::from_proto(req.role) {
         None => Err(format!("invalid node role {}", req.role)),
@@ -422,7 +430,7 @@ async fn sign_and_write(server: &CaServer, cancel: &RunCancel, node: Node) -> Ou
             Err(outcome) => return outcome,
         },
     };
-    write_result(server, cancel, &node.id, &req, signed).await
+    write_result(cancel, store, &node.id, &req, signed).await
 }
 
 /// SwarmKit's signing step: the external CA first; local signing only when no external CA
@@ -488,13 +496,12 @@ async fn sign(
 /// Writes ISSUED (with the certificate) or FAILED (with the reason) onto the node, re-checking
 /// on every attempt that the stored node still asks for `req`.
 async fn write_result(
-    server: &CaServer,
     cancel: &RunCancel,
+    store: &dyn Store,
     id: &str,
     req: &Request,
     signed: Result<Vec<u8>, String>,
 ) -> Outcome {
-    let store = &server.inner.deps.store;
     for _ in 0..MAX_WRITE_ATTEMPTS {
         if cancel.get() {
             return Outcome::Cancelled;
