@@ -64,11 +64,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, KvClient, Txn, TxnOp, TxnOpResponse,
-    WatchClient,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KeyValue, KvClient, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchClient,
 };
 use prost::Message;
 use swarmca_types::Meta;
+use tokio::time::Instant;
+use tonic_real::Code;
 
 use crate::state::{Changes, Tables};
 use crate::{
@@ -88,8 +90,9 @@ const MAX_MESSAGE: usize = 256 << 20;
 /// HTTP/2 pings on an open stream, so that a silently dead connection is noticed. etcd refuses
 /// pings more often than every 5 s (`--grpc-keepalive-min-time`) and pings without streams.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// gRPC status code OUT_OF_RANGE: etcd's "required revision has been compacted".
-const GRPC_OUT_OF_RANGE: i32 = 11;
+/// First and largest pause before trying a failed request again.
+const RETRY_FIRST: Duration = Duration::from_millis(5);
+const RETRY_MAX: Duration = Duration::from_millis(200);
 
 /// How to reach etcd. Build with [`EtcdOptions::new`], then set fields.
 #[derive(Debug, Clone)]
@@ -261,8 +264,30 @@ enum CallError {
 impl CallError {
     /// Whether etcd refused a read at a revision it has compacted away.
     fn is_compacted(&self) -> bool {
-        matches!(self, CallError::Etcd(etcd_client::Error::GRpcStatus(s))
-            if i32::from(s.code()) == GRPC_OUT_OF_RANGE)
+        matches!(self, CallError::Etcd(etcd_client::Error::GRpcStatus(s)) if s.code() == Code::OutOfRange)
+    }
+}
+
+/// After which failures a request is tried again, within its timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads and other idempotent requests: after any failure of a connection or a member.
+    Idempotent,
+    /// Writes: only after failures proving that etcd never took the request in.
+    IfNotSent,
+}
+
+impl Retry {
+    /// Whether `e` is worth another attempt. The client spreads requests over the endpoints,
+    /// dead ones included: a request that cannot connect to one tries again, and soon gets
+    /// another.
+    fn allows(self, e: &etcd_client::Error) -> bool {
+        let etcd_client::Error::GRpcStatus(s) = e else { return false };
+        // A member without a leader refuses requests before proposing anything (`hasleader`).
+        let not_sent = (s.code() == Code::Unavailable && s.message() == "etcdserver: no leader")
+            || std::iter::successors(std::error::Error::source(s), |e| e.source())
+                .any(|e| e.downcast_ref::<tonic_real::ConnectError>().is_some());
+        not_sent || (self == Retry::Idempotent && matches!(s.code(), Code::Unavailable | Code::Cancelled))
     }
 }
 
@@ -344,12 +369,15 @@ impl EtcdStore {
         };
         let store = EtcdStore { shared: Arc::new(shared), fence: None };
         // The client connects lazily: ask something, so that an unreachable etcd fails here.
-        let mut kv = store.shared.kv.clone();
-        let probe = kv.get(store.shared.prefix.as_bytes(), Some(GetOptions::new().with_keys_only()));
-        match tokio::time::timeout(opts.connect_timeout, probe).await {
-            Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(unreachable(e.to_string())),
-            Err(_) => Err(unreachable(format!("no answer within {:?}", opts.connect_timeout))),
+        let key = store.shared.prefix.as_bytes().to_vec();
+        let probe = store.call_within(opts.connect_timeout, Retry::Idempotent, || {
+            let (mut kv, key) = (store.shared.kv.clone(), key.clone());
+            async move { kv.get(key, Some(GetOptions::new().with_keys_only())).await }
+        });
+        match probe.await {
+            Ok(_) => Ok(store),
+            Err(CallError::Etcd(e)) => Err(unreachable(e.to_string())),
+            Err(CallError::TimedOut(t)) => Err(unreachable(format!("no answer within {t:?}"))),
         }
     }
 
@@ -367,12 +395,9 @@ impl EtcdStore {
 
     /// etcd's current revision (linearizable).
     pub async fn revision(&self) -> Result<u64, StoreError> {
-        let mut kv = self.shared.kv.clone();
-        let resp = self
-            .call(kv.get(self.shared.prefix.as_bytes(), Some(GetOptions::new().with_keys_only())))
-            .await
-            .map_err(|e| self.unavailable("reading the revision", e))?;
-        header_revision(resp.header())
+        let key = self.shared.prefix.as_bytes().to_vec();
+        let resp = self.get(key, Some(GetOptions::new().with_keys_only())).await;
+        header_revision(resp.map_err(|e| self.unavailable("reading the revision", e))?.header())
     }
 
     /// How many watches made by this store (or its clones) are still open.
@@ -387,13 +412,58 @@ impl EtcdStore {
         &self.shared.client
     }
 
-    /// Runs one etcd request, bounded by the request timeout.
-    async fn call<T>(&self, f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, CallError> {
-        let t = self.shared.request_timeout;
-        match tokio::time::timeout(t, f).await {
-            Ok(r) => r.map_err(CallError::Etcd),
-            Err(_) => Err(CallError::TimedOut(t)),
+    /// Runs one etcd request (`attempt` makes it), tried again after failures `retry` allows,
+    /// all within the request timeout.
+    async fn call<T, F, Fut>(&self, retry: Retry, attempt: F) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_within(self.shared.request_timeout, retry, attempt).await
+    }
+
+    /// [`EtcdStore::call`] within `limit`.
+    async fn call_within<T, F, Fut>(
+        &self,
+        limit: Duration,
+        retry: Retry,
+        mut attempt: F,
+    ) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + limit;
+        let mut pause = RETRY_FIRST;
+        loop {
+            match tokio::time::timeout_at(deadline, attempt()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if retry.allows(&e) && Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+                Ok(Err(e)) => return Err(CallError::Etcd(e)),
+                Err(_) => return Err(CallError::TimedOut(limit)),
+            }
         }
+    }
+
+    /// A range read (idempotent, so tried again after failures).
+    async fn get(&self, key: Vec<u8>, opts: Option<GetOptions>) -> Result<GetResponse, CallError> {
+        self.call(Retry::Idempotent, || {
+            let (mut kv, key, opts) = (self.shared.kv.clone(), key.clone(), opts.clone());
+            async move { kv.get(key, opts).await }
+        })
+        .await
+    }
+
+    /// A transaction, tried again after failures `retry` allows.
+    async fn txn(&self, retry: Retry, txn: Txn) -> Result<TxnResponse, CallError> {
+        self.call(retry, || {
+            let (mut kv, txn) = (self.shared.kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
     }
 
     fn unavailable(&self, what: &str, e: CallError) -> StoreError {
@@ -438,19 +508,15 @@ impl EtcdStore {
     }
 
     async fn get_object<T: Object>(&self, id: &str) -> Result<Option<T>, StoreError> {
-        let mut kv = self.shared.kv.clone();
         let what = || format!("reading {}{id}", T::KIND.dir());
-        let resp =
-            self.call(kv.get(self.key(T::KIND, id), None)).await.map_err(|e| self.unavailable(&what(), e))?;
+        let resp = self.get(self.key(T::KIND, id), None).await.map_err(|e| self.unavailable(&what(), e))?;
         resp.kvs().first().map(|kv| self.decode(kv, id)).transpose()
     }
 
     /// One object at the latest revision: the snapshot of a one-object filter.
     async fn view_one<T: Object>(&self, id: &str) -> Result<(Vec<T>, u64), StoreError> {
-        let mut kv = self.shared.kv.clone();
         let what = || format!("reading {}{id}", T::KIND.dir());
-        let resp =
-            self.call(kv.get(self.key(T::KIND, id), None)).await.map_err(|e| self.unavailable(&what(), e))?;
+        let resp = self.get(self.key(T::KIND, id), None).await.map_err(|e| self.unavailable(&what(), e))?;
         let revision = header_revision(resp.header())?;
         let objs = resp.kvs().first().map(|kv| self.decode(kv, id)).transpose()?;
         Ok((objs.into_iter().collect(), revision))
@@ -468,8 +534,7 @@ impl EtcdStore {
             if revision > 0 {
                 opts = opts.with_revision(revision);
             }
-            let mut kv = self.shared.kv.clone();
-            let resp = match self.call(kv.get(start.clone(), Some(opts))).await {
+            let resp = match self.get(start.clone(), Some(opts)).await {
                 Ok(r) => r,
                 Err(e) if e.is_compacted() => return Err(ReadError::Compacted),
                 Err(e) => return Err(self.unavailable(&format!("reading {}", T::KIND.dir()), e).into()),
@@ -578,8 +643,7 @@ impl EtcdStore {
             compares.push(Compare::create_revision(f.key.clone(), CompareOp::Equal, f.create_revision));
         }
         let txn = Txn::new().when(compares).and_then(writes).or_else(self.read_ops(&expect));
-        let mut kv = self.shared.kv.clone();
-        let resp = self.call(kv.txn(txn)).await.map_err(|e| self.unavailable("commit", e))?;
+        let resp = self.txn(Retry::IfNotSent, txn).await.map_err(|e| self.unavailable("commit", e))?;
         let revision = header_revision(resp.header())?;
         if resp.succeeded() {
             return Ok(revision);
@@ -600,9 +664,9 @@ impl EtcdStore {
 
     /// Reads every key in `expect` (and the fence key) at one revision.
     async fn read_keys(&self, expect: &BTreeMap<(Kind, String), Expect>) -> Result<Reads, StoreError> {
-        let mut kv = self.shared.kv.clone();
         let txn = Txn::new().and_then(self.read_ops(expect));
-        let resp = self.call(kv.txn(txn)).await.map_err(|e| self.unavailable("commit (reading back)", e))?;
+        let resp = self.txn(Retry::Idempotent, txn).await;
+        let resp = resp.map_err(|e| self.unavailable("commit (reading back)", e))?;
         let revision = header_revision(resp.header())?;
         self.parse_reads(expect, revision, &resp.op_responses())
     }

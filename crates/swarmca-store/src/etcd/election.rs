@@ -17,7 +17,7 @@ use etcd_client::{GetOptions, LeaseKeepAliveStream, LeaseKeeper, ResignOptions, 
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Duration, Instant};
 
-use super::{header_revision, CallError, EtcdStore, Fence};
+use super::{header_revision, CallError, EtcdStore, Fence, Retry};
 use crate::StoreError;
 
 /// One election, by name: `campaign` to lead, `leader` to see who does.
@@ -77,36 +77,45 @@ impl Election {
     pub async fn campaign(&self, value: impl Into<Vec<u8>>) -> Result<Leadership, StoreError> {
         let value = value.into();
         let secs = self.ttl.as_secs().saturating_add(u64::from(self.ttl.subsec_nanos() > 0)).max(1);
-        let mut leases = self.store.client().lease_client();
-        let grant = self
-            .store
-            .call(leases.grant(i64::try_from(secs).unwrap_or(i64::MAX), None))
-            .await
-            .map_err(|e| self.store.unavailable("granting an election lease", e))?;
+        let secs = i64::try_from(secs).unwrap_or(i64::MAX);
+        let grant = self.store.call(Retry::IfNotSent, || {
+            let mut leases = self.store.client().lease_client();
+            async move { leases.grant(secs, None).await }
+        });
+        let grant = grant.await.map_err(|e| self.store.unavailable("granting an election lease", e))?;
         let lease = grant.id();
         let ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(0).max(1));
         // From here on, failing or being cancelled revokes the lease, withdrawing the candidacy.
         let mut guard = Revoke { store: self.store.clone(), lease: Some(lease) };
         let renewed = Instant::now();
-        let (keeper, responses) = self
-            .store
-            .call(leases.keep_alive(lease))
-            .await
-            .map_err(|e| self.store.unavailable("keeping the election lease alive", e))?;
+        let keeping = self.store.call(Retry::Idempotent, || {
+            let mut leases = self.store.client().lease_client();
+            async move { leases.keep_alive(lease).await }
+        });
+        let (keeper, responses) =
+            keeping.await.map_err(|e| self.store.unavailable("keeping the election lease alive", e))?;
         let (lost_tx, mut lost) = watch::channel(false);
         let (stop, stopped) = oneshot::channel();
         let keep = KeepAlive { store: self.store.clone(), lease, ttl, renewed, keeper, responses };
         tokio::spawn(keep.run(lost_tx, stopped));
 
-        let mut elections = self.store.client().election_client();
-        let campaign = elections.campaign(self.name.clone(), value.clone(), lease);
-        let resp = tokio::select! {
-            r = campaign => r.map_err(|e| self.store.unavailable("campaigning", CallError::Etcd(e)))?,
-            _ = lost.wait_for(|lost| *lost) => {
-                return Err(StoreError::Unavailable(format!(
-                    "etcd at {}: the election lease was lost while campaigning",
-                    self.store.shared.endpoints
-                )));
+        // Waiting to be elected has no time limit, but the lease must stay alive meanwhile.
+        let resp = loop {
+            let mut elections = self.store.client().election_client();
+            let campaign = elections.campaign(self.name.clone(), value.clone(), lease);
+            let r = tokio::select! {
+                r = campaign => r,
+                _ = lost.wait_for(|lost| *lost) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "etcd at {}: the election lease was lost while campaigning",
+                        self.store.shared.endpoints
+                    )));
+                }
+            };
+            match r {
+                Ok(r) => break r,
+                Err(e) if Retry::IfNotSent.allows(&e) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => return Err(self.store.unavailable("campaigning", CallError::Etcd(e))),
             }
         };
         let key = resp
@@ -133,12 +142,8 @@ impl Election {
         prefix.push(b'/');
         let opts =
             GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
-        let mut kv = self.store.shared.kv.clone();
-        let resp = self
-            .store
-            .call(kv.get(prefix, Some(opts)))
-            .await
-            .map_err(|e| self.store.unavailable("reading the election leader", e))?;
+        let resp = self.store.get(prefix, Some(opts)).await;
+        let resp = resp.map_err(|e| self.store.unavailable("reading the election leader", e))?;
         header_revision(resp.header())?;
         Ok(resp.kvs().first().map(|kv| Leader {
             value: kv.value().to_vec(),
@@ -183,12 +188,13 @@ impl Leadership {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let mut elections = self.store.client().election_client();
-        let resigned =
-            self.store.call(elections.resign(Some(ResignOptions::new().with_leader(self.key.clone()))));
+        let resign = Some(ResignOptions::new().with_leader(self.key.clone()));
+        let resigned = self.store.call(Retry::Idempotent, || {
+            let (mut elections, resign) = (self.store.client().election_client(), resign.clone());
+            async move { elections.resign(resign).await }
+        });
         let resigned = resigned.await;
-        let mut leases = self.store.client().lease_client();
-        let revoked = self.store.call(leases.revoke(self.lease)).await;
+        let revoked = self.store.revoke(self.lease).await;
         match (resigned, revoked) {
             (Ok(_), _) | (_, Ok(_)) => Ok(()),
             (Err(_), Err(e)) => Err(self.store.unavailable("resigning (the lease will expire by itself)", e)),
@@ -227,8 +233,7 @@ impl Drop for Revoke {
         let store = self.store.clone();
         // Best effort: if etcd cannot be reached, the lease expires within its TTL.
         rt.spawn(async move {
-            let mut leases = store.client().lease_client();
-            let _ = store.call(leases.revoke(lease)).await;
+            let _ = store.revoke(lease).await;
         });
     }
 }
@@ -267,8 +272,7 @@ impl KeepAlive {
             }
         }
         let _ = lost.send(true);
-        let mut leases = self.store.client().lease_client();
-        let _ = self.store.call(leases.revoke(self.lease)).await;
+        let _ = self.store.revoke(self.lease).await;
     }
 
     /// Sends one keep-alive and waits for its answer, opening the stream again if it broke:
@@ -292,5 +296,16 @@ impl KeepAlive {
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+}
+
+impl EtcdStore {
+    /// Revokes `lease`, deleting the keys attached to it.
+    async fn revoke(&self, lease: i64) -> Result<(), CallError> {
+        let revoked = self.call(Retry::Idempotent, || {
+            let mut leases = self.client().lease_client();
+            async move { leases.revoke(lease).await }
+        });
+        revoked.await.map(drop)
     }
 }

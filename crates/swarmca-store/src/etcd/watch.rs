@@ -68,8 +68,11 @@ impl EtcdStore {
         if prefix {
             opts = opts.with_prefix();
         }
-        let mut client = self.shared.watch.clone();
-        self.call(client.watch(key.to_vec(), Some(opts))).await
+        self.call(super::Retry::Idempotent, || {
+            let (mut client, key, opts) = (self.shared.watch.clone(), key.to_vec(), opts.clone());
+            async move { client.watch(key, Some(opts)).await }
+        })
+        .await
     }
 
     pub(super) async fn watch_from_snapshot(
