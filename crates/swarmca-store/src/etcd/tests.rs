@@ -201,6 +201,27 @@ async fn watch_resumes_after_its_stream_breaks_without_gap_or_duplicate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_watches_end_their_tasks_and_leave_the_registry() {
+    let Some(etcd) = Etcd::single() else { return };
+    let s = connect(&etcd).await;
+    let handles = std::sync::Arc::strong_count(&s.shared);
+    let mut watches = Vec::new();
+    for i in 0..20 {
+        watches.push(s.view_and_watch(WatchFilter::Node(format!("n{i}"))).await.unwrap().1);
+    }
+    // Each forwarding task holds a handle on the connection.
+    assert_eq!(std::sync::Arc::strong_count(&s.shared), handles + 20);
+    drop(watches);
+    let t = Instant::now();
+    while std::sync::Arc::strong_count(&s.shared) > handles {
+        assert!(t.elapsed() < Duration::from_secs(5), "forwarding tasks outlived their watches");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, _w) = s.view_and_watch(WatchFilter::All).await.unwrap();
+    assert_eq!(s.shared.watchers().len(), 1, "ended watches stay registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_of_the_resume_revision_closes_the_watch_and_a_new_one_works() {
     let Some(etcd) = Etcd::single() else { return };
     let direct = connect(&etcd).await;

@@ -88,11 +88,16 @@ impl EtcdStore {
             .map_err(|e| self.unavailable("opening a watch", e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let delivered = Arc::new(AtomicU64::new(snap.revision));
-        self.shared.watchers().push(Registered {
-            filter: filter.clone(),
-            tx: tx.downgrade(),
-            delivered: Arc::clone(&delivered),
-        });
+        {
+            let mut registry = self.shared.watchers();
+            // Forget the watches that have ended, so that the registry does not grow.
+            registry.retain(Registered::is_open);
+            registry.push(Registered {
+                filter: filter.clone(),
+                tx: tx.downgrade(),
+                delivered: Arc::clone(&delivered),
+            });
+        }
         // The fence only matters to commits; the task keeps a plain handle.
         let store = EtcdStore { shared: Arc::clone(&self.shared), fence: None };
         let fwd = Forwarder { store, filter, key, prefix, tx, delivered, last: from };
