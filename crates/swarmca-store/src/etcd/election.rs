@@ -64,7 +64,9 @@ pub struct Leadership {
 impl Election {
     /// The election `name` (an etcd key; candidates are the keys under `{name}/`, e.g.
     /// `/swarmca/leader`) with leases of `ttl`, rounded up to whole seconds (etcd may raise it to
-    /// its own minimum, about 1.5 election timeouts).
+    /// its own minimum, about 1.5 election timeouts). A leader gives up after two thirds of the
+    /// TTL without an acknowledged keep-alive, so the TTL should be well above the time etcd
+    /// takes to replace a failed member leader (about 2 s with etcd's default timing): 10 s, say.
     pub fn new(store: &EtcdStore, name: impl Into<Vec<u8>>, ttl: Duration) -> Election {
         // Fences are checked by fenced handles, not by the election itself.
         let store = EtcdStore { shared: std::sync::Arc::clone(&store.shared), fence: None };
