@@ -135,8 +135,8 @@ pub(crate) struct Member {
     process: Option<Running>,
 }
 
-/// A running etcd and its watchdog, which kills it if this test process dies without dropping
-/// it (the watchdog's stdin closes then).
+/// A running etcd and its watchdog, which kills it and removes the cluster's directory if this
+/// test process dies without dropping it (the watchdog's stdin closes then).
 struct Running {
     etcd: Child,
     watchdog: Child,
@@ -166,7 +166,8 @@ impl Member {
         let mut watchdog = Command::new("sh")
             .args(["-c", "read _; kill -9 \"$1\" 2>/dev/null; sleep 0.2; rm -rf \"$2\"", "sh"])
             .arg(etcd.id().to_string())
-            .arg(&self.dir)
+            // The cluster's directory (certificates, every member's data).
+            .arg(self.dir.parent().unwrap_or(&self.dir))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
