@@ -11,9 +11,16 @@
 //!
 //! The trait is object-safe (`Arc<dyn Store>`) so the server can be handed an in-memory store, a
 //! persistent one, or a fault-injecting wrapper under simulation.
+//!
+//! Stores: [`MemStore`] (always); `RedbStore`, one crash-safe file (feature `persistent`);
+//! `EtcdStore`, on an etcd cluster shared by several managers, with leader election and fenced
+//! writes (feature `etcd`, module `etcd`, whose documentation describes the key layout and how
+//! etcd's revisions become versions).
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod mem;
 #[cfg(feature = "persistent")]
 mod persistent;
@@ -22,6 +29,8 @@ mod state;
 use std::future::Future;
 use std::pin::Pin;
 
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use mem::MemStore;
 #[cfg(feature = "persistent")]
 pub use persistent::RedbStore;
@@ -45,12 +54,22 @@ pub enum StoreError {
     NotExist,
     /// The store could not be reached or the commit could not be made durable; nothing was
     /// applied. Retrying may succeed. (When a persistent store's fsync fails, the commit may
-    /// still turn up on disk once the store is reopened.)
+    /// still turn up on disk once the store is reopened; when etcd's answer to a commit is lost
+    /// or late, the commit may have been applied all the same.)
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// Stored data could not be decoded.
     #[error("store data corrupt: {0}")]
     Corrupt(String),
+    /// The write was refused because the leadership it was made under is gone (a fenced store
+    /// handle's leader key was deleted or replaced); nothing was applied. Retrying cannot
+    /// succeed: the caller must stop acting as leader.
+    #[error("write refused: the leadership it was made under is gone")]
+    Fenced,
+    /// The store's configuration cannot work (no endpoint, an unreadable TLS file, a malformed
+    /// address); nothing was attempted, and retrying cannot help.
+    #[error("store misconfigured: {0}")]
+    Config(String),
 }
 
 /// One write in a [`Store::commit`].

@@ -10,6 +10,12 @@ pub(crate) trait TestStore: Store + Clone {
     fn revision(&self) -> u64;
     fn watcher_count(&self) -> usize;
 
+    /// The revision of the empty store (a fresh etcd is at 1).
+    fn first_revision(&self) -> u64 {
+        0
+    }
+
+    /// Commits, and returns once every watch has the events of the commit.
     fn commit_sync(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
         block_on(self.commit(ops))
     }
@@ -35,6 +41,88 @@ impl TestStore for MemStore {
 
     fn view_and_watch_sync(&self, filter: WatchFilter) -> (Snapshot, Watch) {
         MemStore::view_and_watch_sync(self, filter)
+    }
+}
+
+/// The revision `n` commits after the empty store.
+fn at<S: TestStore>(s: &S, n: u64) -> u64 {
+    s.first_revision() + n
+}
+
+/// An [`EtcdStore`](crate::EtcdStore) whose futures run on the fixture's runtime, since the
+/// suite polls them with [`block_on`], outside any runtime.
+#[cfg(feature = "etcd")]
+#[derive(Clone)]
+pub(crate) struct TestEtcd {
+    store: crate::EtcdStore,
+    rt: tokio::runtime::Handle,
+}
+
+#[cfg(feature = "etcd")]
+impl TestEtcd {
+    pub(crate) fn new(f: &crate::etcd::testing::Fixture) -> TestEtcd {
+        TestEtcd { store: f.connect(), rt: f.rt.handle().clone() }
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> BoxFuture<'static, T> {
+        let task = self.rt.spawn(f);
+        Box::pin(async move { task.await.unwrap() })
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl Store for TestEtcd {
+    fn view(&self, filter: WatchFilter) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
+        let s = self.store.clone();
+        self.run(async move { s.view(filter).await })
+    }
+
+    fn get_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Node>, StoreError>> {
+        let (s, id) = (self.store.clone(), id.to_string());
+        self.run(async move { s.get_node(&id).await })
+    }
+
+    fn get_cluster<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Cluster>, StoreError>> {
+        let (s, id) = (self.store.clone(), id.to_string());
+        self.run(async move { s.get_cluster(&id).await })
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let s = self.store.clone();
+        self.run(async move { s.commit(ops).await })
+    }
+
+    fn view_and_watch(&self, filter: WatchFilter) -> BoxFuture<'_, Result<(Snapshot, Watch), StoreError>> {
+        let s = self.store.clone();
+        self.run(async move { s.view_and_watch(filter).await })
+    }
+}
+
+#[cfg(feature = "etcd")]
+impl TestStore for TestEtcd {
+    fn revision(&self) -> u64 {
+        let s = self.store.clone();
+        block_on(self.run(async move { s.revision().await })).unwrap()
+    }
+
+    fn watcher_count(&self) -> usize {
+        self.store.watcher_count()
+    }
+
+    fn first_revision(&self) -> u64 {
+        1
+    }
+
+    // etcd delivers events a little after the commit returns.
+    fn commit_sync(&self, ops: Vec<Op>) -> Result<u64, StoreError> {
+        let r = block_on(self.commit(ops.clone()));
+        if let Ok(rev) = r {
+            self.store.await_delivery(rev, &ops);
+        }
+        r
     }
 }
 
@@ -118,13 +206,13 @@ pub(crate) fn next_now(w: &mut Watch) -> Option<Event> {
 
 fn create_sets_version_to_new_revision<S: TestStore>(s: S) {
     let rev = s.commit_sync(vec![Op::CreateNode(node("a"))]).unwrap();
-    assert_eq!(rev, 1);
+    assert_eq!(rev, at(&s, 1));
     let n = block_on(s.get_node("a")).unwrap().unwrap();
-    assert_eq!(version_of(n.meta.as_ref()), 1);
+    assert_eq!(version_of(n.meta.as_ref()), at(&s, 1));
     let rev2 = s.commit_sync(vec![Op::CreateNode(node("b")), Op::CreateCluster(cluster("c"))]).unwrap();
-    assert_eq!(rev2, 2);
-    assert_eq!(version_of(block_on(s.get_node("b")).unwrap().unwrap().meta.as_ref()), 2);
-    assert_eq!(version_of(block_on(s.get_cluster("c")).unwrap().unwrap().meta.as_ref()), 2);
+    assert_eq!(rev2, at(&s, 2));
+    assert_eq!(version_of(block_on(s.get_node("b")).unwrap().unwrap().meta.as_ref()), at(&s, 2));
+    assert_eq!(version_of(block_on(s.get_cluster("c")).unwrap().unwrap().meta.as_ref()), at(&s, 2));
 }
 
 fn create_existing_id_fails_with_exists_and_writes_nothing<S: TestStore>(s: S) {
@@ -132,7 +220,7 @@ fn create_existing_id_fails_with_exists_and_writes_nothing<S: TestStore>(s: S) {
     let err = s.commit_sync(vec![Op::CreateNode(node("b")), Op::CreateNode(node("a"))]).unwrap_err();
     assert_eq!(err, StoreError::Exists);
     assert!(block_on(s.get_node("b")).unwrap().is_none(), "failed commit must be atomic");
-    assert_eq!(s.revision(), 1);
+    assert_eq!(s.revision(), at(&s, 1));
     let err = s.commit_sync(vec![Op::CreateCluster(cluster("c")), Op::CreateCluster(cluster("c"))]);
     assert_eq!(err, Err(StoreError::Exists));
 }
@@ -170,7 +258,7 @@ fn update_or_delete_missing_is_not_exist<S: TestStore>(s: S) {
     assert_eq!(s.commit_sync(vec![Op::UpdateNode(node("x"))]), Err(StoreError::NotExist));
     assert_eq!(s.commit_sync(vec![Op::DeleteNode(node("x"))]), Err(StoreError::NotExist));
     assert_eq!(s.commit_sync(vec![Op::UpdateCluster(cluster("x"))]), Err(StoreError::NotExist));
-    assert_eq!(s.revision(), 0);
+    assert_eq!(s.revision(), at(&s, 0));
 }
 
 fn failed_commit_sends_no_events<S: TestStore>(s: S) {
@@ -184,7 +272,7 @@ fn view_and_watch_has_no_gap_and_no_duplicate<S: TestStore>(s: S) {
         s.commit_sync(vec![Op::CreateNode(node(&format!("n{i}")))]).unwrap();
     }
     let (snap, mut w) = s.view_and_watch_sync(WatchFilter::All);
-    assert_eq!(snap.revision, 5);
+    assert_eq!(snap.revision, at(&s, 5));
     assert_eq!(snap.nodes.len(), 5);
     for i in 5..10 {
         s.commit_sync(vec![Op::CreateNode(node(&format!("n{i}")))]).unwrap();
@@ -210,8 +298,9 @@ fn events_carry_new_versions_in_commit_order<S: TestStore>(s: S) {
     let e1 = next_now(&mut w).unwrap();
     let e2 = next_now(&mut w).unwrap();
     let e3 = next_now(&mut w).unwrap();
-    assert!(matches!(&e1, Event::CreateNode(n) if version_of(n.meta.as_ref()) == 1));
-    assert!(matches!(&e2, Event::UpdateNode(n) if version_of(n.meta.as_ref()) == 2));
+    let (v1, v2) = (at(&s, 1), at(&s, 2));
+    assert!(matches!(&e1, Event::CreateNode(n) if version_of(n.meta.as_ref()) == v1));
+    assert!(matches!(&e2, Event::UpdateNode(n) if version_of(n.meta.as_ref()) == v2));
     assert!(matches!(&e3, Event::DeleteNode(n) if n.id == "a"));
     assert!(next_now(&mut w).is_none());
 }
@@ -260,7 +349,7 @@ fn two_writes_to_one_object_in_one_commit_need_the_staged_version<S: TestStore>(
     // The second update still carries version 1, but the first staged write moved it to 2.
     let r = s.commit_sync(vec![Op::UpdateNode(a.clone()), Op::UpdateNode(a)]);
     assert_eq!(r, Err(StoreError::SequenceConflict));
-    assert_eq!(s.revision(), 1);
+    assert_eq!(s.revision(), at(&s, 1));
 }
 
 fn concurrent_read_modify_write_loses_no_update<S: TestStore>(s: S) {
@@ -294,14 +383,14 @@ fn concurrent_read_modify_write_loses_no_update<S: TestStore>(s: S) {
     let n = block_on(s.get_node("counter")).unwrap().unwrap();
     assert_eq!(n.vxlanudp_port, TASKS * INCREMENTS, "an increment was lost");
     assert_eq!(version_of(n.meta.as_ref()), s.revision());
-    assert_eq!(s.revision(), 1 + u64::from(TASKS * INCREMENTS));
+    assert_eq!(s.revision(), at(&s, 1 + u64::from(TASKS * INCREMENTS)));
 }
 
 fn empty_commit_returns_the_current_revision<S: TestStore>(s: S) {
-    assert_eq!(s.commit_sync(Vec::new()), Ok(0));
+    assert_eq!(s.commit_sync(Vec::new()), Ok(at(&s, 0)));
     s.commit_sync(vec![Op::CreateNode(node("a"))]).unwrap();
-    assert_eq!(s.commit_sync(Vec::new()), Ok(1));
-    assert_eq!(s.revision(), 1);
+    assert_eq!(s.commit_sync(Vec::new()), Ok(at(&s, 1)));
+    assert_eq!(s.revision(), at(&s, 1));
 }
 
 /// Stamps out each generic test above once per store.
@@ -323,6 +412,18 @@ macro_rules! behaviour_suite {
                 fn $name() {
                     let dir = super::TempDir::new();
                     super::$name(dir.store());
+                }
+            )*
+        }
+
+        // Each test on a fresh etcd (so that revisions start at 1), skipped without etcd.
+        #[cfg(feature = "etcd")]
+        mod etcd {
+            $(
+                #[test]
+                fn $name() {
+                    let Some(f) = crate::etcd::testing::Fixture::start() else { return };
+                    super::$name(super::TestEtcd::new(&f));
                 }
             )*
         }
