@@ -67,18 +67,24 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path, port: u16) -> Server {
+        let s = Server::spawn(data, port, &[]);
+        s.wait_ready();
+        s
+    }
+
+    /// Spawns `swarmca serve` with `extra` arguments, without waiting until it is ready.
+    pub fn spawn(data: &Path, port: u16, extra: &[&str]) -> Server {
         let addr = format!("127.0.0.1:{port}");
         let log = data.with_extension(format!("log{port}"));
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin())
             .args(["serve", "--data-dir", data.to_str().unwrap(), "--listen", &addr])
+            .args(extra)
             .stdout(Stdio::from(f.try_clone().unwrap()))
             .stderr(Stdio::from(f))
             .spawn()
             .unwrap();
-        let s = Server { child, data: data.to_path_buf(), addr, log };
-        s.wait_ready();
-        s
+        Server { child, data: data.to_path_buf(), addr, log }
     }
 
     /// Wraps an already spawned `swarmca serve` child.
@@ -88,7 +94,7 @@ impl Server {
         s
     }
 
-    fn wait_ready(&self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let o = run(&["join-token", "-q", "worker", "--data-dir", self.data.to_str().unwrap()]);
@@ -172,7 +178,7 @@ pub fn subject(pem: &[u8]) -> (String, Vec<String>, String, Vec<String>) {
     (cn, ous, o, sans)
 }
 
-fn cluster_id(s: &Server) -> String {
+pub fn cluster_id(s: &Server) -> String {
     let out = s.admin_ok(&["cluster", "inspect"]);
     out.lines().find_map(|l| l.strip_prefix("ID:")).unwrap().trim().to_string()
 }

@@ -11,6 +11,7 @@ mod conformance;
 mod defects;
 mod external;
 mod fixture;
+mod ha;
 mod lifecycle;
 mod persist;
 mod rotation;

@@ -3,6 +3,7 @@
 //! as store read-modify-write operations retried on sequence conflicts. Used by the admin gRPC
 //! service on the control socket and by the simulator's admin actor.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use swarmca_core::role::Role;
@@ -29,11 +30,22 @@ const UNLOCK_SUBSYSTEM: &str = "swarm-manager";
 const UNLOCK_KEY_PREFIX: &str = "SWMKEY-1-";
 
 /// Administration of one cluster, bound to the server that serves it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Control {
     pub(crate) server: CaServer,
     self_node_id: Option<String>,
+    leader: Option<LeaderLookup>,
 }
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("self_node_id", &self.self_node_id).finish_non_exhaustive()
+    }
+}
+
+/// Who leads the managers now (a node ID), for `node ls`; `None` when unknown.
+pub type LeaderLookup =
+    Arc<dyn Fn() -> swarmca_store::BoxFuture<'static, Option<String>> + Send + Sync + 'static>;
 
 fn precondition(msg: String) -> ServerError {
     ServerError::FailedPrecondition(msg)
@@ -43,7 +55,21 @@ impl Control {
     /// Administration through `server`; `self_node_id` is the manager serving the socket, which
     /// can never be removed through it.
     pub fn new(server: CaServer, self_node_id: Option<String>) -> Control {
-        Control { server, self_node_id }
+        Control { server, self_node_id, leader: None }
+    }
+
+    /// Names the leader through `lookup` (several managers on a shared store). Without it the
+    /// serving manager is the leader.
+    pub fn with_leader_lookup(mut self, lookup: LeaderLookup) -> Control {
+        self.leader = Some(lookup);
+        self
+    }
+
+    async fn leader_id(&self) -> Option<String> {
+        match &self.leader {
+            Some(lookup) => lookup().await,
+            None => self.self_node_id.clone(),
+        }
     }
 
     pub(crate) fn store(&self) -> &dyn swarmca_store::Store {
@@ -123,13 +149,15 @@ impl Control {
     pub async fn list_nodes(&self) -> Result<Vec<admin::NodeInfo>, ServerError> {
         let snap = self.store().view(swarmca_store::WatchFilter::All).await?;
         let view = self.issuer_view(&snap);
-        Ok(snap.nodes.iter().map(|n| self.info(n, false, &view)).collect())
+        let leader = self.leader_id().await;
+        Ok(snap.nodes.iter().map(|n| self.info(n, false, &view, leader.as_deref())).collect())
     }
 
     /// One node, with its certificate.
     pub async fn inspect_node(&self, id: &str) -> Result<admin::NodeInfo, ServerError> {
         let n = self.node(id).await?;
-        Ok(self.info(&n, true, &self.cluster_issuers().await))
+        let leader = self.leader_id().await;
+        Ok(self.info(&n, true, &self.cluster_issuers().await, leader.as_deref()))
     }
 
     /// Removes a node and blacklists its certificates until they expire. Managers need
@@ -154,7 +182,7 @@ impl Control {
                 node.id.clone(),
                 BlacklistedCertificate { expiry: Some(prost_types::Timestamp::from(expiry)) },
             );
-            let info = self.info(&node, false, &IssuerView::default());
+            let info = self.info(&node, false, &IssuerView::default(), None);
             match self.store().commit(vec![Op::UpdateCluster(cluster), Op::DeleteNode(node)]).await {
                 Ok(_) => {
                     info!(node = %id, "node removed; its certificates are blacklisted");
@@ -179,7 +207,8 @@ impl Control {
             })
             .await?;
         info!(node = %id, role = role.ou(), "node role changed; effective at its next renewal");
-        Ok(self.info(&n, false, &self.cluster_issuers().await))
+        let leader = self.leader_id().await;
+        Ok(self.info(&n, false, &self.cluster_issuers().await, leader.as_deref()))
     }
 
     /// Marks a node's membership ACCEPTED (it is then signed if its request is pending).
@@ -190,7 +219,8 @@ impl Control {
                 Ok(())
             })
             .await?;
-        Ok(self.info(&n, false, &self.cluster_issuers().await))
+        let leader = self.leader_id().await;
+        Ok(self.info(&n, false, &self.cluster_issuers().await, leader.as_deref()))
     }
 
     /// Cluster summary.
@@ -345,7 +375,13 @@ impl Control {
         self.server.cluster().await.map(|c| IssuerView::of(&c)).unwrap_or_default()
     }
 
-    pub(crate) fn info(&self, n: &Node, with_cert: bool, issuers: &IssuerView) -> admin::NodeInfo {
+    pub(crate) fn info(
+        &self,
+        n: &Node,
+        with_cert: bool,
+        issuers: &IssuerView,
+        leader: Option<&str>,
+    ) -> admin::NodeInfo {
         let cert = n.certificate.clone().unwrap_or_default();
         let status = cert.status.clone().unwrap_or_default();
         let spec = n.spec.clone().unwrap_or_default();
@@ -376,6 +412,7 @@ impl Control {
             is_self: self.self_node_id.as_deref() == Some(n.id.as_str()),
             certificate: if with_cert { cert.certificate } else { Vec::new() },
             issuer_state: issuers.state_of(n).into(),
+            is_leader: leader == Some(n.id.as_str()),
         }
     }
 }

@@ -284,7 +284,11 @@ impl Control {
             nodes: count(snap.nodes.len()),
             converged: count(converged),
             renewing: count(renewing),
-            blocking: blocking.iter().take(MAX_BLOCKING_LISTED).map(|n| self.info(n, false, &view)).collect(),
+            blocking: blocking
+                .iter()
+                .take(MAX_BLOCKING_LISTED)
+                .map(|n| self.info(n, false, &view, None))
+                .collect(),
         })
     }
 }

@@ -851,8 +851,8 @@ fn tls_options(tls: &EtcdTls) -> Result<etcd_client::TlsOptions, StoreError> {
     Ok(opts)
 }
 
-#[cfg(test)]
-pub(crate) mod testing;
+#[cfg(any(test, feature = "etcd-testing"))]
+pub mod testing;
 
 #[cfg(test)]
 mod tests;

@@ -171,8 +171,8 @@ fn fmt_remaining(unix: i64) -> String {
 
 fn print_table(nodes: &[NodeInfo]) {
     println!(
-        "{:<27} {:<8} {:<9} {:<8} {:<14} {:<8} DETAIL",
-        "ID", "ROLE", "MEMBER", "CERT", "EXPIRES", "ISSUER"
+        "{:<27} {:<8} {:<9} {:<8} {:<14} {:<8} {:<7} DETAIL",
+        "ID", "ROLE", "MEMBER", "CERT", "EXPIRES", "ISSUER", "MANAGER"
     );
     for n in nodes {
         let id = if n.is_self { format!("{} *", n.id) } else { n.id.clone() };
@@ -181,20 +181,26 @@ fn print_table(nodes: &[NodeInfo]) {
             role.push_str(&format!("->{}", role_name(n.desired_role)));
         }
         println!(
-            "{:<27} {:<8} {:<9} {:<8} {:<14} {:<8} {}",
+            "{:<27} {:<8} {:<9} {:<8} {:<14} {:<8} {:<7} {}",
             id,
             role,
             n.membership,
             n.state,
             fmt_remaining(n.not_after),
             n.issuer_state,
+            if n.is_leader { "leader" } else { "" },
             n.detail.lines().next().unwrap_or("")
         );
     }
 }
 
 fn print_node(n: &NodeInfo) {
-    println!("ID:              {}{}", n.id, if n.is_self { " (this manager)" } else { "" });
+    println!(
+        "ID:              {}{}{}",
+        n.id,
+        if n.is_self { " (this manager)" } else { "" },
+        if n.is_leader { " (leader)" } else { "" }
+    );
     println!("Role:            {}", role_name(n.role));
     println!("Desired role:    {}", role_name(n.desired_role));
     println!("Membership:      {}", n.membership);

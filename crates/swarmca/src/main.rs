@@ -9,6 +9,7 @@ mod admin_cli;
 mod bench;
 mod client;
 mod files;
+mod ha;
 mod listener;
 mod selfcert;
 mod serve;
@@ -88,6 +89,27 @@ enum Command {
         /// renew.
         #[arg(long, default_value = "3s", value_parser = parse_duration)]
         rotation_interval: Duration,
+        /// Share an etcd cluster (3.4+) with other managers instead of the embedded store:
+        /// its client URLs, comma-separated. The first manager creates the cluster there;
+        /// every manager serves; the one elected through etcd signs.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// CA certificate (PEM) of the etcd servers (https:// URLs).
+        #[arg(long, requires = "etcd")]
+        etcd_cacert: Option<PathBuf>,
+        /// Client certificate (PEM) for etcd's client-certificate authentication.
+        #[arg(long, requires_all = ["etcd_cacert", "etcd_key"])]
+        etcd_cert: Option<PathBuf>,
+        /// Key (PEM) of --etcd-cert.
+        #[arg(long, requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
+        /// Key prefix of this swarm in etcd (several swarms can share one etcd).
+        #[arg(long, default_value = "/swarmca/", requires = "etcd")]
+        etcd_prefix: String,
+        /// Lease of the leading manager: if it cannot renew it for this long (crash, pause,
+        /// partition), another manager takes over.
+        #[arg(long, default_value = "5s", value_parser = parse_duration, requires = "etcd")]
+        leader_lease: Duration,
     },
     /// Join a swarm: fetch and verify the root CA against the token, send a CSR, wait for the
     /// certificate, and write swarm-node.crt, swarm-node.key and swarm-root-ca.crt.
@@ -407,9 +429,31 @@ fn main() -> ExitCode {
 
 async fn dispatch(cmd: Command) -> Result<(), Fatal> {
     match cmd {
-        Command::Serve { data, listen, cert_expiry, external_ca, ca_cert, ca_key, rotation_interval } => {
+        Command::Serve {
+            data,
+            listen,
+            cert_expiry,
+            external_ca,
+            ca_cert,
+            ca_key,
+            rotation_interval,
+            etcd,
+            etcd_cacert,
+            etcd_cert,
+            etcd_key,
+            etcd_prefix,
+            leader_lease,
+        } => {
             let init = serve::InitOptions { cert_expiry, external_ca, ca_cert, ca_key };
-            serve::serve(&data.path, listen, init, rotation_interval).await
+            let etcd = (!etcd.is_empty()).then_some(ha::EtcdArgs {
+                endpoints: etcd,
+                cacert: etcd_cacert,
+                cert: etcd_cert,
+                key: etcd_key,
+                prefix: etcd_prefix,
+                lease: leader_lease,
+            });
+            serve::serve(&data.path, listen, init, rotation_interval, etcd).await
         }
         Command::Join { token, cert_dir, timeout, addr } => {
             client::join(&addr, &token, &cert_dir, timeout).await

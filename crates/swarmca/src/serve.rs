@@ -29,6 +29,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::admin_cli::socket_path;
 use crate::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
+use crate::ha::{self, EtcdArgs};
 use crate::listener::{self, DynamicTls};
 use crate::selfcert::SelfCert;
 use crate::{fatal, Fatal};
@@ -304,29 +305,57 @@ async fn claim_socket(path: &Path) -> Result<tokio::net::UnixListener, Fatal> {
     Ok(l)
 }
 
-/// `swarmca serve`.
+/// `swarmca serve`: with the embedded store in the data directory, or (`etcd`) as one of
+/// several managers sharing an etcd cluster.
 pub async fn serve(
     data_dir: &Path,
     listen: SocketAddr,
     init: InitOptions,
     rotation_interval: Duration,
+    etcd: Option<EtcdArgs>,
 ) -> Result<(), Fatal> {
     files::ensure_private_dir(data_dir).map_err(|Fatal(m)| fatal!("unusable data directory: {m}"))?;
     let certs = data_dir.join("certificates");
     files::ensure_private_dir(&certs)?;
-    let store_path = data_dir.join(STORE_FILE);
-    let store = Arc::new(
-        RedbStore::open(&store_path)
-            .map_err(|e| fatal!("cannot open the store {}: {e}", store_path.display()))?,
-    );
+    let ha = match &etcd {
+        Some(args) => {
+            let store = ha::connect(args).await?;
+            let election = ha::election(&store, args);
+            Some((store, election))
+        }
+        None => None,
+    };
+    let store: Arc<dyn Store> = match &ha {
+        Some((store, _)) => Arc::new(store.clone()),
+        None => {
+            let store_path = data_dir.join(STORE_FILE);
+            Arc::new(
+                RedbStore::open(&store_path)
+                    .map_err(|e| fatal!("cannot open the store {}: {e}", store_path.display()))?,
+            )
+        }
+    };
     let socket = socket_path(data_dir);
     let control_listener = claim_socket(&socket).await?;
     let tcp =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| fatal!("cannot listen on {listen}: {e}"))?;
 
-    let snap = store.view(WatchFilter::All).await?;
+    let mut snap = store.view(WatchFilter::All).await?;
+    // Several managers may start at once on an empty etcd: only the leader creates the
+    // cluster, through a store fenced on its leadership; the others find it.
+    let mut init_leadership = None;
+    if let (Some((etcd_store, election)), true) = (&ha, snap.clusters.is_empty()) {
+        println!("No cluster in etcd yet: waiting for the leadership to create it...");
+        let leadership =
+            election.campaign(Vec::new()).await.map_err(|e| fatal!("cannot campaign in etcd: {e}"))?;
+        snap = store.view(WatchFilter::All).await?;
+        init_leadership = Some((Arc::new(etcd_store.fenced(leadership.fence().clone())), leadership));
+    }
     let id = match snap.clusters.len() {
-        0 => create_cluster(&*store, &init).await?,
+        0 => match &init_leadership {
+            Some((fenced, _)) => create_cluster(&**fenced, &init).await?,
+            None => create_cluster(&*store, &init).await?,
+        },
         1 => {
             let c = snap.clusters.into_iter().next().ok_or_else(|| fatal!("cluster vanished"))?;
             if init.cert_expiry.is_some_and(|d| d != expiry_of(&c)) {
@@ -339,6 +368,12 @@ pub async fn serve(
         }
         n => return Err(fatal!("the store holds {n} clusters; expected one")),
     };
+    if let Some((_, leadership)) = init_leadership {
+        leadership
+            .resign()
+            .await
+            .map_err(|e| fatal!("cannot resign the leadership after creating the cluster: {e}"))?;
+    }
     files::write_atomic(&certs, ROOT_CERT, &id.root.ca_cert, false)?;
     files::write_atomic(&certs, NODE_KEY, &id.key_pem, true)?;
     files::write_atomic(&certs, NODE_CERT, &id.cert_pem, false)?;
@@ -359,9 +394,21 @@ pub async fn serve(
     server
         .update_tls_credentials(&id.cert_pem, &id.key_pem)
         .map_err(|e| fatal!("this manager's credentials are unusable for the external CA client: {e}"))?;
-    let mut run = {
-        let s = server.clone();
-        tokio::spawn(async move { s.run().await })
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let mut run = match &ha {
+        None => {
+            let s = server.clone();
+            tokio::spawn(async move { s.run().await })
+        }
+        Some((etcd_store, election)) => {
+            let (s, st, el, me, stop) =
+                (server.clone(), etcd_store.clone(), election.clone(), id.node_id.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                ha::lead_or_follow(s, st, el, me, stop).await;
+                Ok::<(), swarmca_server::ServerError>(())
+            })
+        }
     };
     tokio::select! {
         _ = server.ready() => {}
@@ -389,16 +436,25 @@ pub async fn serve(
         id.tokens.manager
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let signal_task = tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("signal received: shutting down");
-        let _ = stop_tx.send(true);
-    });
+    let signal_task = {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            info!("signal received: shutting down");
+            let _ = stop_tx.send(true);
+        })
+    };
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let control = Control::new(server.clone(), Some(id.node_id.clone()));
+    let mut control = Control::new(server.clone(), Some(id.node_id.clone()));
+    if let Some((_, election)) = &ha {
+        let election = election.clone();
+        control = control.with_leader_lookup(Arc::new(move || {
+            let election = election.clone();
+            Box::pin(async move { ha::leader_id(&election).await })
+        }));
+    }
     let control_incoming = futures_unix(control_listener);
     let admin = tokio::spawn(
         tonic::transport::Server::builder()
@@ -427,10 +483,13 @@ pub async fn serve(
         .add_service(NodeCaService::new(server.clone()))
         .serve_with_incoming_shutdown(listener::incoming(tcp, tls.server_config()?), stopped(stop_rx));
     let served = grpc.await;
+    let _ = stop_tx.send(true);
     signal_task.abort();
     selfcert.abort();
-    if let Err(e) = server.stop().await {
-        error!(error = %e, "stopping the CA server");
+    if ha.is_none() {
+        if let Err(e) = server.stop().await {
+            error!(error = %e, "stopping the CA server");
+        }
     }
     if let Ok(Err(e)) = run.await {
         error!(error = %e, "the CA server ended with an error");

@@ -4,6 +4,10 @@
 //!
 //! Without an `etcd` binary the tests print why and pass, unless `SWARMCA_REQUIRE_ETCD=1`
 //! (set by scripts/test when etcd is installed), which makes them fail instead.
+//!
+//! Test support only (this crate's tests, and the integration tests through the
+//! `etcd-testing` feature): a broken setup panics loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::{EtcdOptions, EtcdStore, EtcdTls};
 
 /// The etcd binary, or `None` when the tests must be skipped (the reason is printed).
-pub(crate) fn etcd_binary() -> Option<PathBuf> {
+pub fn etcd_binary() -> Option<PathBuf> {
     let found = ["/usr/bin/etcd", "/usr/local/bin/etcd"].iter().map(PathBuf::from).find(|p| p.is_file());
     let found = found.or_else(|| {
         let ok = Command::new("etcd").arg("--version").stdout(Stdio::null()).status();
@@ -59,17 +63,17 @@ fn temp_dir(what: &str) -> PathBuf {
 
 /// Certificates for etcd with `--client-cert-auth`: a CA, etcd's server certificate for
 /// 127.0.0.1, a client certificate, and an unrelated CA.
-pub(crate) struct TlsFiles {
-    pub(crate) ca: PathBuf,
-    pub(crate) server_cert: PathBuf,
-    pub(crate) server_key: PathBuf,
-    pub(crate) client_cert: PathBuf,
-    pub(crate) client_key: PathBuf,
-    pub(crate) other_ca: PathBuf,
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
 }
 
 impl TlsFiles {
-    pub(crate) fn generate(dir: &Path) -> TlsFiles {
+    pub fn generate(dir: &Path) -> TlsFiles {
         use rcgen::{
             BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
             KeyPair,
@@ -113,21 +117,21 @@ impl TlsFiles {
 
 /// Raft timing of a cluster.
 #[derive(Clone, Copy)]
-pub(crate) struct Timing {
-    pub(crate) heartbeat_ms: u32,
-    pub(crate) election_ms: u32,
+pub struct Timing {
+    pub heartbeat_ms: u32,
+    pub election_ms: u32,
 }
 
 impl Timing {
     /// A single member elects itself in about 0.2 s instead of 1 s.
-    pub(crate) const FAST: Timing = Timing { heartbeat_ms: 10, election_ms: 100 };
+    pub const FAST: Timing = Timing { heartbeat_ms: 10, election_ms: 100 };
     /// etcd's defaults.
-    pub(crate) const DEFAULT: Timing = Timing { heartbeat_ms: 100, election_ms: 1000 };
+    pub const DEFAULT: Timing = Timing { heartbeat_ms: 100, election_ms: 1000 };
 }
 
 /// One etcd process.
-pub(crate) struct Member {
-    pub(crate) name: String,
+pub struct Member {
+    pub name: String,
     dir: PathBuf,
     client_url: String,
     metrics_port: u16,
@@ -145,11 +149,11 @@ struct Running {
 
 impl Member {
     /// The client URL (`http://` or `https://`).
-    pub(crate) fn client_url(&self) -> &str {
+    pub fn client_url(&self) -> &str {
         &self.client_url
     }
 
-    pub(crate) fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.etcd.id())
     }
 
@@ -202,7 +206,7 @@ impl Member {
     }
 
     /// SIGKILL, and wait for the process to be gone. The data directory stays.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut p) = self.process.take() {
             let _ = p.watchdog.kill();
             let _ = p.watchdog.wait();
@@ -212,14 +216,14 @@ impl Member {
     }
 
     /// Starts etcd again on the same data directory and ports, and waits until it is healthy.
-    pub(crate) fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.kill();
         self.start();
         wait_healthy(std::slice::from_mut(self), Duration::from_secs(20)).unwrap();
     }
 
     /// Sends `signal` (e.g. "STOP", "CONT") to the etcd process.
-    pub(crate) fn signal(&self, signal: &str) {
+    pub fn signal(&self, signal: &str) {
         let pid = self.pid().unwrap().to_string();
         let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap();
         assert!(status.success(), "kill -{signal} {pid} failed");
@@ -257,21 +261,21 @@ fn wait_healthy(members: &mut [Member], within: Duration) -> Result<(), String> 
 }
 
 /// An etcd cluster of one or more members on loopback.
-pub(crate) struct Etcd {
-    pub(crate) members: Vec<Member>,
+pub struct Etcd {
+    pub members: Vec<Member>,
     dir: PathBuf,
-    pub(crate) tls: Option<TlsFiles>,
+    pub tls: Option<TlsFiles>,
 }
 
 impl Etcd {
     /// A single member, or `None` if the tests must be skipped.
-    pub(crate) fn single() -> Option<Etcd> {
+    pub fn single() -> Option<Etcd> {
         Etcd::start(1, Timing::FAST, false)
     }
 
     /// `n` members with `timing`, over TLS with client certificates if `tls`; `None` if the
     /// tests must be skipped. Retries with other ports if a member cannot start.
-    pub(crate) fn start(n: usize, timing: Timing, tls: bool) -> Option<Etcd> {
+    pub fn start(n: usize, timing: Timing, tls: bool) -> Option<Etcd> {
         etcd_binary()?;
         let mut last_error = String::new();
         for _ in 0..3 {
@@ -352,12 +356,24 @@ impl Etcd {
         Ok(etcd)
     }
 
-    pub(crate) fn endpoints(&self) -> Vec<String> {
+    /// The index of the member that is the raft leader now (its status names itself), if any.
+    pub async fn leader_index(&self) -> Option<usize> {
+        for (i, url) in self.endpoints().iter().enumerate() {
+            let Ok(mut c) = etcd_client::Client::connect([url], None).await else { continue };
+            let Ok(st) = c.status().await else { continue };
+            if st.header().is_some_and(|h| h.member_id() == st.leader()) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url().to_string()).collect()
     }
 
     /// Store options for every member, with client certificates when the cluster uses TLS.
-    pub(crate) fn options(&self) -> EtcdOptions {
+    pub fn options(&self) -> EtcdOptions {
         let mut opts = EtcdOptions::new(self.endpoints());
         if let Some(t) = &self.tls {
             opts.tls = Some(EtcdTls::new(&t.ca).with_client_identity(&t.client_cert, &t.client_key));
@@ -376,27 +392,27 @@ impl Drop for Etcd {
 
 /// A single etcd plus the runtime that [`EtcdStore`]'s futures and tasks run on: the
 /// behavioural suite polls futures with its own `block_on`, outside any runtime.
-pub(crate) struct Fixture {
-    pub(crate) etcd: Etcd,
-    pub(crate) rt: tokio::runtime::Runtime,
+pub struct Fixture {
+    pub etcd: Etcd,
+    pub rt: tokio::runtime::Runtime,
 }
 
 impl Fixture {
     /// `None` if the tests must be skipped.
-    pub(crate) fn start() -> Option<Fixture> {
+    pub fn start() -> Option<Fixture> {
         let etcd = Etcd::single()?;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         Some(Fixture { etcd, rt })
     }
 
-    pub(crate) fn connect(&self) -> EtcdStore {
+    pub fn connect(&self) -> EtcdStore {
         self.rt.block_on(EtcdStore::connect(self.etcd.options())).unwrap()
     }
 }
 
 /// A TCP proxy to one address that can cut every connection and refuse new ones.
-pub(crate) struct Proxy {
-    pub(crate) addr: SocketAddr,
+pub struct Proxy {
+    pub addr: SocketAddr,
     open: Arc<AtomicBool>,
     cut: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
@@ -404,7 +420,7 @@ pub(crate) struct Proxy {
 
 impl Proxy {
     /// Listens on a free loopback port and forwards to `target` (`host:port`).
-    pub(crate) async fn start(target: String) -> Proxy {
+    pub async fn start(target: String) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicBool::new(true));
@@ -430,12 +446,12 @@ impl Proxy {
     }
 
     /// Closes every proxied connection and refuses new ones until [`Proxy::heal`].
-    pub(crate) fn cut(&self) {
+    pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         self.cut.notify_waiters();
     }
 
-    pub(crate) fn heal(&self) {
+    pub fn heal(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
 }

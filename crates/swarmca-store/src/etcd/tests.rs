@@ -480,16 +480,7 @@ async fn three_member_cluster_keeps_working_after_its_leader_is_killed() {
     let (_, mut w) = s.view_and_watch(WatchFilter::All).await.unwrap();
     let mut committed = create_nodes(&s, ids("a", 0..5)).await;
 
-    // The member that is the raft leader: its status names itself as leader.
-    let mut leader = None;
-    for (i, url) in etcd.endpoints().iter().enumerate() {
-        let mut c = etcd_client::Client::connect([url], None).await.unwrap();
-        let st = c.status().await.unwrap();
-        if st.header().is_some_and(|h| h.member_id() == st.leader()) {
-            leader = Some(i);
-        }
-    }
-    let leader = leader.expect("no member is leader");
+    let leader = etcd.leader_index().await.expect("no member is leader");
     let killed = Instant::now();
     etcd.members[leader].kill();
 

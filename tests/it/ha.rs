@@ -1,0 +1,266 @@
+//! High availability: three `swarmca serve --etcd` managers on a real 3-member etcd cluster on
+//! loopback (Debian etcd-server; skipped with a message when it is missing, unless
+//! SWARMCA_REQUIRE_ETCD=1). Joins through each manager, the leading manager killed during a
+//! burst of joins, the etcd leader killed, and a paused leader that must never write again.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use swarmca_store::etcd::testing::{Etcd, Timing};
+use swarmca_store::{EtcdStore, Store, WatchFilter};
+
+use crate::cli::{cluster_id, join, openssl_verify, text, Server, TempDir};
+
+/// One HA scenario at a time: each runs 3 etcd members and 3 managers, and leases must not
+/// expire because the machine is starved.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const LEASE: &str = "3s";
+
+struct Swarm {
+    etcd: Etcd,
+    dir: TempDir,
+    managers: Vec<Server>,
+    /// Each manager's node ID (read once: a paused manager answers nothing).
+    ids: Vec<String>,
+}
+
+impl Swarm {
+    /// A 3-member etcd and `n` managers started at the same moment (they race to create the
+    /// cluster); `None` when etcd is not installed.
+    fn start(n: usize) -> Option<Swarm> {
+        let etcd = Etcd::start(3, Timing::FAST, false)?;
+        let dir = TempDir::new("ha");
+        let endpoints = etcd.endpoints().join(",");
+        let managers: Vec<Server> = (0..n)
+            .map(|i| {
+                let data = dir.path().join(format!("m{i}"));
+                Server::spawn(
+                    &data,
+                    crate::cli::free_port(),
+                    &["--etcd", &endpoints, "--leader-lease", LEASE],
+                )
+            })
+            .collect();
+        for m in &managers {
+            m.wait_ready();
+        }
+        let ids = managers.iter().map(self_id).collect();
+        Some(Swarm { etcd, dir, managers, ids })
+    }
+
+    /// The index of the manager that leads, as `node ls` through manager `via` says.
+    fn leader(&self, via: usize) -> Option<usize> {
+        let ls = self.managers[via].admin_ok(&["node", "ls"]);
+        let leader_id = ls.lines().find(|l| l.contains(" leader"))?.split_whitespace().next()?.to_string();
+        self.ids.iter().position(|id| *id == leader_id)
+    }
+
+    /// Waits until manager `via` names a leader other than `not` (a manager index).
+    fn wait_leader(&self, via: usize, not: Option<usize>, within: Duration) -> usize {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.leader(via) {
+                if Some(l) != not {
+                    return l;
+                }
+            }
+            assert!(start.elapsed() < within, "no new leader within {within:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn store(&self, rt: &tokio::runtime::Runtime) -> EtcdStore {
+        rt.block_on(EtcdStore::connect(self.etcd.options())).unwrap()
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// This manager's node ID (the `*` row of its `node ls`).
+fn self_id(m: &Server) -> String {
+    let ls = m.admin_ok(&["node", "ls"]);
+    ls.lines().find(|l| l.contains(" * ")).and_then(|l| l.split_whitespace().next()).unwrap().to_string()
+}
+
+/// `node ls` rows of workers: (ID, CERT state).
+fn workers(m: &Server) -> Vec<(String, String)> {
+    m.admin_ok(&["node", "ls"])
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(1) == Some("worker"))
+        .map(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            (t[0].to_string(), t[3].to_string())
+        })
+        .collect()
+}
+
+/// The SHA-256 fingerprint `node inspect` prints for node `id`.
+fn stored_fingerprint(m: &Server, id: &str) -> String {
+    let out = m.admin_ok(&["node", "inspect", id]);
+    out.lines()
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("sha256:")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The fingerprint of the certificate a join wrote.
+fn file_fingerprint(dir: &Path) -> String {
+    let pem = std::fs::read(dir.join("swarm-node.crt")).unwrap();
+    swarmca_core::rootca::digest_string(&pem::parse(&pem).unwrap().into_contents())
+}
+
+#[test]
+fn three_managers_on_one_etcd_each_serve_joins_and_exactly_one_leads() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(swarm) = Swarm::start(3) else { return };
+    let ids: Vec<String> = swarm.managers.iter().map(cluster_id).collect();
+    assert!(ids.iter().all(|i| i == &ids[0]), "one cluster for all managers: {ids:?}");
+    let token = swarm.managers[0].token("worker");
+    assert_eq!(swarm.managers[2].token("worker"), token, "managers serve the same tokens");
+    for (i, m) in swarm.managers.iter().enumerate() {
+        let d = swarm.dir.path().join(format!("worker{i}"));
+        let o = join(&m.addr, &token, &d);
+        assert!(o.status.success(), "join through manager {i}: {}", text(&o.stderr));
+        openssl_verify(&d);
+    }
+    let ls = swarm.managers[1].admin_ok(&["node", "ls"]);
+    assert_eq!(ls.lines().filter(|l| l.contains(" leader")).count(), 1, "{ls}");
+    assert_eq!(ls.lines().filter(|l| l.contains(" manager ")).count(), 3, "{ls}");
+    assert_eq!(workers(&swarm.managers[1]).iter().filter(|(_, s)| s == "issued").count(), 3, "{ls}");
+}
+
+#[test]
+fn killing_the_leading_manager_during_a_burst_of_joins_loses_no_join() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut swarm) = Swarm::start(3) else { return };
+    let leader = swarm.wait_leader(0, None, Duration::from_secs(10));
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let token = swarm.managers[followers[0]].token("worker");
+    const JOINS: usize = 24;
+    let joins: Vec<_> = (0..JOINS)
+        .map(|i| {
+            let addr = swarm.managers[followers[i % 2]].addr.clone();
+            let (d, token) = (swarm.dir.path().join(format!("burst{i}")), token.clone());
+            std::thread::spawn(move || (join(&addr, &token, &d), d))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let killed = Instant::now();
+    swarm.managers.remove(leader).kill9();
+    swarm.ids.remove(leader);
+    let mut dirs = Vec::new();
+    for j in joins {
+        let (o, d) = j.join().unwrap();
+        assert!(o.status.success(), "an acknowledged join was lost: {}", text(&o.stderr));
+        openssl_verify(&d);
+        dirs.push(d);
+    }
+    println!("leading manager killed: the last of {JOINS} joins finished {:?} later", killed.elapsed());
+    let new_leader = swarm.wait_leader(0, None, Duration::from_secs(10));
+    println!("new leader: manager {new_leader} (lease {LEASE})");
+    let rows = workers(&swarm.managers[0]);
+    assert_eq!(rows.len(), JOINS, "one node per join, none duplicated: {rows:?}");
+    assert!(rows.iter().all(|(_, s)| s == "issued"), "{rows:?}");
+    // What each node received is what the store holds: nothing was signed twice.
+    for d in &dirs {
+        let (cn, ..) = crate::cli::subject(&std::fs::read(d.join("swarm-node.crt")).unwrap());
+        assert_eq!(stored_fingerprint(&swarm.managers[0], &cn), file_fingerprint(d), "node {cn}");
+    }
+}
+
+#[test]
+fn the_etcd_leader_killed_swarmca_keeps_serving() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut swarm) = Swarm::start(2) else { return };
+    let token = swarm.managers[0].token("worker");
+    let etcd_leader = rt().block_on(swarm.etcd.leader_index()).expect("etcd has a leader");
+    let killed = Instant::now();
+    swarm.etcd.members[etcd_leader].kill();
+    let mut attempt = 0;
+    loop {
+        let d = swarm.dir.path().join(format!("after{attempt}"));
+        let o = join(&swarm.managers[attempt % 2].addr, &token, &d);
+        if o.status.success() {
+            openssl_verify(&d);
+            break;
+        }
+        attempt += 1;
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no join after the etcd leader died: {}",
+            text(&o.stderr)
+        );
+    }
+    println!("etcd leader killed: a join succeeded {:?} later ({attempt} failed attempts)", killed.elapsed());
+}
+
+#[test]
+fn a_paused_leader_writes_nothing_after_resuming_and_serves_as_follower() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(swarm) = Swarm::start(3) else { return };
+    let rt = rt();
+    let store = swarm.store(&rt);
+    let old = swarm.wait_leader(0, None, Duration::from_secs(10));
+    let other = (old + 1) % 3;
+    let token = swarm.managers[other].token("worker");
+    let pid = swarm.managers[old].child.id().to_string();
+    let signal =
+        |sig: &str| assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+
+    signal("-STOP");
+    let paused = Instant::now();
+    let new = swarm.wait_leader(other, Some(old), Duration::from_secs(15));
+    println!("leader paused: manager {new} leads {:?} later (lease {LEASE})", paused.elapsed());
+    // Work the old leader saw nothing of: a join signed by the new leader.
+    let d = swarm.dir.path().join("during-pause");
+    let o = join(&swarm.managers[other].addr, &token, &d);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // The manager records the node's TLS info from its confirming call just after answering
+    // it: wait for that write, so that nothing else is left to write.
+    let (cn, ..) = crate::cli::subject(&std::fs::read(d.join("swarm-node.crt")).unwrap());
+    let start = Instant::now();
+    while rt
+        .block_on(store.get_node(&cn))
+        .unwrap()
+        .and_then(|n| n.description)
+        .and_then(|d| d.tls_info)
+        .is_none()
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "TLS info of {cn} never recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log_before = std::fs::read_to_string(&swarm.managers[old].log).unwrap_or_default().len();
+    let resumed_at = rt.block_on(store.revision()).unwrap();
+    signal("-CONT");
+    std::thread::sleep(Duration::from_secs(4));
+    // etcd's history: no node or cluster was written since the old leader resumed (nobody
+    // else had anything to write in that window).
+    let snap = rt.block_on(store.view(WatchFilter::All)).unwrap();
+    for n in &snap.nodes {
+        assert!(
+            swarmca_store::version_of(n.meta.as_ref()) <= resumed_at,
+            "node {} (managers {:?}, old leader {old}) written after the resume",
+            n.id,
+            swarm.ids
+        );
+    }
+    for c in &snap.clusters {
+        assert!(swarmca_store::version_of(c.meta.as_ref()) <= resumed_at, "cluster written after the resume");
+    }
+    let log = std::fs::read_to_string(&swarm.managers[old].log).unwrap_or_default();
+    let after = &log[log_before.min(log.len())..];
+    assert!(after.contains("stepping down"), "the old leader did not step down:\n{after}");
+    assert!(!after.contains("certificate issued"), "the old leader signed after resuming:\n{after}");
+    // It serves as a follower: a join through it works and it names the new leader.
+    let d = swarm.dir.path().join("through-old");
+    let o = join(&swarm.managers[old].addr, &token, &d);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    openssl_verify(&d);
+    assert_eq!(swarm.leader(old), Some(new));
+}
