@@ -11,6 +11,8 @@ pub const REQUIRED: &[&str] = &[
     "fault.leader_graceful",
     "fault.leader_kill",
     "fault.leader_pause",
+    "fault.deposed_leader_resumed",
+    "fence.refused",
     "fault.clog",
     "fault.clock_skew",
     "fault.duplicate_join",

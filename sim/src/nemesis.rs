@@ -24,6 +24,10 @@ pub struct ExtCa {
 
 use crate::options::FaultKind as Fault;
 
+/// How long a paused leader keeps its leadership before another manager is elected (the lease
+/// of `serve --etcd`).
+const LEASE: Duration = Duration::from_secs(5);
+
 fn enabled(shared: &Shared, ext: bool) -> Vec<Fault> {
     let o = &shared.opts;
     let mut v = Vec::new();
@@ -206,10 +210,32 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
             world.pause(l);
             let w = world.clone();
             madsim::task::spawn(async move {
-                madsim::time::sleep(d).await;
+                // Paused past its lease: another manager is elected while this one sleeps. On
+                // resuming it still runs its old term (its writes are fenced off) until it
+                // notices the lost lease and steps down.
+                if d > LEASE {
+                    madsim::time::sleep(LEASE).await;
+                    if w.health(l) == Health::Paused && w.leader() == Some(l) {
+                        if let Some(next) = other_up(&w, Some(l)) {
+                            w.shared.log.push(format!("nemesis: manager-{l} paused past its lease"));
+                            w.elect(next).await;
+                        }
+                    }
+                    madsim::time::sleep(d - LEASE).await;
+                } else {
+                    madsim::time::sleep(d).await;
+                }
                 if w.health(l) == Health::Paused {
                     w.resume(l);
                     w.shared.log.push(format!("nemesis: resume manager-{l}"));
+                    if w.leader() != Some(l) {
+                        w.shared.coverage.hit("fault.deposed_leader_resumed");
+                        let notice = Duration::from_millis(thread_rng().gen_range(0..2000));
+                        madsim::time::sleep(notice).await;
+                        if w.health(l) == Health::Up && w.leader() != Some(l) {
+                            w.step_down(l).await;
+                        }
+                    }
                 }
             });
         }
@@ -276,7 +302,14 @@ pub async fn heal(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>) {
         m.skew_ms.store(0, Ordering::SeqCst);
         net.unclog_node(m.node.id());
         match world.health(i) {
-            Health::Paused => world.resume(i),
+            Health::Paused => {
+                world.resume(i);
+                // A deposed leader resumed at the heal steps down as it would on noticing its
+                // lost lease.
+                if world.leader().is_some_and(|l| l != i) {
+                    world.step_down(i).await;
+                }
+            }
             Health::Dead => world.restart(i).await,
             Health::Up => {}
         }

@@ -3,7 +3,7 @@
 //! transient errors, and slow commits. Rates come from the seed; everything is drawn from the
 //! simulator's RNG, so a seed replays exactly.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,7 +82,51 @@ impl Store for FaultyStore {
     }
 
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.commit_as(ops, None))
+    }
+
+    fn view_and_watch(&self, f: WatchFilter) -> BoxFuture<'_, Result<(Snapshot, Watch), StoreError>> {
+        self.inner.view_and_watch(f)
+    }
+}
+
+/// A leader term's store handle: reads as the shared store; every commit is applied only if the
+/// term it was made for is still the current one, checked at the instant of applying (what the
+/// etcd store's leader-key compare does inside its transaction).
+pub struct FencedWriter {
+    pub store: Arc<FaultyStore>,
+    /// The current term (the world bumps it before a new leader starts).
+    pub current: Arc<AtomicU64>,
+    /// The term this handle was made for.
+    pub term: u64,
+}
+
+impl Store for FencedWriter {
+    fn view(&self, f: WatchFilter) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
+        self.store.view(f)
+    }
+
+    fn get_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Node>, StoreError>> {
+        self.store.get_node(id)
+    }
+
+    fn get_cluster<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Cluster>, StoreError>> {
+        self.store.get_cluster(id)
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.store.commit_as(ops, Some((&*self.current, self.term))))
+    }
+
+    fn view_and_watch(&self, f: WatchFilter) -> BoxFuture<'_, Result<(Snapshot, Watch), StoreError>> {
+        self.store.view_and_watch(f)
+    }
+}
+
+impl FaultyStore {
+    /// A commit, with faults; `fence` = (current term, the writer's term) for a leader's writes.
+    async fn commit_as(&self, ops: Vec<Op>, fence: Option<(&AtomicU64, u64)>) -> Result<u64, StoreError> {
+        {
             let opts = &self.shared.opts;
             crate::checkers::i8_rotation::check_commit(&self.shared, &ops);
             if self.faults() {
@@ -119,11 +163,27 @@ impl Store for FaultyStore {
                     }
                 }
             }
+            // No await from here to the apply: the fence check and the commit are one step.
+            match fence {
+                Some((current, term)) if current.load(Ordering::SeqCst) != term => {
+                    self.shared.coverage.hit("fence.refused");
+                    self.shared.log.push(format!(
+                        "store: fenced write of term {term} refused (current term {})",
+                        current.load(Ordering::SeqCst)
+                    ));
+                    return Err(StoreError::Fenced);
+                }
+                Some(_) => {}
+                None => {
+                    let before = crate::checkers::i11_fencing::states_before(&self.inner, &ops);
+                    let applied = self.inner.commit_sync(ops.clone());
+                    if applied.is_ok() {
+                        crate::checkers::i11_fencing::check_unfenced(&self.shared, &before, &ops);
+                    }
+                    return applied;
+                }
+            }
             self.inner.commit_sync(ops)
-        })
-    }
-
-    fn view_and_watch(&self, f: WatchFilter) -> BoxFuture<'_, Result<(Snapshot, Watch), StoreError>> {
-        self.inner.view_and_watch(f)
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! the signing loop), their clocks, and leadership changes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +15,7 @@ use swarmca_server::{shared_entropy, CaServer, Clock, OsEntropy, ServerConfig, S
 
 use crate::peers::SimPeers;
 use crate::shared::{lock, Shared};
-use crate::store::FaultyStore;
+use crate::store::{FaultyStore, FencedWriter};
 
 /// The port managers serve on.
 pub const PORT: u16 = 2377;
@@ -59,6 +59,9 @@ pub struct World {
     pub managers: Vec<Manager>,
     pub health: Mutex<Vec<Health>>,
     pub leader: Mutex<Option<usize>>,
+    /// The current leader term: bumped before each new leader starts; a leader writes through a
+    /// handle fenced on the term it started in (I11).
+    pub term: Arc<AtomicU64>,
 }
 
 /// The address of manager `i`.
@@ -120,7 +123,14 @@ impl World {
             managers.push(Manager { node, addr: SocketAddr::new(ip, PORT), server: slot, skew_ms: skew });
         }
         let n = managers.len();
-        World { shared, store, managers, health: Mutex::new(vec![Health::Up; n]), leader: Mutex::new(None) }
+        World {
+            shared,
+            store,
+            managers,
+            health: Mutex::new(vec![Health::Up; n]),
+            leader: Mutex::new(None),
+            term: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     pub fn server(&self, i: usize) -> Option<CaServer> {
@@ -153,6 +163,11 @@ impl World {
         let Some(node) = Handle::current().get_node(m.node.id()) else { return false };
         let s = server.clone();
         let log = self.shared.log.clone();
+        // A new leader term starts now: writes of every earlier term are fenced off from here.
+        let writer = leader.then(|| {
+            let term = self.term.fetch_add(1, Ordering::SeqCst) + 1;
+            Arc::new(FencedWriter { store: self.store.clone(), current: self.term.clone(), term })
+        });
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         node.spawn(async move {
             let stopped = s.stop().await;
@@ -162,7 +177,10 @@ impl World {
                 stopped.map_err(|e| e.to_string())
             ));
             let _ = started_tx.send(());
-            let r = if leader { s.run().await } else { s.run_follower().await };
+            let r = match writer {
+                Some(w) => s.run_with_writer(w).await,
+                None => s.run_follower().await,
+            };
             log.push(format!("manager-{i}: {what} term ended: {:?}", r.map_err(|e| e.to_string())));
         });
         // Wait (bounded) until the new term is ready.
@@ -195,6 +213,13 @@ impl World {
             *lock(&self.leader) = None;
             self.shared.log.push(format!("leader: manager-{i} failed to start"));
         }
+    }
+
+    /// Manager `i` stops whatever term it runs and serves as a follower (a leader that noticed
+    /// its lost lease).
+    pub async fn step_down(&self, i: usize) {
+        self.shared.log.push(format!("manager-{i}: steps down"));
+        self.switch(i, false).await;
     }
 
     /// Nodes waiting for a certificate right now.
