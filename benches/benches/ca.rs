@@ -382,7 +382,7 @@ fn grpc_join_loopback(c: &mut Criterion) {
     let mut group = c.benchmark_group("grpc");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(15));
-    for clients in [1usize, 16, 64, 256] {
+    for clients in [1usize, 16, 64, 256, 512] {
         group.throughput(Throughput::Elements(1));
         let channels: Vec<_> = rt.block_on(async {
             let mut v = Vec::new();
@@ -447,10 +447,23 @@ async fn serve_tls(server: CaServer, g: &GeneratedRoot, ca: &RootCa) -> std::net
             .tls_config(tls)
             .unwrap()
             .add_service(swarmca_proto::node_ca_server::NodeCaServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(nodelay(listener))
             .await
     });
     addr
+}
+
+/// Accepted connections with TCP_NODELAY, as `swarmca serve`'s listener sets it (without it a
+/// response split over two writes waits for the client's delayed ACK).
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|r| {
+        r.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    })
 }
 
 /// An anonymous NodeCA client on its own TLS connection to `addr`.

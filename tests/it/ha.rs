@@ -264,3 +264,66 @@ fn a_paused_leader_writes_nothing_after_resuming_and_serves_as_follower() {
     openssl_verify(&d);
     assert_eq!(swarm.leader(old), Some(new));
 }
+
+#[test]
+fn with_etcd_down_managers_still_serve_the_root_and_joins_resume_when_it_is_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut swarm) = Swarm::start(2) else { return };
+    let token = swarm.managers[0].token("worker");
+    let root_pem = std::fs::read(swarm.managers[1].data.join("certificates/swarm-root-ca.crt")).unwrap();
+    for m in swarm.etcd.members.iter_mut() {
+        m.kill();
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    // What needs no store is still served: the root, over TLS, by both managers.
+    let rt = rt();
+    for m in &swarm.managers {
+        let got = rt.block_on(async {
+            let cfg = swarmca_server::tls::client_tls_config(&root_pem, "swarm-ca", None);
+            let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", m.addr))
+                .unwrap()
+                .tls_config(cfg)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            swarmca_proto::ca_client::CaClient::new(ch)
+                .get_root_ca_certificate(swarmca_types::GetRootCaCertificateRequest {})
+                .await
+        });
+        assert_eq!(got.unwrap().into_inner().certificate, root_pem, "root from {}", m.addr);
+    }
+    // A join cannot be stored: it fails, with a message, within its timeout.
+    let d = swarm.dir.path().join("while-down");
+    let o = crate::cli::run(&[
+        "join",
+        "--token",
+        &token,
+        "--cert-dir",
+        d.to_str().unwrap(),
+        "--timeout",
+        "3s",
+        &swarm.managers[1].addr,
+    ]);
+    assert!(!o.status.success(), "a join succeeded with etcd down");
+    println!("join with etcd down: {}", text(&o.stderr).trim());
+    // etcd back (same data): joins work again, through either manager.
+    swarm.etcd.restart_all();
+    let back = Instant::now();
+    let mut attempt = 0;
+    loop {
+        let d = swarm.dir.path().join(format!("after-outage{attempt}"));
+        let o = join(&swarm.managers[attempt % 2].addr, &token, &d);
+        if o.status.success() {
+            openssl_verify(&d);
+            break;
+        }
+        attempt += 1;
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "no join after etcd came back: {}",
+            text(&o.stderr)
+        );
+    }
+    println!("etcd restarted: a join succeeded {:?} later", back.elapsed());
+}

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use swarmca_core::policy::should_sign;
 use swarmca_core::role::Role;
@@ -127,22 +128,54 @@ async fn start_term(
 }
 
 /// The body of [`CaServer::run_follower`]: keep the signer view (root, tokens) current.
+///
+/// A follower that has been ready rides out a store outage (its watch closes, the store cannot be
+/// read): it keeps serving what needs no store (the root it knows) and answers the rest with the
+/// store's `Unavailable`, re-following the store with backoff until it is back.
 pub(crate) async fn follow_loop(server: CaServer, cancel: RunCancel) -> Result<(), ServerError> {
-    let cluster_id = server.inner.cfg.cluster_id.clone();
-    let (_, mut watch) =
-        start_term(&server, &cancel, swarmca_store::WatchFilter::Cluster(cluster_id)).await?;
+    const RETRY_MIN: Duration = Duration::from_millis(100);
+    const RETRY_MAX: Duration = Duration::from_secs(5);
+    let filter = swarmca_store::WatchFilter::Cluster(server.inner.cfg.cluster_id.clone());
+    let mut retry = RETRY_MIN;
+    let mut followed = false;
     loop {
-        tokio::select! {
-            biased;
-            _ = cancel.wait_for(|c| *c) => return Ok(()),
-            ev = watch.next() => match ev {
-                None => return Err(ServerError::WatchClosed),
-                Some(Event::CreateCluster(c)) | Some(Event::UpdateCluster(c)) => {
-                    log_update_root_ca(&server, &c);
-                    server.mark_ready(&cancel);
+        let mut watch = match start_term(&server, &cancel, filter.clone()).await {
+            Ok((_, watch)) => {
+                if std::mem::replace(&mut followed, true) && retry > RETRY_MIN {
+                    info!("store reachable again: following it");
                 }
-                Some(_) => {}
-            },
+                retry = RETRY_MIN;
+                watch
+            }
+            Err(ServerError::Store(e)) if followed && transient(&e) => {
+                warn!(error = %e, retry_in = ?retry, "store unreachable: serving what needs no store");
+                tokio::select! {
+                    biased;
+                    _ = cancel.wait_for(|c| *c) => return Ok(()),
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.wait_for(|c| *c) => return Ok(()),
+                ev = watch.next() => match ev {
+                    None => {
+                        warn!("store watch closed: following the store again");
+                        retry = retry.max(RETRY_MIN * 2);
+                        break;
+                    }
+                    Some(Event::CreateCluster(c)) | Some(Event::UpdateCluster(c)) => {
+                        log_update_root_ca(&server, &c);
+                        server.mark_ready(&cancel);
+                    }
+                    Some(_) => {}
+                },
+            }
         }
     }
 }

@@ -50,9 +50,7 @@ pub async fn connect(args: &EtcdArgs) -> Result<EtcdStore, Fatal> {
         }
         (None, _, _) => return Err(fatal!("--etcd-cert/--etcd-key need --etcd-cacert")),
     }
-    EtcdStore::connect(opts)
-        .await
-        .map_err(|e| fatal!("cannot reach etcd at {}: {e}", args.endpoints.join(",")))
+    EtcdStore::connect(opts).await.map_err(|e| fatal!("{e}"))
 }
 
 /// The election all managers of this swarm take part in.

@@ -368,6 +368,18 @@ impl Etcd {
         None
     }
 
+    /// Kills every member, starts them all again on their data, and waits until the cluster
+    /// is healthy (a lone member of a cluster cannot be: it needs a quorum).
+    pub fn restart_all(&mut self) {
+        for m in &mut self.members {
+            m.kill();
+        }
+        for m in &mut self.members {
+            m.start();
+        }
+        wait_healthy(&mut self.members, Duration::from_secs(30)).unwrap();
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(|m| m.client_url().to_string()).collect()
     }
