@@ -146,6 +146,9 @@ pub(crate) struct Inner {
     /// Size of the signing loop's pending set (nodes being signed or waiting for a retry).
     pub(crate) pending_len: std::sync::atomic::AtomicUsize,
     signer_problem: Mutex<Option<String>>,
+    /// The last cluster object applied by [`CaServer::update_root_ca`]: what a follower keeps
+    /// serving (root, tokens) while the store cannot be read.
+    last_cluster: Mutex<Option<Cluster>>,
 }
 
 /// The SwarmKit CA server. Cheap to clone; clones share one server.
@@ -197,6 +200,7 @@ impl CaServer {
                 signer: RwLock::new(signer),
                 pending_len: std::sync::atomic::AtomicUsize::new(0),
                 signer_problem: Mutex::new(None),
+                last_cluster: Mutex::new(None),
             }),
         }
     }
@@ -352,6 +356,11 @@ impl CaServer {
         }
     }
 
+    /// The last cluster object applied (see [`CaServer::update_root_ca`]).
+    pub(crate) fn last_cluster(&self) -> Option<Cluster> {
+        self.inner.last_cluster.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The cancel handle of the current run, or `Stopped`.
     pub(crate) fn running_cancel(&self) -> Result<RunCancel, ServerError> {
         match &self.life().phase {
@@ -390,6 +399,7 @@ impl CaServer {
     /// the previous signer and external CA in place; the failure is logged, kept for
     /// [`CaServer::root_ca_error`], and returned.
     pub fn update_root_ca(&self, cluster: &Cluster) -> Result<(), ServerError> {
+        *self.inner.last_cluster.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster.clone());
         let api = cluster.root_ca.clone().unwrap_or_default();
         {
             let mut life = self.life();

@@ -129,9 +129,10 @@ async fn start_term(
 
 /// The body of [`CaServer::run_follower`]: keep the signer view (root, tokens) current.
 ///
-/// A follower that has been ready rides out a store outage (its watch closes, the store cannot be
-/// read): it keeps serving what needs no store (the root it knows) and answers the rest with the
-/// store's `Unavailable`, re-following the store with backoff until it is back.
+/// A follower rides out a store outage (its watch closes, or the store cannot be read when it
+/// starts, once this server has seen the cluster): it serves with the root and tokens it last
+/// saw, so what needs no store (the root) keeps working and the rest fails with the store's
+/// `Unavailable`, and it re-follows the store with backoff until it is back.
 pub(crate) async fn follow_loop(server: CaServer, cancel: RunCancel) -> Result<(), ServerError> {
     const RETRY_MIN: Duration = Duration::from_millis(100);
     const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -147,8 +148,13 @@ pub(crate) async fn follow_loop(server: CaServer, cancel: RunCancel) -> Result<(
                 retry = RETRY_MIN;
                 watch
             }
-            Err(ServerError::Store(e)) if followed && transient(&e) => {
+            Err(ServerError::Store(e)) if transient(&e) && (followed || server.last_cluster().is_some()) => {
                 warn!(error = %e, retry_in = ?retry, "store unreachable: serving what needs no store");
+                if let Some(c) = server.last_cluster() {
+                    log_update_root_ca(&server, &c);
+                    server.mark_ready(&cancel);
+                }
+                followed = true;
                 tokio::select! {
                     biased;
                     _ = cancel.wait_for(|c| *c) => return Ok(()),

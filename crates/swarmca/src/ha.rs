@@ -81,35 +81,39 @@ pub async fn lead_or_follow(
         if is_set(&stop) {
             return;
         }
-        // Follow while campaigning.
-        let mut follower = {
+        // Follow while campaigning. A failed campaign (etcd unreachable) is retried without
+        // touching the follower, which keeps serving (degraded while the store is away).
+        let spawn_follower = || {
             let s = server.clone();
             tokio::spawn(async move { s.run_follower().await })
         };
-        let won = tokio::select! {
-            r = election.campaign(node_id.clone()) => match r {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    warn!(error = %e, "campaign for the leadership failed; serving as a follower, retrying");
-                    None
+        let mut follower = spawn_follower();
+        let won = loop {
+            tokio::select! {
+                r = election.campaign(node_id.clone()) => match r {
+                    Ok(l) => break Some(l),
+                    Err(e) => {
+                        warn!(error = %e, "campaign for the leadership failed; serving as a follower, retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(PAUSE) => {}
+                            _ = stopped(&mut stop) => break None,
+                        }
+                    }
+                },
+                r = &mut follower => {
+                    warn!(result = ?r.map(|r| r.map_err(|e| e.to_string())), "follower term ended; restarting it");
+                    tokio::select! {
+                        _ = tokio::time::sleep(PAUSE) => {}
+                        _ = stopped(&mut stop) => break None,
+                    }
+                    follower = spawn_follower();
                 }
-            },
-            r = &mut follower => {
-                warn!(result = ?r.map(|r| r.map_err(|e| e.to_string())), "follower term ended; restarting it");
-                tokio::time::sleep(PAUSE).await;
-                continue;
+                _ = stopped(&mut stop) => break None,
             }
-            _ = stopped(&mut stop) => None,
         };
         let _ = server.stop().await;
         let _ = follower.await;
-        let Some(leadership) = won else {
-            if is_set(&stop) {
-                return;
-            }
-            tokio::time::sleep(PAUSE).await;
-            continue;
-        };
+        let Some(leadership) = won else { return };
         if is_set(&stop) {
             let _ = leadership.resign().await;
             return;
@@ -134,8 +138,11 @@ pub async fn lead_or_follow(
         }
         let _ = server.stop().await;
         let _ = leader.await;
-        if let Err(e) = leadership.resign().await {
-            warn!(error = %e, "could not resign the leadership (its lease will expire)");
+        // A lost lease has nothing left to resign (and etcd may be unreachable).
+        if !leadership.is_lost() {
+            if let Err(e) = leadership.resign().await {
+                warn!(error = %e, "could not resign the leadership (its lease will expire)");
+            }
         }
     }
 }
