@@ -295,10 +295,9 @@ fn store_conflicts(c: &mut Criterion) {
     );
 }
 
-/// An ISSUED write wakes a waiting NodeCertificateStatus: time from the start of the commit to
-/// the answer. Prints p50/p99 over every sample besides criterion's mean.
-fn status_wakeup(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+/// A follower on an in-memory store (cluster "bench", a fresh root), running and ready: it
+/// serves status without signing, so only the benchmark writes ISSUED.
+fn follower(rt: &tokio::runtime::Runtime) -> (GeneratedRoot, RootCa, MemStore, CaServer) {
     let (g, ca) = root();
     let store = MemStore::new();
     let (cl, _) = cluster(&g, "bench");
@@ -309,11 +308,18 @@ fn status_wakeup(c: &mut Criterion) {
         entropy: shared_entropy(OsEntropy),
         peers: Arc::new(TlsPeerCertificates),
     };
-    // A follower serves status without signing: only the benchmark writes ISSUED.
-    let server = CaServer::new(ServerConfig::new("bench"), deps, Some(ca));
+    let server = CaServer::new(ServerConfig::new("bench"), deps, Some(ca.clone()));
     let s = server.clone();
     rt.spawn(async move { s.run_follower().await });
     rt.block_on(server.ready());
+    (g, ca, store, server)
+}
+
+/// An ISSUED write wakes a waiting NodeCertificateStatus: time from the start of the commit to
+/// the answer. Prints p50/p99 over every sample besides criterion's mean.
+fn status_wakeup(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (_, _, store, server) = follower(&rt);
     let samples = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let counter = std::sync::atomic::AtomicU64::new(0);
     let mut group = c.benchmark_group("status");
@@ -503,21 +509,7 @@ fn status_hold(_c: &mut Criterion) {
     let n: usize = std::env::var("SWARMCA_BENCH_HOLD").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     const CONNECTIONS: usize = 200;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (g, ca) = root();
-    let store = MemStore::new();
-    let (cl, _) = cluster(&g, "bench");
-    store.commit_sync(vec![Op::CreateCluster(cl)]).unwrap();
-    let deps = ServerDeps {
-        store: Arc::new(store.clone()),
-        clock: Arc::new(SystemClock),
-        entropy: shared_entropy(OsEntropy),
-        peers: Arc::new(TlsPeerCertificates),
-    };
-    // A follower: nothing is signed, every status call waits until the bench writes ISSUED.
-    let server = CaServer::new(ServerConfig::new("bench"), deps, Some(ca.clone()));
-    let s = server.clone();
-    rt.spawn(async move { s.run_follower().await });
-    rt.block_on(server.ready());
+    let (g, ca, store, server) = follower(&rt);
     let ids: Vec<String> = (0..n).map(|i| format!("hold{i:06}")).collect();
     for chunk in ids.chunks(500) {
         store.commit_sync(chunk.iter().map(|id| Op::CreateNode(node(id, State::Pending))).collect()).unwrap();

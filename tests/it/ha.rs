@@ -71,6 +71,22 @@ impl Swarm {
         }
     }
 
+    /// Joins through the first two managers in turn until one join succeeds (and verifies),
+    /// within 60 s of `since`; returns the number of failed attempts.
+    fn join_eventually(&self, token: &str, tag: &str, since: Instant) -> usize {
+        let mut attempt = 0;
+        loop {
+            let d = self.dir.path().join(format!("{tag}{attempt}"));
+            let o = join(&self.managers[attempt % 2].addr, token, &d);
+            if o.status.success() {
+                openssl_verify(&d);
+                return attempt;
+            }
+            attempt += 1;
+            assert!(since.elapsed() < Duration::from_secs(60), "no join ({tag}): {}", text(&o.stderr));
+        }
+    }
+
     fn store(&self, rt: &tokio::runtime::Runtime) -> EtcdStore {
         rt.block_on(EtcdStore::connect(self.etcd.options())).unwrap()
     }
@@ -183,22 +199,11 @@ fn the_etcd_leader_killed_swarmca_keeps_serving() {
     let etcd_leader = rt().block_on(swarm.etcd.leader_index()).expect("etcd has a leader");
     let killed = Instant::now();
     swarm.etcd.members[etcd_leader].kill();
-    let mut attempt = 0;
-    loop {
-        let d = swarm.dir.path().join(format!("after{attempt}"));
-        let o = join(&swarm.managers[attempt % 2].addr, &token, &d);
-        if o.status.success() {
-            openssl_verify(&d);
-            break;
-        }
-        attempt += 1;
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "no join after the etcd leader died: {}",
-            text(&o.stderr)
-        );
-    }
-    println!("etcd leader killed: a join succeeded {:?} later ({attempt} failed attempts)", killed.elapsed());
+    let attempts = swarm.join_eventually(&token, "after-kill", killed);
+    println!(
+        "etcd leader killed: a join succeeded {:?} later ({attempts} failed attempts)",
+        killed.elapsed()
+    );
 }
 
 #[test]
@@ -319,20 +324,6 @@ fn with_etcd_down_managers_still_serve_the_root_and_joins_resume_when_it_is_back
     // etcd back (same data): joins work again, through either manager.
     swarm.etcd.restart_all();
     let back = Instant::now();
-    let mut attempt = 0;
-    loop {
-        let d = swarm.dir.path().join(format!("after-outage{attempt}"));
-        let o = join(&swarm.managers[attempt % 2].addr, &token, &d);
-        if o.status.success() {
-            openssl_verify(&d);
-            break;
-        }
-        attempt += 1;
-        assert!(
-            back.elapsed() < Duration::from_secs(60),
-            "no join after etcd came back: {}",
-            text(&o.stderr)
-        );
-    }
-    println!("etcd restarted: a join succeeded {:?} later", back.elapsed());
+    let attempts = swarm.join_eventually(&token, "after-outage", back);
+    println!("etcd restarted: a join succeeded {:?} later ({attempts} failed attempts)", back.elapsed());
 }
