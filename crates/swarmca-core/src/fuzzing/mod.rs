@@ -185,5 +185,34 @@ fn check_presented_token(s: &str) {
     assert_eq!(parse_join_token(&again), Ok(parsed));
 }
 
+/// The committed seed corpus of each target (`fuzz/seeds/<target>/`), replayed through the
+/// harnesses by this crate's and the server's seed tests, without cargo-fuzz.
+pub mod seeds {
+    /// Every file of `fuzz/seeds/<target>/`, by path, in path order; panics if there is none.
+    pub fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+        let dir = format!("{}/../../fuzz/seeds/{target}", env!("CARGO_MANIFEST_DIR"));
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+        let mut out: Vec<(String, Vec<u8>)> = entries
+            .map(|e| e.unwrap_or_else(|e| panic!("{dir}: {e}")).path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let data = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                (p.display().to_string(), data)
+            })
+            .collect();
+        out.sort();
+        assert!(!out.is_empty(), "no seeds in {dir}");
+        out
+    }
+
+    /// Runs harness `f` on every seed of `target`; fails naming the first seed it rejects.
+    pub fn replay(target: &str, f: fn(&[u8])) {
+        for (name, data) in corpus(target) {
+            let r = std::panic::catch_unwind(|| f(&data));
+            assert!(r.is_ok(), "{target}: seed {name} fails the harness");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

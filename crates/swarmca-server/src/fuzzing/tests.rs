@@ -2,26 +2,7 @@
 //! crashes found by fuzzing through the same asserting harnesses, without cargo-fuzz.
 
 use super::*;
-
-fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = format!("{}/../../fuzz/seeds/{target}", env!("CARGO_MANIFEST_DIR"));
-    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{dir}: {e}"))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
-        .collect();
-    out.sort();
-    assert!(!out.is_empty(), "no seeds in {dir}");
-    out
-}
-
-fn replay(target: &str, f: fn(&[u8])) {
-    for (name, data) in seeds(target) {
-        let r = std::panic::catch_unwind(|| f(&data));
-        assert!(r.is_ok(), "{target}: seed {name} fails the harness");
-    }
-}
+use swarmca_core::fuzzing::seeds::{corpus as seeds, replay};
 
 #[test]
 fn proto_requests_seeds_pass() {
