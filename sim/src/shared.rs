@@ -2,7 +2,7 @@
 //! history, and phase flags. madsim runs everything on one thread, so plain mutexes suffice.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::coverage::Coverage;
@@ -82,6 +82,9 @@ pub struct Shared {
     pub finishing: AtomicBool,
     /// Set when the run is over: every actor exits.
     pub done: AtomicBool,
+    /// Verify-only CAs built from root bundles clients hold (building one checks the roots'
+    /// self-signatures: done once per bundle, not once per certificate a client checks).
+    trusts: Mutex<std::collections::HashMap<Vec<u8>, Arc<swarmca_core::rootca::RootCa>>>,
 }
 
 /// Simulated time since the start of the run.
@@ -109,7 +112,20 @@ impl Shared {
             healing: AtomicBool::new(false),
             finishing: AtomicBool::new(false),
             done: AtomicBool::new(false),
+            trusts: Mutex::default(),
         }
+    }
+
+    /// [`trust_of`] `bundle`, built once per run and bundle. The roots of a run are generated
+    /// at its start and valid for 20 years, so the instant they were checked at does not
+    /// matter within a run.
+    pub fn trust(&self, bundle: &[u8]) -> Result<Arc<swarmca_core::rootca::RootCa>, String> {
+        if let Some(t) = lock(&self.trusts).get(bundle) {
+            return Ok(Arc::clone(t));
+        }
+        let t = Arc::new(trust_of(bundle)?);
+        lock(&self.trusts).insert(bundle.to_vec(), Arc::clone(&t));
+        Ok(t)
     }
 
     pub fn healing(&self) -> bool {

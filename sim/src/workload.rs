@@ -36,8 +36,9 @@ fn chain_of(pem: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// Verifies `chain` against the roots in `bundle` now; the node ID on success.
-fn verify_with(bundle: &[u8], chain: &[Vec<u8>]) -> Result<String, String> {
-    crate::shared::trust_of(bundle)?
+fn verify_with(shared: &Shared, bundle: &[u8], chain: &[Vec<u8>]) -> Result<String, String> {
+    shared
+        .trust(bundle)?
         .verify_peer(chain, SystemTime::now())
         .map(|id| id.node_id)
         .map_err(|e| e.to_string())
@@ -219,7 +220,7 @@ impl Client {
         }
         let chain = chain_of(cert_pem);
         let mut bundle = bundle.to_vec();
-        let verified = match verify_with(&bundle, &chain) {
+        let verified = match verify_with(&self.shared, &bundle, &chain) {
             Ok(id) => Ok(id),
             Err(first) => {
                 let served = match pick(&self.managers) {
@@ -227,7 +228,7 @@ impl Client {
                     None => None,
                 };
                 match served {
-                    Some(served) => match verify_with(&served, &chain) {
+                    Some(served) => match verify_with(&self.shared, &served, &chain) {
                         Ok(id) => {
                             self.shared.coverage.hit("rotation.bundle_picked_up");
                             bundle = served;
@@ -266,7 +267,7 @@ impl Client {
         // certificate verifies against it (after a rotation completed, it is the new root).
         if let Some(addr) = pick(&self.managers) {
             if let Some(served) = fetch_root(addr, Some(&creds.chain)).await {
-                if served != creds.bundle && verify_with(&served, &creds.chain).is_ok() {
+                if served != creds.bundle && verify_with(&self.shared, &served, &creds.chain).is_ok() {
                     self.shared.coverage.hit("rotation.bundle_picked_up");
                     return Some(Creds { bundle: served, ..creds });
                 }

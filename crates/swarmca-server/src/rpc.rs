@@ -1,5 +1,6 @@
 //! The `CA` and `NodeCA` gRPC services (spec §3.4, §3.5, §3.9, §3.10).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use swarmca_core::csr::MAX_CSR_SIZE;
@@ -25,7 +26,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::error::ServerError;
 use crate::external::certs_der;
 use crate::peer::{authorize_forwarded_role_and_org, forwarded_info, CallInfo};
-use crate::server::CaServer;
+use crate::server::{CaServer, PeerFacts};
 
 /// Node-ID collisions are retried this many times (4 attempts in all), as in the original.
 const NODE_ID_ATTEMPTS: usize = 4;
@@ -37,38 +38,52 @@ const TLS_INFO_ATTEMPTS: usize = 4;
 const MANAGER_UNLOCK_SUBSYSTEM: &str = "swarm-manager";
 
 impl CaServer {
+    /// The caller's chain, verified against the current roots, with what it proves: the
+    /// caller's identity and the issuer of its leaf. A chain already verified against these
+    /// roots and still valid is answered from memory.
+    fn direct_facts(&self, call: &CallInfo<'_>) -> Result<(Vec<Vec<u8>>, PeerFacts), String> {
+        let chain = self.inner.deps.peers.chain(call).ok_or_else(String::new)?;
+        let (root, candidates) = {
+            let signer = self.inner.read_signer();
+            (signer.trust.clone(), Arc::clone(&signer.issuer_candidates))
+        };
+        let root = root.ok_or_else(|| ": no root CA loaded".to_string())?;
+        let now = self.inner.deps.clock.now();
+        let memo = || self.inner.verified_peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(facts) = memo().get(&root, &chain, now) {
+            return Ok((chain, facts));
+        }
+        // Verified outside the lock: concurrent callers do not queue behind one another.
+        // The issuer candidates change only together with the trust roots.
+        let identity = root.verify_peer(&chain, now).map_err(|e| format!(": {e}"))?;
+        let facts = PeerFacts { identity, issuer: leaf_issuer(&chain, &candidates) };
+        memo().insert(&root, &chain, facts.clone());
+        Ok((chain, facts))
+    }
+
     /// Verifies the caller's certificate chain against the current roots.
     fn direct_identity(&self, call: &CallInfo<'_>) -> Result<PeerIdentity, String> {
-        let chain = self.inner.deps.peers.chain(call).ok_or_else(String::new)?;
-        let root = self.trust_roots().ok_or_else(|| ": no root CA loaded".to_string())?;
-        root.verify_peer(&chain, self.inner.deps.clock.now()).map_err(|e| format!(": {e}"))
+        self.direct_facts(call).map(|(_, facts)| facts.identity)
     }
 
     /// The issuer of the certificate a caller authenticated with, when the caller is itself
-    /// (not forwarding for) an authenticated node: (node ID, TLS info).
+    /// (not forwarding for) an authenticated node: (node ID, TLS info, its leaf) when one of
+    /// the known roots (or the rotation target, or the chain's own intermediates) issued it.
     fn direct_tls_info(&self, call: &CallInfo<'_>) -> Option<(String, NodeTlsInfo, Vec<u8>)> {
         if forwarded_info(call.metadata).is_some() {
             return None;
         }
-        let id = self
-            .direct_identity(call)
+        let (chain, facts) = self
+            .direct_facts(call)
             .inspect_err(|e| debug!(error = %e, "no TLS info: caller not verified"))
             .ok()?;
-        let chain = self.inner.deps.peers.chain(call)?;
-        let info = self.tls_info_of(&chain)?;
-        Some((id.node_id, info, chain.into_iter().next()?))
-    }
-
-    /// TLS info naming the issuer of `chain[0]`, if one of the known roots (or the rotation
-    /// target, or the chain's own intermediates) issued it.
-    fn tls_info_of(&self, chain: &[Vec<u8>]) -> Option<NodeTlsInfo> {
-        let candidates = self.inner.read_signer().issuer_candidates.clone();
-        let (subject, spki) = leaf_issuer(chain, &candidates)?;
-        Some(NodeTlsInfo {
+        let (subject, spki) = facts.issuer?;
+        let info = NodeTlsInfo {
             trust_root: Vec::new(),
             cert_issuer_subject: subject,
             cert_issuer_public_key: spki,
-        })
+        };
+        Some((facts.identity.node_id, info, chain.into_iter().next()?))
     }
 
     /// Records, in the background, the TLS info of a node that authenticated with `presented`
@@ -115,9 +130,16 @@ impl CaServer {
 
     /// The renewal identity of the caller, if it is an authorized node of this cluster.
     async fn renewal_identity(&self, call: &CallInfo<'_>) -> Result<Option<String>, ServerError> {
-        let blacklist = self.blacklist().await?;
         let direct = self.direct_identity(call);
         let fwd = forwarded_info(call.metadata);
+        if let (Err(why), None) = (&direct, &fwd) {
+            // Neither verified nor forwarded: no identity to authorize (a join).
+            if !why.is_empty() {
+                debug!(reason = %why, "not a renewal: the caller's certificate is not valid here");
+            }
+            return Ok(None);
+        }
+        let blacklist = self.blacklist().await?;
         let org = self.cluster_id();
         for role in [WORKER_OU, MANAGER_OU] {
             let r = authorize_forwarded_role_and_org(

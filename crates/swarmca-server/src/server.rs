@@ -99,7 +99,7 @@ pub(crate) struct SignerState {
     pub(crate) trust: Option<Arc<RootCa>>,
     /// Certificates that may have issued a node's certificate: the roots and the rotation
     /// target (DER), for recording TLS info.
-    pub(crate) issuer_candidates: Vec<Vec<u8>>,
+    pub(crate) issuer_candidates: Arc<Vec<Vec<u8>>>,
     /// Tried before local signing; without URLs it answers `NoUrls`.
     pub(crate) external: Arc<ExternalCa>,
     /// What the external CAs' TLS servers are trusted by: the roots, plus the rotation target.
@@ -149,6 +149,19 @@ pub(crate) struct Inner {
     /// The last cluster object applied by [`CaServer::update_root_ca`]: what a follower keeps
     /// serving (root, tokens) while the store cannot be read.
     last_cluster: Mutex<Option<Cluster>>,
+    /// Callers' chains already verified against the current roots (polls and renewals come
+    /// back with the same chain; see [`swarmca_core::rootca::VerifiedPeers`]).
+    pub(crate) verified_peers: Mutex<swarmca_core::rootca::VerifiedPeers<PeerFacts>>,
+}
+
+/// What a verified caller chain proves (remembered per chain and root set).
+#[derive(Debug, Clone)]
+pub(crate) struct PeerFacts {
+    /// The caller's identity.
+    pub(crate) identity: swarmca_core::identity::PeerIdentity,
+    /// The leaf's issuer (raw subject, SubjectPublicKeyInfo), when a known root, the rotation
+    /// target or one of the chain's intermediates issued it.
+    pub(crate) issuer: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The SwarmKit CA server. Cheap to clone; clones share one server.
@@ -180,7 +193,7 @@ impl CaServer {
         let initial_root = initial_root.map(Arc::new);
         let signer = SignerState {
             trust: initial_root.clone(),
-            issuer_candidates: external_pool.clone(),
+            issuer_candidates: Arc::new(external_pool.clone()),
             root: initial_root,
             external: Arc::new(external),
             external_pool,
@@ -201,6 +214,7 @@ impl CaServer {
                 pending_len: std::sync::atomic::AtomicUsize::new(0),
                 signer_problem: Mutex::new(None),
                 last_cluster: Mutex::new(None),
+                verified_peers: Mutex::new(Default::default()),
             }),
         }
     }
@@ -440,7 +454,7 @@ impl CaServer {
                 if let Some(r) = &api.root_rotation {
                     pool.extend(certs_der(&r.ca_cert));
                 }
-                signer.issuer_candidates = pool.clone();
+                signer.issuer_candidates = Arc::new(pool.clone());
                 signer.trust = match &api.root_rotation {
                     None => Some(Arc::new(root.clone())),
                     Some(r) => {

@@ -6,6 +6,7 @@ mod cross;
 mod issued;
 mod key;
 mod leaf;
+mod verified;
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use x509_parser::certificate::X509Certificate;
 pub use self::cross::{cross_sign_csr, CrossSignCsr, CrossSignError};
 pub use self::issued::IssuedCertError;
 use self::key::CaKey;
+pub use self::verified::VerifiedPeers;
 use crate::csr::{self, CsrError};
 use crate::identity::PeerIdentity;
 use crate::pemutil;
