@@ -14,6 +14,11 @@ mod listener;
 mod selfcert;
 mod serve;
 
+/// mimalloc: the gRPC path allocates and frees many small buffers per call (h2 frames, TLS
+/// records, protobuf messages); measured in `grpc/join_loopback` (benches/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
