@@ -1,6 +1,7 @@
 //! Typed faults drawn from the seed during the safety phase, and the heal that ends it:
 //! F2 leader changes (graceful step-down, kill, pause), F4 clogged client↔manager links,
-//! F8 clock skew and jumps on managers, F9 long partitions of a client. F1 (store faults) lives
+//! F8 clock skew and jumps on managers, F9 long partitions of a client, and manager↔store
+//! partitions (a cut-off leader loses its lease). F1 (store faults) lives
 //! in the store wrapper; F5 (client misbehaviour) in the workload.
 
 use std::sync::atomic::Ordering;
@@ -12,6 +13,7 @@ use madsim::rand::{thread_rng, Rng};
 use madsim::task::NodeId;
 
 use crate::shared::Shared;
+use crate::store::Link;
 use crate::workload::exp_delay;
 use crate::world::{Health, World};
 
@@ -60,6 +62,9 @@ fn enabled(shared: &Shared, ext: bool) -> Vec<Fault> {
     if o.long_partitions {
         v.push(Fault::LongPartition);
     }
+    if o.store_partitions {
+        v.push(Fault::StorePartition);
+    }
     v
 }
 
@@ -94,13 +99,9 @@ pub async fn run(world: Arc<World>, clients: Vec<NodeId>, ext: Option<ExtCa>) {
     }
 }
 
+/// A manager other than `not` that can win an election (up, and reaching the store).
 fn other_up(world: &World, not: Option<usize>) -> Option<usize> {
-    let up: Vec<usize> = world.up().into_iter().filter(|&i| Some(i) != not).collect();
-    if up.is_empty() {
-        None
-    } else {
-        up.get(thread_rng().gen_range(0..up.len())).copied()
-    }
+    world.electable(not)
 }
 
 async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: Fault) {
@@ -269,6 +270,62 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
                 m.skew_ms.store(skew, Ordering::SeqCst);
             }
         }
+        Fault::StorePartition => {
+            let up = world.up();
+            if up.is_empty() {
+                return;
+            }
+            // The leader half the time (when there is one), else any manager that is up.
+            let victim = match world.leader().filter(|l| up.contains(l)) {
+                Some(l) if thread_rng().gen_bool(0.5) => l,
+                _ => up[thread_rng().gen_range(0..up.len())],
+            };
+            if world.store_cut(victim) {
+                return;
+            }
+            let d = Duration::from_secs(thread_rng().gen_range(1..30));
+            let was_leader = world.leader() == Some(victim);
+            let closes = thread_rng().gen_bool(0.3);
+            shared.coverage.hit("fault.store_partition");
+            shared.log.push(format!(
+                "nemesis: manager-{victim} ({}) cut off from the store for {}s (watches {})",
+                if was_leader { "leader" } else { "follower" },
+                d.as_secs(),
+                if closes { "close" } else { "stall" }
+            ));
+            world.set_store_link(victim, if closes { Link::CutClosed } else { Link::CutStalled });
+            let w = world.clone();
+            madsim::task::spawn(async move {
+                // A leader that cannot reach the store cannot renew its lease either: past it,
+                // another manager is elected, and the cut-off one notices within 2 s and steps
+                // down (its writes meanwhile are refused: unreachable, then fenced).
+                let mut slept = Duration::ZERO;
+                if was_leader && d > LEASE {
+                    madsim::time::sleep(LEASE).await;
+                    slept = LEASE;
+                    if w.leader() == Some(victim) && w.store_cut(victim) {
+                        if let Some(next) = other_up(&w, Some(victim)) {
+                            w.shared.coverage.hit("fault.store_partition_deposed_leader");
+                            w.shared.log.push(format!(
+                                "nemesis: manager-{victim} lost its lease (store unreachable)"
+                            ));
+                            w.take_over(next).await;
+                            let notice = Duration::from_millis(thread_rng().gen_range(0..2000));
+                            madsim::time::sleep(notice).await;
+                            slept += notice;
+                            if w.health(victim) == Health::Up && w.leader() != Some(victim) {
+                                w.step_down(victim).await;
+                            }
+                        }
+                    }
+                }
+                madsim::time::sleep(d.saturating_sub(slept)).await;
+                if w.store_cut(victim) {
+                    w.set_store_link(victim, Link::Up);
+                    w.shared.log.push(format!("nemesis: manager-{victim} reaches the store again"));
+                }
+            });
+        }
         Fault::LongPartition => {
             let Some(&c) = clients.get(thread_rng().gen_range(0..clients.len().max(1))) else { return };
             let d = Duration::from_secs(thread_rng().gen_range(60..400));
@@ -300,6 +357,7 @@ pub async fn heal(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>) {
     }
     for (i, m) in world.managers.iter().enumerate() {
         m.skew_ms.store(0, Ordering::SeqCst);
+        m.store.set_link(Link::Up);
         net.unclog_node(m.node.id());
         match world.health(i) {
             Health::Paused => {
@@ -314,9 +372,11 @@ pub async fn heal(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>) {
             Health::Up => {}
         }
     }
-    let leader_ok = world
-        .leader()
-        .is_some_and(|l| world.health(l) == Health::Up && world.server(l).is_some_and(|s| s.is_running()));
+    let leader_ok = world.leader().is_some_and(|l| {
+        world.health(l) == Health::Up
+            && world.is_leading(l)
+            && world.server(l).is_some_and(|s| s.is_running())
+    });
     if !leader_ok {
         if let Some(i) = world.up().first().copied() {
             world.elect(i).await;

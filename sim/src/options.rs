@@ -50,11 +50,12 @@ pub enum FaultKind {
     ExtCaHttp500,
     ExtCaGarbage,
     ExtCaRefuse,
+    StorePartition,
 }
 
 impl FaultKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::LeaderGraceful,
         FaultKind::LeaderKill,
         FaultKind::LeaderPause,
@@ -68,6 +69,7 @@ impl FaultKind {
         FaultKind::ExtCaHttp500,
         FaultKind::ExtCaGarbage,
         FaultKind::ExtCaRefuse,
+        FaultKind::StorePartition,
     ];
 
     /// The short name used in scenario strings.
@@ -86,6 +88,7 @@ impl FaultKind {
             FaultKind::ExtCaHttp500 => "extca_http500",
             FaultKind::ExtCaGarbage => "extca_garbage",
             FaultKind::ExtCaRefuse => "extca_refuse",
+            FaultKind::StorePartition => "store_partition",
         }
     }
 
@@ -160,6 +163,9 @@ pub struct SimOptions {
     /// The admin actor rotates the root CA (start, restart towards another root, abort); a
     /// rotation in progress at heal must complete in the liveness phase.
     pub root_rotation: bool,
+    /// Manager↔store partitions: one manager (the leader or a follower) cannot reach the store
+    /// for a while; a leader cut off past its lease loses the leadership.
+    pub store_partitions: bool,
 }
 
 impl SimOptions {
@@ -198,6 +204,7 @@ impl SimOptions {
             schedule: None,
             // Drawn last: the options above stay what they were for every seed.
             root_rotation: r.chance(0.5),
+            store_partitions: r.chance(0.5),
         }
     }
 
@@ -292,6 +299,7 @@ impl SimOptions {
             extca_poison: true,
             schedule: None,
             root_rotation: true,
+            store_partitions: true,
             ..SimOptions::from_seed(seed)
         }
     }
@@ -305,7 +313,7 @@ impl fmt::Display for SimOptions {
              conflict={:.3} store_err={:.3} slow={:.3} faults~{}s graceful={} kill={} pause={} \
              clogs={} skew<={}s long_part={} dup_join={:.2} conc_renew={:.2} cancel_poll={:.2} \
              garbage_csr={:.2} bad_token={:.2} admin~{}s extca={} extca_only={} extca_faults={} \
-             rotation={}",
+             rotation={} store_part={}",
             self.managers,
             self.clients,
             self.safety.as_secs(),
@@ -333,6 +341,7 @@ impl fmt::Display for SimOptions {
             self.external_ca && self.external_only,
             self.external_ca && self.extca_faults,
             self.root_rotation,
+            self.store_partitions,
         )
     }
 }

@@ -169,6 +169,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     madsim::task::spawn(crate::admin::run(shared.clone(), control.clone(), store.clone()));
     let ext = extca_node.map(|id| crate::nemesis::ExtCa { node: id, control: extca.clone() });
     madsim::task::spawn(crate::nemesis::run(world.clone(), client_nodes.clone(), ext.clone()));
+    madsim::task::spawn(world.clone().supervise());
 
     // Safety phase. With an external CA, it ends with an outage that overlaps the heal, so the
     // liveness phase starts with a backlog of requests waiting for the retry ticker.
@@ -197,6 +198,22 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         let waiting = checkers::i5_liveness::waiting(&lock(&mirror), &shared);
         let rotating = checkers::i8_rotation::rotating(&lock(&mirror));
         if (waiting.is_empty() && !rotating) || madsim::time::TimeHandle::current().elapsed() >= deadline {
+            break;
+        }
+        madsim::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Every manager up serves the current root and tokens (followers keep following the store).
+    let until = madsim::time::TimeHandle::current().elapsed() + Duration::from_secs(30);
+    loop {
+        let behind = checkers::i5_liveness::managers_behind(&lock(&mirror), &world);
+        if behind.is_empty() {
+            break;
+        }
+        if madsim::time::TimeHandle::current().elapsed() >= until {
+            shared.violation(
+                "I5",
+                format!("30 s after convergence, {behind:?} still differ from the cluster's current ones"),
+            );
             break;
         }
         madsim::time::sleep(Duration::from_secs(1)).await;

@@ -43,6 +43,8 @@ pub struct RenewObs {
     /// When the renewal as a whole (including the wait for the certificate) ended.
     pub end: Duration,
     pub ok: bool,
+    /// The IssueNodeCertificate call's error code, if it failed.
+    pub code: Option<tonic::Code>,
 }
 
 /// A token's lifetime: current for `role` from `from` until `until` (None: still current).

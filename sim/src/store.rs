@@ -94,7 +94,8 @@ impl Store for FaultyStore {
 /// term it was made for is still the current one, checked at the instant of applying (what the
 /// etcd store's leader-key compare does inside its transaction).
 pub struct FencedWriter {
-    pub store: Arc<FaultyStore>,
+    /// The store as this manager reaches it (a cut link fails its writes too).
+    pub store: Arc<ManagerStore>,
     /// The current term (the world bumps it before a new leader starts).
     pub current: Arc<AtomicU64>,
     /// The term this handle was made for.
@@ -115,7 +116,10 @@ impl Store for FencedWriter {
     }
 
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(self.store.commit_as(ops, Some((&*self.current, self.term))))
+        Box::pin(async move {
+            self.store.reachable()?;
+            self.store.store.commit_as(ops, Some((&*self.current, self.term))).await
+        })
     }
 
     fn view_and_watch(&self, f: WatchFilter) -> BoxFuture<'_, Result<(Snapshot, Watch), StoreError>> {
@@ -185,5 +189,136 @@ impl FaultyStore {
             }
             self.inner.commit_sync(ops)
         }
+    }
+}
+
+/// The state of a manager's link to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Up,
+    /// Cut, with watches stalled: they deliver what they missed once the link is back, as an
+    /// etcd watch resumes from its revision after an outage.
+    CutStalled,
+    /// Cut, with watches closed (a watch stream that broke for good: the watcher re-reads).
+    CutClosed,
+}
+
+/// One manager's link to the shared store (a manager↔store partition cuts it). While cut,
+/// every call through it fails `Unavailable`, as an etcd client's requests do once they time
+/// out, and watches opened through it stall or close, so the server sees what it would see
+/// from a real remote store it cannot reach.
+pub struct ManagerStore {
+    pub store: Arc<FaultyStore>,
+    /// Which manager (for messages).
+    pub index: usize,
+    link: Arc<LinkState>,
+}
+
+/// The link's state and a wake-up for the watch relays. (Not `tokio::sync::watch`: it draws
+/// from tokio's process-global RNG, which would break replaying a seed.)
+#[derive(Debug)]
+struct LinkState {
+    state: std::sync::Mutex<Link>,
+    changed: tokio::sync::Notify,
+}
+
+impl LinkState {
+    fn get(&self) -> Link {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ManagerStore {
+    pub fn new(store: Arc<FaultyStore>, index: usize) -> ManagerStore {
+        let link = Arc::new(LinkState {
+            state: std::sync::Mutex::new(Link::Up),
+            changed: tokio::sync::Notify::new(),
+        });
+        ManagerStore { store, index, link }
+    }
+
+    pub fn set_link(&self, l: Link) {
+        *self.link.state.lock().unwrap_or_else(|e| e.into_inner()) = l;
+        self.link.changed.notify_waiters();
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.link.get() != Link::Up
+    }
+
+    fn reachable(&self) -> Result<(), StoreError> {
+        if self.is_cut() {
+            return Err(StoreError::Unavailable(format!("manager-{} cannot reach the store", self.index)));
+        }
+        Ok(())
+    }
+}
+
+impl Store for ManagerStore {
+    fn view(&self, f: WatchFilter) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
+        Box::pin(async move {
+            self.reachable()?;
+            self.store.view(f).await
+        })
+    }
+
+    fn get_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Node>, StoreError>> {
+        Box::pin(async move {
+            self.reachable()?;
+            self.store.get_node(id).await
+        })
+    }
+
+    fn get_cluster<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Cluster>, StoreError>> {
+        Box::pin(async move {
+            self.reachable()?;
+            self.store.get_cluster(id).await
+        })
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            self.reachable()?;
+            self.store.commit(ops).await
+        })
+    }
+
+    fn view_and_watch(&self, f: WatchFilter) -> BoxFuture<'_, Result<(Snapshot, Watch), StoreError>> {
+        Box::pin(async move {
+            self.reachable()?;
+            let (snap, mut inner) = self.store.view_and_watch(f).await?;
+            let link = self.link.clone();
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            // Relays events while the link is up, holds them while it is cut with stalled
+            // watches, and closes the watch when it is cut with closed ones (or the watcher
+            // leaves).
+            madsim::task::spawn(async move {
+                loop {
+                    // Registered before the state is read: no change is missed.
+                    let changed = link.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    let state = link.get();
+                    if state == Link::CutClosed {
+                        break;
+                    }
+                    let stalled = state == Link::CutStalled;
+                    tokio::select! {
+                        biased;
+                        _ = &mut changed => {}
+                        _ = tx.closed() => break,
+                        ev = inner.next(), if !stalled => match ev {
+                            Some(ev) => {
+                                if tx.send(ev).is_err() {
+                                    break;
+                                }
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            });
+            Ok((snap, Watch::new(rx)))
+        })
     }
 }

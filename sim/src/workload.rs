@@ -367,7 +367,14 @@ impl Client {
             creds.node_id,
             r.as_ref().map_err(|c| format!("{c:?}"))
         ));
-        let record = |end| RenewObs { node: creds.node_id.clone(), start, rpc_end, end, ok: r.is_ok() };
+        let record = |end| RenewObs {
+            node: creds.node_id.clone(),
+            start,
+            rpc_end,
+            end,
+            ok: r.is_ok(),
+            code: r.as_ref().err().copied(),
+        };
         let Ok(id) = r.clone() else {
             lock(&self.shared.renewals).push(record(rpc_end));
             return r.map(|_| None);

@@ -3,7 +3,7 @@
 //! the signing loop), their clocks, and leadership changes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +15,7 @@ use swarmca_server::{shared_entropy, CaServer, Clock, OsEntropy, ServerConfig, S
 
 use crate::peers::SimPeers;
 use crate::shared::{lock, Shared};
-use crate::store::{FaultyStore, FencedWriter};
+use crate::store::{FaultyStore, FencedWriter, ManagerStore};
 
 /// The port managers serve on.
 pub const PORT: u16 = 2377;
@@ -42,6 +42,8 @@ pub struct Manager {
     /// The server of the node's current incarnation (replaced on restart).
     pub server: Arc<Mutex<Option<CaServer>>>,
     pub skew_ms: Arc<AtomicI64>,
+    /// The manager's link to the store (cut by a manager↔store partition).
+    pub store: Arc<ManagerStore>,
 }
 
 /// Liveness of a manager as the nemesis left it.
@@ -58,10 +60,18 @@ pub struct World {
     pub store: Arc<FaultyStore>,
     pub managers: Vec<Manager>,
     pub health: Mutex<Vec<Health>>,
-    pub leader: Mutex<Option<usize>>,
+    pub leader: Arc<Mutex<Option<usize>>>,
+    /// Whether manager `i` runs a leader term right now (set by the term's own task).
+    pub leading: Arc<Vec<AtomicBool>>,
     /// The current leader term: bumped before each new leader starts; a leader writes through a
     /// handle fenced on the term it started in (I11).
     pub term: Arc<AtomicU64>,
+}
+
+fn set_flag(flags: &[AtomicBool], i: usize, v: bool) {
+    if let Some(f) = flags.get(i) {
+        f.store(v, Ordering::SeqCst);
+    }
 }
 
 /// The address of manager `i`.
@@ -85,8 +95,9 @@ impl World {
             let slot: Arc<Mutex<Option<CaServer>>> = Arc::default();
             let skew = Arc::new(AtomicI64::new(0));
             let ip = manager_ip(i);
+            let link = Arc::new(ManagerStore::new(store.clone(), i));
             let (slot2, skew2, store2, shared2, root2) =
-                (slot.clone(), skew.clone(), store.clone(), shared.clone(), root.clone());
+                (slot.clone(), skew.clone(), link.clone(), shared.clone(), root.clone());
             let my_creds = creds.get(i).cloned().unwrap_or_default();
             let node = h
                 .create_node()
@@ -120,7 +131,13 @@ impl World {
                     }
                 })
                 .build();
-            managers.push(Manager { node, addr: SocketAddr::new(ip, PORT), server: slot, skew_ms: skew });
+            managers.push(Manager {
+                node,
+                addr: SocketAddr::new(ip, PORT),
+                server: slot,
+                skew_ms: skew,
+                store: link,
+            });
         }
         let n = managers.len();
         World {
@@ -128,7 +145,8 @@ impl World {
             store,
             managers,
             health: Mutex::new(vec![Health::Up; n]),
-            leader: Mutex::new(None),
+            leader: Arc::default(),
+            leading: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
             term: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -163,10 +181,11 @@ impl World {
         let Some(node) = Handle::current().get_node(m.node.id()) else { return false };
         let s = server.clone();
         let log = self.shared.log.clone();
+        let (leader_slot, leading) = (self.leader.clone(), self.leading.clone());
         // A new leader term starts now: writes of every earlier term are fenced off from here.
         let writer = leader.then(|| {
             let term = self.term.fetch_add(1, Ordering::SeqCst) + 1;
-            Arc::new(FencedWriter { store: self.store.clone(), current: self.term.clone(), term })
+            Arc::new(FencedWriter { store: m.store.clone(), current: self.term.clone(), term })
         });
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         node.spawn(async move {
@@ -178,10 +197,30 @@ impl World {
             ));
             let _ = started_tx.send(());
             let r = match writer {
-                Some(w) => s.run_with_writer(w).await,
+                Some(w) => {
+                    set_flag(&leading, i, true);
+                    let r = s.run_with_writer(w).await;
+                    set_flag(&leading, i, false);
+                    r
+                }
                 None => s.run_follower().await,
             };
+            let failed = r.is_err();
             log.push(format!("manager-{i}: {what} term ended: {:?}", r.map_err(|e| e.to_string())));
+            if leader && failed {
+                // As `serve --etcd` does: a failed leader term gives the leadership up and the
+                // manager goes back to following (and campaigning; the world's supervisor
+                // elects a manager that can reach the store).
+                {
+                    let mut l = lock(&leader_slot);
+                    if *l == Some(i) {
+                        *l = None;
+                    }
+                }
+                log.push(format!("manager-{i}: gives the leadership up; follows"));
+                let r = s.run_follower().await;
+                log.push(format!("manager-{i}: follower term ended: {:?}", r.map_err(|e| e.to_string())));
+            }
         });
         // Wait (bounded) until the new term is ready.
         madsim::time::timeout(Duration::from_secs(10), async {
@@ -202,6 +241,12 @@ impl World {
                 self.switch(old, false).await;
             }
         }
+        self.take_over(i).await;
+    }
+
+    /// Makes `i` the leader without stopping the previous one: a leader that lost its lease
+    /// and has not noticed yet keeps running its (now fenced) term.
+    pub async fn take_over(&self, i: usize) {
         let pending = self.pending_nodes().await;
         if self.switch(i, true).await {
             *lock(&self.leader) = Some(i);
@@ -257,6 +302,58 @@ impl World {
             Handle::current().pause(m.node.id());
             self.set_health(i, Health::Paused);
         }
+    }
+
+    /// Whether manager `i` runs a leader term.
+    pub fn is_leading(&self, i: usize) -> bool {
+        self.leading.get(i).is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    /// A random manager other than `not` that could win an election now: up, and able to
+    /// reach the store (etcd's election needs it).
+    pub fn electable(&self, not: Option<usize>) -> Option<usize> {
+        use madsim::rand::{thread_rng, Rng};
+        let up: Vec<usize> =
+            self.up().into_iter().filter(|&i| Some(i) != not && !self.store_cut(i)).collect();
+        if up.is_empty() {
+            None
+        } else {
+            up.get(thread_rng().gen_range(0..up.len())).copied()
+        }
+    }
+
+    /// What etcd's election does when a leader gives up or dies without a successor: a manager
+    /// still campaigning wins. Every second: when no manager has run a leader term for a whole
+    /// lease, one that can reach the store is elected.
+    pub async fn supervise(self: Arc<Self>) {
+        let mut leaderless = Duration::ZERO;
+        while !self.shared.done() {
+            madsim::time::sleep(Duration::from_secs(1)).await;
+            let ok = self.leader().is_some_and(|l| self.health(l) != Health::Dead && self.is_leading(l));
+            leaderless = if ok { Duration::ZERO } else { leaderless + Duration::from_secs(1) };
+            if leaderless >= Duration::from_secs(5) {
+                if let Some(i) = self.electable(None) {
+                    self.shared.log.push(format!(
+                        "supervisor: no leader term for {}s; electing manager-{i}",
+                        leaderless.as_secs()
+                    ));
+                    self.shared.coverage.hit("branch.leaderless_elected");
+                    self.elect(i).await;
+                    leaderless = Duration::ZERO;
+                }
+            }
+        }
+    }
+
+    /// Sets manager `i`'s link to the store (cut or restored).
+    pub fn set_store_link(&self, i: usize, l: crate::store::Link) {
+        if let Some(m) = self.managers.get(i) {
+            m.store.set_link(l);
+        }
+    }
+
+    pub fn store_cut(&self, i: usize) -> bool {
+        self.managers.get(i).is_some_and(|m| m.store.is_cut())
     }
 
     pub fn resume(&self, i: usize) {

@@ -383,6 +383,12 @@ impl CaServer {
         }
     }
 
+    /// The join tokens joins are checked against right now, while the server runs and is
+    /// ready (`None` otherwise): what a health check compares with the cluster's tokens.
+    pub fn join_tokens(&self) -> Option<JoinTokens> {
+        self.ready_tokens().ok()
+    }
+
     /// Join tokens, if ready; `Aborted` errors otherwise (re-checked under the lock each time,
     /// so a concurrent stop gives `Aborted`, never a crash).
     pub(crate) fn ready_tokens(&self) -> Result<JoinTokens, ServerError> {

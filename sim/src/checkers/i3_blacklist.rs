@@ -1,5 +1,6 @@
 //! I3: nothing is issued to, or accepted from, a blacklisted (removed) identity: no node write
-//! for a blacklisted ID, and no renewal accepted after the node's removal.
+//! for a blacklisted ID, no renewal accepted after the node's removal, and a removed node's
+//! certificate not even taken as an identity (its renewal is refused as a tokenless join).
 
 use super::WriteCtx;
 use crate::shared::{lock, Shared};
@@ -36,6 +37,22 @@ pub fn check_renewals(shared: &Shared) {
                     r.node, r.rpc_end
                 ),
             );
+        }
+        // A blacklisted certificate authenticates nobody: the call is a join without a token
+        // (InvalidArgument), as in SwarmKit. NotFound means the certificate was still taken as
+        // the node's identity and only the missing node object stopped the renewal.
+        if r.start > *at && r.code == Some(tonic::Code::NotFound) {
+            shared.violation(
+                "I3",
+                format!(
+                    "renewal by removed node {} at {:?} (removed at {at:?}) was authenticated: \
+                     refused NotFound instead of as a join without a token",
+                    r.node, r.start
+                ),
+            );
+        }
+        if r.start > *at && r.code == Some(tonic::Code::InvalidArgument) {
+            shared.coverage.hit("branch.removed_node_renewal_refused");
         }
         if r.start <= *at && *at <= r.end {
             shared.coverage.hit("branch.renewal_racing_removal");
