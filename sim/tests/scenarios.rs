@@ -83,3 +83,20 @@ fn generated_scenarios_keep_every_invariant() {
         panic!("minimal failing scenario: {e}");
     }
 }
+
+/// The `#[madsim::test]` entry: one seed of the default scenario, taken from madsim's own
+/// environment (`MADSIM_TEST_SEED`, `MADSIM_TEST_NUM`, `MADSIM_TEST_JOBS`,
+/// `MADSIM_TEST_CHECK_DETERMINISM=1`). Without `MADSIM_TEST_SEED`, madsim draws a new seed each
+/// run and prints it on failure; CI pins it. `scripts/sim` is the sweep with coverage.
+#[madsim::test]
+async fn default_scenario_seed_from_the_madsim_environment() {
+    let report = swarmca_sim::run::run_seed(false).await;
+    assert!(
+        report.violations.is_empty(),
+        "seed {} violated: {:#?}\nreplay: scripts/sim --seed {} --verbose",
+        report.seed,
+        report.violations,
+        report.seed
+    );
+    assert!(report.sim_time >= Duration::from_secs(600), "the whole run happened: {:?}", report.sim_time);
+}
