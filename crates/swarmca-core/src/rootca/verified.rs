@@ -127,19 +127,13 @@ mod tests {
     use crate::role::Role;
     use crate::rootca::{generate_root, DEFAULT_NODE_CERT_EXPIRY};
 
-    /// A signing root CA (90-day leaves) and its PEM.
-    fn gen_root() -> (RootCa, Vec<u8>) {
+    /// A new signing root CA (90-day leaves).
+    fn gen_root() -> Arc<RootCa> {
         let g = generate_root("swarm-ca", SystemTime::now(), [7; 20]).unwrap();
-        let ca = RootCa::new(
-            &g.cert_pem,
-            &g.cert_pem,
-            &g.key_pem,
-            DEFAULT_NODE_CERT_EXPIRY,
-            b"",
-            SystemTime::now(),
+        let now = SystemTime::now();
+        Arc::new(
+            RootCa::new(&g.cert_pem, &g.cert_pem, &g.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", now).unwrap(),
         )
-        .unwrap();
-        (ca, g.cert_pem)
     }
 
     /// A worker leaf for `cn` issued by `root` at `now`, as a DER chain.
@@ -157,8 +151,7 @@ mod tests {
 
     #[test]
     fn remembers_within_the_window_and_only_for_the_same_roots() {
-        let (root, _) = gen_root();
-        let root = Arc::new(root);
+        let root = gen_root();
         let now = SystemTime::now();
         let chain = leaf_chain(&root, "node-a", now);
         let mut memo: VerifiedPeers = VerifiedPeers::with_capacity(8);
@@ -176,8 +169,7 @@ mod tests {
 
         // Another root set (even one with equal content) is verified afresh, and a chain
         // from another CA is refused there.
-        let (other, _) = gen_root();
-        let other = Arc::new(other);
+        let other = gen_root();
         assert!(memo.get(&other, &chain, now).is_none());
         assert!(memo.verify(&other, &chain, now).is_err());
         assert_eq!(memo.len(), 1, "failures are not remembered");
@@ -192,8 +184,7 @@ mod tests {
 
     #[test]
     fn stays_bounded() {
-        let (root, _) = gen_root();
-        let root = Arc::new(root);
+        let root = gen_root();
         let now = SystemTime::now();
         let mut memo: VerifiedPeers = VerifiedPeers::with_capacity(3);
         for i in 0..10 {
@@ -206,8 +197,7 @@ mod tests {
 
     #[test]
     fn a_tampered_chain_is_not_answered_from_the_memo() {
-        let (root, _) = gen_root();
-        let root = Arc::new(root);
+        let root = gen_root();
         let now = SystemTime::now();
         let chain = leaf_chain(&root, "node-a", now);
         let mut memo: VerifiedPeers = VerifiedPeers::default();
