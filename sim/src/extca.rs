@@ -179,7 +179,7 @@ pub fn start(
                     (acceptor.clone(), signer.clone(), control.clone(), shared.clone());
                 conns.0.retain(|h| !h.is_finished());
                 conns.0.push(madsim::task::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
+                    let tls = match acceptor.accept(swarmca_server::external::QuietFlush::new(tcp)).await {
                         Ok(t) => t,
                         Err(e) => {
                             shared.log.push(format!("extca: TLS accept failed: {e}"));

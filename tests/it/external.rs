@@ -61,6 +61,11 @@ struct FakeState {
     ca_signing: std::sync::atomic::AtomicBool,
     signer: RootCa,
     requests: Mutex<Vec<Captured>>,
+    /// TCP connections accepted.
+    accepted: AtomicUsize,
+    /// Close the connection of the next request without an answer (a server closing an idle
+    /// connection just as a request arrives on it).
+    drop_next: std::sync::atomic::AtomicBool,
     /// Bytes the endless body produced, and whether it was dropped (the connection closed).
     endless_sent: AtomicUsize,
     endless_dropped: Mutex<Option<Instant>>,
@@ -71,6 +76,8 @@ pub struct FakeCa {
     pub url: String,
     state: Arc<FakeState>,
     stop: watch::Sender<bool>,
+    /// Bumped to close every open connection (as a server's idle timeout does).
+    kick: watch::Sender<u64>,
 }
 
 impl Drop for FakeCa {
@@ -99,10 +106,13 @@ impl FakeCa {
             ca_signing: std::sync::atomic::AtomicBool::new(false),
             signer: signer.clone(),
             requests: Mutex::new(Vec::new()),
+            accepted: AtomicUsize::new(0),
+            drop_next: std::sync::atomic::AtomicBool::new(false),
             endless_sent: AtomicUsize::new(0),
             endless_dropped: Mutex::new(None),
         });
         let (stop, stop_rx) = watch::channel(false);
+        let (kick, kick_rx) = watch::channel(0u64);
         let st = state.clone();
         tokio::spawn(async move {
             let mut stop_accept = stop_rx.clone();
@@ -111,14 +121,25 @@ impl FakeCa {
                     r = listener.accept() => match r { Ok(c) => c, Err(_) => return },
                     _ = stop_accept.wait_for(|s| *s) => return,
                 };
+                st.accepted.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 let tls = tls.clone();
                 let mut stop_conn = stop_rx.clone();
+                let mut kicked = kick_rx.clone();
+                // Only kicks after this connection was accepted close it.
+                kicked.borrow_and_update();
                 let stop_req = stop_rx.clone();
                 tokio::spawn(async move {
                     let serve = async move {
-                        let svc =
-                            hyper::service::service_fn(move |req| handle(st.clone(), req, stop_req.clone()));
+                        let svc = hyper::service::service_fn(move |req| {
+                            let (st, stop_req) = (st.clone(), stop_req.clone());
+                            async move {
+                                if st.drop_next.swap(false, Ordering::SeqCst) {
+                                    return Err(std::io::Error::other("connection dropped by the test"));
+                                }
+                                handle(st, req, stop_req).await.map_err(|e| match e {})
+                            }
+                        });
                         let http = hyper::server::conn::http1::Builder::new();
                         match tls {
                             Some(cfg) => {
@@ -134,11 +155,12 @@ impl FakeCa {
                     tokio::select! {
                         _ = serve => {}
                         _ = stop_conn.wait_for(|s| *s) => {}
+                        _ = kicked.changed() => {}
                     }
                 });
             }
         });
-        FakeCa { addr, url: format!("{scheme}://{addr}/sign"), state, stop }
+        FakeCa { addr, url: format!("{scheme}://{addr}/sign"), state, stop, kick }
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -152,6 +174,21 @@ impl FakeCa {
 
     pub fn requests(&self) -> usize {
         self.state.requests.lock().unwrap().len()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Drops the connection of the next request, unanswered.
+    pub fn drop_next_request(&self) {
+        self.state.drop_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes every open connection (the listener stays).
+    pub fn close_connections(&self) {
+        self.kick.send_modify(|g| *g += 1);
     }
 }
 
@@ -505,6 +542,55 @@ async fn sign_request_size_limit() {
     eventually(1, || async { fake.state.endless_dropped.lock().unwrap().is_some() }).await;
     let sent = fake.state.endless_sent.load(Ordering::Relaxed);
     assert!(sent < 64 << 20, "the server kept streaming: {sent} bytes");
+}
+
+/// Connections are kept alive between requests (as Go's http.Client keeps them for SwarmKit);
+/// one the server closed while idle is replaced without the caller noticing, and a request
+/// the server drops on a reused connection is sent again on a new one; a timed-out answer
+/// never leaves its connection for reuse.
+#[tokio::test]
+async fn connections_are_kept_alive_and_replaced_when_the_server_closes_them() {
+    let f = Fixture::with(Opts { run: false, ..Opts::default() }).await;
+    let fake = FakeCa::http(&f.root, Mode::Sign).await;
+    let ext = Arc::new(direct_client(&fake.url, Duration::from_secs(5)));
+    for _ in 0..5 {
+        ext.sign(&worker_req(&f)).await.unwrap();
+    }
+    assert_eq!(fake.requests(), 5);
+    assert_eq!(fake.connections(), 1, "one connection for five sequential requests");
+    assert_eq!(ext.idle_connections(), 1);
+
+    // The server closes its idle connections: the next requests still succeed, on a new one.
+    for round in 1..=3usize {
+        fake.close_connections();
+        tokio::time::sleep(Duration::from_millis(50 * (round as u64 % 2))).await;
+        ext.sign(&worker_req(&f)).await.unwrap();
+        assert_eq!(fake.connections(), 1 + round, "round {round}");
+    }
+    assert_eq!(fake.requests(), 8, "each request reached the server once");
+
+    // The server drops a reused connection as the request arrives: sent again on a new one.
+    fake.drop_next_request();
+    let before = fake.connections();
+    ext.sign(&worker_req(&f)).await.unwrap();
+    assert_eq!(fake.connections(), before + 1, "the retry went over a new connection");
+
+    // Concurrent requests open several connections; at most MAX_IDLE_PER_HOST stay idle.
+    let mut jobs = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (ext, req) = (ext.clone(), worker_req(&f));
+        jobs.spawn(async move { ext.sign(&req).await });
+    }
+    while let Some(r) = jobs.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert!(ext.idle_connections() <= swarmca_server::external::MAX_IDLE_PER_HOST);
+
+    // A timed-out request does not leave its connection behind.
+    fake.set_mode(Mode::NoAnswer);
+    let slow = direct_client(&fake.url, Duration::from_millis(300));
+    slow.sign(&worker_req(&f)).await.unwrap_err();
+    assert_eq!(slow.idle_connections(), 0);
 }
 
 #[tokio::test]

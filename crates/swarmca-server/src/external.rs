@@ -3,9 +3,14 @@
 //!
 //! Built on hyper's connection API over `tokio::net::TcpStream` and tokio-rustls, with
 //! `tokio::time::timeout` as the deadline: these are the names madsim simulates, so the same
-//! client (TLS included) runs on real sockets and under the simulator. One connection per
-//! request, no pool: a request is dropped, socket and all, as soon as its answer is read, its
-//! deadline passes, or the answer grows past [`CERTIFICATE_MAX_SIZE`].
+//! client (TLS included) runs on real sockets and under the simulator. Connections are kept
+//! alive between requests as Go's `http.Client` (SwarmKit's) keeps them: after a complete
+//! answer a connection goes back to a small idle pool ([`MAX_IDLE_PER_HOST`] per host and TLS
+//! configuration, closed after [`IDLE_TIMEOUT`] unused), so a busy CA pays one TLS handshake,
+//! not one per CSR. A request whose deadline passes, or whose answer grows past
+//! [`CERTIFICATE_MAX_SIZE`], drops its connection, socket and all. A request that fails on a
+//! reused connection before any answer (the peer closed it while idle) is sent once more on a
+//! new one, as Go's transport does.
 //!
 //! ```text
 //! ExternalCa { urls, intermediates, tls }    replaced atomically; every sign() takes a snapshot
@@ -22,7 +27,6 @@
 //! CFSSL's CSR category (9000–9999) is fatal like `success: false`; every other non-200 answer
 //! stays recoverable as in SwarmKit.
 
-use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -40,6 +44,12 @@ use swarmca_core::rootca::normalize_pems;
 use swarmca_types::external_ca::CaProtocol;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
+
+/// Idle keep-alive connections kept per host and TLS configuration.
+pub const MAX_IDLE_PER_HOST: usize = 4;
+
+/// How long an idle connection is kept for reuse.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Deadline of one request to one external CA URL (SwarmKit `ExternalRequestTimeout`).
 pub const EXTERNAL_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -254,6 +264,7 @@ struct Snapshot {
 pub struct ExternalCa {
     state: RwLock<Arc<Snapshot>>,
     timeout: Duration,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for ExternalCa {
@@ -287,7 +298,11 @@ impl ExternalCa {
         tls: TlsState,
         timeout: Duration,
     ) -> ExternalCa {
-        ExternalCa { state: RwLock::new(Arc::new(Snapshot { urls, intermediates, tls })), timeout }
+        ExternalCa {
+            state: RwLock::new(Arc::new(Snapshot { urls, intermediates, tls })),
+            timeout,
+            pool: Pool::default(),
+        }
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -328,6 +343,13 @@ impl ExternalCa {
 
     pub(crate) fn set_tls(&self, tls: TlsState) {
         self.replace(|s| Snapshot { urls: s.urls.clone(), intermediates: s.intermediates.clone(), tls });
+        // Connections made with the old configuration are not reused.
+        self.pool.clear();
+    }
+
+    /// Idle keep-alive connections held right now.
+    pub fn idle_connections(&self) -> usize {
+        self.pool.len()
     }
 
     /// Asks each URL in turn to sign `req`; returns the first certificate, with the
@@ -388,7 +410,8 @@ impl ExternalCa {
     }
 
     async fn sign_at(&self, url: &str, tls: &TlsState, body: Bytes) -> Result<Vec<u8>, ExternalCaError> {
-        let (status, bytes) = match tokio::time::timeout(self.timeout, post(url, tls, body)).await {
+        let (status, bytes) = match tokio::time::timeout(self.timeout, post(&self.pool, url, tls, body)).await
+        {
             Ok(r) => r?,
             Err(_) => return Err(ExternalCaError::Timeout(self.timeout)),
         };
@@ -493,9 +516,84 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// Where a connection goes: scheme, authority and (for `https`) the TLS configuration it was
+/// made with.
+#[derive(Clone)]
+struct PoolKey {
+    https: bool,
+    authority: String,
+    tls: Option<Arc<ClientConfig>>,
+}
+
+impl PartialEq for PoolKey {
+    fn eq(&self, o: &PoolKey) -> bool {
+        let same_tls = match (&self.tls, &o.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        self.https == o.https && self.authority == o.authority && same_tls
+    }
+}
+
+/// An HTTP/1.1 connection: the request half, and the task driving the socket (aborted, which
+/// closes the socket, when this is dropped).
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Idle keep-alive connections (see the module docs).
+#[derive(Default)]
+struct Pool {
+    idle: std::sync::Mutex<Vec<(PoolKey, Conn, tokio::time::Instant)>>,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PoolKey, Conn, tokio::time::Instant)>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used live idle connection for `key`; expired or closed ones go.
+    fn take(&self, key: &PoolKey) -> Option<Conn> {
+        let now = tokio::time::Instant::now();
+        let mut idle = self.lock();
+        idle.retain(|(_, c, since)| !c.sender.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT);
+        let i = idle.iter().rposition(|(k, ..)| k == key)?;
+        Some(idle.remove(i).1)
+    }
+
+    fn put(&self, key: PoolKey, conn: Conn) {
+        let mut idle = self.lock();
+        if idle.iter().filter(|(k, ..)| *k == key).count() < MAX_IDLE_PER_HOST {
+            idle.push((key, conn, tokio::time::Instant::now()));
+        }
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 /// POSTs `body` to `url`; returns the status and at most [`CERTIFICATE_MAX_SIZE`] bytes of
-/// the body. The connection is closed when this returns (or is dropped).
-async fn post(url: &str, tls: &TlsState, body: Bytes) -> Result<(u16, Vec<u8>), ExternalCaError> {
+/// the body. Reuses an idle connection of `pool` when there is one, and returns the connection
+/// to it after a complete answer.
+async fn post(
+    pool: &Pool,
+    url: &str,
+    tls: &TlsState,
+    body: Bytes,
+) -> Result<(u16, Vec<u8>), ExternalCaError> {
     let transport = |e: String| ExternalCaError::Transport(e);
     let uri: Uri = url.parse().map_err(|e| transport(format!("parse {url:?}: {e}")))?;
     let https = match uri.scheme_str() {
@@ -517,12 +615,34 @@ async fn post(url: &str, tls: &TlsState, body: Bytes) -> Result<(u16, Vec<u8>), 
     let bare_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let target = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let req = Request::post(target)
-        .header(HOST, authority)
-        .header(CONTENT_TYPE, "application/json")
-        .header(USER_AGENT, concat!("swarmca/", env!("CARGO_PKG_VERSION")))
-        .body(Full::new(body))
-        .map_err(|e| transport(e.to_string()))?;
+    let request = || {
+        Request::post(target.as_str())
+            .header(HOST, authority.as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .header(USER_AGENT, concat!("swarmca/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(body.clone()))
+            .map_err(|e| transport(e.to_string()))
+    };
+    let tls_cfg = if https {
+        Some(tls.clone().map_err(|e| transport(format!("TLS configuration: {e}")))?)
+    } else {
+        None
+    };
+    let key = PoolKey { https, authority: authority.clone(), tls: tls_cfg.clone() };
+
+    if let Some(conn) = pool.take(&key) {
+        match exchange(conn, request()?).await {
+            Ok((answer, conn)) => {
+                if let Some(conn) = conn {
+                    pool.put(key, conn);
+                }
+                return Ok(answer);
+            }
+            // Closed by the peer while idle, before any answer: try a new connection.
+            Err(Failed::BeforeAnswer(e)) => debug!(error = %e, "reused connection failed; reconnecting"),
+            Err(Failed::After(e)) => return Err(e),
+        }
+    }
 
     let tcp = tokio::net::TcpStream::connect((bare_host.as_str(), port))
         .await
@@ -530,72 +650,166 @@ async fn post(url: &str, tls: &TlsState, body: Bytes) -> Result<(u16, Vec<u8>), 
     // Like Go's dialer: without it, a request written in two TLS records waits for the peer's
     // delayed ACK (about 40 ms per request).
     tcp.set_nodelay(true).map_err(|e| transport(format!("set TCP_NODELAY: {e}")))?;
-    if https {
-        let cfg = tls.clone().map_err(|e| transport(format!("TLS configuration: {e}")))?;
-        let name = ServerName::try_from(bare_host.clone())
-            .map_err(|e| transport(format!("invalid TLS server name {bare_host:?}: {e}")))?;
-        let stream = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| transport(format!("tls: {}", error_chain(&e))))?;
-        exchange(stream, req).await
-    } else {
-        exchange(tcp, req).await
+    let tcp = QuietFlush::new(tcp);
+    let conn = match tls_cfg {
+        Some(cfg) => {
+            let name = ServerName::try_from(bare_host.clone())
+                .map_err(|e| transport(format!("invalid TLS server name {bare_host:?}: {e}")))?;
+            let stream = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| transport(format!("tls: {}", error_chain(&e))))?;
+            connect(stream).await?
+        }
+        None => connect(tcp).await?,
+    };
+    match exchange(conn, request()?).await {
+        Ok((answer, conn)) => {
+            if let Some(conn) = conn {
+                pool.put(key, conn);
+            }
+            Ok(answer)
+        }
+        Err(Failed::BeforeAnswer(e) | Failed::After(e)) => Err(e),
     }
 }
 
-/// One HTTP/1.1 request over `io`, driving the connection in this task so that returning
-/// (or being cancelled) drops the socket.
-async fn exchange<I>(io: I, req: Request<Full<Bytes>>) -> Result<(u16, Vec<u8>), ExternalCaError>
+/// A byte stream whose flush does nothing when nothing was written since the last flush —
+/// what a TCP socket's flush does anyway. hyper flushes an idle keep-alive connection each
+/// time it is polled; on a simulated socket every flush is a packet that wakes the peer, whose
+/// own flush wakes this side again, so without this an idle pooled connection would never go
+/// quiet under madsim.
+#[derive(Debug)]
+pub struct QuietFlush<S> {
+    io: S,
+    dirty: bool,
+}
+
+impl<S> QuietFlush<S> {
+    /// Wraps `io`.
+    pub fn new(io: S) -> QuietFlush<S> {
+        QuietFlush { io, dirty: false }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for QuietFlush<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for QuietFlush<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.dirty = true;
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.dirty = true;
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.dirty {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let r = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        if matches!(r, std::task::Poll::Ready(Ok(()))) {
+            self.dirty = false;
+        }
+        r
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The HTTP/1.1 handshake over `io`; the connection is driven by a task of its own.
+async fn connect<I>(io: I) -> Result<Conn, ExternalCaError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io))
+        .await
+        .map_err(|e| ExternalCaError::Transport(error_chain(&e)))?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Conn { sender, task })
+}
+
+/// How an exchange failed: before any answer arrived (the request may be retried on a new
+/// connection), or after.
+enum Failed {
+    BeforeAnswer(ExternalCaError),
+    After(ExternalCaError),
+}
+
+/// One request over `conn`: the status and body, and the connection when it can be reused
+/// (the whole body was read and the peer keeps it open). Dropping this future drops the
+/// connection.
+async fn exchange(
+    mut conn: Conn,
+    req: Request<Full<Bytes>>,
+) -> Result<((u16, Vec<u8>), Option<Conn>), Failed> {
     let transport = |e: hyper::Error| ExternalCaError::Transport(error_chain(&e));
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(io)).await.map_err(transport)?;
-    let work = async move {
-        let resp = sender.send_request(req).await.map_err(transport)?;
-        let status = resp.status().as_u16();
-        let mut body = resp.into_body();
-        let mut buf = Vec::new();
-        while buf.len() < CERTIFICATE_MAX_SIZE {
-            match body.frame().await {
-                None => break,
-                Some(Err(e)) => return Err(ExternalCaError::Body(error_chain(&e))),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        append_capped(&mut buf, &data);
-                    }
+    conn.sender.ready().await.map_err(|e| Failed::BeforeAnswer(transport(e)))?;
+    let resp = conn.sender.send_request(req).await.map_err(|e| Failed::BeforeAnswer(transport(e)))?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut complete = false;
+    while buf.len() < CERTIFICATE_MAX_SIZE {
+        match body.frame().await {
+            None => {
+                complete = true;
+                break;
+            }
+            Some(Err(e)) => return Err(Failed::After(ExternalCaError::Body(error_chain(&e)))),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    append_capped(&mut buf, &data);
                 }
             }
         }
-        Ok((status, buf))
-    };
-    drive(conn, work).await
+    }
+    let reusable = complete && !conn.sender.is_closed();
+    Ok(((status, buf), reusable.then_some(conn)))
 }
 
 /// Appends as much of `data` to `buf` as fits under [`CERTIFICATE_MAX_SIZE`].
 pub(crate) fn append_capped(buf: &mut Vec<u8>, data: &[u8]) {
     let room = CERTIFICATE_MAX_SIZE.saturating_sub(buf.len());
     buf.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
-}
-
-/// Runs `work` while polling the connection future `conn`; the connection is dropped (and
-/// the socket closed) when `work` is done, without draining what the peer still sends.
-async fn drive<C, W, T>(conn: C, work: W) -> T
-where
-    C: Future,
-    W: Future<Output = T>,
-{
-    tokio::pin!(conn);
-    tokio::pin!(work);
-    tokio::select! {
-        biased;
-        out = &mut work => out,
-        // The connection ended (peer closed, or error): whatever `work` still has buffered or
-        // the error it sees decides the outcome.
-        _ = &mut conn => work.await,
-    }
 }
 
 #[derive(Deserialize, Default)]

@@ -161,3 +161,66 @@ fn invalid_utf8_is_tolerated_only_in_ignored_fields() {
     let in_cert = b"{\"success\":true,\"result\":{\"certificate\":\"x\xd4\"}}";
     assert!(matches!(parse_response(200, in_cert), Err(ExternalCaError::Json(_))));
 }
+
+/// A writer that counts the flushes that reach it.
+#[derive(Default)]
+struct CountingIo {
+    flushes: usize,
+    written: usize,
+}
+
+impl AsyncRead for CountingIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for CountingIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.written += buf.len();
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.flushes += 1;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn quiet_flush_passes_only_flushes_that_follow_writes() {
+    use tokio::io::AsyncWriteExt as _;
+    let mut io = QuietFlush::new(CountingIo::default());
+    io.flush().await.unwrap();
+    io.flush().await.unwrap();
+    assert_eq!(io.io.flushes, 0, "nothing written: nothing to flush");
+    io.write_all(b"abc").await.unwrap();
+    io.flush().await.unwrap();
+    assert_eq!(io.io.flushes, 1);
+    io.flush().await.unwrap();
+    assert_eq!(io.io.flushes, 1, "a second flush with nothing new is not passed on");
+    io.write_all(b"").await.unwrap();
+    io.flush().await.unwrap();
+    assert_eq!(io.io.flushes, 1, "an empty write dirties nothing");
+    io.write_all(b"de").await.unwrap();
+    io.flush().await.unwrap();
+    assert_eq!((io.io.flushes, io.io.written), (2, 5));
+}
