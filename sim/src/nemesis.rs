@@ -99,11 +99,6 @@ pub async fn run(world: Arc<World>, clients: Vec<NodeId>, ext: Option<ExtCa>) {
     }
 }
 
-/// A manager other than `not` that can win an election (up, and reaching the store).
-fn other_up(world: &World, not: Option<usize>) -> Option<usize> {
-    world.electable(not)
-}
-
 async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: Fault) {
     let shared = &world.shared;
     let net = NetSim::current();
@@ -171,7 +166,7 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
         | Fault::ExtCaGarbage
         | Fault::ExtCaRefuse => {}
         Fault::LeaderGraceful => {
-            if let Some(next) = other_up(world, world.leader()) {
+            if let Some(next) = world.electable(world.leader()) {
                 shared.coverage.hit("fault.leader_graceful");
                 shared.log.push(format!("nemesis: graceful leader change to manager-{next}"));
                 world.elect(next).await;
@@ -196,7 +191,7 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
             });
             // A new leader is elected after a detection delay.
             madsim::time::sleep(Duration::from_secs(thread_rng().gen_range(1..10))).await;
-            if let Some(next) = other_up(world, Some(old)) {
+            if let Some(next) = world.electable(Some(old)) {
                 world.elect(next).await;
             }
         }
@@ -217,7 +212,7 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
                 if d > LEASE {
                     madsim::time::sleep(LEASE).await;
                     if w.health(l) == Health::Paused && w.leader() == Some(l) {
-                        if let Some(next) = other_up(&w, Some(l)) {
+                        if let Some(next) = w.electable(Some(l)) {
                             w.shared.log.push(format!("nemesis: manager-{l} paused past its lease"));
                             w.elect(next).await;
                         }
@@ -304,7 +299,7 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
                     madsim::time::sleep(LEASE).await;
                     slept = LEASE;
                     if w.leader() == Some(victim) && w.store_cut(victim) {
-                        if let Some(next) = other_up(&w, Some(victim)) {
+                        if let Some(next) = w.electable(Some(victim)) {
                             w.shared.coverage.hit("fault.store_partition_deposed_leader");
                             w.shared.log.push(format!(
                                 "nemesis: manager-{victim} lost its lease (store unreachable)"

@@ -518,7 +518,6 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Where a connection goes: scheme, authority and (for `https`) the TLS configuration it was
 /// made with.
-#[derive(Clone)]
 struct PoolKey {
     https: bool,
     authority: String,
@@ -569,11 +568,15 @@ impl Pool {
         Some(idle.remove(i).1)
     }
 
-    fn put(&self, key: PoolKey, conn: Conn) {
-        let mut idle = self.lock();
-        if idle.iter().filter(|(k, ..)| *k == key).count() < MAX_IDLE_PER_HOST {
-            idle.push((key, conn, tokio::time::Instant::now()));
+    /// Takes back the connection of an exchange, when it can be reused; returns the answer.
+    fn keep(&self, key: PoolKey, (answer, conn): Exchanged) -> (u16, Vec<u8>) {
+        if let Some(conn) = conn {
+            let mut idle = self.lock();
+            if idle.iter().filter(|(k, ..)| *k == key).count() < MAX_IDLE_PER_HOST {
+                idle.push((key, conn, tokio::time::Instant::now()));
+            }
         }
+        answer
     }
 
     fn clear(&self) {
@@ -632,12 +635,7 @@ async fn post(
 
     if let Some(conn) = pool.take(&key) {
         match exchange(conn, request()?).await {
-            Ok((answer, conn)) => {
-                if let Some(conn) = conn {
-                    pool.put(key, conn);
-                }
-                return Ok(answer);
-            }
+            Ok(done) => return Ok(pool.keep(key, done)),
             // Closed by the peer while idle, before any answer: try a new connection.
             Err(Failed::BeforeAnswer(e)) => debug!(error = %e, "reused connection failed; reconnecting"),
             Err(Failed::After(e)) => return Err(e),
@@ -664,12 +662,7 @@ async fn post(
         None => connect(tcp).await?,
     };
     match exchange(conn, request()?).await {
-        Ok((answer, conn)) => {
-            if let Some(conn) = conn {
-                pool.put(key, conn);
-            }
-            Ok(answer)
-        }
+        Ok(done) => Ok(pool.keep(key, done)),
         Err(Failed::BeforeAnswer(e) | Failed::After(e)) => Err(e),
     }
 }
@@ -767,6 +760,9 @@ where
     Ok(Conn { sender, task })
 }
 
+/// An exchange's answer (status, body) and its connection, when that can be reused.
+type Exchanged = ((u16, Vec<u8>), Option<Conn>);
+
 /// How an exchange failed: before any answer arrived (the request may be retried on a new
 /// connection), or after.
 enum Failed {
@@ -777,10 +773,7 @@ enum Failed {
 /// One request over `conn`: the status and body, and the connection when it can be reused
 /// (the whole body was read and the peer keeps it open). Dropping this future drops the
 /// connection.
-async fn exchange(
-    mut conn: Conn,
-    req: Request<Full<Bytes>>,
-) -> Result<((u16, Vec<u8>), Option<Conn>), Failed> {
+async fn exchange(mut conn: Conn, req: Request<Full<Bytes>>) -> Result<Exchanged, Failed> {
     let transport = |e: hyper::Error| ExternalCaError::Transport(error_chain(&e));
     conn.sender.ready().await.map_err(|e| Failed::BeforeAnswer(transport(e)))?;
     let resp = conn.sender.send_request(req).await.map_err(|e| Failed::BeforeAnswer(transport(e)))?;
