@@ -1,6 +1,5 @@
 //! The `CA` and `NodeCA` gRPC services (spec §3.4, §3.5, §3.9, §3.10).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use swarmca_core::csr::MAX_CSR_SIZE;
@@ -8,7 +7,6 @@ use swarmca_core::id::new_id;
 use swarmca_core::identity::PeerIdentity;
 use swarmca_core::policy::is_final_state;
 use swarmca_core::role::{Role, MANAGER_OU, WORKER_OU};
-use swarmca_core::rootca::leaf_issuer;
 use swarmca_core::token::token_matches;
 use swarmca_proto::ca_server::Ca;
 use swarmca_proto::node_ca_server::NodeCa;
@@ -43,10 +41,7 @@ impl CaServer {
     /// roots and still valid is answered from memory.
     fn direct_facts(&self, call: &CallInfo<'_>) -> Result<(Vec<Vec<u8>>, PeerFacts), String> {
         let chain = self.inner.deps.peers.chain(call).ok_or_else(String::new)?;
-        let (root, candidates) = {
-            let signer = self.inner.read_signer();
-            (signer.trust.clone(), Arc::clone(&signer.issuer_candidates))
-        };
+        let root = self.inner.read_signer().trust.clone();
         let root = root.ok_or_else(|| ": no root CA loaded".to_string())?;
         let now = self.inner.deps.clock.now();
         let memo = || self.inner.verified_peers.lock().unwrap_or_else(|e| e.into_inner());
@@ -54,9 +49,8 @@ impl CaServer {
             return Ok((chain, facts));
         }
         // Verified outside the lock: concurrent callers do not queue behind one another.
-        // The issuer candidates change only together with the trust roots.
-        let identity = root.verify_peer(&chain, now).map_err(|e| format!(": {e}"))?;
-        let facts = PeerFacts { identity, issuer: leaf_issuer(&chain, &candidates) };
+        let (identity, issuer) = root.verify_peer_issuer(&chain, now).map_err(|e| format!(": {e}"))?;
+        let facts = PeerFacts { identity, issuer };
         memo().insert(&root, &chain, facts.clone());
         Ok((chain, facts))
     }
@@ -77,7 +71,7 @@ impl CaServer {
             .direct_facts(call)
             .inspect_err(|e| debug!(error = %e, "no TLS info: caller not verified"))
             .ok()?;
-        let (subject, spki) = facts.issuer?;
+        let (subject, spki) = facts.issuer;
         let info = NodeTlsInfo {
             trust_root: Vec::new(),
             cert_issuer_subject: subject,

@@ -97,9 +97,6 @@ pub(crate) struct SignerState {
     /// What callers' chains are verified against: the roots, plus the rotation target during a
     /// rotation (verify-only).
     pub(crate) trust: Option<Arc<RootCa>>,
-    /// Certificates that may have issued a node's certificate: the roots and the rotation
-    /// target (DER), for recording TLS info.
-    pub(crate) issuer_candidates: Arc<Vec<Vec<u8>>>,
     /// Tried before local signing; without URLs it answers `NoUrls`.
     pub(crate) external: Arc<ExternalCa>,
     /// What the external CAs' TLS servers are trusted by: the roots, plus the rotation target.
@@ -159,9 +156,9 @@ pub(crate) struct Inner {
 pub(crate) struct PeerFacts {
     /// The caller's identity.
     pub(crate) identity: swarmca_core::identity::PeerIdentity,
-    /// The leaf's issuer (raw subject, SubjectPublicKeyInfo), when a known root, the rotation
-    /// target or one of the chain's intermediates issued it.
-    pub(crate) issuer: Option<(Vec<u8>, Vec<u8>)>,
+    /// The leaf's issuer (raw subject, SubjectPublicKeyInfo) on the verified path: a trusted
+    /// root (the rotation target is one during a rotation) or one of the chain's intermediates.
+    pub(crate) issuer: swarmca_core::rootca::LeafIssuer,
 }
 
 /// The SwarmKit CA server. Cheap to clone; clones share one server.
@@ -193,7 +190,6 @@ impl CaServer {
         let initial_root = initial_root.map(Arc::new);
         let signer = SignerState {
             trust: initial_root.clone(),
-            issuer_candidates: Arc::new(external_pool.clone()),
             root: initial_root,
             external: Arc::new(external),
             external_pool,
@@ -460,8 +456,7 @@ impl CaServer {
                 if let Some(r) = &api.root_rotation {
                     pool.extend(certs_der(&r.ca_cert));
                 }
-                signer.issuer_candidates = Arc::new(pool.clone());
-                signer.trust = match &api.root_rotation {
+                let trust = match &api.root_rotation {
                     None => Some(Arc::new(root.clone())),
                     Some(r) => {
                         let mut both = api.ca_cert.clone();
@@ -476,6 +471,16 @@ impl CaServer {
                         }
                     }
                 };
+                // What callers are verified against did not change (an expiry change, or a
+                // rotation target that is unusable as before): keep the same trust object, so
+                // the chains already verified under it stay remembered.
+                let same_trust = match (&signer.trust, &trust) {
+                    (Some(old), Some(new)) => old.roots_der() == new.roots_der(),
+                    _ => false,
+                };
+                if !same_trust {
+                    signer.trust = trust;
+                }
                 signer.external_pool = pool;
                 let urls = filter_external_ca_urls(desired_cert, &api.ca_cert, &external_cas);
                 info!(

@@ -4,6 +4,11 @@
 
 #![allow(clippy::panic, clippy::indexing_slicing)]
 
+/// The simulator allocates and frees many small buffers per simulated call (messages,
+/// futures, parsed certificates); mimalloc, as in the `swarmca` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[cfg(not(madsim))]
 fn main() {
     eprintln!("swarmca-sim must be built with RUSTFLAGS=\"--cfg madsim\"; use scripts/sim");

@@ -488,30 +488,49 @@ impl RootCa {
     /// for client authentication, with rustls-webpki, and returns the leaf's identity
     /// (CN, every OU, first O; each must be present and non-empty).
     pub fn verify_peer(&self, chain_der: &[Vec<u8>], now: SystemTime) -> Result<PeerIdentity, VerifyError> {
+        self.verify_peer_issuer(chain_der, now).map(|(identity, _)| identity)
+    }
+
+    /// [`RootCa::verify_peer`], also returning the issuer of the leaf as SwarmKit's TLS info
+    /// records it: (raw issuer subject DER, issuer SubjectPublicKeyInfo DER), taken from the
+    /// verified path (the certificate whose key checked the leaf's signature: the chain's
+    /// first intermediate used, or the root). The same answer as [`leaf_issuer`] with the
+    /// chain's intermediates and these roots as candidates, without verifying again.
+    pub fn verify_peer_issuer(
+        &self,
+        chain_der: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<(PeerIdentity, LeafIssuer), VerifyError> {
         let (leaf_der, rest) = chain_der.split_first().ok_or(VerifyError::EmptyChain)?;
-        self.webpki_verify(leaf_der, rest, now, &[webpki::KeyUsage::client_auth()]).map_err(|f| match f {
-            ChainFailure::Leaf(m) => VerifyError::Malformed(m),
-            ChainFailure::Root(m) => VerifyError::Invalid(format!("unusable root: {m}")),
-            ChainFailure::Clock => VerifyError::NotYetValid,
-            ChainFailure::Verify(webpki::Error::CertExpired { .. }) => VerifyError::Expired,
-            ChainFailure::Verify(webpki::Error::CertNotValidYet { .. }) => VerifyError::NotYetValid,
-            ChainFailure::Verify(
-                webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey,
-            ) => VerifyError::UnknownIssuer,
-            ChainFailure::Verify(other) => VerifyError::Invalid(format!("{other:?}")),
-        })?;
-        identity_of(leaf_der)
+        let issuer_spki = self
+            .webpki_verify(leaf_der, rest, now, &[webpki::KeyUsage::client_auth()])
+            .map_err(|f| match f {
+                ChainFailure::Leaf(m) => VerifyError::Malformed(m),
+                ChainFailure::Root(m) => VerifyError::Invalid(format!("unusable root: {m}")),
+                ChainFailure::Clock => VerifyError::NotYetValid,
+                ChainFailure::Verify(webpki::Error::CertExpired { .. }) => VerifyError::Expired,
+                ChainFailure::Verify(webpki::Error::CertNotValidYet { .. }) => VerifyError::NotYetValid,
+                ChainFailure::Verify(
+                    webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey,
+                ) => VerifyError::UnknownIssuer,
+                ChainFailure::Verify(other) => VerifyError::Invalid(format!("{other:?}")),
+            })?;
+        let cert = chain::parse_cert(leaf_der).map_err(VerifyError::Malformed)?;
+        // webpki matched the issuer's subject to the leaf's issuer name byte for byte.
+        let issuer_subject = cert.issuer().as_raw().to_vec();
+        Ok((identity_of(&cert)?, (issuer_subject, issuer_spki)))
     }
 
     /// Verifies `leaf` (with `intermediates`) to this root set at `now`, with rustls-webpki,
-    /// for every one of `usages`.
+    /// for every one of `usages` (at least one); returns the SubjectPublicKeyInfo DER of the
+    /// leaf's issuer on the verified path.
     pub(crate) fn webpki_verify(
         &self,
         leaf: &[u8],
         intermediates: &[Vec<u8>],
         now: SystemTime,
         usages: &[webpki::KeyUsage],
-    ) -> Result<(), ChainFailure> {
+    ) -> Result<Vec<u8>, ChainFailure> {
         let leaf_ref = CertificateDer::from(leaf);
         let ee =
             webpki::EndEntityCert::try_from(&leaf_ref).map_err(|e| ChainFailure::Leaf(format!("{e:?}")))?;
@@ -525,19 +544,22 @@ impl RootCa {
         let intermediates: Vec<CertificateDer<'_>> =
             intermediates.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
         let since_epoch = now.duration_since(UNIX_EPOCH).map_err(|_| ChainFailure::Clock)?;
+        let mut issuer_spki = None;
         for usage in usages {
-            ee.verify_for_usage(
-                webpki::ALL_VERIFICATION_ALGS,
-                &anchors,
-                &intermediates,
-                UnixTime::since_unix_epoch(since_epoch),
-                *usage,
-                None,
-                None,
-            )
-            .map_err(ChainFailure::Verify)?;
+            let path = ee
+                .verify_for_usage(
+                    webpki::ALL_VERIFICATION_ALGS,
+                    &anchors,
+                    &intermediates,
+                    UnixTime::since_unix_epoch(since_epoch),
+                    *usage,
+                    None,
+                    None,
+                )
+                .map_err(ChainFailure::Verify)?;
+            issuer_spki = Some(path.issuer_spki().as_ref().to_vec());
         }
-        Ok(())
+        issuer_spki.ok_or_else(|| ChainFailure::Leaf("no key usage to verify for".into()))
     }
 }
 
@@ -562,12 +584,16 @@ pub fn issuer_info_of_cert_pem(pem: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RootCaE
     Ok((cert.subject().as_raw().to_vec(), cert.public_key().raw.to_vec()))
 }
 
+/// The issuer of a leaf certificate as SwarmKit's TLS info records it: (raw subject DER of
+/// the issuing certificate, its SubjectPublicKeyInfo DER).
+pub type LeafIssuer = (Vec<u8>, Vec<u8>);
+
 /// The issuer of `chain[0]` as SwarmKit's TLS info records it: (raw issuer subject DER,
 /// issuer SubjectPublicKeyInfo DER). The issuing certificate is looked up among the rest of
 /// the chain and `candidates`: same subject as the leaf's issuer, and the key that verifies
 /// the leaf's signature (a cross-signed root and the root it replaces often share their
 /// subject). `None` if the leaf does not parse or no candidate issued it.
-pub fn leaf_issuer(chain: &[Vec<u8>], candidates: &[Vec<u8>]) -> Option<(Vec<u8>, Vec<u8>)> {
+pub fn leaf_issuer(chain: &[Vec<u8>], candidates: &[Vec<u8>]) -> Option<LeafIssuer> {
     let (leaf_der, rest) = chain.split_first()?;
     let leaf = chain::parse_cert(leaf_der).ok()?;
     let issuer = leaf.issuer().as_raw();
@@ -592,8 +618,7 @@ fn spki_of_issued(cert_der: &[u8]) -> Option<&[u8]> {
 }
 
 /// Reads CN, OUs and O from a leaf certificate.
-fn identity_of(leaf_der: &[u8]) -> Result<PeerIdentity, VerifyError> {
-    let cert = chain::parse_cert(leaf_der).map_err(VerifyError::Malformed)?;
+fn identity_of(cert: &X509Certificate<'_>) -> Result<PeerIdentity, VerifyError> {
     let subject = cert.subject();
     let as_str = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| {
         a.as_str().map(str::to_string).map_err(|e| VerifyError::Malformed(e.to_string()))

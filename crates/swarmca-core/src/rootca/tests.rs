@@ -869,6 +869,44 @@ fn leaf_issuer_tells_roots_with_the_same_subject_apart() {
 }
 
 #[test]
+fn verify_peer_issuer_names_the_key_on_the_verified_path() {
+    // The same cases as leaf_issuer's, answered from the path webpki verified.
+    let r1 = gen_root(DEFAULT_ROOT_CN);
+    let r2 = generate_root(DEFAULT_ROOT_CN, t0(), [0x43; 20]).unwrap();
+    let r1_ca = signing_ca(&r1, HOUR);
+    let cross = r1_ca.cross_sign(&r2.cert_pem).unwrap();
+    let rotating = RootCa::new(&r1.cert_pem, &cross, &r2.key_pem, HOUR, &cross, t0()).unwrap();
+    let (r1_der, r2_der) = (ders(&r1.cert_pem).remove(0), ders(&r2.cert_pem).remove(0));
+    let mut both_pem = r1.cert_pem.clone();
+    both_pem.extend_from_slice(&r2.cert_pem);
+    let trust_both = RootCa::new(&both_pem, &[], &[], HOUR, &[], t0()).unwrap();
+    let trust_r1 = RootCa::new(&r1.cert_pem, &[], &[], HOUR, &[], t0()).unwrap();
+    let trust_r2 = RootCa::new(&r2.cert_pem, &[], &[], HOUR, &[], t0()).unwrap();
+    let both_roots = [r1_der.clone(), r2_der.clone()];
+
+    let old_leaf = ders(&r1_ca.sign_csr(&p256_csr(), "a", Role::Worker, "o", t0(), [1; 20]).unwrap());
+    let new_chain = ders(&rotating.sign_csr(&p256_csr(), "b", Role::Worker, "o", t0(), [2; 20]).unwrap());
+    type Case<'a> = (&'a RootCa, &'a [Vec<u8>], &'a [Vec<u8>]);
+    let cases: [Case<'_>; 4] = [
+        (&trust_both, &old_leaf, &both_roots),
+        (&trust_r1, &new_chain, std::slice::from_ref(&r1_der)),
+        (&trust_both, &new_chain[..1], &both_roots),
+        (&trust_r1, &old_leaf, std::slice::from_ref(&r1_der)),
+    ];
+    for (i, (trust, chain, candidates)) in cases.into_iter().enumerate() {
+        let (identity, issuer) =
+            trust.verify_peer_issuer(chain, t0()).unwrap_or_else(|e| panic!("case {i}: {e}"));
+        assert_eq!(Some(issuer), leaf_issuer(chain, candidates), "case {i}");
+        assert_eq!(identity, trust.verify_peer(chain, t0()).unwrap(), "case {i}");
+    }
+    // R2 alone did not issue the old leaf, and R1 alone does not reach the new leaf without
+    // the cross-signed intermediate.
+    assert!(trust_r2.verify_peer_issuer(&old_leaf, t0()).is_err());
+    assert!(trust_r1.verify_peer_issuer(&new_chain[..1], t0()).is_err());
+    assert!(matches!(trust_r1.verify_peer_issuer(&[], t0()), Err(VerifyError::EmptyChain)));
+}
+
+#[test]
 fn spki_of_issued_walks_the_tbs() {
     let r = gen_root("root-s");
     let ca = signing_ca(&r, HOUR);
