@@ -20,6 +20,10 @@ use swarmca_core::rootca::RootCa;
 use crate::shared::{lock, Shared};
 
 /// Where the fake CA listens.
+/// The validity of what the fake CFSSL signs (its own signing profile, like a real CFSSL's:
+/// it does not follow the cluster's configured node certificate expiry).
+pub const PROFILE_EXPIRY: Duration = Duration::from_secs(2160 * 3600);
+
 pub const ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 2, 1)), 8888);
 
 /// The URL managers are configured with.
@@ -131,15 +135,8 @@ pub fn start(
     let node = madsim::runtime::Handle::current().create_node().name("extca").ip(ADDR.ip()).build();
     let now = SystemTime::now();
     let signer = Arc::new(
-        RootCa::new(
-            &root_pem,
-            &root_pem,
-            &root_key_pem,
-            swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY,
-            b"",
-            now,
-        )
-        .unwrap_or_else(|e| panic!("signer: {e}")),
+        RootCa::new(&root_pem, &root_pem, &root_key_pem, PROFILE_EXPIRY, b"", now)
+            .unwrap_or_else(|e| panic!("signer: {e}")),
     );
     let (chain, key) = server_identity(&signer, &root_key_pem, &root_pem);
     let mut roots = rustls::RootCertStore::empty();
@@ -264,11 +261,16 @@ async fn handle(
     let mut serial = [0u8; 20];
     thread_rng().fill(&mut serial[..]);
     Ok(match signer.sign_csr(&csr, cn, role, org, SystemTime::now(), serial) {
-        Ok(pem) => reply(
+        Ok(pem) => {
+            if let Some(leaf) = x509_parser::pem::Pem::iter_from_buffer(&pem).next().and_then(Result::ok) {
+                lock(&shared.extca_issued).insert(swarmca_core::rootca::digest(&leaf.contents));
+            }
+            reply(
             200,
             serde_json::json!({"success": true, "result": {"certificate": String::from_utf8_lossy(&pem)}, "errors": [], "messages": []})
                 .to_string(),
-        ),
+            )
+        }
         // Like cfssl: a CSR it cannot use is a 400 with a CSR-range error code (fatal).
         Err(e) => reply(400, refusal(9002, &e.to_string())),
     })

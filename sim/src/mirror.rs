@@ -3,7 +3,7 @@
 //! per-write checkers. It also records what the final checkers need: the token history, the
 //! role each node was created with, and every (state, certificate, CSR) a node ever held.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,8 +26,9 @@ pub struct Mirror {
     pub history: BTreeMap<String, Vec<(Duration, (i32, String, String))>>,
     /// Serial number (hex) → certificate digest, over every certificate ever issued.
     pub serials: BTreeMap<String, String>,
-    /// Every node certificate expiry the cluster was configured with.
-    pub expiries: BTreeSet<Duration>,
+    /// The node certificate expiry the cluster asked for, from when (simulated time): each
+    /// change, in order, as the harness reads the cluster object itself.
+    pub expiry_history: Vec<(Duration, Duration)>,
     /// Number of certificates seen issued.
     pub issued: u64,
     /// Number of FAILED writes.
@@ -71,8 +72,40 @@ fn cert_of(n: &Node) -> (i32, Vec<u8>, Vec<u8>, i32) {
     (c.status.map_or(0, |s| s.state), c.certificate, c.csr, c.role)
 }
 
-fn expiry_of(c: &Cluster) -> Duration {
-    swarmca_core::rootca::cluster_cert_expiry(c)
+/// The node certificate validity `c` asks for, by SwarmKit's rule, read independently of the
+/// server's code: `spec.ca_config.node_cert_expiry` when present and at least 1 h, else 90
+/// days (replaced, not clamped).
+pub fn expiry_of(c: &Cluster) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(2160 * 3600);
+    let configured =
+        c.spec.as_ref().and_then(|s| s.ca_config.as_ref()).and_then(|ca| ca.node_cert_expiry.as_ref());
+    match configured {
+        Some(d) if d.seconds >= 3600 && d.nanos >= 0 => {
+            Duration::from_secs(d.seconds as u64) + Duration::from_nanos(d.nanos as u64)
+        }
+        _ => DEFAULT,
+    }
+}
+
+impl Mirror {
+    /// Every expiry the cluster asked for at some instant of [`from`, `to`].
+    pub fn expiries_between(&self, from: Duration, to: Duration) -> Vec<Duration> {
+        let mut out = Vec::new();
+        for (i, (at, e)) in self.expiry_history.iter().enumerate() {
+            let until = self.expiry_history.get(i + 1).map_or(Duration::MAX, |(next, _)| *next);
+            if *at <= to && until >= from && !out.contains(e) {
+                out.push(*e);
+            }
+        }
+        out
+    }
+
+    fn note_expiry(&mut self, at: Duration, c: &Cluster) {
+        let e = expiry_of(c);
+        if self.expiry_history.last().is_none_or(|(_, last)| *last != e) {
+            self.expiry_history.push((at, e));
+        }
+    }
 }
 
 /// Starts the mirror on the current (supervisor) node.
@@ -83,7 +116,7 @@ pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
         let mut m = lock(&mirror);
         for c in snap.clusters {
             m.note_roots(&c);
-            m.expiries.insert(expiry_of(&c));
+            m.note_expiry(now(), &c);
             record_tokens(&shared, &c, true);
             m.cluster = Some(c);
         }
@@ -158,7 +191,7 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
                 e.as_secs(),
                 c.blacklisted_certificates.len()
             ));
-            m.expiries.insert(e);
+            m.note_expiry(now(), &c);
             record_tokens(shared, &c, false);
             m.note_roots(&c);
             checkers::i8_rotation::on_cluster_write(m, shared, &c);

@@ -87,6 +87,9 @@ pub struct Shared {
     /// Verify-only CAs built from root bundles clients hold (building one checks the roots'
     /// self-signatures: done once per bundle, not once per certificate a client checks).
     trusts: Mutex<std::collections::HashMap<Vec<u8>, Arc<swarmca_core::rootca::RootCa>>>,
+    /// SHA-256 of every leaf certificate (DER) the fake external CA signed: those carry its
+    /// own profile's validity, not the cluster's configured expiry.
+    pub extca_issued: Mutex<std::collections::BTreeSet<[u8; 32]>>,
 }
 
 /// Simulated time since the start of the run.
@@ -115,6 +118,7 @@ impl Shared {
             finishing: AtomicBool::new(false),
             done: AtomicBool::new(false),
             trusts: Mutex::default(),
+            extca_issued: Mutex::default(),
         }
     }
 

@@ -1,16 +1,25 @@
 //! I2: an issued certificate names the node (CN), its requested role (OU), the cluster (O),
 //! carries exactly the SwarmKit SANs, has the configured validity (NotBefore ≈ now − 1 h,
-//! NotAfter − NotBefore = expiry + 1 h for some expiry the cluster was configured with), and
-//! chains to a root the cluster had.
+//! NotAfter − NotBefore = expiry + 1 h, where the expiry is the one the cluster asked for at
+//! most a minute before the write — or the fake external CA's own profile for what it
+//! signed), and chains to a root the cluster had.
 
 use std::time::{Duration, SystemTime};
 
 use swarmca_core::role::Role;
-use swarmca_core::rootca::DEFAULT_NODE_CERT_EXPIRY;
+use swarmca_core::rootca::digest;
 use x509_parser::prelude::*;
 
 use super::WriteCtx;
+use crate::extca::PROFILE_EXPIRY;
 use crate::mirror::Mirror;
+use crate::shared::lock;
+
+/// How long after a change of the configured expiry a certificate may still carry the
+/// previous one: the leader learns of the change through its watch and may have signed just
+/// before it (a commit may take 2 s, conflicts retry, a leader may be paused up to its 5 s
+/// lease, an external CA attempt may last its 5 s deadline before the local fallback).
+const SIGNER_LAG: Duration = Duration::from_secs(60);
 
 pub fn check(m: &Mirror, ctx: &WriteCtx<'_>) {
     if ctx.state() != 3 || !ctx.new_certificate() {
@@ -60,7 +69,13 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
     if sans != want {
         return Err(format!("SANs {sans:?}, want {want:?}"));
     }
+    extensions(&cert)?;
     let nb = cert.validity().not_before.timestamp();
+    if nb.rem_euclid(60) != 0 {
+        return Err(format!(
+            "NotBefore {nb} is not on a whole minute (now rounded to the nearest minute, − 1 h)"
+        ));
+    }
     let na = cert.validity().not_after.timestamp();
     let now =
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs() as i64;
@@ -69,12 +84,22 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
         return Err(format!("NotBefore {} s from now − 1 h", nb - (now - 3600)));
     }
     let lifetime = Duration::from_secs((na - nb).max(0) as u64);
-    let ok = m.expiries.iter().chain(std::iter::once(&DEFAULT_NODE_CERT_EXPIRY)).any(|e| {
-        let want = *e + Duration::from_secs(3600);
-        lifetime.abs_diff(want) <= Duration::from_secs(1)
-    });
+    // The fake external CA signs with its own profile; the CA's own signer with the expiry
+    // the cluster asked for when it signed, learnt through its watch.
+    let external = lock(&ctx.shared.extca_issued).contains(&digest(leaf));
+    let allowed = if external {
+        vec![PROFILE_EXPIRY]
+    } else {
+        m.expiries_between(ctx.now.saturating_sub(SIGNER_LAG), ctx.now)
+    };
+    let ok = allowed.iter().any(|e| lifetime == *e + Duration::from_secs(3600));
     if !ok {
-        return Err(format!("lifetime {} s matches no configured expiry + 1 h", lifetime.as_secs()));
+        let secs: Vec<u64> = allowed.iter().map(Duration::as_secs).collect();
+        let by = if external { "the external CA's profile" } else { "the cluster's configuration" };
+        return Err(format!(
+            "lifetime {} s is not an expiry {by} allowed ({secs:?} s) + 1 h",
+            lifetime.as_secs()
+        ));
     }
     // Chains to a root the cluster had (root rotations make that several).
     m.trust
@@ -82,5 +107,50 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
         .ok_or("no cluster root known")?
         .verify_peer(&chain, SystemTime::now())
         .map_err(|e| format!("does not chain to any cluster root: {e}"))?;
+    Ok(())
+}
+
+/// SwarmKit's leaf profile (spec §4.4): X.509 v3; a positive serial of at most 20 bytes;
+/// keyUsage critical with exactly digitalSignature and keyEncipherment; extKeyUsage exactly
+/// serverAuth and clientAuth; basicConstraints critical, not a CA, no path length; a subject
+/// key identifier.
+fn extensions(cert: &X509Certificate<'_>) -> Result<(), String> {
+    if cert.version() != X509Version::V3 {
+        return Err(format!("version {:?}, want V3", cert.version()));
+    }
+    let serial = cert.raw_serial();
+    let positive = serial.first().is_some_and(|b| b & 0x80 == 0) && serial.iter().any(|b| *b != 0);
+    // One leading zero byte is DER's sign padding, not part of the 20 bytes.
+    let len = serial.len() - usize::from(serial.len() > 1 && serial.first() == Some(&0));
+    if !positive || len > 20 {
+        return Err(format!("serial {} is not a positive number of at most 20 bytes", hex::encode(serial)));
+    }
+    match cert.key_usage() {
+        Ok(Some(ku)) if ku.critical && ku.value.flags == 0b101 => {}
+        other => return Err(format!("keyUsage {other:?}, want critical digitalSignature|keyEncipherment")),
+    }
+    match cert.extended_key_usage() {
+        Ok(Some(eku))
+            if eku.value.server_auth
+                && eku.value.client_auth
+                && !(eku.value.any
+                    || eku.value.code_signing
+                    || eku.value.email_protection
+                    || eku.value.time_stamping
+                    || eku.value.ocsp_signing)
+                && eku.value.other.is_empty() => {}
+        other => return Err(format!("extKeyUsage {other:?}, want serverAuth and clientAuth")),
+    }
+    match cert.basic_constraints() {
+        Ok(Some(bc)) if bc.critical && !bc.value.ca && bc.value.path_len_constraint.is_none() => {}
+        other => return Err(format!("basicConstraints {other:?}, want critical CA:false")),
+    }
+    let ski = cert
+        .extensions()
+        .iter()
+        .any(|e| matches!(e.parsed_extension(), ParsedExtension::SubjectKeyIdentifier(k) if !k.0.is_empty()));
+    if !ski {
+        return Err("no subject key identifier".into());
+    }
     Ok(())
 }
