@@ -29,6 +29,9 @@ pub struct Mirror {
     /// The node certificate expiry the cluster asked for, from when (simulated time): each
     /// change, in order, as the harness reads the cluster object itself.
     pub expiry_history: Vec<(Duration, Duration)>,
+    /// Whether the cluster listed an external CA for the root being signed for, from when:
+    /// each change, in order (see [`external_usable`]).
+    pub external_history: Vec<(Duration, bool)>,
     /// Number of certificates seen issued.
     pub issued: u64,
     /// Number of FAILED writes.
@@ -87,23 +90,50 @@ pub fn expiry_of(c: &Cluster) -> Duration {
     }
 }
 
+/// Whether `c` lists a CFSSL external CA for the certificate being signed for (the rotation
+/// target during a rotation, else the root; an entry without a certificate stands for the
+/// root): SwarmKit then signs only through external CAs, never locally (spec §3.8).
+pub fn external_usable(c: &Cluster) -> bool {
+    let root = c.root_ca.clone().unwrap_or_default();
+    let trim = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    let desired = trim(root.root_rotation.as_ref().map_or(&root.ca_cert, |r| &r.ca_cert));
+    let list = c.spec.as_ref().and_then(|s| s.ca_config.as_ref()).map(|ca| ca.external_cas.clone()).unwrap_or_default();
+    list.iter().any(|e| {
+        e.protocol == 0 && trim(if e.ca_cert.is_empty() { &root.ca_cert } else { &e.ca_cert }) == desired
+    })
+}
+
+/// Every value `history` (changes in time order) held at some instant of [`from`, `to`].
+fn values_between<T: PartialEq + Copy>(history: &[(Duration, T)], from: Duration, to: Duration) -> Vec<T> {
+    let mut out = Vec::new();
+    for (i, (at, v)) in history.iter().enumerate() {
+        let until = history.get(i + 1).map_or(Duration::MAX, |(next, _)| *next);
+        if *at <= to && until >= from && !out.contains(v) {
+            out.push(*v);
+        }
+    }
+    out
+}
+
 impl Mirror {
     /// Every expiry the cluster asked for at some instant of [`from`, `to`].
     pub fn expiries_between(&self, from: Duration, to: Duration) -> Vec<Duration> {
-        let mut out = Vec::new();
-        for (i, (at, e)) in self.expiry_history.iter().enumerate() {
-            let until = self.expiry_history.get(i + 1).map_or(Duration::MAX, |(next, _)| *next);
-            if *at <= to && until >= from && !out.contains(e) {
-                out.push(*e);
-            }
-        }
-        out
+        values_between(&self.expiry_history, from, to)
     }
 
-    fn note_expiry(&mut self, at: Duration, c: &Cluster) {
+    /// Every value of [`external_usable`] at some instant of [`from`, `to`].
+    pub fn external_between(&self, from: Duration, to: Duration) -> Vec<bool> {
+        values_between(&self.external_history, from, to)
+    }
+
+    fn note_cluster(&mut self, at: Duration, c: &Cluster) {
         let e = expiry_of(c);
         if self.expiry_history.last().is_none_or(|(_, last)| *last != e) {
             self.expiry_history.push((at, e));
+        }
+        let x = external_usable(c);
+        if self.external_history.last().is_none_or(|(_, last)| *last != x) {
+            self.external_history.push((at, x));
         }
     }
 }
@@ -116,7 +146,7 @@ pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
         let mut m = lock(&mirror);
         for c in snap.clusters {
             m.note_roots(&c);
-            m.note_expiry(now(), &c);
+            m.note_cluster(now(), &c);
             record_tokens(&shared, &c, true);
             m.cluster = Some(c);
         }
@@ -191,7 +221,7 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
                 e.as_secs(),
                 c.blacklisted_certificates.len()
             ));
-            m.note_expiry(now(), &c);
+            m.note_cluster(now(), &c);
             record_tokens(shared, &c, false);
             m.note_roots(&c);
             checkers::i8_rotation::on_cluster_write(m, shared, &c);

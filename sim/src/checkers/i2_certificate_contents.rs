@@ -2,7 +2,9 @@
 //! carries exactly the SwarmKit SANs, has the configured validity (NotBefore ≈ now − 1 h,
 //! NotAfter − NotBefore = expiry + 1 h, where the expiry is the one the cluster asked for at
 //! most a minute before the write — or the fake external CA's own profile for what it
-//! signed), and chains to a root the cluster had.
+//! signed), and chains to a root the cluster had. It is signed by the signer SwarmKit picks:
+//! the external CA when the cluster lists one for the root being signed for, else locally
+//! (with the same minute of lag allowed).
 
 use std::time::{Duration, SystemTime};
 
@@ -87,10 +89,20 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
     // The fake external CA signs with its own profile; the CA's own signer with the expiry
     // the cluster asked for when it signed, learnt through its watch.
     let external = lock(&ctx.shared.extca_issued).contains(&digest(leaf));
+    let window = (ctx.now.saturating_sub(SIGNER_LAG), ctx.now);
+    match (external, m.external_between(window.0, window.1).as_slice()) {
+        (false, [true]) => {
+            return Err("signed locally while the cluster listed an external CA for the root being signed for".into())
+        }
+        (true, [false]) => {
+            return Err("signed by the external CA while the cluster listed none for the root being signed for".into())
+        }
+        _ => {}
+    }
     let allowed = if external {
         vec![PROFILE_EXPIRY]
     } else {
-        m.expiries_between(ctx.now.saturating_sub(SIGNER_LAG), ctx.now)
+        m.expiries_between(window.0, window.1)
     };
     let ok = allowed.iter().any(|e| lifetime == *e + Duration::from_secs(3600));
     if !ok {
