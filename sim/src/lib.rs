@@ -31,6 +31,8 @@ pub mod options;
 #[cfg(madsim)]
 pub mod peers;
 #[cfg(madsim)]
+pub mod prober;
+#[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]
 pub mod shared;
