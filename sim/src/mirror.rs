@@ -97,7 +97,12 @@ pub fn external_usable(c: &Cluster) -> bool {
     let root = c.root_ca.clone().unwrap_or_default();
     let trim = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
     let desired = trim(root.root_rotation.as_ref().map_or(&root.ca_cert, |r| &r.ca_cert));
-    let list = c.spec.as_ref().and_then(|s| s.ca_config.as_ref()).map(|ca| ca.external_cas.clone()).unwrap_or_default();
+    let list = c
+        .spec
+        .as_ref()
+        .and_then(|s| s.ca_config.as_ref())
+        .map(|ca| ca.external_cas.clone())
+        .unwrap_or_default();
     list.iter().any(|e| {
         e.protocol == 0 && trim(if e.ca_cert.is_empty() { &root.ca_cert } else { &e.ca_cert }) == desired
     })

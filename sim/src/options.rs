@@ -144,7 +144,8 @@ pub struct SimOptions {
     pub p_cancel_poll: f64,
     /// Probability a join carries a garbage CSR.
     pub p_garbage_csr: f64,
-    /// Probability a join carries a wrong or stale token.
+    /// Probability a join carries a wrong or stale token (and that an impostor with a forged
+    /// certificate tries to renew as a node before its renewal).
     pub p_bad_token: f64,
     /// Mean time between admin actions (rotate, remove, promote/demote, expiry).
     pub admin_interval: Duration,

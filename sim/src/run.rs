@@ -219,7 +219,8 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         madsim::time::sleep(Duration::from_secs(1)).await;
     }
     // Every manager up answers status calls as SwarmKit does (I10).
-    let up: Vec<_> = world.up().into_iter().filter_map(|i| world.managers.get(i).map(|m| (i, m.addr))).collect();
+    let up: Vec<_> =
+        world.up().into_iter().filter_map(|i| world.managers.get(i).map(|m| (i, m.addr))).collect();
     let nodes: Vec<String> = lock(&mirror).nodes.keys().cloned().collect();
     let probes = crate::prober::probe(up, nodes).await;
     checkers::i10_status_matches_store::check_probes(&lock(&mirror), &shared, &probes);

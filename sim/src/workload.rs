@@ -119,7 +119,64 @@ fn new_key_and_csr() -> Option<(rcgen::KeyPair, Vec<u8>)> {
     Some((key, csr.into_bytes()))
 }
 
+/// A chain that claims `node_id`'s identity (as a manager of `org`) without having been
+/// issued by the cluster: the leaf self-signed, or signed by a look-alike root (the subject of
+/// the cluster's first root in `bundle`, another key).
+fn forged_chain(node_id: &str, org: &str, bundle: &[u8], lookalike: bool) -> Option<Vec<Vec<u8>>> {
+    let ou = swarmca_core::role::MANAGER_OU;
+    let leaf_key = rcgen::KeyPair::generate().ok()?;
+    let mut leaf = rcgen::CertificateParams::new(vec![ou.to_string(), node_id.to_string()]).ok()?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, node_id);
+    dn.push(rcgen::DnType::OrganizationalUnitName, ou);
+    dn.push(rcgen::DnType::OrganizationName, org);
+    leaf.distinguished_name = dn;
+    leaf.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth, rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    if !lookalike {
+        return Some(vec![leaf.self_signed(&leaf_key).ok()?.der().to_vec()]);
+    }
+    let root = chain_of(bundle).into_iter().next()?;
+    let issuer = rcgen::Issuer::from_ca_cert_der(&root.into(), rcgen::KeyPair::generate().ok()?).ok()?;
+    Some(vec![leaf.signed_by(&leaf_key, &issuer).ok()?.der().to_vec()])
+}
+
+/// Codes a call may end with for reasons of the network or of a manager stopping.
+const TRANSPORT: [Code; 4] = [Code::Unavailable, Code::DeadlineExceeded, Code::Cancelled, Code::Aborted];
+
 impl Client {
+    /// An impostor renews as this node with a forged chain (I3: an identity is only what the
+    /// cluster's roots vouch for): the CA must take it as a join without a token.
+    async fn impostor(&self, creds: &Creds) {
+        let lookalike = thread_rng().gen_bool(0.5);
+        let Some(chain) = forged_chain(&creds.node_id, &self.shared.cluster_id, &creds.bundle, lookalike)
+        else {
+            return;
+        };
+        let Some((_key, csr)) = new_key_and_csr() else { return };
+        let forged = Creds { chain, ..creds.clone() };
+        let r =
+            self.call_issue(IssueNodeCertificateRequest { csr, ..Default::default() }, Some(&forged)).await;
+        self.shared.log.push(format!(
+            "rpc: impostor of {} ({}) renew -> {:?}",
+            creds.node_id,
+            if lookalike { "look-alike root" } else { "self-signed" },
+            r.as_ref().map_err(|c| format!("{c:?}"))
+        ));
+        match r {
+            Err(Code::InvalidArgument) => self.shared.coverage.hit("fault.impostor_refused"),
+            Err(c) if TRANSPORT.contains(&c) => {}
+            other => self.shared.violation(
+                "I3",
+                format!(
+                    "a forged certificate ({}) for node {} was answered {other:?}, not refused as a join without a token",
+                    if lookalike { "look-alike root" } else { "self-signed" },
+                    creds.node_id
+                ),
+            ),
+        }
+    }
+
     async fn call_issue(
         &self,
         req: IssueNodeCertificateRequest,
@@ -399,6 +456,9 @@ impl Client {
     }
 
     async fn renew(&self, creds: Creds) -> Option<Creds> {
+        if chance(self.shared.opts.p_bad_token) {
+            self.impostor(&creds).await;
+        }
         if chance(self.shared.opts.p_concurrent_renew) {
             self.shared.coverage.hit("fault.concurrent_renew");
             let (a, b) = tokio::join!(self.renew_once(&creds), self.renew_once(&creds));

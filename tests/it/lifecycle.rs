@@ -330,3 +330,96 @@ async fn a_term_writing_through_a_refusing_writer_lands_nothing_and_the_next_ter
     f.run_server().await;
     assert_eq!(f.final_status(&id).await.status.unwrap().state, State::Issued as i32);
 }
+
+/// A store handle whose watches never deliver anything (and never close): a manager behind
+/// it keeps what it read when it started, as one whose cluster watch broke does until it has
+/// read the cluster again. Everything else goes through.
+struct DeafStore {
+    inner: swarmca_store::MemStore,
+    senders: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<swarmca_store::Event>>>,
+}
+
+impl Store for DeafStore {
+    fn view(
+        &self,
+        f: swarmca_store::WatchFilter,
+    ) -> swarmca_store::BoxFuture<'_, Result<swarmca_store::Snapshot, swarmca_store::StoreError>> {
+        self.inner.view(f)
+    }
+    fn get_node<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> swarmca_store::BoxFuture<'a, Result<Option<swarmca_store::Node>, swarmca_store::StoreError>> {
+        self.inner.get_node(id)
+    }
+    fn get_cluster<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> swarmca_store::BoxFuture<'a, Result<Option<swarmca_store::Cluster>, swarmca_store::StoreError>> {
+        self.inner.get_cluster(id)
+    }
+    fn commit(&self, ops: Vec<Op>) -> swarmca_store::BoxFuture<'_, Result<u64, swarmca_store::StoreError>> {
+        self.inner.commit(ops)
+    }
+    fn view_and_watch(
+        &self,
+        f: swarmca_store::WatchFilter,
+    ) -> swarmca_store::BoxFuture<
+        '_,
+        Result<(swarmca_store::Snapshot, swarmca_store::Watch), swarmca_store::StoreError>,
+    > {
+        Box::pin(async move {
+            let snapshot = self.inner.view(f).await?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            self.senders.lock().unwrap().push(tx);
+            Ok((snapshot, swarmca_store::Watch::new(rx)))
+        })
+    }
+}
+
+/// A manager that has not seen a token rotation (its cluster watch delivers nothing) still
+/// refuses the rotated-out token: a join also checks the token against the cluster it reads
+/// from the store before creating the node. Found by the simulator (a follower cut off from the
+/// store across a rotation accepted the old token just after the link came back).
+#[tokio::test]
+async fn a_manager_that_missed_a_token_rotation_refuses_the_old_token() {
+    let f = Fixture::with(Opts { run: false, ..Opts::default() }).await;
+    let deaf = Arc::new(DeafStore { inner: f.store.clone(), senders: Default::default() });
+    let follower = swarmca_server::CaServer::new(
+        swarmca_server::ServerConfig::new(f.cluster_id.clone()),
+        swarmca_server::ServerDeps {
+            store: deaf,
+            clock: Arc::new(swarmca_server::SystemClock),
+            entropy: swarmca_server::shared_entropy(swarmca_server::OsEntropy),
+            peers: Arc::new(swarmca_server::TlsPeerCertificates),
+        },
+        Some(f.root.clone()),
+    );
+    let fo = follower.clone();
+    let _h = tokio::spawn(async move { fo.run_follower().await });
+    tokio::time::timeout(Duration::from_secs(5), follower.ready()).await.unwrap();
+    let (csr, _) = new_csr();
+    let nodes = || async { f.store.view(swarmca_store::WatchFilter::All).await.unwrap().nodes.len() };
+    let before = nodes().await;
+    // Before the rotation, the token works through this manager.
+    follower.issue_node_certificate(Request::new(join_req(&csr, &f.worker_token))).await.unwrap();
+    assert_eq!(nodes().await, before + 1);
+
+    f.update_cluster(|c| {
+        c.root_ca.as_mut().unwrap().join_tokens.as_mut().unwrap().worker = "SWMTKN-1-rotated".into()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        follower.join_tokens().unwrap().worker,
+        f.worker_token,
+        "the manager did not see the rotation"
+    );
+    let err =
+        follower.issue_node_certificate(Request::new(join_req(&csr, &f.worker_token))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(nodes().await, before + 1, "no node created with the rotated-out token");
+    // The manager tokens were not rotated: they still work.
+    follower.issue_node_certificate(Request::new(join_req(&csr, &f.manager_token))).await.unwrap();
+    assert_eq!(nodes().await, before + 2);
+}

@@ -16,7 +16,7 @@ use swarmca_types::node_spec::Membership;
 use swarmca_types::{
     Certificate, GetRootCaCertificateRequest, GetRootCaCertificateResponse, GetUnlockKeyRequest,
     GetUnlockKeyResponse, IssuanceStatus, IssueNodeCertificateRequest, IssueNodeCertificateResponse,
-    NodeCertificateStatusRequest, NodeCertificateStatusResponse, NodeSpec, NodeTlsInfo, Version,
+    JoinTokens, NodeCertificateStatusRequest, NodeCertificateStatusResponse, NodeSpec, NodeTlsInfo, Version,
 };
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -172,16 +172,21 @@ impl CaServer {
         }
         // Re-read the tokens under the lock: a stop since the first check gives Aborted.
         let tokens = self.ready_tokens()?;
-        let role = if token_matches(&tokens.manager, &req.token) {
-            Role::Manager
-        } else if token_matches(&tokens.worker, &req.token) {
-            Role::Worker
-        } else {
+        let Some(role) = token_role(&tokens, &req.token) else {
             warn!("join refused: no valid join token");
             return Err(ServerError::InvalidJoinToken);
         };
         tracing::Span::current().record("role", role.ou());
         let cluster = self.cluster().await?;
+        // The tokens this server holds may lag the store: a manager whose cluster watch broke
+        // serves with what it last saw until it has read the cluster again. The token must
+        // also be current, for the same role, in the cluster just read, or a rotated token
+        // would still let nodes in through such a manager.
+        let stored = cluster.root_ca.as_ref().and_then(|r| r.join_tokens.clone()).unwrap_or_default();
+        if token_role(&stored, &req.token) != Some(role) {
+            warn!("join refused: the join token was rotated (this manager had not seen it yet)");
+            return Err(ServerError::InvalidJoinToken);
+        }
         let store = &self.inner.deps.store;
         for attempt in 0..NODE_ID_ATTEMPTS {
             let id = crate::env::with_entropy(&self.inner.deps.entropy, new_id)?;
@@ -347,6 +352,17 @@ impl CaServer {
 }
 
 /// The status response for a node in a final state.
+/// The role `token` joins as under `tokens` (manager first), if any; constant time per token.
+fn token_role(tokens: &JoinTokens, token: &str) -> Option<Role> {
+    if token_matches(&tokens.manager, token) {
+        Some(Role::Manager)
+    } else if token_matches(&tokens.worker, token) {
+        Some(Role::Worker)
+    } else {
+        None
+    }
+}
+
 fn final_response(node: &Node) -> Option<NodeCertificateStatusResponse> {
     let cert = node.certificate.as_ref()?;
     let status = cert.status.clone().unwrap_or_default();

@@ -55,9 +55,8 @@ pub fn check_probes(m: &Mirror, shared: &Shared, probes: &[ProbeObs]) {
         };
         match (&p.result, expected_code) {
             (Err(code), Some(want)) if *code == want => {}
-            (other, Some(want)) => {
-                shared.violation("I10", format!("{who}: answered {:?}, want {want:?}", other.as_ref().map(|_| ())))
-            }
+            (other, Some(want)) => shared
+                .violation("I10", format!("{who}: answered {:?}, want {want:?}", other.as_ref().map(|_| ()))),
             (Ok((top, inner, cert, csr)), None) => {
                 if top != inner {
                     shared.violation(
@@ -89,7 +88,9 @@ pub fn check_probes(m: &Mirror, shared: &Shared, probes: &[ProbeObs]) {
                 if final_throughout {
                     shared.violation(
                         "I10",
-                        format!("{who}: {code:?} although the node was final from before the call to after it"),
+                        format!(
+                            "{who}: {code:?} although the node was final from before the call to after it"
+                        ),
                     );
                 }
             }

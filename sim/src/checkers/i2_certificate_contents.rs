@@ -92,18 +92,19 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
     let window = (ctx.now.saturating_sub(SIGNER_LAG), ctx.now);
     match (external, m.external_between(window.0, window.1).as_slice()) {
         (false, [true]) => {
-            return Err("signed locally while the cluster listed an external CA for the root being signed for".into())
+            return Err(
+                "signed locally while the cluster listed an external CA for the root being signed for".into(),
+            )
         }
         (true, [false]) => {
-            return Err("signed by the external CA while the cluster listed none for the root being signed for".into())
+            return Err(
+                "signed by the external CA while the cluster listed none for the root being signed for"
+                    .into(),
+            )
         }
         _ => {}
     }
-    let allowed = if external {
-        vec![PROFILE_EXPIRY]
-    } else {
-        m.expiries_between(window.0, window.1)
-    };
+    let allowed = if external { vec![PROFILE_EXPIRY] } else { m.expiries_between(window.0, window.1) };
     let ok = allowed.iter().any(|e| lifetime == *e + Duration::from_secs(3600));
     if !ok {
         let secs: Vec<u64> = allowed.iter().map(Duration::as_secs).collect();

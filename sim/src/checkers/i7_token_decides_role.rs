@@ -67,9 +67,17 @@ pub fn check(m: &Mirror, shared: &Shared) {
             shared.violation(
                 "I7",
                 format!(
-                    "client {} joined as {} with a token not current for that role during the call",
+                    "client {} joined as {} ({:?}–{:?}) with a token not current for that role during the call \
+                     (that token's spans: {:?})",
                     j.client,
-                    if manager { "manager" } else { "worker" }
+                    if manager { "manager" } else { "worker" },
+                    j.start,
+                    j.end,
+                    spans
+                        .iter()
+                        .filter(|s| s.token == j.token)
+                        .map(|s| (if s.manager { "manager" } else { "worker" }, s.from, s.until))
+                        .collect::<Vec<_>>()
                 ),
             );
         }
