@@ -141,8 +141,9 @@ fn forged_chain(node_id: &str, org: &str, bundle: &[u8], lookalike: bool) -> Opt
     Some(vec![leaf.signed_by(&leaf_key, &issuer).ok()?.der().to_vec()])
 }
 
-/// Codes a call may end with for reasons of the network or of a manager stopping.
-const TRANSPORT: [Code; 4] = [Code::Unavailable, Code::DeadlineExceeded, Code::Cancelled, Code::Aborted];
+/// Codes a call may end with for reasons of the network or of a manager stopping (or not yet
+/// serving).
+pub const TRANSPORT: [Code; 4] = [Code::Unavailable, Code::DeadlineExceeded, Code::Cancelled, Code::Aborted];
 
 impl Client {
     /// An impostor renews as this node with a forged chain (I3: an identity is only what the

@@ -39,15 +39,17 @@ pub fn check_renewals(shared: &Shared) {
             );
         }
         // A blacklisted certificate authenticates nobody: the call is a join without a token
-        // (InvalidArgument), as in SwarmKit. NotFound means the certificate was still taken as
-        // the node's identity and only the missing node object stopped the renewal.
-        if r.start > *at && r.code == Some(tonic::Code::NotFound) {
+        // (InvalidArgument), as in SwarmKit. NotFound, say, means the certificate was still
+        // taken as the node's identity and only the missing node object stopped the renewal.
+        let refused_as_join = matches!(r.code, Some(tonic::Code::InvalidArgument))
+            || r.code.is_some_and(|c| crate::workload::TRANSPORT.contains(&c));
+        if r.start > *at && !r.ok && !refused_as_join {
             shared.violation(
                 "I3",
                 format!(
-                    "renewal by removed node {} at {:?} (removed at {at:?}) was authenticated: \
-                     refused NotFound instead of as a join without a token",
-                    r.node, r.start
+                    "renewal by removed node {} at {:?} (removed at {at:?}) was refused {:?}, \
+                     not as a join without a token (InvalidArgument)",
+                    r.node, r.start, r.code
                 ),
             );
         }

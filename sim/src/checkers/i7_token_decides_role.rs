@@ -35,6 +35,20 @@ pub fn check(m: &Mirror, shared: &Shared) {
                         && s.from + STALE_CACHE <= j.start
                         && s.until.is_none_or(|u| u >= j.end + GRACE)
                 });
+                // A token that never was current, or stopped being current long before the
+                // call, is refused as such: InvalidArgument (or the call did not get through).
+                let long_invalid = !spans.iter().any(|s| {
+                    s.token == j.token && s.until.is_none_or(|u| u + STALE_CACHE >= j.start)
+                });
+                if long_invalid
+                    && *code != tonic::Code::InvalidArgument
+                    && !crate::workload::TRANSPORT.contains(code)
+                {
+                    shared.violation(
+                        "I7",
+                        format!("client {} joined with an invalid token and was answered {code:?}, not InvalidArgument", j.client),
+                    );
+                }
                 if current_throughout && REFUSALS.contains(code) {
                     shared.violation(
                         "I7",
