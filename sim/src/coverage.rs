@@ -29,6 +29,7 @@ pub const REQUIRED: &[&str] = &[
     "branch.removed_node_renewal_refused",
     "probe.final_status_answered",
     "fault.impostor_refused",
+    "branch.unlock_key_refused_worker",
     "branch.unlock_key_refused_removed",
     "branch.status_cut_by_stop",
     "branch.stale_token_refused",

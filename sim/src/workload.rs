@@ -488,7 +488,9 @@ impl Client {
                         .any(|ou| ou.as_str().ok() == Some(swarmca_core::role::MANAGER_OU))
                 },
             );
-        if !is_manager {
+        // Workers have no business asking, but an impostor might: now and then one does, and
+        // must be denied (the key is only for certificates with the manager OU).
+        if !is_manager && !chance(self.shared.opts.p_bad_token) {
             return;
         }
         let Some(addr) = pick(&self.managers) else { return };
@@ -507,6 +509,17 @@ impl Client {
             Ok(Err(s)) if s.code() == Code::PermissionDenied => false,
             _ => return,
         };
+        if !is_manager {
+            if ok {
+                self.shared.violation(
+                    "I3",
+                    format!("node {} got the unlock key with a worker certificate", creds.node_id),
+                );
+            } else {
+                self.shared.coverage.hit("branch.unlock_key_refused_worker");
+            }
+            return;
+        }
         self.shared.log.push(format!("rpc: client {} unlock-key {} -> {ok}", self.idx, creds.node_id));
         lock(&self.shared.unlock_calls).push((creds.node_id.clone(), start, ok));
     }
