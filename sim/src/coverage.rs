@@ -30,6 +30,7 @@ pub const REQUIRED: &[&str] = &[
     "probe.final_status_answered",
     "fault.impostor_refused",
     "branch.unlock_key_refused_worker",
+    "branch.root_download_matches_token",
     "branch.unlock_key_refused_removed",
     "branch.status_cut_by_stop",
     "branch.stale_token_refused",

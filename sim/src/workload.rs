@@ -361,6 +361,24 @@ impl Client {
         // Like a joining node: download the root first (the digest check against the token is
         // left out on purpose, so that stale and wrong tokens still reach the CA).
         let bundle = fetch_root(pick(&self.managers)?, None).await?;
+        // What a joining node then checks (SwarmKit's DownloadRootCA): the bundle hashes to the
+        // digest in the token. Without root rotations the root never changes, so any manager
+        // must serve exactly the bytes the tokens were made for.
+        if !stale && !opts.root_rotation {
+            if let Ok(t) = swarmca_core::token::parse_join_token(&token) {
+                if swarmca_core::rootca::digest(&bundle) == t.root_digest {
+                    self.shared.coverage.hit("branch.root_download_matches_token");
+                } else {
+                    self.shared.violation(
+                        "I8",
+                        format!(
+                            "client {} downloaded a root bundle that does not hash to its join token's digest",
+                            self.idx
+                        ),
+                    );
+                }
+            }
+        }
         let (_key, mut csr) = new_key_and_csr()?;
         if chance(opts.p_garbage_csr) {
             csr =
