@@ -31,6 +31,7 @@ pub const REQUIRED: &[&str] = &[
     "fault.impostor_refused",
     "branch.unlock_key_refused_worker",
     "branch.root_download_matches_token",
+    "branch.external_wrong_certificate_failed",
     "branch.unlock_key_refused_removed",
     "branch.status_cut_by_stop",
     "branch.stale_token_refused",

@@ -46,6 +46,9 @@ pub enum Mode {
     /// Accept the request, never answer (past the client's 5 s deadline).
     Hang,
     Http500,
+    /// Half the answers malformed JSON, half a well-formed success carrying a certificate for
+    /// another key (with the requested subject, chained to the root): the CA must refuse it
+    /// (the node ends FAILED, never ISSUED with it).
     Garbage,
     /// `success:false` (a fatal answer: the node must end FAILED with this reason).
     Refuse,
@@ -222,6 +225,13 @@ fn refusal(code: u32, msg: &str) -> String {
     serde_json::json!({"success": false, "result": null, "errors": [{"code": code, "message": msg}], "messages": []}).to_string()
 }
 
+/// A CSR for a fresh key of nobody's.
+fn other_key_csr() -> Option<Vec<u8>> {
+    let key = rcgen::KeyPair::generate().ok()?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key).ok()?.pem().ok()?;
+    Some(csr.into_bytes())
+}
+
 async fn handle(
     req: Request<Incoming>,
     signer: Arc<RootCa>,
@@ -237,7 +247,8 @@ async fn handle(
             return Ok(reply(503, "late".into()));
         }
         Mode::Http500 => return Ok(reply(500, "internal error".into())),
-        Mode::Garbage => return Ok(reply(200, "{\"success\":tr".into())),
+        Mode::Garbage if thread_rng().gen_bool(0.5) => return Ok(reply(200, "{\"success\":tr".into())),
+        Mode::Garbage => {}
         Mode::Refuse => return Ok(reply(200, refusal(1000, REFUSAL))),
         Mode::Sign => {}
     }
@@ -260,7 +271,15 @@ async fn handle(
     };
     let mut serial = [0u8; 20];
     thread_rng().fill(&mut serial[..]);
-    Ok(match signer.sign_csr(&csr, cn, role, org, SystemTime::now(), serial) {
+    let signed_csr = if mode == Mode::Garbage {
+        let Some(other) = other_key_csr() else { return Ok(reply(500, "no key".into())) };
+        lock(&shared.extca_wrong_key).insert(swarmca_core::rootca::digest(&csr));
+        shared.coverage.hit("extca.wrong_key_certificate");
+        other
+    } else {
+        csr.clone()
+    };
+    Ok(match signer.sign_csr(&signed_csr, cn, role, org, SystemTime::now(), serial) {
         Ok(pem) => {
             if let Some(leaf) = x509_parser::pem::Pem::iter_from_buffer(&pem).next().and_then(Result::ok) {
                 lock(&shared.extca_issued).insert(swarmca_core::rootca::digest(&leaf.contents));

@@ -90,6 +90,9 @@ pub struct Shared {
     /// SHA-256 of every leaf certificate (DER) the fake external CA signed: those carry its
     /// own profile's validity, not the cluster's configured expiry.
     pub extca_issued: Mutex<std::collections::BTreeSet<[u8; 32]>>,
+    /// SHA-256 of every CSR (PEM) the fake external CA answered with a certificate for another
+    /// key: a node may end FAILED for that.
+    pub extca_wrong_key: Mutex<std::collections::BTreeSet<[u8; 32]>>,
 }
 
 /// Simulated time since the start of the run.
@@ -119,6 +122,7 @@ impl Shared {
             done: AtomicBool::new(false),
             trusts: Mutex::default(),
             extca_issued: Mutex::default(),
+            extca_wrong_key: Mutex::default(),
         }
     }
 

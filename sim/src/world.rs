@@ -118,10 +118,11 @@ impl World {
                         panic!("manager credentials: {e}");
                     }
                     *lock(&slot2) = Some(server.clone());
+                    let log = shared2.log.clone();
                     async move {
                         let follower = server.clone();
                         madsim::task::spawn(async move {
-                            let _ = follower.run_follower().await;
+                            let _ = follow(&follower, &log, i).await;
                         });
                         let _ = tonic::transport::Server::builder()
                             .add_service(CaService::new(server.clone()))
@@ -203,7 +204,7 @@ impl World {
                     set_flag(&leading, i, false);
                     r
                 }
-                None => s.run_follower().await,
+                None => follow(&s, &log, i).await,
             };
             let failed = r.is_err();
             log.push(format!("manager-{i}: {what} term ended: {:?}", r.map_err(|e| e.to_string())));
@@ -218,7 +219,7 @@ impl World {
                     }
                 }
                 log.push(format!("manager-{i}: gives the leadership up; follows"));
-                let r = s.run_follower().await;
+                let r = follow(&s, &log, i).await;
                 log.push(format!("manager-{i}: follower term ended: {:?}", r.map_err(|e| e.to_string())));
             }
         });
@@ -360,6 +361,26 @@ impl World {
         if let Some(m) = self.managers.get(i) {
             Handle::current().resume(m.node.id());
             self.set_health(i, Health::Up);
+        }
+    }
+}
+
+/// Follows as `serve --etcd` does: a follower term that fails (the store unreachable when a
+/// fresh process starts, before it has ever read the cluster) is restarted after a pause, until
+/// it is stopped or another term of this server has started.
+async fn follow(
+    server: &CaServer,
+    log: &crate::log::EventLog,
+    i: usize,
+) -> Result<(), swarmca_server::ServerError> {
+    loop {
+        match server.run_follower().await {
+            Ok(()) => return Ok(()),
+            Err(e @ swarmca_server::ServerError::AlreadyRunning) => return Err(e),
+            Err(e) => {
+                log.push(format!("manager-{i}: follower term ended: {e}; restarting it"));
+                madsim::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

@@ -37,9 +37,9 @@ pub fn check(m: &Mirror, shared: &Shared) {
                 });
                 // A token that never was current, or stopped being current long before the
                 // call, is refused as such: InvalidArgument (or the call did not get through).
-                let long_invalid = !spans.iter().any(|s| {
-                    s.token == j.token && s.until.is_none_or(|u| u + STALE_CACHE >= j.start)
-                });
+                let long_invalid = !spans
+                    .iter()
+                    .any(|s| s.token == j.token && s.until.is_none_or(|u| u + STALE_CACHE >= j.start));
                 if long_invalid
                     && *code != tonic::Code::InvalidArgument
                     && !crate::workload::TRANSPORT.contains(code)
