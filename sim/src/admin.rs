@@ -51,6 +51,11 @@ pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
                 let r = control.set_role(&id, role).await;
                 shared.log.push(format!("admin: set role of {id} to {} -> {}", role.ou(), r.is_ok()));
             }
+            (7, _) if thread_rng().gen_bool(0.4) => {
+                let on = thread_rng().gen_bool(0.6);
+                let r = control.update_cluster_settings(None, Some(on), None).await;
+                shared.log.push(format!("admin: autolock {on} -> {}", r.is_ok()));
+            }
             (7, _) => {
                 let hours = [1u64, 2, 24, 2160][thread_rng().gen_range(0..4)];
                 let r = control

@@ -32,6 +32,7 @@ pub const REQUIRED: &[&str] = &[
     "branch.unlock_key_refused_worker",
     "branch.root_download_matches_token",
     "branch.external_wrong_certificate_failed",
+    "branch.unlock_key_given_autolocked",
     "branch.unlock_key_refused_removed",
     "branch.status_cut_by_stop",
     "branch.stale_token_refused",

@@ -32,6 +32,9 @@ pub struct Mirror {
     /// Whether the cluster listed an external CA for the root being signed for, from when:
     /// each change, in order (see [`external_usable`]).
     pub external_history: Vec<(Duration, bool)>,
+    /// For every cluster version written: whether managers were autolocked, and the manager
+    /// unlock key then.
+    pub cluster_versions: BTreeMap<u64, (bool, Vec<u8>)>,
     /// Number of certificates seen issued.
     pub issued: u64,
     /// Number of FAILED writes.
@@ -132,6 +135,15 @@ impl Mirror {
     }
 
     fn note_cluster(&mut self, at: Duration, c: &Cluster) {
+        let autolock =
+            c.spec.as_ref().and_then(|s| s.encryption_config.as_ref()).is_some_and(|e| e.auto_lock_managers);
+        let key = c
+            .unlock_keys
+            .iter()
+            .find(|k| k.subsystem == "swarm-manager")
+            .map(|k| k.key.clone())
+            .unwrap_or_default();
+        self.cluster_versions.insert(swarmca_store::version_of(c.meta.as_ref()), (autolock, key));
         let e = expiry_of(c);
         if self.expiry_history.last().is_none_or(|(_, last)| *last != e) {
             self.expiry_history.push((at, e));

@@ -67,6 +67,8 @@ pub struct Shared {
     pub renewals: Mutex<Vec<RenewObs>>,
     /// GetUnlockKey calls by managers: (node, start, accepted).
     pub unlock_calls: Mutex<Vec<(String, Duration, bool)>>,
+    /// GetUnlockKey answers: (node, the cluster version the answer names, the key given).
+    pub unlock_answers: Mutex<Vec<(String, u64, Vec<u8>)>>,
     pub tokens: Mutex<Vec<TokenSpan>>,
     /// Nodes removed by the admin, with the time.
     pub removed: Mutex<Vec<(String, Duration)>>,
@@ -111,6 +113,7 @@ impl Shared {
             statuses: Mutex::default(),
             renewals: Mutex::default(),
             unlock_calls: Mutex::default(),
+            unlock_answers: Mutex::default(),
             tokens: Mutex::default(),
             removed: Mutex::default(),
             violations: Mutex::default(),

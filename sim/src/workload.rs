@@ -523,7 +523,12 @@ impl Client {
         )
         .await;
         let ok = match r {
-            Ok(Ok(_)) => true,
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                let version = resp.version.map_or(0, |v| v.index);
+                lock(&self.shared.unlock_answers).push((creds.node_id.clone(), version, resp.unlock_key));
+                true
+            }
             Ok(Err(s)) if s.code() == Code::PermissionDenied => false,
             _ => return,
         };

@@ -1,6 +1,8 @@
 //! I3: nothing is issued to, or accepted from, a blacklisted (removed) identity: no node write
 //! for a blacklisted ID, no renewal accepted after the node's removal, and a removed node's
 //! certificate not even taken as an identity (its renewal is refused as a tokenless join).
+//! The manager unlock key goes to managers only, and only while managers are autolocked: an
+//! answer carries the key of the cluster version it names iff that version had autolock on.
 
 use super::WriteCtx;
 use crate::shared::{lock, Shared};
@@ -10,6 +12,30 @@ pub fn check_write(ctx: &WriteCtx<'_>) {
     if blacklisted {
         ctx.shared
             .violation("I3", format!("write to blacklisted node {} (state {})", ctx.new.id, ctx.state()));
+    }
+}
+
+pub fn check_unlock_answers(m: &crate::mirror::Mirror, shared: &Shared) {
+    for (node, version, key) in lock(&shared.unlock_answers).iter() {
+        let Some((autolock, want)) = m.cluster_versions.get(version) else {
+            shared.violation(
+                "I3",
+                format!("GetUnlockKey for {node} named cluster version {version}, never written"),
+            );
+            continue;
+        };
+        let want: &[u8] = if *autolock { want } else { &[] };
+        if key.as_slice() != want {
+            shared.violation(
+                "I3",
+                format!(
+                    "GetUnlockKey for {node} at cluster version {version} (autolock {autolock}) gave {} key",
+                    if key.is_empty() { "no" } else { "the wrong" }
+                ),
+            );
+        } else if *autolock {
+            shared.coverage.hit("branch.unlock_key_given_autolocked");
+        }
     }
 }
 

@@ -63,6 +63,7 @@ pub fn on_node_write(m: &mut Mirror, ctx: &WriteCtx<'_>) {
 /// Runs every final checker.
 pub fn finish(m: &Mirror, shared: &Shared) {
     i3_blacklist::check_renewals(shared);
+    i3_blacklist::check_unlock_answers(m, shared);
     i5_liveness::check(m, shared);
     i7_token_decides_role::check(m, shared);
     i8_rotation::check_final(m, shared);
