@@ -15,6 +15,7 @@ use crate::workload::exp_delay;
 
 /// Runs until healing starts.
 pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
+    let mut autolock = false;
     while !shared.healing() {
         madsim::time::sleep(exp_delay(shared.opts.admin_interval)).await;
         if shared.healing() {
@@ -51,8 +52,10 @@ pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
                 let r = control.set_role(&id, role).await;
                 shared.log.push(format!("admin: set role of {id} to {} -> {}", role.ou(), r.is_ok()));
             }
-            (7, _) if thread_rng().gen_bool(0.4) => {
-                let on = thread_rng().gen_bool(0.6);
+            (7, _) if thread_rng().gen_bool(0.5) => {
+                // Flips it: every other change turns autolock off with an unlock key left.
+                autolock = !autolock;
+                let on = autolock;
                 let r = control.update_cluster_settings(None, Some(on), None).await;
                 shared.log.push(format!("admin: autolock {on} -> {}", r.is_ok()));
             }
