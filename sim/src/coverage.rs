@@ -33,6 +33,7 @@ pub const REQUIRED: &[&str] = &[
     "branch.root_download_matches_token",
     "branch.external_wrong_certificate_failed",
     "branch.unlock_key_given_autolocked",
+    "fault.forwarding_worker_refused",
     "branch.unlock_key_refused_removed",
     "branch.status_cut_by_stop",
     "branch.stale_token_refused",

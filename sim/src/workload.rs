@@ -149,6 +149,9 @@ impl Client {
     /// An impostor renews as this node with a forged chain (I3: an identity is only what the
     /// cluster's roots vouch for): the CA must take it as a join without a token.
     async fn impostor(&self, creds: &Creds) {
+        if thread_rng().gen_bool(0.3) && !self.holds_manager_cert(creds) {
+            return self.forwarding_worker(creds).await;
+        }
         let lookalike = thread_rng().gen_bool(0.5);
         let Some(chain) = forged_chain(&creds.node_id, &self.shared.cluster_id, &creds.bundle, lookalike)
         else {
@@ -172,6 +175,62 @@ impl Client {
                 format!(
                     "a forged certificate ({}) for node {} was answered {other:?}, not refused as a join without a token",
                     if lookalike { "look-alike root" } else { "self-signed" },
+                    creds.node_id
+                ),
+            ),
+        }
+    }
+
+    fn holds_manager_cert(&self, creds: &Creds) -> bool {
+        creds.chain.first().and_then(|d| x509_parser::parse_x509_certificate(d).ok()).is_some_and(|(_, c)| {
+            c.subject()
+                .iter_organizational_unit()
+                .any(|ou| ou.as_str().ok() == Some(swarmca_core::role::MANAGER_OU))
+        })
+    }
+
+    /// A worker (its own, valid certificate) claims to forward a call for another node, as
+    /// only managers may (spec §1.4): the forwarded identity must not be believed, and the
+    /// call is a join without a token.
+    async fn forwarding_worker(&self, creds: &Creds) {
+        use swarmca_server::peer::{
+            FORWARDED_CERT, FORWARDED_CERT_CN, FORWARDED_CERT_ORG, FORWARDED_CERT_OU,
+        };
+        let other = lock(&self.shared.held).values().find(|id| **id != creds.node_id).cloned();
+        let Some(other) = other else { return };
+        let Some((_key, csr)) = new_key_and_csr() else { return };
+        let Some(addr) = pick(&self.managers) else { return };
+        let Some(mut c) = connect(addr).await else { return };
+        let mut r = tonic::Request::new(IssueNodeCertificateRequest { csr, ..Default::default() });
+        present(&mut r, &creds.chain);
+        let md = r.metadata_mut();
+        for (k, v) in [
+            (FORWARDED_CERT, "true"),
+            (FORWARDED_CERT_CN, other.as_str()),
+            (FORWARDED_CERT_OU, swarmca_core::role::MANAGER_OU),
+            (FORWARDED_CERT_ORG, self.shared.cluster_id.as_str()),
+        ] {
+            if let Ok(v) = v.parse() {
+                md.insert(k, v);
+            }
+        }
+        let r = match madsim::time::timeout(Duration::from_secs(5), c.issue_node_certificate(r)).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner().node_id),
+            Ok(Err(s)) => Err(s.code()),
+            Err(_) => Err(Code::DeadlineExceeded),
+        };
+        self.shared.log.push(format!(
+            "rpc: worker {} forwards for {other} -> {:?}",
+            creds.node_id,
+            r.as_ref().map_err(|c| format!("{c:?}"))
+        ));
+        match r {
+            Err(Code::InvalidArgument) => self.shared.coverage.hit("fault.forwarding_worker_refused"),
+            Err(c) if TRANSPORT.contains(&c) => {}
+            other_answer => self.shared.violation(
+                "I3",
+                format!(
+                    "worker {} forwarding for node {other} was answered {other_answer:?}, not refused as a join without a token",
                     creds.node_id
                 ),
             ),
