@@ -161,26 +161,29 @@ impl Client {
         let forged = Creds { chain, ..creds.clone() };
         let r =
             self.call_issue(IssueNodeCertificateRequest { csr, ..Default::default() }, Some(&forged)).await;
-        self.shared.log.push(format!(
-            "rpc: impostor of {} ({}) renew -> {:?}",
-            creds.node_id,
-            if lookalike { "look-alike root" } else { "self-signed" },
-            r.as_ref().map_err(|c| format!("{c:?}"))
-        ));
+        let what = if lookalike { "look-alike root" } else { "self-signed" };
+        self.expect_tokenless(
+            format!("a forged certificate ({what}) for node {}", creds.node_id),
+            &r,
+            "fault.impostor_refused",
+        );
+    }
+
+    /// Logs `what` got `r`, which must be a refusal as a join without a token (or a call that
+    /// did not get through); counts the refusal under `counter`.
+    fn expect_tokenless(&self, what: String, r: &Result<String, Code>, counter: &'static str) {
+        self.shared.log.push(format!("rpc: {what} -> {:?}", r.as_ref().map_err(|c| format!("{c:?}"))));
         match r {
-            Err(Code::InvalidArgument) => self.shared.coverage.hit("fault.impostor_refused"),
-            Err(c) if TRANSPORT.contains(&c) => {}
+            Err(Code::InvalidArgument) => self.shared.coverage.hit(counter),
+            Err(c) if TRANSPORT.contains(c) => {}
             other => self.shared.violation(
                 "I3",
-                format!(
-                    "a forged certificate ({}) for node {} was answered {other:?}, not refused as a join without a token",
-                    if lookalike { "look-alike root" } else { "self-signed" },
-                    creds.node_id
-                ),
+                format!("{what} was answered {other:?}, not refused as a join without a token"),
             ),
         }
     }
 
+    /// Whether the certificate `creds` holds carries the manager OU.
     fn holds_manager_cert(&self, creds: &Creds) -> bool {
         creds.chain.first().and_then(|d| x509_parser::parse_x509_certificate(d).ok()).is_some_and(|(_, c)| {
             c.subject()
@@ -199,8 +202,6 @@ impl Client {
         let other = lock(&self.shared.held).values().find(|id| **id != creds.node_id).cloned();
         let Some(other) = other else { return };
         let Some((_key, csr)) = new_key_and_csr() else { return };
-        let Some(addr) = pick(&self.managers) else { return };
-        let Some(mut c) = connect(addr).await else { return };
         let mut r = tonic::Request::new(IssueNodeCertificateRequest { csr, ..Default::default() });
         present(&mut r, &creds.chain);
         let md = r.metadata_mut();
@@ -214,27 +215,12 @@ impl Client {
                 md.insert(k, v);
             }
         }
-        let r = match madsim::time::timeout(Duration::from_secs(5), c.issue_node_certificate(r)).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner().node_id),
-            Ok(Err(s)) => Err(s.code()),
-            Err(_) => Err(Code::DeadlineExceeded),
-        };
-        self.shared.log.push(format!(
-            "rpc: worker {} forwards for {other} -> {:?}",
-            creds.node_id,
-            r.as_ref().map_err(|c| format!("{c:?}"))
-        ));
-        match r {
-            Err(Code::InvalidArgument) => self.shared.coverage.hit("fault.forwarding_worker_refused"),
-            Err(c) if TRANSPORT.contains(&c) => {}
-            other_answer => self.shared.violation(
-                "I3",
-                format!(
-                    "worker {} forwarding for node {other} was answered {other_answer:?}, not refused as a join without a token",
-                    creds.node_id
-                ),
-            ),
-        }
+        let r = self.send_issue(r).await;
+        self.expect_tokenless(
+            format!("worker {} forwarding for node {other}", creds.node_id),
+            &r,
+            "fault.forwarding_worker_refused",
+        );
     }
 
     async fn call_issue(
@@ -242,12 +228,17 @@ impl Client {
         req: IssueNodeCertificateRequest,
         creds: Option<&Creds>,
     ) -> Result<String, Code> {
-        let addr = pick(&self.managers).ok_or(Code::Unavailable)?;
-        let mut c = connect(addr).await.ok_or(Code::Unavailable)?;
         let mut r = tonic::Request::new(req);
         if let Some(creds) = creds {
             present(&mut r, &creds.chain);
         }
+        self.send_issue(r).await
+    }
+
+    /// Sends `r` to a manager picked at random; the node ID, or the gRPC code.
+    async fn send_issue(&self, r: tonic::Request<IssueNodeCertificateRequest>) -> Result<String, Code> {
+        let addr = pick(&self.managers).ok_or(Code::Unavailable)?;
+        let mut c = connect(addr).await.ok_or(Code::Unavailable)?;
         match madsim::time::timeout(Duration::from_secs(5), c.issue_node_certificate(r)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner().node_id),
             Ok(Err(s)) => Err(s.code()),
@@ -557,14 +548,7 @@ impl Client {
 
     /// Managers fetch the unlock key after getting a certificate (as SwarmKit managers do).
     async fn unlock_key(&self, creds: &Creds) {
-        let is_manager =
-            creds.chain.first().and_then(|d| x509_parser::parse_x509_certificate(d).ok()).is_some_and(
-                |(_, c)| {
-                    c.subject()
-                        .iter_organizational_unit()
-                        .any(|ou| ou.as_str().ok() == Some(swarmca_core::role::MANAGER_OU))
-                },
-            );
+        let is_manager = self.holds_manager_cert(creds);
         // Workers have no business asking, but an impostor might: now and then one does, and
         // must be denied (the key is only for certificates with the manager OU).
         if !is_manager && !chance(self.shared.opts.p_bad_token) {
