@@ -266,80 +266,32 @@ async fn follower_accepts_joins_and_the_leader_signs_them() {
     assert_eq!(r.certificate.unwrap().csr, csr);
 }
 
-/// A store handle whose commits are all refused, as a fenced handle's are once the leadership
-/// it was made for is gone. Reads go through.
-struct RefusingWriter {
+/// A store handle over the fixture's store that can misbehave: refuse every commit, as a
+/// fenced handle's are once the leadership it was made for is gone (`refuse`); or give watches
+/// that never deliver anything nor close (`deaf`), so a manager behind it keeps what it read
+/// when it started, as one whose cluster watch broke does until it reads the cluster again.
+/// Everything else goes through.
+struct OddStore {
     inner: swarmca_store::MemStore,
+    refuse: bool,
+    deaf: bool,
     refused: std::sync::atomic::AtomicUsize,
+    deaf_watches: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<swarmca_store::Event>>>,
 }
 
-impl Store for RefusingWriter {
-    fn view(
-        &self,
-        f: swarmca_store::WatchFilter,
-    ) -> swarmca_store::BoxFuture<'_, Result<swarmca_store::Snapshot, swarmca_store::StoreError>> {
-        self.inner.view(f)
-    }
-    fn get_node<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> swarmca_store::BoxFuture<'a, Result<Option<swarmca_store::Node>, swarmca_store::StoreError>> {
-        self.inner.get_node(id)
-    }
-    fn get_cluster<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> swarmca_store::BoxFuture<'a, Result<Option<swarmca_store::Cluster>, swarmca_store::StoreError>> {
-        self.inner.get_cluster(id)
-    }
-    fn commit(&self, _ops: Vec<Op>) -> swarmca_store::BoxFuture<'_, Result<u64, swarmca_store::StoreError>> {
-        self.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async { Err(swarmca_store::StoreError::Unavailable("fenced: leadership lost".into())) })
-    }
-    fn view_and_watch(
-        &self,
-        f: swarmca_store::WatchFilter,
-    ) -> swarmca_store::BoxFuture<
-        '_,
-        Result<(swarmca_store::Snapshot, swarmca_store::Watch), swarmca_store::StoreError>,
-    > {
-        self.inner.view_and_watch(f)
+impl OddStore {
+    fn new(inner: swarmca_store::MemStore, refuse: bool, deaf: bool) -> Arc<OddStore> {
+        Arc::new(OddStore {
+            inner,
+            refuse,
+            deaf,
+            refused: Default::default(),
+            deaf_watches: Default::default(),
+        })
     }
 }
 
-/// A leader term whose writer refuses every commit (a deposed leader behind a fence) signs
-/// but lands nothing: the join stays PENDING. The next term, writing normally, issues it.
-#[tokio::test]
-async fn a_term_writing_through_a_refusing_writer_lands_nothing_and_the_next_term_issues() {
-    let mut f = Fixture::start().await;
-    f.stop_server().await;
-    let writer = Arc::new(RefusingWriter { inner: f.store.clone(), refused: Default::default() });
-    let (s, w) = (f.server.clone(), writer.clone());
-    let run = tokio::spawn(async move { s.run_with_writer(w).await });
-    tokio::time::timeout(Duration::from_secs(5), f.server.ready()).await.unwrap();
-    let (csr, _) = new_csr();
-    let id = f.join_in_process(&csr, &f.worker_token).await;
-    eventually(5, || {
-        let n = writer.refused.load(std::sync::atomic::Ordering::SeqCst);
-        async move { n > 0 }
-    })
-    .await;
-    assert_eq!(state_of(&f.node(&id).await.unwrap()), State::Pending as i32, "nothing landed");
-    f.server.stop().await.unwrap();
-    run.await.unwrap().unwrap();
-    f.run_server().await;
-    assert_eq!(f.final_status(&id).await.status.unwrap().state, State::Issued as i32);
-}
-
-/// A store handle whose watches never deliver anything (and never close): a manager behind
-/// it keeps what it read when it started, as one whose cluster watch broke does until it has
-/// read the cluster again. Everything else goes through.
-struct DeafStore {
-    inner: swarmca_store::MemStore,
-    senders: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<swarmca_store::Event>>>,
-}
-
-impl Store for DeafStore {
+impl Store for OddStore {
     fn view(
         &self,
         f: swarmca_store::WatchFilter,
@@ -359,7 +311,11 @@ impl Store for DeafStore {
         self.inner.get_cluster(id)
     }
     fn commit(&self, ops: Vec<Op>) -> swarmca_store::BoxFuture<'_, Result<u64, swarmca_store::StoreError>> {
-        self.inner.commit(ops)
+        if !self.refuse {
+            return self.inner.commit(ops);
+        }
+        self.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Err(swarmca_store::StoreError::Unavailable("fenced: leadership lost".into())) })
     }
     fn view_and_watch(
         &self,
@@ -368,13 +324,40 @@ impl Store for DeafStore {
         '_,
         Result<(swarmca_store::Snapshot, swarmca_store::Watch), swarmca_store::StoreError>,
     > {
+        if !self.deaf {
+            return self.inner.view_and_watch(f);
+        }
         Box::pin(async move {
             let snapshot = self.inner.view(f).await?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            self.senders.lock().unwrap().push(tx);
+            self.deaf_watches.lock().unwrap().push(tx);
             Ok((snapshot, swarmca_store::Watch::new(rx)))
         })
     }
+}
+
+/// A leader term whose writer refuses every commit (a deposed leader behind a fence) signs
+/// but lands nothing: the join stays PENDING. The next term, writing normally, issues it.
+#[tokio::test]
+async fn a_term_writing_through_a_refusing_writer_lands_nothing_and_the_next_term_issues() {
+    let mut f = Fixture::start().await;
+    f.stop_server().await;
+    let writer = OddStore::new(f.store.clone(), true, false);
+    let (s, w) = (f.server.clone(), writer.clone());
+    let run = tokio::spawn(async move { s.run_with_writer(w).await });
+    tokio::time::timeout(Duration::from_secs(5), f.server.ready()).await.unwrap();
+    let (csr, _) = new_csr();
+    let id = f.join_in_process(&csr, &f.worker_token).await;
+    eventually(5, || {
+        let n = writer.refused.load(std::sync::atomic::Ordering::SeqCst);
+        async move { n > 0 }
+    })
+    .await;
+    assert_eq!(state_of(&f.node(&id).await.unwrap()), State::Pending as i32, "nothing landed");
+    f.server.stop().await.unwrap();
+    run.await.unwrap().unwrap();
+    f.run_server().await;
+    assert_eq!(f.final_status(&id).await.status.unwrap().state, State::Issued as i32);
 }
 
 /// A manager that has not seen a token rotation (its cluster watch delivers nothing) still
@@ -384,7 +367,7 @@ impl Store for DeafStore {
 #[tokio::test]
 async fn a_manager_that_missed_a_token_rotation_refuses_the_old_token() {
     let f = Fixture::with(Opts { run: false, ..Opts::default() }).await;
-    let deaf = Arc::new(DeafStore { inner: f.store.clone(), senders: Default::default() });
+    let deaf = OddStore::new(f.store.clone(), false, true);
     let follower = swarmca_server::CaServer::new(
         swarmca_server::ServerConfig::new(f.cluster_id.clone()),
         swarmca_server::ServerDeps {

@@ -840,14 +840,21 @@ fn cross_sign_csr_carries_the_root_subject_key_and_constraints() {
     }
 }
 
-#[test]
-fn leaf_issuer_tells_roots_with_the_same_subject_apart() {
-    // Generated roots share the subject CN=swarm-ca: only the key tells them apart.
+/// Two roots with the same subject (generated roots are all CN=swarm-ca: only the key tells
+/// them apart), R1's signing CA, and a CA rotating to R2 (signing with R2's key, the
+/// cross-signed R2 as intermediate).
+fn same_subject_roots() -> (GeneratedRoot, GeneratedRoot, RootCa, RootCa) {
     let r1 = gen_root(DEFAULT_ROOT_CN);
     let r2 = generate_root(DEFAULT_ROOT_CN, t0(), [0x43; 20]).unwrap();
     let r1_ca = signing_ca(&r1, HOUR);
     let cross = r1_ca.cross_sign(&r2.cert_pem).unwrap();
     let rotating = RootCa::new(&r1.cert_pem, &cross, &r2.key_pem, HOUR, &cross, t0()).unwrap();
+    (r1, r2, r1_ca, rotating)
+}
+
+#[test]
+fn leaf_issuer_tells_roots_with_the_same_subject_apart() {
+    let (r1, r2, r1_ca, rotating) = same_subject_roots();
     let (r1_der, r2_der) = (ders(&r1.cert_pem).remove(0), ders(&r2.cert_pem).remove(0));
     let r2_id = (parse(&r2_der).subject().as_raw().to_vec(), parse(&r2_der).public_key().raw.to_vec());
     let r1_id = (parse(&r1_der).subject().as_raw().to_vec(), parse(&r1_der).public_key().raw.to_vec());
@@ -871,11 +878,7 @@ fn leaf_issuer_tells_roots_with_the_same_subject_apart() {
 #[test]
 fn verify_peer_issuer_names_the_key_on_the_verified_path() {
     // The same cases as leaf_issuer's, answered from the path webpki verified.
-    let r1 = gen_root(DEFAULT_ROOT_CN);
-    let r2 = generate_root(DEFAULT_ROOT_CN, t0(), [0x43; 20]).unwrap();
-    let r1_ca = signing_ca(&r1, HOUR);
-    let cross = r1_ca.cross_sign(&r2.cert_pem).unwrap();
-    let rotating = RootCa::new(&r1.cert_pem, &cross, &r2.key_pem, HOUR, &cross, t0()).unwrap();
+    let (r1, r2, r1_ca, rotating) = same_subject_roots();
     let (r1_der, r2_der) = (ders(&r1.cert_pem).remove(0), ders(&r2.cert_pem).remove(0));
     let mut both_pem = r1.cert_pem.clone();
     both_pem.extend_from_slice(&r2.cert_pem);
