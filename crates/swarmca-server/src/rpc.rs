@@ -351,7 +351,6 @@ impl CaServer {
     }
 }
 
-/// The status response for a node in a final state.
 /// The role `token` joins as under `tokens` (manager first), if any; constant time per token.
 fn token_role(tokens: &JoinTokens, token: &str) -> Option<Role> {
     if token_matches(&tokens.manager, token) {
@@ -363,6 +362,7 @@ fn token_role(tokens: &JoinTokens, token: &str) -> Option<Role> {
     }
 }
 
+/// The status response for a node in a final state.
 fn final_response(node: &Node) -> Option<NodeCertificateStatusResponse> {
     let cert = node.certificate.as_ref()?;
     let status = cert.status.clone().unwrap_or_default();
