@@ -111,6 +111,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         panic!("cannot create the cluster: {e}");
     }
     let shared = Arc::new(Shared::new(opts.clone(), log.clone(), cluster_id.clone()));
+    *lock(&shared.first_root) = Some((root.cert_pem.clone(), root.key_pem.clone()));
     let mirror = crate::mirror::start(&mem, shared.clone());
     let store = Arc::new(FaultyStore::new(mem, shared.clone()));
     let root_ca = match RootCa::new(

@@ -95,6 +95,9 @@ pub struct Shared {
     /// SHA-256 of every CSR (PEM) the fake external CA answered with a certificate for another
     /// key: a node may end FAILED for that.
     pub extca_wrong_key: Mutex<std::collections::BTreeSet<[u8; 32]>>,
+    /// The cluster's first root (certificate PEM, key PEM): impostors use it to make
+    /// certificates that chain to a trusted root but name another organization.
+    pub first_root: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
 }
 
 /// Simulated time since the start of the run.
@@ -126,6 +129,7 @@ impl Shared {
             trusts: Mutex::default(),
             extca_issued: Mutex::default(),
             extca_wrong_key: Mutex::default(),
+            first_root: Mutex::default(),
         }
     }
 

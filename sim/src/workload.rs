@@ -119,10 +119,41 @@ fn new_key_and_csr() -> Option<(rcgen::KeyPair, Vec<u8>)> {
     Some((key, csr.into_bytes()))
 }
 
-/// A chain that claims `node_id`'s identity (as a manager of `org`) without having been
-/// issued by the cluster: the leaf self-signed, or signed by a look-alike root (the subject of
-/// the cluster's first root in `bundle`, another key).
-fn forged_chain(node_id: &str, org: &str, bundle: &[u8], lookalike: bool) -> Option<Vec<Vec<u8>>> {
+/// How an impostor's certificate is made.
+#[derive(Clone, Copy)]
+enum Forgery {
+    /// Self-signed.
+    SelfSigned,
+    /// Signed by a look-alike root: the subject of the cluster's first root, another key.
+    LookAlike,
+    /// Signed by the cluster's (first) root itself, but for another organization.
+    ForeignOrg,
+}
+
+impl Forgery {
+    fn name(self) -> &'static str {
+        match self {
+            Forgery::SelfSigned => "self-signed",
+            Forgery::LookAlike => "look-alike root",
+            Forgery::ForeignOrg => "real root, another organization",
+        }
+    }
+}
+
+/// A chain that claims `node_id`'s identity as a manager, made as `how` says: never one the
+/// cluster issued for it (`bundle`: the roots the client holds; `real_root`: the cluster's
+/// first root certificate and key).
+fn forged_chain(
+    node_id: &str,
+    org: &str,
+    bundle: &[u8],
+    real_root: Option<(Vec<u8>, Vec<u8>)>,
+    how: Forgery,
+) -> Option<Vec<Vec<u8>>> {
+    let org = match how {
+        Forgery::ForeignOrg => "another-cluster",
+        _ => org,
+    };
     let ou = swarmca_core::role::MANAGER_OU;
     let leaf_key = rcgen::KeyPair::generate().ok()?;
     let mut leaf = rcgen::CertificateParams::new(vec![ou.to_string(), node_id.to_string()]).ok()?;
@@ -133,11 +164,19 @@ fn forged_chain(node_id: &str, org: &str, bundle: &[u8], lookalike: bool) -> Opt
     leaf.distinguished_name = dn;
     leaf.extended_key_usages =
         vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth, rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    if !lookalike {
-        return Some(vec![leaf.self_signed(&leaf_key).ok()?.der().to_vec()]);
-    }
-    let root = chain_of(bundle).into_iter().next()?;
-    let issuer = rcgen::Issuer::from_ca_cert_der(&root.into(), rcgen::KeyPair::generate().ok()?).ok()?;
+    let issuer = match how {
+        Forgery::SelfSigned => return Some(vec![leaf.self_signed(&leaf_key).ok()?.der().to_vec()]),
+        Forgery::LookAlike => {
+            let root = chain_of(bundle).into_iter().next()?;
+            rcgen::Issuer::from_ca_cert_der(&root.into(), rcgen::KeyPair::generate().ok()?).ok()?
+        }
+        Forgery::ForeignOrg => {
+            let (cert, key) = real_root?;
+            let root = chain_of(&cert).into_iter().next()?;
+            let key = rcgen::KeyPair::from_pem(std::str::from_utf8(&key).ok()?).ok()?;
+            rcgen::Issuer::from_ca_cert_der(&root.into(), key).ok()?
+        }
+    };
     Some(vec![leaf.signed_by(&leaf_key, &issuer).ok()?.der().to_vec()])
 }
 
@@ -152,8 +191,11 @@ impl Client {
         if thread_rng().gen_bool(0.3) && !self.holds_manager_cert(creds) {
             return self.forwarding_worker(creds).await;
         }
-        let lookalike = thread_rng().gen_bool(0.5);
-        let Some(chain) = forged_chain(&creds.node_id, &self.shared.cluster_id, &creds.bundle, lookalike)
+        let how =
+            [Forgery::SelfSigned, Forgery::LookAlike, Forgery::ForeignOrg][thread_rng().gen_range(0..3)];
+        let real_root = lock(&self.shared.first_root).clone();
+        let Some(chain) =
+            forged_chain(&creds.node_id, &self.shared.cluster_id, &creds.bundle, real_root, how)
         else {
             return;
         };
@@ -161,9 +203,8 @@ impl Client {
         let forged = Creds { chain, ..creds.clone() };
         let r =
             self.call_issue(IssueNodeCertificateRequest { csr, ..Default::default() }, Some(&forged)).await;
-        let what = if lookalike { "look-alike root" } else { "self-signed" };
         self.expect_tokenless(
-            format!("a forged certificate ({what}) for node {}", creds.node_id),
+            format!("a forged certificate ({}) for node {}", how.name(), creds.node_id),
             &r,
             "fault.impostor_refused",
         );
