@@ -307,7 +307,7 @@ impl Store for ManagerStore {
                         biased;
                         _ = &mut changed => {}
                         _ = tx.closed() => break,
-                        ev = inner.next(), if !stalled => match ev {
+                        ev = inner.next_shared(), if !stalled => match ev {
                             Some(ev) => {
                                 if tx.send(ev).is_err() {
                                     break;

@@ -276,7 +276,8 @@ struct OddStore {
     refuse: bool,
     deaf: bool,
     refused: std::sync::atomic::AtomicUsize,
-    deaf_watches: std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<swarmca_store::Event>>>,
+    deaf_watches:
+        std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<std::sync::Arc<swarmca_store::Event>>>>,
 }
 
 impl OddStore {

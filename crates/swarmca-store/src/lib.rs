@@ -156,18 +156,24 @@ pub struct Snapshot {
 /// The stream of events after a snapshot. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Watch {
-    rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<std::sync::Arc<Event>>,
 }
 
 impl Watch {
-    /// Builds a watch from the receiving half of a channel a store feeds.
-    pub fn new(rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Watch {
+    /// Builds a watch from the receiving half of a channel a store feeds (events are shared
+    /// between watchers: a channel slot is a pointer, not an object).
+    pub fn new(rx: tokio::sync::mpsc::UnboundedReceiver<std::sync::Arc<Event>>) -> Watch {
         Watch { rx }
     }
 
     /// The next event, or `None` once the store has shut the watch down (the watcher must
     /// then re-read with a new `view_and_watch`).
     pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await.map(std::sync::Arc::unwrap_or_clone)
+    }
+
+    /// The next event as shared with the other watchers (no copy).
+    pub async fn next_shared(&mut self) -> Option<std::sync::Arc<Event>> {
         self.rx.recv().await
     }
 }

@@ -242,7 +242,7 @@ impl Writer {
         if !pending.is_empty() {
             match self.write(&pending) {
                 // Only this thread changes the tables, so the validation above still holds.
-                Ok(()) => self.core.lock().publish(std::mem::take(&mut pending), &events),
+                Ok(()) => self.core.lock().publish(std::mem::take(&mut pending), events),
                 Err(e) => {
                     let msg = format!("{}: commit not made durable: {e}", self.path.display());
                     for (_, result, on_top) in &mut outcomes {

@@ -6,7 +6,7 @@
 //! and serves every read.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
@@ -160,17 +160,19 @@ impl Tables {
 #[derive(Default)]
 pub(crate) struct Shared {
     pub(crate) tables: Tables,
-    watchers: Vec<(WatchFilter, mpsc::UnboundedSender<Event>)>,
+    watchers: Vec<(WatchFilter, mpsc::UnboundedSender<Arc<Event>>)>,
 }
 
 impl Shared {
     /// Applies `changes` and delivers `events` (in commit order) to the matching watchers, in
     /// one step under the lock, so that a snapshot is never taken between the two.
-    pub(crate) fn publish(&mut self, changes: Changes, events: &[Event]) {
+    /// Each event is shared by its watchers, not copied for each.
+    pub(crate) fn publish(&mut self, changes: Changes, events: Vec<Event>) {
         self.tables.apply(changes);
+        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
         self.watchers.retain(|(filter, tx)| {
             for e in events.iter().filter(|e| filter.matches(e)) {
-                if tx.send(e.clone()).is_err() {
+                if tx.send(Arc::clone(e)).is_err() {
                     return false;
                 }
             }
@@ -253,7 +255,7 @@ impl Core {
             return Ok(g.tables.revision);
         }
         let rev = changes.revision;
-        g.publish(changes, &events);
+        g.publish(changes, events);
         Ok(rev)
     }
 }

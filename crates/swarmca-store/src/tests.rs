@@ -201,7 +201,7 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
 }
 
 pub(crate) fn next_now(w: &mut Watch) -> Option<Event> {
-    w.rx.try_recv().ok()
+    w.rx.try_recv().ok().map(std::sync::Arc::unwrap_or_clone)
 }
 
 fn create_sets_version_to_new_revision<S: TestStore>(s: S) {

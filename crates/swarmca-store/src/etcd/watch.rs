@@ -19,7 +19,7 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 pub(super) struct Registered {
     #[cfg_attr(not(test), expect(dead_code, reason = "only the tests wait for delivery"))]
     filter: WatchFilter,
-    tx: mpsc::WeakUnboundedSender<Event>,
+    tx: mpsc::WeakUnboundedSender<std::sync::Arc<Event>>,
     /// The revision up to which every event has been delivered into the channel.
     #[cfg_attr(not(test), expect(dead_code, reason = "only the tests wait for delivery"))]
     delivered: Arc<AtomicU64>,
@@ -46,7 +46,7 @@ struct Forwarder {
     filter: WatchFilter,
     key: Vec<u8>,
     prefix: bool,
-    tx: mpsc::UnboundedSender<Event>,
+    tx: mpsc::UnboundedSender<std::sync::Arc<Event>>,
     delivered: Arc<AtomicU64>,
     /// The last revision whose events were all delivered.
     last: i64,
@@ -191,7 +191,7 @@ impl Forwarder {
             if !self.filter.matches(&event) {
                 continue;
             }
-            if self.tx.send(event).is_err() {
+            if self.tx.send(std::sync::Arc::new(event)).is_err() {
                 return Err(Stop::Dropped);
             }
         }
