@@ -26,11 +26,9 @@ pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
             Ok(s) => s.nodes,
             Err(_) => continue,
         };
-        let victim = if nodes.is_empty() {
-            None
-        } else {
-            nodes.get(thread_rng().gen_range(0..nodes.len())).map(|n| n.id.clone())
-        };
+        let victim = if nodes.is_empty() { None } else { nodes.get(thread_rng().gen_range(0..nodes.len())) };
+        let victim_role = victim.map(|n| n.role);
+        let victim = victim.map(|n| n.id.clone());
         match (action, victim) {
             (0..=2, _) => {
                 let role = if thread_rng().gen_bool(0.7) { Role::Worker } else { Role::Manager };
@@ -38,6 +36,18 @@ pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
                 shared.log.push(format!("admin: rotate {} token -> {}", role.ou(), r.is_ok()));
             }
             (3..=4, Some(id)) => {
+                // Half the time as an operator retiring a node does: change its role first
+                // (the node renews for it), then remove it moments later, racing that renewal.
+                if thread_rng().gen_bool(0.5) {
+                    let role = if victim_role == Some(Role::Manager.to_proto()) {
+                        Role::Worker
+                    } else {
+                        Role::Manager
+                    };
+                    let r = control.set_role(&id, role).await;
+                    shared.log.push(format!("admin: set role of {id} to {} -> {}", role.ou(), r.is_ok()));
+                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(1000..8000))).await;
+                }
                 let r = control.remove_node(&id, true).await;
                 if r.is_ok() {
                     lock(&shared.removed).push((id.clone(), now()));
@@ -84,6 +94,10 @@ async fn rotate(shared: &Shared, control: &Control, maybe_abort: bool) {
             shared.coverage.hit("rotation.aborted");
         }
         shared.log.push(format!("admin: abort root rotation -> {}", r.is_ok()));
+        return;
+    }
+    // Starting one is rarer than the other actions: every node renews for a rotation.
+    if !thread_rng().gen_bool(0.4) {
         return;
     }
     let r = control.rotate_root(Default::default()).await;

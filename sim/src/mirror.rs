@@ -41,8 +41,12 @@ pub struct Mirror {
     pub failed: u64,
     /// Every root certificate (PEM) the cluster had as root or rotation target, in order.
     pub roots_seen: Vec<Vec<u8>>,
-    /// A verify-only CA trusting every root in `roots_seen`.
-    pub trust: Option<swarmca_core::rootca::RootCa>,
+    /// Every root in `roots_seen`, as one bundle.
+    pub all_roots: Vec<u8>,
+    /// The roots of the cluster as it is now (root, and rotation target): checked first,
+    /// since what is signed now chains to one of them (roots share their subject, so a path
+    /// search over every root seen tries each in turn).
+    pub recent_roots: Vec<u8>,
     /// When the rotation target (or its absence) last changed.
     pub rotation_changed_at: Duration,
 }
@@ -52,15 +56,19 @@ impl Mirror {
     fn note_roots(&mut self, c: &Cluster) {
         let root = c.root_ca.clone().unwrap_or_default();
         let mut changed = false;
-        for pem in std::iter::once(root.ca_cert).chain(root.root_rotation.map(|r| r.ca_cert)) {
-            if !pem.is_empty() && !self.roots_seen.contains(&pem) {
-                self.roots_seen.push(pem);
+        for pem in std::iter::once(&root.ca_cert).chain(root.root_rotation.as_ref().map(|r| &r.ca_cert)) {
+            if !pem.is_empty() && !self.roots_seen.contains(pem) {
+                self.roots_seen.push(pem.clone());
                 changed = true;
             }
         }
         if changed {
-            let bundle = self.roots_seen.join(&b'\n');
-            self.trust = crate::shared::trust_of(&bundle).ok();
+            self.all_roots = self.roots_seen.join(&b'\n');
+        }
+        self.recent_roots = root.ca_cert.clone();
+        if let Some(r) = &root.root_rotation {
+            self.recent_roots.push(b'\n');
+            self.recent_roots.extend_from_slice(&r.ca_cert);
         }
     }
 }
@@ -165,6 +173,7 @@ pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
             m.note_roots(&c);
             m.note_cluster(now(), &c);
             record_tokens(&shared, &c, true);
+            *lock(&shared.cluster_root) = c.root_ca.as_ref().map(|r| r.ca_cert.clone()).unwrap_or_default();
             m.cluster = Some(c);
         }
         for n in snap.nodes {
@@ -224,10 +233,12 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
                 WriteCtx { shared, prev: prev.as_ref(), new: &n, cluster: cluster.as_ref(), now: now() };
             checkers::on_node_write(m, &ctx);
             note_history(m, &n);
+            shared.dispatch(&n.id, Some((n.role, state)));
             m.nodes.insert(n.id.clone(), n);
         }
         Event::DeleteNode(n) => {
             shared.log.push(format!("write: node {} deleted", n.id));
+            shared.dispatch(&n.id, None);
             m.nodes.remove(&n.id);
         }
         Event::CreateCluster(c) | Event::UpdateCluster(c) => {
@@ -240,6 +251,7 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
             ));
             m.note_cluster(now(), &c);
             record_tokens(shared, &c, false);
+            *lock(&shared.cluster_root) = c.root_ca.as_ref().map(|r| r.ca_cert.clone()).unwrap_or_default();
             m.note_roots(&c);
             checkers::i8_rotation::on_cluster_write(m, shared, &c);
             m.cluster = Some(c);

@@ -188,6 +188,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
 
     // Heal, then liveness.
     shared.healing.store(true, Ordering::SeqCst);
+    shared.heal_notify.notify_waiters();
     store.set_faults(false);
     shared.log.push("heal: faults off");
     crate::nemesis::heal(&world, &client_nodes, ext.as_ref()).await;

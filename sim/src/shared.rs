@@ -86,9 +86,11 @@ pub struct Shared {
     pub finishing: AtomicBool,
     /// Set when the run is over: every actor exits.
     pub done: AtomicBool,
-    /// Verify-only CAs built from root bundles clients hold (building one checks the roots'
-    /// self-signatures: done once per bundle, not once per certificate a client checks).
-    trusts: Mutex<std::collections::HashMap<Vec<u8>, Arc<swarmca_core::rootca::RootCa>>>,
+    /// Verify-only CAs built from the root bundles the harness checks against (building one
+    /// checks the roots' self-signatures: done once per bundle, not once per certificate), each
+    /// with the chains verified against it: a client and I2 check the same new certificate
+    /// against the same bundle, which needs one signature check, not two.
+    trusts: Mutex<std::collections::HashMap<Vec<u8>, Trust>>,
     /// SHA-256 of every leaf certificate (DER) the fake external CA signed: those carry its
     /// own profile's validity, not the cluster's configured expiry.
     pub extca_issued: Mutex<std::collections::BTreeSet<[u8; 32]>>,
@@ -98,7 +100,22 @@ pub struct Shared {
     /// The cluster's first root (certificate PEM, key PEM): impostors use it to make
     /// certificates that chain to a trusted root but name another organization.
     pub first_root: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+    /// What SwarmKit's dispatcher would tell each node about itself, as of the last committed
+    /// write: (node role, certificate status state). Agents renew when their role changed or
+    /// the CA asks them to rotate.
+    pub dispatch: Mutex<std::collections::BTreeMap<String, (i32, i32)>>,
+    /// The cluster's root bundle as of the last committed write (what the dispatcher pushes to
+    /// agents when it changes).
+    pub cluster_root: Mutex<Vec<u8>>,
+    /// Per node: woken when what the dispatcher would tell the node changes (agents wait for
+    /// their session's messages rather than polling).
+    wakers: Mutex<std::collections::BTreeMap<String, Arc<tokio::sync::Notify>>>,
+    /// Woken when healing starts.
+    pub heal_notify: tokio::sync::Notify,
 }
+
+/// A verify-only CA and the chains verified against it.
+type Trust = (Arc<swarmca_core::rootca::RootCa>, swarmca_core::rootca::VerifiedPeers);
 
 /// Simulated time since the start of the run.
 pub fn now() -> Duration {
@@ -130,19 +147,53 @@ impl Shared {
             extca_issued: Mutex::default(),
             extca_wrong_key: Mutex::default(),
             first_root: Mutex::default(),
+            dispatch: Mutex::default(),
+            cluster_root: Mutex::default(),
+            wakers: Mutex::default(),
+            heal_notify: tokio::sync::Notify::new(),
         }
     }
 
-    /// [`trust_of`] `bundle`, built once per run and bundle. The roots of a run are generated
-    /// at its start and valid for 20 years, so the instant they were checked at does not
-    /// matter within a run.
-    pub fn trust(&self, bundle: &[u8]) -> Result<Arc<swarmca_core::rootca::RootCa>, String> {
-        if let Some(t) = lock(&self.trusts).get(bundle) {
-            return Ok(Arc::clone(t));
+    /// Verifies `chain` against the roots in `bundle` at the simulated time; the node ID on
+    /// success. The verify-only CA is built once per run and bundle (the roots of a run are
+    /// generated at its start and valid for 20 years, so the instant they were checked at does
+    /// not matter within a run), and a chain verified against it is remembered for as long as
+    /// every certificate in it is valid.
+    pub fn verify(&self, bundle: &[u8], chain: &[Vec<u8>]) -> Result<String, String> {
+        let mut trusts = lock(&self.trusts);
+        let (root, memo) = match trusts.entry(bundle.to_vec()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((Arc::new(trust_of(bundle)?), swarmca_core::rootca::VerifiedPeers::default()))
+            }
+        };
+        let root = Arc::clone(root);
+        memo.verify(&root, chain, std::time::SystemTime::now())
+            .map(|id| id.node_id)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The notification woken when the dispatcher's word for `node` changes.
+    pub fn waker(&self, node: &str) -> Arc<tokio::sync::Notify> {
+        Arc::clone(lock(&self.wakers).entry(node.to_string()).or_default())
+    }
+
+    /// Records what the dispatcher tells `node` now (`None`: the node is gone) and wakes its
+    /// agent if that changed.
+    pub fn dispatch(&self, node: &str, word: Option<(i32, i32)>) {
+        let changed = {
+            let mut d = lock(&self.dispatch);
+            let old = match word {
+                Some(w) => d.insert(node.to_string(), w),
+                None => d.remove(node),
+            };
+            old != word
+        };
+        if changed {
+            if let Some(w) = lock(&self.wakers).get(node) {
+                w.notify_one();
+            }
         }
-        let t = Arc::new(trust_of(bundle)?);
-        lock(&self.trusts).insert(bundle.to_vec(), Arc::clone(&t));
-        Ok(t)
     }
 
     pub fn healing(&self) -> bool {

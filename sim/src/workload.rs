@@ -29,6 +29,17 @@ struct Creds {
     node_id: String,
     chain: Vec<Vec<u8>>,
     bundle: Vec<u8>,
+    /// Whether the leaf names the manager OU.
+    manager: bool,
+}
+
+/// Whether the leaf of `chain` names the manager OU.
+fn leaf_is_manager(chain: &[Vec<u8>]) -> bool {
+    chain.first().and_then(|d| x509_parser::parse_x509_certificate(d).ok()).is_some_and(|(_, c)| {
+        c.subject()
+            .iter_organizational_unit()
+            .any(|ou| ou.as_str().ok() == Some(swarmca_core::role::MANAGER_OU))
+    })
 }
 
 fn chain_of(pem: &[u8]) -> Vec<Vec<u8>> {
@@ -37,11 +48,7 @@ fn chain_of(pem: &[u8]) -> Vec<Vec<u8>> {
 
 /// Verifies `chain` against the roots in `bundle` now; the node ID on success.
 fn verify_with(shared: &Shared, bundle: &[u8], chain: &[Vec<u8>]) -> Result<String, String> {
-    shared
-        .trust(bundle)?
-        .verify_peer(chain, SystemTime::now())
-        .map(|id| id.node_id)
-        .map_err(|e| e.to_string())
+    shared.verify(bundle, chain)
 }
 
 /// Whether the leaf of `chain` is valid at the simulated time with `margin` to spare.
@@ -66,6 +73,8 @@ struct Client {
     shared: Arc<Shared>,
     managers: Vec<SocketAddr>,
     manager_role: bool,
+    /// The manager this node talks to (see [`Client::manager`]).
+    sticky: std::sync::Mutex<Option<SocketAddr>>,
 }
 
 fn pick<T: Copy>(v: &[T]) -> Option<T> {
@@ -86,16 +95,26 @@ pub fn exp_delay(mean: Duration) -> Duration {
     Duration::from_secs_f64((-u.ln() * mean.as_secs_f64()).min(mean.as_secs_f64() * 5.0))
 }
 
-async fn connect(addr: SocketAddr) -> Option<NodeCaClient<Channel>> {
-    let ep = Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(Duration::from_secs(2));
-    madsim::time::timeout(Duration::from_secs(3), ep.connect()).await.ok()?.ok().map(NodeCaClient::new)
+/// A channel to `addr`. Lazy: every call of the simulated transport opens its own connection
+/// anyway, so an up-front handshake would only be one more round trip (a call to a manager that
+/// is down fails as `Unavailable`, within the call's own timeout).
+fn channel(addr: SocketAddr) -> Option<Channel> {
+    Some(
+        Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy(),
+    )
+}
+
+fn connect(addr: SocketAddr) -> Option<NodeCaClient<Channel>> {
+    channel(addr).map(NodeCaClient::new)
 }
 
 /// GetRootCACertificate from a manager, presenting `chain` if given (an authenticated call
 /// records the node's TLS info).
 async fn fetch_root(addr: SocketAddr, chain: Option<&[Vec<u8>]>) -> Option<Vec<u8>> {
-    let ep = Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(Duration::from_secs(2));
-    let ch = madsim::time::timeout(Duration::from_secs(3), ep.connect()).await.ok()?.ok()?;
+    let ch = channel(addr)?;
     let mut req = tonic::Request::new(swarmca_types::GetRootCaCertificateRequest {});
     if let Some(chain) = chain {
         present(&mut req, chain);
@@ -188,7 +207,7 @@ impl Client {
     /// An impostor renews as this node with a forged chain (I3: an identity is only what the
     /// cluster's roots vouch for): the CA must take it as a join without a token.
     async fn impostor(&self, creds: &Creds) {
-        if thread_rng().gen_bool(0.3) && !self.holds_manager_cert(creds) {
+        if thread_rng().gen_bool(0.3) && !creds.manager {
             return self.forwarding_worker(creds).await;
         }
         let how =
@@ -200,7 +219,7 @@ impl Client {
             return;
         };
         let Some((_key, csr)) = new_key_and_csr() else { return };
-        let forged = Creds { chain, ..creds.clone() };
+        let forged = Creds { manager: leaf_is_manager(&chain), chain, ..creds.clone() };
         let r =
             self.call_issue(IssueNodeCertificateRequest { csr, ..Default::default() }, Some(&forged)).await;
         self.expect_tokenless(
@@ -222,15 +241,6 @@ impl Client {
                 format!("{what} was answered {other:?}, not refused as a join without a token"),
             ),
         }
-    }
-
-    /// Whether the certificate `creds` holds carries the manager OU.
-    fn holds_manager_cert(&self, creds: &Creds) -> bool {
-        creds.chain.first().and_then(|d| x509_parser::parse_x509_certificate(d).ok()).is_some_and(|(_, c)| {
-            c.subject()
-                .iter_organizational_unit()
-                .any(|ou| ou.as_str().ok() == Some(swarmca_core::role::MANAGER_OU))
-        })
     }
 
     /// A worker (its own, valid certificate) claims to forward a call for another node, as
@@ -276,15 +286,38 @@ impl Client {
         self.send_issue(r).await
     }
 
-    /// Sends `r` to a manager picked at random; the node ID, or the gRPC code.
-    async fn send_issue(&self, r: tonic::Request<IssueNodeCertificateRequest>) -> Result<String, Code> {
-        let addr = pick(&self.managers).ok_or(Code::Unavailable)?;
-        let mut c = connect(addr).await.ok_or(Code::Unavailable)?;
-        match madsim::time::timeout(Duration::from_secs(5), c.issue_node_certificate(r)).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner().node_id),
-            Ok(Err(s)) => Err(s.code()),
-            Err(_) => Err(Code::DeadlineExceeded),
+    /// The manager this node talks to: kept from call to call, as a SwarmKit agent keeps its
+    /// manager connection, left after a call to it failed, and now and then swapped for
+    /// another (the agent's connection broker rebalances).
+    fn manager(&self) -> Option<SocketAddr> {
+        let mut m = lock(&self.sticky);
+        if m.is_none() || chance(0.15) {
+            *m = pick(&self.managers);
         }
+        *m
+    }
+
+    /// A call to `addr` failed in transport: the next call goes to another manager.
+    fn unreachable(&self, addr: SocketAddr) {
+        let mut m = lock(&self.sticky);
+        if *m == Some(addr) {
+            *m = None;
+        }
+    }
+
+    /// Sends `r` to the node's manager; the node ID, or the gRPC code.
+    async fn send_issue(&self, r: tonic::Request<IssueNodeCertificateRequest>) -> Result<String, Code> {
+        let addr = self.manager().ok_or(Code::Unavailable)?;
+        let mut c = connect(addr).ok_or(Code::Unavailable)?;
+        let code = match madsim::time::timeout(Duration::from_secs(5), c.issue_node_certificate(r)).await {
+            Ok(Ok(resp)) => return Ok(resp.into_inner().node_id),
+            Ok(Err(s)) => s.code(),
+            Err(_) => Code::DeadlineExceeded,
+        };
+        if TRANSPORT.contains(&code) {
+            self.unreachable(addr);
+        }
+        Err(code)
     }
 
     /// Polls like SwarmKit's client until the certificate for `csr` is final.
@@ -292,11 +325,8 @@ impl Client {
         let deadline = now() + Duration::from_secs(90);
         while now() < deadline && !self.shared.done() {
             let short_poll = chance(self.shared.opts.p_cancel_poll);
-            let Some(addr) = pick(&self.managers) else { return Waited::GaveUp };
-            let Some(mut c) = connect(addr).await else {
-                madsim::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            };
+            let Some(addr) = self.manager() else { return Waited::GaveUp };
+            let Some(mut c) = connect(addr) else { return Waited::GaveUp };
             let per_call = if short_poll { Duration::from_millis(200) } else { Duration::from_secs(5) };
             let mut req = tonic::Request::new(NodeCertificateStatusRequest { node_id: node_id.to_string() });
             req.set_timeout(per_call);
@@ -337,6 +367,9 @@ impl Client {
                 }
                 Ok(Err(s)) if s.code() == Code::NotFound => return Waited::Gone,
                 Ok(Err(s)) => {
+                    if TRANSPORT.contains(&s.code()) {
+                        self.unreachable(addr);
+                    }
                     if s.code() == Code::Cancelled {
                         self.shared.coverage.hit("branch.status_cut_by_stop");
                     }
@@ -348,6 +381,8 @@ impl Client {
                 Err(_) => {
                     if short_poll {
                         self.shared.coverage.hit("fault.cancelled_poll");
+                    } else {
+                        self.unreachable(addr);
                     }
                 }
             }
@@ -372,7 +407,7 @@ impl Client {
         let verified = match verify_with(&self.shared, &bundle, &chain) {
             Ok(id) => Ok(id),
             Err(first) => {
-                let served = match pick(&self.managers) {
+                let served = match self.manager() {
                     Some(addr) => fetch_root(addr, None).await,
                     None => None,
                 };
@@ -383,7 +418,21 @@ impl Client {
                             bundle = served;
                             Ok(id)
                         }
-                        Err(second) => Err(format!("{first}; against the served root: {second}")),
+                        // The manager asked may be cut off from the store and serve an older
+                        // root; the one the store holds now is what the dispatcher would push.
+                        Err(second) => {
+                            let stored = lock(&self.shared.cluster_root).clone();
+                            match verify_with(&self.shared, &stored, &chain) {
+                                Ok(id) => {
+                                    self.shared.coverage.hit("rotation.bundle_from_store");
+                                    bundle = stored;
+                                    Ok(id)
+                                }
+                                Err(third) => Err(format!(
+                                    "{first}; against the served root: {second}; against the stored root: {third}"
+                                )),
+                            }
+                        }
                     },
                     // Cannot ask now: keep what we have, this is not the CA's fault.
                     None => return None,
@@ -391,7 +440,9 @@ impl Client {
             }
         };
         let creds = match verified {
-            Ok(id) if id == node_id => Creds { node_id: node_id.to_string(), chain, bundle },
+            Ok(id) if id == node_id => {
+                Creds { node_id: node_id.to_string(), manager: leaf_is_manager(&chain), chain, bundle }
+            }
             Ok(id) => {
                 self.shared.violation(
                     "I2",
@@ -404,7 +455,7 @@ impl Client {
                     "I8",
                     format!(
                         "client {} got a certificate for node {node_id} that verifies neither against its \
-                         root bundle nor against the root the cluster serves: {e}",
+                         root bundle nor against the root the cluster serves or stores: {e}",
                         self.idx
                     ),
                 );
@@ -414,7 +465,7 @@ impl Client {
         lock(&self.shared.held).insert(self.idx, node_id.to_string());
         // The first authenticated call with the new certificate; adopt the served bundle if our
         // certificate verifies against it (after a rotation completed, it is the new root).
-        if let Some(addr) = pick(&self.managers) {
+        if let Some(addr) = self.manager() {
             if let Some(served) = fetch_root(addr, Some(&creds.chain)).await {
                 if served != creds.bundle && verify_with(&self.shared, &served, &creds.chain).is_ok() {
                     self.shared.coverage.hit("rotation.bundle_picked_up");
@@ -451,7 +502,11 @@ impl Client {
         let stale = self.shared.current_token(self.manager_role).as_deref() != Some(token.as_str());
         // Like a joining node: download the root first (the digest check against the token is
         // left out on purpose, so that stale and wrong tokens still reach the CA).
-        let bundle = fetch_root(pick(&self.managers)?, None).await?;
+        let addr = self.manager()?;
+        let Some(bundle) = fetch_root(addr, None).await else {
+            self.unreachable(addr);
+            return None;
+        };
         // What a joining node then checks (SwarmKit's DownloadRootCA): the bundle hashes to the
         // digest in the token. Without root rotations the root never changes, so any manager
         // must serve exactly the bytes the tokens were made for.
@@ -589,15 +644,14 @@ impl Client {
 
     /// Managers fetch the unlock key after getting a certificate (as SwarmKit managers do).
     async fn unlock_key(&self, creds: &Creds) {
-        let is_manager = self.holds_manager_cert(creds);
+        let is_manager = creds.manager;
         // Workers have no business asking, but an impostor might: now and then one does, and
         // must be denied (the key is only for certificates with the manager OU).
         if !is_manager && !chance(self.shared.opts.p_bad_token) {
             return;
         }
-        let Some(addr) = pick(&self.managers) else { return };
-        let Ok(ep) = Endpoint::from_shared(format!("http://{addr}")) else { return };
-        let Ok(Ok(ch)) = madsim::time::timeout(Duration::from_secs(3), ep.connect()).await else { return };
+        let Some(addr) = self.manager() else { return };
+        let Some(ch) = channel(addr) else { return };
         let mut req = tonic::Request::new(swarmca_types::GetUnlockKeyRequest {});
         present(&mut req, &creds.chain);
         let start = now();
@@ -658,8 +712,8 @@ impl Client {
     /// The node's own status (final states answer at once): whether the CA asked it to
     /// renew (ROTATE), as SwarmKit's dispatcher would tell an agent.
     async fn asked_to_rotate(&self, creds: &Creds) -> bool {
-        let Some(addr) = pick(&self.managers) else { return false };
-        let Some(mut c) = connect(addr).await else { return false };
+        let Some(addr) = self.manager() else { return false };
+        let Some(mut c) = connect(addr) else { return false };
         let mut req = tonic::Request::new(NodeCertificateStatusRequest { node_id: creds.node_id.clone() });
         req.set_timeout(Duration::from_secs(1));
         match madsim::time::timeout(Duration::from_secs(2), c.node_certificate_status(req)).await {
@@ -668,8 +722,40 @@ impl Client {
         }
     }
 
+    /// When the agent renews on its own: at a random point in 50–80 % of its certificate's
+    /// validity, as SwarmKit agents do, or earlier for an operator's forced renewal (mean
+    /// `renew_interval`).
+    fn renewal_due(&self, creds: &Creds) -> Duration {
+        let forced = now() + exp_delay(self.shared.opts.renew_interval);
+        let Some(leaf) = creds.chain.first() else { return forced };
+        let Ok((_, c)) = x509_parser::parse_x509_certificate(leaf) else { return forced };
+        let (from, to) = (c.validity().not_before.timestamp(), c.validity().not_after.timestamp());
+        let at = from as f64 + (to - from).max(0) as f64 * thread_rng().gen_range(0.5..0.8);
+        let unix_now =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        forced.min(now() + Duration::from_secs_f64((at - unix_now).max(0.0)))
+    }
+
+    /// Whether SwarmKit's dispatcher would tell the node to renew now: its role is not its
+    /// certificate's any more, or the CA marked its certificate ROTATE (a root rotation).
+    fn told_to_renew(&self, creds: &Creds) -> bool {
+        let Some(&(role, state)) = lock(&self.shared.dispatch).get(&creds.node_id) else { return false };
+        if state == swarmca_types::issuance_status::State::Rotate as i32 {
+            self.shared.coverage.hit("renew.told_rotate");
+            return true;
+        }
+        if (role == swarmca_types::NodeRole::Manager as i32) != creds.manager {
+            self.shared.coverage.hit("renew.told_role_changed");
+            return true;
+        }
+        false
+    }
+
     async fn main(self) {
         let mut creds: Option<Creds> = None;
+        // No renewal on the dispatcher's word before this (a renewal that did not change the
+        // node's role or status must not be retried at once).
+        let mut told_gap = Duration::ZERO;
         madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(0..5000))).await;
         while !self.shared.healing() {
             creds = match creds {
@@ -683,13 +769,33 @@ impl Client {
                 Some(c) => {
                     // Interrupted by the heal: in the liveness phase a node must follow a root
                     // rotation promptly.
-                    let until = now() + exp_delay(self.shared.opts.renew_interval);
+                    let until = self.renewal_due(&c);
+                    let waker = self.shared.waker(&c.node_id);
                     while now() < until && !self.shared.healing() {
-                        madsim::time::sleep((until - now()).min(Duration::from_secs(5))).await;
+                        if self.told_to_renew(&c) {
+                            if now() >= told_gap {
+                                told_gap = now() + Duration::from_secs(20);
+                                break;
+                            }
+                            madsim::time::sleep(told_gap - now()).await;
+                            continue;
+                        }
+                        // Asleep until the renewal is due, the dispatcher has news for the
+                        // node (a moment later: the agent's session delivers it), or the heal.
+                        tokio::select! {
+                            _ = madsim::time::sleep(until - now()) => {}
+                            _ = waker.notified() => {
+                                madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(0..3000))).await;
+                            }
+                            _ = self.shared.heal_notify.notified() => {}
+                        }
                     }
                     if self.shared.healing() {
                         Some(c)
                     } else {
+                        if now() >= until {
+                            self.shared.coverage.hit("renew.on_schedule");
+                        }
                         // Removed managers keep trying too: the blacklist must stop them.
                         self.unlock_key(&c).await;
                         self.renew(c).await
@@ -717,10 +823,15 @@ impl Client {
                 self.shared.coverage.hit("rotation.node_followed");
                 self.renew(c).await
             } else if completed() != seen && !self.shared.finishing() {
-                // A rotation completed: renew once more, as a periodic renewal would, with
-                // the certificate from the rotation; the new one is from the new root only.
+                // A rotation completed: now and then a node renews once more, as a periodic
+                // renewal would, with the certificate from the rotation; the new one is from
+                // the new root only.
                 seen = completed();
-                self.renew(c).await
+                if chance(0.3) {
+                    self.renew(c).await
+                } else {
+                    Some(c)
+                }
             } else {
                 Some(c)
             };
@@ -740,7 +851,7 @@ pub fn spawn_client(idx: usize, shared: Arc<Shared>, managers: Vec<SocketAddr>) 
         .name(format!("client-{idx}"))
         .ip(client_ip(idx))
         .build();
-    let client = Client { idx, shared, managers, manager_role };
+    let client = Client { idx, shared, managers, manager_role, sticky: Default::default() };
     node.spawn(client.main());
     node.id()
 }

@@ -39,7 +39,9 @@ impl WriteCtx<'_> {
 
     /// Whether this write put a new certificate on the node.
     pub fn new_certificate(&self) -> bool {
-        let cert = |n: &Node| n.certificate.as_ref().map(|c| c.certificate.clone()).unwrap_or_default();
+        fn cert(n: &Node) -> &[u8] {
+            n.certificate.as_ref().map_or(&[], |c| c.certificate.as_slice())
+        }
         let c = cert(self.new);
         !c.is_empty() && self.prev.map(cert) != Some(c)
     }
