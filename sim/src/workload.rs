@@ -782,12 +782,15 @@ impl Client {
                         }
                         // Asleep until the renewal is due, the dispatcher has news for the
                         // node (a moment later: the agent's session delivers it), or the heal.
+                        // Biased: an unbiased select draws from tokio's process-global RNG,
+                        // which would make a seed replay differently within one process.
                         tokio::select! {
-                            _ = madsim::time::sleep(until - now()) => {}
+                            biased;
+                            _ = self.shared.heal_notify.notified() => {}
                             _ = waker.notified() => {
                                 madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(0..3000))).await;
                             }
-                            _ = self.shared.heal_notify.notified() => {}
+                            _ = madsim::time::sleep(until - now()) => {}
                         }
                     }
                     if self.shared.healing() {
