@@ -172,8 +172,7 @@ pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
         for c in snap.clusters {
             m.note_roots(&c);
             m.note_cluster(now(), &c);
-            record_tokens(&shared, &c, true);
-            *lock(&shared.cluster_root) = c.root_ca.as_ref().map(|r| r.ca_cert.clone()).unwrap_or_default();
+            record_cluster(&shared, &c, true);
             m.cluster = Some(c);
         }
         for n in snap.nodes {
@@ -191,7 +190,10 @@ pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
     mirror
 }
 
-fn record_tokens(shared: &Shared, c: &Cluster, initial: bool) {
+/// Records what the cluster `c` tells the actors: its join tokens (spans of validity) and
+/// its root (what the dispatcher pushes to agents).
+fn record_cluster(shared: &Shared, c: &Cluster, initial: bool) {
+    *lock(&shared.cluster_root) = c.root_ca.as_ref().map(|r| r.ca_cert.clone()).unwrap_or_default();
     let t = c.root_ca.as_ref().and_then(|r| r.join_tokens.clone()).unwrap_or_default();
     for (manager, token) in [(false, t.worker), (true, t.manager)] {
         if shared.current_token(manager).as_deref() != Some(token.as_str()) {
@@ -250,8 +252,7 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
                 c.blacklisted_certificates.len()
             ));
             m.note_cluster(now(), &c);
-            record_tokens(shared, &c, false);
-            *lock(&shared.cluster_root) = c.root_ca.as_ref().map(|r| r.ca_cert.clone()).unwrap_or_default();
+            record_cluster(shared, &c, false);
             m.note_roots(&c);
             checkers::i8_rotation::on_cluster_write(m, shared, &c);
             m.cluster = Some(c);
