@@ -450,7 +450,9 @@ impl CaServer {
             return Ok(());
         }
         let now = self.inner.deps.clock.now();
-        match RootCa::from_api(&api, expiry, now) {
+        // Rebuilt from the same material (an expiry change; a restarted manager loading the
+        // root it was started with), the signer is reused rather than validated again.
+        match RootCa::from_api_reusing(signer.root.as_deref(), &api, expiry, now) {
             Ok(root) => {
                 let mut pool = root.roots_der().to_vec();
                 if let Some(r) = &api.root_rotation {
@@ -462,7 +464,8 @@ impl CaServer {
                         let mut both = api.ca_cert.clone();
                         both.push(b'\n');
                         both.extend_from_slice(&r.ca_cert);
-                        match RootCa::new(&both, &[], &[], expiry, &[], now) {
+                        match RootCa::new_reusing(signer.trust.as_deref(), &both, &[], &[], expiry, &[], now)
+                        {
                             Ok(t) => Some(Arc::new(t)),
                             Err(e) => {
                                 warn!(error = %e, "rotation target unusable as a trust root; trusting the current roots only");

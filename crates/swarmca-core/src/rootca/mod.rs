@@ -9,14 +9,16 @@ mod leaf;
 mod verified;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyIdMethod, KeyPair,
     KeyUsagePurpose, SerialNumber,
 };
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{
+    AlgorithmIdentifier, CertificateDer, InvalidSignature, SignatureVerificationAlgorithm, UnixTime,
+};
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
@@ -251,6 +253,13 @@ pub struct RootCa {
     intermediates_pem: Vec<u8>,
     signer: Option<Arc<Signer>>,
     expiry: Duration,
+    /// What this CA was built from (see [`source_digest`]), so that a rebuild from the same
+    /// material can reuse it ([`RootCa::new_reusing`]).
+    source: [u8; 32],
+    /// The instants (Unix seconds, inclusive) at which every certificate whose validity
+    /// [`RootCa::new`] checks is valid: the latest NotBefore and the earliest NotAfter of the
+    /// roots, the intermediates and the signing certificate.
+    valid_window: (i64, i64),
 }
 
 impl fmt::Debug for RootCa {
@@ -288,7 +297,13 @@ impl RootCa {
             return Err(RootCaError::NoValidRootCertificates);
         }
         let roots = parse_all(&roots_der)?;
+        let mut window = (i64::MIN, i64::MAX);
+        let mut widen = |c: &X509Certificate<'_>| {
+            window.0 = window.0.max(c.validity().not_before.timestamp());
+            window.1 = window.1.min(c.validity().not_after.timestamp());
+        };
         for root in &roots {
+            widen(root);
             if !chain::signature_alg_allowed(root) {
                 return Err(RootCaError::UnsupportedSignatureAlgorithm);
             }
@@ -322,6 +337,7 @@ impl RootCa {
             der
         };
         let intermediates = parse_all(&intermediates_der)?;
+        intermediates.iter().for_each(&mut widen);
 
         let signer = if sign_cert_pem.is_empty() && sign_key_pem.is_empty() {
             None
@@ -338,6 +354,7 @@ impl RootCa {
             if !chain::signature_alg_allowed(&cert) {
                 return Err(RootCaError::UnsupportedSignatureAlgorithm);
             }
+            widen(&cert);
             if !chain::chains_to_roots(&cert, &intermediates, &roots, now_secs, 0) {
                 return Err(RootCaError::InvalidSigningCertificate(
                     "certificate signed by unknown authority or not valid now".into(),
@@ -373,7 +390,35 @@ impl RootCa {
             intermediates_pem: intermediates_pem.to_vec(),
             signer,
             expiry: effective_expiry(Some(expiry)),
+            source: source_digest(roots_pem, sign_cert_pem, sign_key_pem, intermediates_pem),
+            valid_window: window,
         })
+    }
+
+    /// [`RootCa::new`], answered from `previous` when that was built from exactly the same
+    /// material and every certificate it checked is still valid at `now`: the same CA with
+    /// `expiry`, without parsing and verifying everything again (a cluster update that only
+    /// changes the certificate expiry, or a restarted manager loading the root it was started
+    /// with). Anything else is built and validated afresh.
+    pub fn new_reusing(
+        previous: Option<&RootCa>,
+        roots_pem: &[u8],
+        sign_cert_pem: &[u8],
+        sign_key_pem: &[u8],
+        expiry: Duration,
+        intermediates_pem: &[u8],
+        now: SystemTime,
+    ) -> Result<RootCa, RootCaError> {
+        if let Some(prev) = previous {
+            let now_secs = unix_secs(now);
+            if prev.valid_window.0 <= now_secs
+                && now_secs <= prev.valid_window.1
+                && prev.source == source_digest(roots_pem, sign_cert_pem, sign_key_pem, intermediates_pem)
+            {
+                return Ok(RootCa { expiry: effective_expiry(Some(expiry)), ..prev.clone() });
+            }
+        }
+        RootCa::new(roots_pem, sign_cert_pem, sign_key_pem, expiry, intermediates_pem, now)
     }
 
     /// SwarmKit `RootCAFromAPI`.
@@ -386,6 +431,16 @@ impl RootCa {
         expiry: Duration,
         now: SystemTime,
     ) -> Result<RootCa, RootCaError> {
+        RootCa::from_api_reusing(None, api, expiry, now)
+    }
+
+    /// [`RootCa::from_api`] through [`RootCa::new_reusing`].
+    pub fn from_api_reusing(
+        previous: Option<&RootCa>,
+        api: &swarmca_types::RootCa,
+        expiry: Duration,
+        now: SystemTime,
+    ) -> Result<RootCa, RootCaError> {
         let (mut sign_cert, key, intermediates): (&[u8], &[u8], &[u8]) = match &api.root_rotation {
             Some(r) => (&r.cross_signed_ca_cert, &r.ca_key, &r.cross_signed_ca_cert),
             None => (&api.ca_cert, &api.ca_key, &[]),
@@ -393,7 +448,7 @@ impl RootCa {
         if key.is_empty() {
             sign_cert = &[];
         }
-        RootCa::new(&api.ca_cert, sign_cert, key, expiry, intermediates, now)
+        RootCa::new_reusing(previous, &api.ca_cert, sign_cert, key, expiry, intermediates, now)
     }
 
     /// The roots PEM bundle, exactly as given.
@@ -544,11 +599,18 @@ impl RootCa {
         let intermediates: Vec<CertificateDer<'_>> =
             intermediates.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
         let since_epoch = now.duration_since(UNIX_EPOCH).map_err(|_| ChainFailure::Clock)?;
+        // Each usage is a full path validation; the signatures the first one checked need not
+        // be checked again by the others.
+        let remembering: Vec<RememberingAlg<'_>> =
+            webpki::ALL_VERIFICATION_ALGS.iter().map(|a| RememberingAlg::new(*a)).collect();
+        let remembering: Vec<&dyn SignatureVerificationAlgorithm> =
+            remembering.iter().map(|a| a as &dyn SignatureVerificationAlgorithm).collect();
+        let algs = if usages.len() > 1 { remembering.as_slice() } else { webpki::ALL_VERIFICATION_ALGS };
         let mut issuer_spki = None;
         for usage in usages {
             let path = ee
                 .verify_for_usage(
-                    webpki::ALL_VERIFICATION_ALGS,
+                    algs,
                     &anchors,
                     &intermediates,
                     UnixTime::since_unix_epoch(since_epoch),
@@ -560,6 +622,54 @@ impl RootCa {
             issuer_spki = Some(path.issuer_spki().as_ref().to_vec());
         }
         issuer_spki.ok_or_else(|| ChainFailure::Leaf("no key usage to verify for".into()))
+    }
+}
+
+/// A signature algorithm that remembers the (key, message, signature) triples it found
+/// valid, and answers those again without the public-key operation. Lives for one call of
+/// [`RootCa::webpki_verify`]; failures are checked every time.
+#[derive(Debug)]
+struct RememberingAlg<'a> {
+    inner: &'a dyn SignatureVerificationAlgorithm,
+    valid: Mutex<Vec<SignedMessage>>,
+}
+
+/// (public key, message, signature).
+type SignedMessage = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+impl<'a> RememberingAlg<'a> {
+    fn new(inner: &'a dyn SignatureVerificationAlgorithm) -> Self {
+        RememberingAlg { inner, valid: Mutex::new(Vec::new()) }
+    }
+}
+
+impl SignatureVerificationAlgorithm for RememberingAlg<'_> {
+    fn verify_signature(
+        &self,
+        public_key: &[u8],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), InvalidSignature> {
+        let valid = || self.valid.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = |(k, m, s): &SignedMessage| k == public_key && m == message && s == signature;
+        if valid().iter().any(seen) {
+            return Ok(());
+        }
+        self.inner.verify_signature(public_key, message, signature)?;
+        valid().push((public_key.to_vec(), message.to_vec(), signature.to_vec()));
+        Ok(())
+    }
+
+    fn public_key_alg_id(&self) -> AlgorithmIdentifier {
+        self.inner.public_key_alg_id()
+    }
+
+    fn signature_alg_id(&self) -> AlgorithmIdentifier {
+        self.inner.signature_alg_id()
+    }
+
+    fn fips(&self) -> bool {
+        self.inner.fips()
     }
 }
 
@@ -642,6 +752,22 @@ fn identity_of(cert: &X509Certificate<'_>) -> Result<PeerIdentity, VerifyError> 
         return Err(VerifyError::MissingOrganization);
     }
     Ok(PeerIdentity { node_id, roles, org })
+}
+
+/// SHA-256 over the inputs of [`RootCa::new`] other than the expiry and the instant, each
+/// length-prefixed (so no two different inputs share a digest by shifting bytes between them).
+fn source_digest(
+    roots_pem: &[u8],
+    sign_cert_pem: &[u8],
+    sign_key_pem: &[u8],
+    intermediates_pem: &[u8],
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [roots_pem, sign_cert_pem, sign_key_pem, intermediates_pem] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
 }
 
 fn parse_all(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, RootCaError> {

@@ -1028,3 +1028,113 @@ fn template_leaves_match_rcgen_byte_for_byte() {
         }
     }
 }
+
+#[test]
+fn new_reusing_reuses_only_the_same_material_while_it_is_valid() {
+    let r1 = gen_root("root-1");
+    let r2 = gen_root("root-2");
+    let first = signing_ca(&r1, HOUR);
+    let later = t0() + Duration::from_secs(86_400);
+
+    // Same material: the same CA with the new expiry, signing as before.
+    let again =
+        RootCa::new_reusing(Some(&first), &r1.cert_pem, &r1.cert_pem, &r1.key_pem, 2 * HOUR, b"", later)
+            .unwrap();
+    assert_eq!(again.expiry(), 2 * HOUR);
+    assert_eq!(again.digest(), first.digest());
+    assert!(Arc::ptr_eq(again.signer.as_ref().unwrap(), first.signer.as_ref().unwrap()));
+    let pem = again.sign_csr(&p256_csr(), "n", Role::Worker, "o", later, [5; 20]).unwrap();
+    let leaf = ders(&pem);
+    let c = parse(&leaf[0]);
+    assert_eq!(c.validity().not_after.timestamp() - c.validity().not_before.timestamp(), 3 * 3600);
+    first.verify_peer(&leaf, later).unwrap();
+
+    // Other material is built afresh: another root, or the same root without its key.
+    let other =
+        RootCa::new_reusing(Some(&first), &r2.cert_pem, &r2.cert_pem, &r2.key_pem, HOUR, b"", later).unwrap();
+    assert_eq!(other.certs_pem(), r2.cert_pem.as_slice());
+    assert!(first
+        .verify_peer(
+            &ders(&other.sign_csr(&p256_csr(), "n", Role::Worker, "o", later, [6; 20]).unwrap()),
+            later
+        )
+        .is_err());
+    let verify_only = RootCa::new_reusing(Some(&first), &r1.cert_pem, b"", b"", HOUR, b"", later).unwrap();
+    assert!(!verify_only.can_sign());
+    // ...and invalid material fails as `new` does, whatever was given to reuse.
+    assert_eq!(
+        RootCa::new_reusing(Some(&first), &r1.cert_pem, &r1.cert_pem, &r2.key_pem, HOUR, b"", later)
+            .unwrap_err(),
+        RootCaError::KeyMismatch
+    );
+
+    // Once a certificate it checked is no longer valid, nothing is reused: the root has
+    // expired for `new` and for `new_reusing` alike.
+    let expired = t0() + ROOT_CA_VALIDITY + Duration::from_secs(7 * 86_400);
+    let fresh = RootCa::new(&r1.cert_pem, &r1.cert_pem, &r1.key_pem, HOUR, b"", expired).unwrap_err();
+    assert!(matches!(fresh, RootCaError::InvalidRootCertificate(_)), "{fresh:?}");
+    assert_eq!(
+        RootCa::new_reusing(Some(&first), &r1.cert_pem, &r1.cert_pem, &r1.key_pem, HOUR, b"", expired)
+            .unwrap_err(),
+        fresh
+    );
+    let before = t0() - Duration::from_secs(7 * 86_400);
+    assert!(RootCa::new_reusing(Some(&first), &r1.cert_pem, &r1.cert_pem, &r1.key_pem, HOUR, b"", before)
+        .is_err());
+}
+
+/// Counts the signature checks that reach the wrapped algorithm.
+#[derive(Debug)]
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl SignatureVerificationAlgorithm for Counting {
+    fn verify_signature(
+        &self,
+        public_key: &[u8],
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), InvalidSignature> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        webpki::ring::ECDSA_P256_SHA256.verify_signature(public_key, message, signature)
+    }
+    fn public_key_alg_id(&self) -> AlgorithmIdentifier {
+        webpki::ring::ECDSA_P256_SHA256.public_key_alg_id()
+    }
+    fn signature_alg_id(&self) -> AlgorithmIdentifier {
+        webpki::ring::ECDSA_P256_SHA256.signature_alg_id()
+    }
+}
+
+#[test]
+fn remembering_alg_skips_only_signatures_it_found_valid() {
+    let key = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    let kp = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        key.as_ref(),
+        &ring::rand::SystemRandom::new(),
+    )
+    .unwrap();
+    use ring::signature::KeyPair as _;
+    let public = kp.public_key().as_ref().to_vec();
+    let sig = kp.sign(&ring::rand::SystemRandom::new(), b"message").unwrap().as_ref().to_vec();
+    let counting = Counting(Default::default());
+    let alg = RememberingAlg::new(&counting);
+    let calls = || counting.0.load(std::sync::atomic::Ordering::SeqCst);
+
+    alg.verify_signature(&public, b"message", &sig).unwrap();
+    alg.verify_signature(&public, b"message", &sig).unwrap();
+    assert_eq!(calls(), 1);
+    // Any other byte anywhere is checked (and fails) every time.
+    for _ in 0..2 {
+        assert!(alg.verify_signature(&public, b"messagE", &sig).is_err());
+        let mut bad = sig.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert!(alg.verify_signature(&public, b"message", &bad).is_err());
+    }
+    assert_eq!(calls(), 5);
+    assert_eq!(alg.signature_alg_id(), webpki::ring::ECDSA_P256_SHA256.signature_alg_id());
+}
