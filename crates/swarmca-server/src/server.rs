@@ -484,6 +484,10 @@ impl CaServer {
                 if !same_trust {
                     signer.trust = trust;
                 }
+                // The external CA client (its TLS configuration and idle connections) stays
+                // when what it trusts and appends did not change.
+                let same_client = signer.external_pool == pool
+                    && signer.external.intermediates() == root.intermediates_pem();
                 signer.external_pool = pool;
                 let urls = filter_external_ca_urls(desired_cert, &api.ca_cert, &external_cas);
                 info!(
@@ -494,16 +498,20 @@ impl CaServer {
                     external_ca_urls = ?crate::external::redact_urls(&urls),
                     "loaded cluster root CA"
                 );
-                let tls = signer.external_tls();
-                if let Err(e) = &tls {
-                    warn!(error = %e, "no TLS configuration for https external CAs");
+                if same_client {
+                    signer.external.update_urls(urls);
+                } else {
+                    let tls = signer.external_tls();
+                    if let Err(e) = &tls {
+                        warn!(error = %e, "no TLS configuration for https external CAs");
+                    }
+                    signer.external = Arc::new(ExternalCa::with_tls_state(
+                        urls,
+                        root.intermediates_pem().to_vec(),
+                        tls,
+                        self.inner.cfg.external_ca_timeout,
+                    ));
                 }
-                signer.external = Arc::new(ExternalCa::with_tls_state(
-                    urls,
-                    root.intermediates_pem().to_vec(),
-                    tls,
-                    self.inner.cfg.external_ca_timeout,
-                ));
                 signer.root = Some(Arc::new(root));
                 signer.last_seen_root = Some(api);
                 signer.last_seen_expiry = Some(expiry);
