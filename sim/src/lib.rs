@@ -21,6 +21,7 @@ pub mod checkers;
 pub mod coverage;
 #[cfg(madsim)]
 pub mod extca;
+pub mod facts;
 #[cfg(madsim)]
 pub mod log;
 #[cfg(madsim)]
@@ -42,3 +43,8 @@ pub mod store;
 pub mod workload;
 #[cfg(madsim)]
 pub mod world;
+
+/// Locks, recovering from poisoning (a panic already fails the run).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

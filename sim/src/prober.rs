@@ -1,11 +1,13 @@
-//! After convergence (no faults, nothing left waiting), a prober node asks every manager that
-//! is up for the status of every node, of a node that never existed, and of an empty ID, as
-//! an agent or an operator would. The answers are judged by I10
+//! After convergence (no faults, nothing left waiting), a prober node asks the managers that
+//! are up for the status of every node (each node at one of them, spread evenly), and every
+//! one of them for a node that never existed and for an empty ID, as an agent or an operator
+//! would. The answers are judged by I10
 //! ([`crate::checkers::i10_status_matches_store::check_probes`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use madsim::rand::{thread_rng, Rng};
 use swarmca_proto::node_ca_client::NodeCaClient;
 use swarmca_types::NodeCertificateStatusRequest;
 use tonic::transport::Endpoint;
@@ -39,12 +41,21 @@ pub async fn probe(managers: Vec<(usize, SocketAddr)>, nodes: Vec<String>) -> Ve
         .name("prober")
         .ip(IpAddr::V4(Ipv4Addr::new(10, 0, 3, 1)))
         .build();
+    // Every manager is asked about the unknown and the empty ID, and about its share of the
+    // nodes: node k goes to manager (offset + k) mod n, from a random offset (one answer per
+    // node suffices; followers and the leader all answer from the same store).
+    let offset = if managers.is_empty() { 0 } else { thread_rng().gen_range(0..managers.len()) };
     let mut handles = Vec::new();
-    for (i, addr) in managers {
-        let mut ids = nodes.clone();
+    for (j, (i, addr)) in managers.iter().enumerate() {
+        let mut ids: Vec<String> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| (offset + k) % managers.len() == j)
+            .map(|(_, id)| id.clone())
+            .collect();
         ids.push(UNKNOWN_NODE.to_string());
         ids.push(String::new());
-        handles.push(node.spawn(probe_manager(i, addr, ids)));
+        handles.push(node.spawn(probe_manager(*i, *addr, ids)));
     }
     let mut out = Vec::new();
     for h in handles {
@@ -66,13 +77,11 @@ async fn probe_manager(manager: usize, addr: SocketAddr, ids: Vec<String>) -> Ve
 type Answer = ((i32, String), (i32, String), String, String);
 
 async fn status(addr: SocketAddr, id: &str) -> Result<Answer, Code> {
-    let ep = Endpoint::from_shared(format!("http://{addr}"))
+    // Lazy: the simulated transport opens a connection per call anyway.
+    let ch = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|_| Code::Internal)?
-        .connect_timeout(Duration::from_secs(2));
-    let ch = madsim::time::timeout(Duration::from_secs(3), ep.connect())
-        .await
-        .map_err(|_| Code::DeadlineExceeded)?
-        .map_err(|_| Code::Unavailable)?;
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
     let mut req = tonic::Request::new(NodeCertificateStatusRequest { node_id: id.to_string() });
     req.set_timeout(PROBE_DEADLINE);
     let mut client = NodeCaClient::new(ch);

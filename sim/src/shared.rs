@@ -107,6 +107,8 @@ pub struct Shared {
     /// The cluster's root bundle as of the last committed write (what the dispatcher pushes to
     /// agents when it changes).
     pub cluster_root: Mutex<Vec<u8>>,
+    /// Certificates and CSRs parsed once for every checker and client.
+    pub facts: crate::facts::Facts,
     /// Per node: woken when what the dispatcher would tell the node changes (agents wait for
     /// their session's messages rather than polling).
     wakers: Mutex<std::collections::BTreeMap<String, Arc<tokio::sync::Notify>>>,
@@ -149,6 +151,7 @@ impl Shared {
             first_root: Mutex::default(),
             dispatch: Mutex::default(),
             cluster_root: Mutex::default(),
+            facts: Default::default(),
             wakers: Mutex::default(),
             heal_notify: tokio::sync::Notify::new(),
         }
@@ -256,7 +259,4 @@ pub fn trust_of(bundle: &[u8]) -> Result<swarmca_core::rootca::RootCa, String> {
     .map_err(|e| format!("unusable bundle: {e}"))
 }
 
-/// Locks, recovering from poisoning (a panic already fails the run).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub use crate::lock;

@@ -12,7 +12,7 @@ use swarmca_types::{IssueNodeCertificateRequest, NodeCertificateStatusRequest};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::checkers::i1_key_matches_csr::{spki_of_cert_pem, spki_of_csr_pem};
+use crate::facts::Facts;
 use crate::mirror::short;
 use crate::peers::present;
 use crate::shared::{lock, now, JoinObs, RenewObs, Shared, StatusObs};
@@ -34,12 +34,11 @@ struct Creds {
 }
 
 /// Whether the leaf of `chain` names the manager OU.
-fn leaf_is_manager(chain: &[Vec<u8>]) -> bool {
-    chain.first().and_then(|d| x509_parser::parse_x509_certificate(d).ok()).is_some_and(|(_, c)| {
-        c.subject()
-            .iter_organizational_unit()
-            .any(|ou| ou.as_str().ok() == Some(swarmca_core::role::MANAGER_OU))
-    })
+fn leaf_is_manager(facts: &Facts, chain: &[Vec<u8>]) -> bool {
+    chain
+        .first()
+        .and_then(|d| facts.cert(d))
+        .is_some_and(|c| c.ous.iter().any(|ou| ou == swarmca_core::role::MANAGER_OU))
 }
 
 fn chain_of(pem: &[u8]) -> Vec<Vec<u8>> {
@@ -52,12 +51,11 @@ fn verify_with(shared: &Shared, bundle: &[u8], chain: &[Vec<u8>]) -> Result<Stri
 }
 
 /// Whether the leaf of `chain` is valid at the simulated time with `margin` to spare.
-fn time_valid(chain: &[Vec<u8>], margin: Duration) -> bool {
-    let Some(leaf) = chain.first() else { return false };
-    let Ok((_, c)) = x509_parser::parse_x509_certificate(leaf) else { return false };
+fn time_valid(facts: &Facts, chain: &[Vec<u8>], margin: Duration) -> bool {
+    let Some(c) = chain.first().and_then(|d| facts.cert(d)) else { return false };
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let m = margin.as_secs() as i64;
-    c.validity().not_before.timestamp() + m <= now && now + m <= c.validity().not_after.timestamp()
+    c.not_before + m <= now && now + m <= c.not_after
 }
 
 /// How a wait for a certificate ended.
@@ -219,7 +217,7 @@ impl Client {
             return;
         };
         let Some((_key, csr)) = new_key_and_csr() else { return };
-        let forged = Creds { manager: leaf_is_manager(&chain), chain, ..creds.clone() };
+        let forged = Creds { manager: leaf_is_manager(&self.shared.facts, &chain), chain, ..creds.clone() };
         let r =
             self.call_issue(IssueNodeCertificateRequest { csr, ..Default::default() }, Some(&forged)).await;
         self.expect_tokenless(
@@ -395,7 +393,8 @@ impl Client {
     /// bundle the cluster serves now), then one authenticated call with it, as an agent's
     /// session would make (the CA records which root issued what the node uses).
     async fn accept(&self, node_id: &str, cert_pem: &[u8], csr: &[u8], bundle: &[u8]) -> Option<Creds> {
-        if spki_of_cert_pem(cert_pem) != spki_of_csr_pem(csr) {
+        let facts = &self.shared.facts;
+        if facts.cert_pem(cert_pem).map(|c| c.spki.clone()) != facts.csr_key(csr).map(|k| k.to_vec()) {
             self.shared.violation(
                 "I1",
                 format!("client {} received a certificate for another key (node {node_id})", self.idx),
@@ -440,9 +439,12 @@ impl Client {
             }
         };
         let creds = match verified {
-            Ok(id) if id == node_id => {
-                Creds { node_id: node_id.to_string(), manager: leaf_is_manager(&chain), chain, bundle }
-            }
+            Ok(id) if id == node_id => Creds {
+                node_id: node_id.to_string(),
+                manager: leaf_is_manager(&self.shared.facts, &chain),
+                chain,
+                bundle,
+            },
             Ok(id) => {
                 self.shared.violation(
                     "I2",
@@ -696,7 +698,7 @@ impl Client {
             return None;
         }
         let margin = self.shared.opts.max_clock_skew + Duration::from_secs(300);
-        if code == Code::InvalidArgument && time_valid(&creds.chain, margin) {
+        if code == Code::InvalidArgument && time_valid(&self.shared.facts, &creds.chain, margin) {
             self.shared.violation(
                 "I8",
                 format!(
@@ -728,8 +730,8 @@ impl Client {
     fn renewal_due(&self, creds: &Creds) -> Duration {
         let forced = now() + exp_delay(self.shared.opts.renew_interval);
         let Some(leaf) = creds.chain.first() else { return forced };
-        let Ok((_, c)) = x509_parser::parse_x509_certificate(leaf) else { return forced };
-        let (from, to) = (c.validity().not_before.timestamp(), c.validity().not_after.timestamp());
+        let Some(c) = self.shared.facts.cert(leaf) else { return forced };
+        let (from, to) = (c.not_before, c.not_after);
         let at = from as f64 + (to - from).max(0) as f64 * thread_rng().gen_range(0.5..0.8);
         let unix_now =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());

@@ -1,29 +1,16 @@
 //! I1: an ISSUED certificate's public key equals the key of the CSR stored on the node in the
 //! same write (SwarmKit's conflict retry could pair a certificate with another CSR).
 
-use x509_parser::prelude::*;
-
 use super::WriteCtx;
-
-pub fn spki_of_cert_pem(pem: &[u8]) -> Option<Vec<u8>> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
-    let (_, c) = X509Certificate::from_der(&p.contents).ok()?;
-    Some(c.public_key().raw.to_vec())
-}
-
-pub fn spki_of_csr_pem(pem: &[u8]) -> Option<Vec<u8>> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
-    let (_, c) = X509CertificationRequest::from_der(&p.contents).ok()?;
-    Some(c.certification_request_info.subject_pki.raw.to_vec())
-}
 
 pub fn check(ctx: &WriteCtx<'_>) {
     if ctx.state() != 3 || !ctx.new_certificate() {
         return;
     }
     let Some(c) = ctx.new.certificate.as_ref() else { return };
-    match (spki_of_cert_pem(&c.certificate), spki_of_csr_pem(&c.csr)) {
-        (Some(a), Some(b)) if a == b => {}
+    let facts = &ctx.shared.facts;
+    match (facts.cert_pem(&c.certificate), facts.csr_key(&c.csr)) {
+        (Some(a), Some(b)) if a.spki == *b => {}
         (a, b) => ctx.shared.violation(
             "I1",
             format!(

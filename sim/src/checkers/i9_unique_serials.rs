@@ -1,7 +1,5 @@
 //! I9: certificate serial numbers are unique across everything issued, across leader changes.
 
-use x509_parser::prelude::*;
-
 use super::WriteCtx;
 use crate::mirror::{short, Mirror};
 
@@ -11,9 +9,8 @@ pub fn check(m: &mut Mirror, ctx: &WriteCtx<'_>) {
     }
     let Some(c) = ctx.new.certificate.as_ref() else { return };
     m.issued += 1;
-    let Ok((_, p)) = x509_parser::pem::parse_x509_pem(&c.certificate) else { return };
-    let Ok((_, cert)) = X509Certificate::from_der(&p.contents) else { return };
-    let serial = hex::encode(cert.raw_serial());
+    let Some(cert) = ctx.shared.facts.cert_pem(&c.certificate) else { return };
+    let serial = hex::encode(&cert.serial);
     let digest = short(&c.certificate);
     if let Some(other) = m.serials.insert(serial.clone(), digest.clone()) {
         if other != digest {
