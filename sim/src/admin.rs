@@ -16,6 +16,7 @@ use crate::workload::exp_delay;
 /// Runs until healing starts.
 pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
     let mut autolock = false;
+    let mut rotations = 0;
     while !shared.healing() {
         madsim::time::sleep(exp_delay(shared.opts.admin_interval)).await;
         if shared.healing() {
@@ -76,14 +77,21 @@ pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
                     .await;
                 shared.log.push(format!("admin: cert expiry {hours}h -> {}", r.is_ok()));
             }
-            (8..=9, _) if shared.opts.root_rotation => rotate(&shared, &control, action == 9).await,
+            (8..=9, _) if shared.opts.root_rotation => {
+                rotate(&shared, &control, action == 9, &mut rotations).await
+            }
             _ => {}
         }
     }
 }
 
+/// Root rotations started (or restarted towards a new root) at most per run: each makes every
+/// node renew, and a third one adds cost, not coverage (start, restart, abort, completion and
+/// a rotation racing everything else are all reached with two).
+const MAX_ROTATIONS: u32 = 2;
+
 /// Starts (or restarts towards a new root) a root rotation, or aborts the one in progress.
-async fn rotate(shared: &Shared, control: &Control, maybe_abort: bool) {
+async fn rotate(shared: &Shared, control: &Control, maybe_abort: bool, started: &mut u32) {
     let status = control.rotation_status().await.ok();
     let in_progress = status.as_ref().is_some_and(|s| s.in_progress);
     if maybe_abort && in_progress && thread_rng().gen_bool(0.4) {
@@ -97,12 +105,13 @@ async fn rotate(shared: &Shared, control: &Control, maybe_abort: bool) {
         return;
     }
     // Starting one is rarer than the other actions: every node renews for a rotation.
-    if !thread_rng().gen_bool(0.4) {
+    if !thread_rng().gen_bool(0.4) || *started >= MAX_ROTATIONS {
         return;
     }
     let r = control.rotate_root(Default::default()).await;
     match &r {
         Ok(st) => {
+            *started += 1;
             shared.coverage.hit(if in_progress { "rotation.restarted" } else { "rotation.started" });
             shared.log.push(format!("admin: root rotation to {} started", st.target_digest));
         }

@@ -114,7 +114,10 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     *lock(&shared.first_root) = Some((root.cert_pem.clone(), root.key_pem.clone()));
     let mirror = crate::mirror::start(&mem, shared.clone());
     let store = Arc::new(FaultyStore::new(mem, shared.clone()));
-    let root_ca = match RootCa::new(
+    // What each manager starts with, as `swarmca serve` loads it from its state: the root the
+    // cluster was created with, and its key unless signing is external-only (managers of such
+    // a cluster never hold it).
+    let issuer = match RootCa::new(
         &root.cert_pem,
         &root.cert_pem,
         &root.key_pem,
@@ -124,6 +127,14 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     ) {
         Ok(r) => r,
         Err(e) => panic!("root unusable: {e}"),
+    };
+    let root_ca = if external && opts.external_only {
+        match RootCa::new(&root.cert_pem, b"", b"", DEFAULT_NODE_CERT_EXPIRY, b"", now) {
+            Ok(r) => r,
+            Err(e) => panic!("root unusable: {e}"),
+        }
+    } else {
+        issuer.clone()
     };
 
     // Each manager's own identity, issued as `swarmca serve` would.
@@ -135,7 +146,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
             let csr =
                 params.serialize_request(&key).and_then(|c| c.pem()).unwrap_or_else(|e| panic!("csr: {e}"));
             let id = swarmca_core::id::new_id(&mut OsEntropy).unwrap_or_default();
-            let cert = root_ca
+            let cert = issuer
                 .sign_csr(csr.as_bytes(), &id, swarmca_core::role::Role::Manager, &cluster_id, now, serial())
                 .unwrap_or_else(|e| panic!("manager cert: {e}"));
             (cert, key.serialize_pem().into_bytes())
