@@ -63,6 +63,10 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     let seed = opts.seed;
     let log = EventLog::new(echo);
     log.push(format!("seed {seed}: {opts}"));
+    // A run is one thread: every signature the checkers and the managers verify is checked
+    // once per run, then answered from memory (a pure function; only the time it takes
+    // changes, see `swarmca_core::rootca::remember`). Starts empty for every run.
+    swarmca_core::rootca::remember::remember_on_this_thread(true);
 
     // The cluster, as `swarmca serve` would create it.
     let now = SystemTime::now();
@@ -245,6 +249,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         checkers::finish(&m, &shared);
     }
     shared.done.store(true, Ordering::SeqCst);
+    swarmca_core::rootca::remember::remember_on_this_thread(false);
     if let Some(dir) = std::env::var_os("SWARMCA_SIM_DUMP") {
         let path = std::path::Path::new(&dir).join(format!("{seed}-{}.log", log.hash()));
         let _ = std::fs::write(path, log.lines().join("\n"));

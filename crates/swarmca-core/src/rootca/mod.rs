@@ -6,19 +6,18 @@ mod cross;
 mod issued;
 mod key;
 mod leaf;
+pub mod remember;
 mod verified;
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyIdMethod, KeyPair,
     KeyUsagePurpose, SerialNumber,
 };
-use rustls_pki_types::{
-    AlgorithmIdentifier, CertificateDer, InvalidSignature, SignatureVerificationAlgorithm, UnixTime,
-};
+use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
@@ -26,6 +25,7 @@ use x509_parser::certificate::X509Certificate;
 pub use self::cross::{cross_sign_csr, CrossSignCsr, CrossSignError};
 pub use self::issued::IssuedCertError;
 use self::key::CaKey;
+use self::remember::RememberingAlg;
 pub use self::verified::VerifiedPeers;
 use crate::csr::{self, CsrError};
 use crate::identity::PeerIdentity;
@@ -600,17 +600,17 @@ impl RootCa {
             intermediates.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
         let since_epoch = now.duration_since(UNIX_EPOCH).map_err(|_| ChainFailure::Clock)?;
         // Each usage is a full path validation; the signatures the first one checked need not
-        // be checked again by the others.
+        // be checked again by the others (nor, on a thread that opted in, any checked before:
+        // see [`remember`]).
         let remembering: Vec<RememberingAlg<'_>> =
             webpki::ALL_VERIFICATION_ALGS.iter().map(|a| RememberingAlg::new(*a)).collect();
-        let remembering: Vec<&dyn SignatureVerificationAlgorithm> =
+        let algs: Vec<&dyn SignatureVerificationAlgorithm> =
             remembering.iter().map(|a| a as &dyn SignatureVerificationAlgorithm).collect();
-        let algs = if usages.len() > 1 { remembering.as_slice() } else { webpki::ALL_VERIFICATION_ALGS };
         let mut issuer_spki = None;
         for usage in usages {
             let path = ee
                 .verify_for_usage(
-                    algs,
+                    &algs,
                     &anchors,
                     &intermediates,
                     UnixTime::since_unix_epoch(since_epoch),
@@ -622,54 +622,6 @@ impl RootCa {
             issuer_spki = Some(path.issuer_spki().as_ref().to_vec());
         }
         issuer_spki.ok_or_else(|| ChainFailure::Leaf("no key usage to verify for".into()))
-    }
-}
-
-/// A signature algorithm that remembers the (key, message, signature) triples it found
-/// valid, and answers those again without the public-key operation. Lives for one call of
-/// [`RootCa::webpki_verify`]; failures are checked every time.
-#[derive(Debug)]
-struct RememberingAlg<'a> {
-    inner: &'a dyn SignatureVerificationAlgorithm,
-    valid: Mutex<Vec<SignedMessage>>,
-}
-
-/// (public key, message, signature).
-type SignedMessage = (Vec<u8>, Vec<u8>, Vec<u8>);
-
-impl<'a> RememberingAlg<'a> {
-    fn new(inner: &'a dyn SignatureVerificationAlgorithm) -> Self {
-        RememberingAlg { inner, valid: Mutex::new(Vec::new()) }
-    }
-}
-
-impl SignatureVerificationAlgorithm for RememberingAlg<'_> {
-    fn verify_signature(
-        &self,
-        public_key: &[u8],
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<(), InvalidSignature> {
-        let valid = || self.valid.lock().unwrap_or_else(|e| e.into_inner());
-        let seen = |(k, m, s): &SignedMessage| k == public_key && m == message && s == signature;
-        if valid().iter().any(seen) {
-            return Ok(());
-        }
-        self.inner.verify_signature(public_key, message, signature)?;
-        valid().push((public_key.to_vec(), message.to_vec(), signature.to_vec()));
-        Ok(())
-    }
-
-    fn public_key_alg_id(&self) -> AlgorithmIdentifier {
-        self.inner.public_key_alg_id()
-    }
-
-    fn signature_alg_id(&self) -> AlgorithmIdentifier {
-        self.inner.signature_alg_id()
-    }
-
-    fn fips(&self) -> bool {
-        self.inner.fips()
     }
 }
 

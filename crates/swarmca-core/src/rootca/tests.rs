@@ -1083,58 +1083,23 @@ fn new_reusing_reuses_only_the_same_material_while_it_is_valid() {
         .is_err());
 }
 
-/// Counts the signature checks that reach the wrapped algorithm.
-#[derive(Debug)]
-struct Counting(std::sync::atomic::AtomicUsize);
-
-impl SignatureVerificationAlgorithm for Counting {
-    fn verify_signature(
-        &self,
-        public_key: &[u8],
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<(), InvalidSignature> {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        webpki::ring::ECDSA_P256_SHA256.verify_signature(public_key, message, signature)
-    }
-    fn public_key_alg_id(&self) -> AlgorithmIdentifier {
-        webpki::ring::ECDSA_P256_SHA256.public_key_alg_id()
-    }
-    fn signature_alg_id(&self) -> AlgorithmIdentifier {
-        webpki::ring::ECDSA_P256_SHA256.signature_alg_id()
-    }
-}
-
 #[test]
-fn remembering_alg_skips_only_signatures_it_found_valid() {
-    let key = ring::signature::EcdsaKeyPair::generate_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        &ring::rand::SystemRandom::new(),
-    )
-    .unwrap();
-    let kp = ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        key.as_ref(),
-        &ring::rand::SystemRandom::new(),
-    )
-    .unwrap();
-    use ring::signature::KeyPair as _;
-    let public = kp.public_key().as_ref().to_vec();
-    let sig = kp.sign(&ring::rand::SystemRandom::new(), b"message").unwrap().as_ref().to_vec();
-    let counting = Counting(Default::default());
-    let alg = RememberingAlg::new(&counting);
-    let calls = || counting.0.load(std::sync::atomic::Ordering::SeqCst);
-
-    alg.verify_signature(&public, b"message", &sig).unwrap();
-    alg.verify_signature(&public, b"message", &sig).unwrap();
-    assert_eq!(calls(), 1);
-    // Any other byte anywhere is checked (and fails) every time.
-    for _ in 0..2 {
-        assert!(alg.verify_signature(&public, b"messagE", &sig).is_err());
-        let mut bad = sig.clone();
-        *bad.last_mut().unwrap() ^= 1;
-        assert!(alg.verify_signature(&public, b"message", &bad).is_err());
-    }
-    assert_eq!(calls(), 5);
-    assert_eq!(alg.signature_alg_id(), webpki::ring::ECDSA_P256_SHA256.signature_alg_id());
+fn remembered_signatures_never_change_a_verdict() {
+    remember::remember_on_this_thread(true);
+    let r1 = gen_root("root-1");
+    let r2 = gen_root("root-2");
+    let ca = signing_ca(&r1, HOUR);
+    let other = signing_ca(&r2, HOUR);
+    let chain = ders(&ca.sign_csr(&p256_csr(), "n", Role::Worker, "o", t0(), [3; 20]).unwrap());
+    ca.verify_peer(&chain, t0()).unwrap();
+    assert!(remember::remembered_on_this_thread() > 0);
+    ca.verify_peer(&chain, t0()).unwrap();
+    // The same chain under other roots, a tampered signature, or outside its validity is
+    // refused as without the memo.
+    assert_eq!(other.verify_peer(&chain, t0()).unwrap_err(), VerifyError::UnknownIssuer);
+    let mut tampered = chain.clone();
+    *tampered[0].last_mut().unwrap() ^= 1;
+    assert!(ca.verify_peer(&tampered, t0()).is_err());
+    assert_eq!(ca.verify_peer(&chain, t0() + ROOT_CA_VALIDITY).unwrap_err(), VerifyError::Expired);
+    remember::remember_on_this_thread(false);
 }
