@@ -208,6 +208,9 @@ impl Client {
         if thread_rng().gen_bool(0.3) && !creds.manager {
             return self.forwarding_worker(creds).await;
         }
+        if thread_rng().gen_bool(0.5) && creds.manager {
+            return self.forwarding_for_removed(creds).await;
+        }
         let how =
             [Forgery::SelfSigned, Forgery::LookAlike, Forgery::ForeignOrg][thread_rng().gen_range(0..3)];
         let real_root = lock(&self.shared.first_root).clone();
@@ -245,18 +248,43 @@ impl Client {
     /// only managers may (spec §1.4): the forwarded identity must not be believed, and the
     /// call is a join without a token.
     async fn forwarding_worker(&self, creds: &Creds) {
+        let other = lock(&self.shared.held).values().find(|id| **id != creds.node_id).cloned();
+        let Some(other) = other else { return };
+        let Some(r) = self.forward(creds, &other).await else { return };
+        self.expect_tokenless(
+            format!("worker {} forwarding for node {other}", creds.node_id),
+            &r,
+            "fault.forwarding_worker_refused",
+        );
+    }
+
+    /// A manager (its own, valid certificate) forwards a renewal for a node the operator
+    /// removed: unlike SwarmKit, which checks only the forwarder against the blacklist (spec
+    /// §8.4), the forwarded identity is checked too, and the call is a join without a token.
+    async fn forwarding_for_removed(&self, creds: &Creds) {
+        let removed = lock(&self.shared.removed).last().map(|(id, _)| id.clone());
+        let Some(removed) = removed else { return };
+        let Some(r) = self.forward(creds, &removed).await else { return };
+        self.expect_tokenless(
+            format!("manager {} forwarding for removed node {removed}", creds.node_id),
+            &r,
+            "fault.forwarded_removed_refused",
+        );
+    }
+
+    /// A renewal presenting `creds` as the forwarder of node `other` (claimed a manager of
+    /// this cluster).
+    async fn forward(&self, creds: &Creds, other: &str) -> Option<Result<String, Code>> {
         use swarmca_server::peer::{
             FORWARDED_CERT, FORWARDED_CERT_CN, FORWARDED_CERT_ORG, FORWARDED_CERT_OU,
         };
-        let other = lock(&self.shared.held).values().find(|id| **id != creds.node_id).cloned();
-        let Some(other) = other else { return };
-        let Some((_key, csr)) = new_key_and_csr() else { return };
+        let (_key, csr) = new_key_and_csr()?;
         let mut r = tonic::Request::new(IssueNodeCertificateRequest { csr, ..Default::default() });
         present(&mut r, &creds.chain);
         let md = r.metadata_mut();
         for (k, v) in [
             (FORWARDED_CERT, "true"),
-            (FORWARDED_CERT_CN, other.as_str()),
+            (FORWARDED_CERT_CN, other),
             (FORWARDED_CERT_OU, swarmca_core::role::MANAGER_OU),
             (FORWARDED_CERT_ORG, self.shared.cluster_id.as_str()),
         ] {
@@ -264,12 +292,7 @@ impl Client {
                 md.insert(k, v);
             }
         }
-        let r = self.send_issue(r).await;
-        self.expect_tokenless(
-            format!("worker {} forwarding for node {other}", creds.node_id),
-            &r,
-            "fault.forwarding_worker_refused",
-        );
+        Some(self.send_issue(r).await)
     }
 
     async fn call_issue(
