@@ -45,11 +45,6 @@ fn chain_of(pem: &[u8]) -> Vec<Vec<u8>> {
     x509_parser::pem::Pem::iter_from_buffer(pem).filter_map(|p| p.ok().map(|p| p.contents)).collect()
 }
 
-/// Verifies `chain` against the roots in `bundle` now; the node ID on success.
-fn verify_with(shared: &Shared, bundle: &[u8], chain: &[Vec<u8>]) -> Result<String, String> {
-    shared.verify(bundle, chain)
-}
-
 /// Whether the leaf of `chain` is valid at the simulated time with `margin` to spare.
 fn time_valid(facts: &Facts, chain: &[Vec<u8>], margin: Duration) -> bool {
     let Some(c) = chain.first().and_then(|d| facts.cert(d)) else { return false };
@@ -426,7 +421,7 @@ impl Client {
         }
         let chain = chain_of(cert_pem);
         let mut bundle = bundle.to_vec();
-        let verified = match verify_with(&self.shared, &bundle, &chain) {
+        let verified = match self.shared.verify(&bundle, &chain) {
             Ok(id) => Ok(id),
             Err(first) => {
                 let served = match self.manager() {
@@ -434,7 +429,7 @@ impl Client {
                     None => None,
                 };
                 match served {
-                    Some(served) => match verify_with(&self.shared, &served, &chain) {
+                    Some(served) => match self.shared.verify(&served, &chain) {
                         Ok(id) => {
                             self.shared.coverage.hit("rotation.bundle_picked_up");
                             bundle = served;
@@ -444,7 +439,7 @@ impl Client {
                         // root; the one the store holds now is what the dispatcher would push.
                         Err(second) => {
                             let stored = lock(&self.shared.cluster_root).clone();
-                            match verify_with(&self.shared, &stored, &chain) {
+                            match self.shared.verify(&stored, &chain) {
                                 Ok(id) => {
                                     self.shared.coverage.hit("rotation.bundle_from_store");
                                     bundle = stored;
@@ -492,7 +487,7 @@ impl Client {
         // certificate verifies against it (after a rotation completed, it is the new root).
         if let Some(addr) = self.manager() {
             if let Some(served) = fetch_root(addr, Some(&creds.chain)).await {
-                if served != creds.bundle && verify_with(&self.shared, &served, &creds.chain).is_ok() {
+                if served != creds.bundle && self.shared.verify(&served, &creds.chain).is_ok() {
                     self.shared.coverage.hit("rotation.bundle_picked_up");
                     return Some(Creds { bundle: served, ..creds });
                 }
