@@ -44,7 +44,7 @@ csr attributes "/CN=attrs-node" "${p256[@]}" -config "$tmp/attrs.cnf"
 
 # Variants: truncated, bit-flipped, huge lengths, trailing data, wrong envelope.
 python3 - <<'PY'
-import os, random
+import base64, os, random
 random.seed(20260601)
 der = {n[:-4]: open(f"csr_der/{n}", "rb").read() for n in sorted(os.listdir("csr_der"))}
 base = der["p256"]
@@ -74,8 +74,38 @@ for k in range(len(base) - 80, len(base)):
         b[k + 2] = 1
         break
 out["sig_unused_bits"] = bytes(b)
+# BER lengths on the unsigned envelope (outer SEQUENCE, signature algorithm, its OID, signature
+# BIT STRING) and odd signature-algorithm parameters: the signature still verifies, DER does not.
+def tlv(tag, v, n=None):
+    if n is None:
+        n = 0 if len(v) < 0x80 else (len(v).bit_length() + 7) // 8
+    return bytes([tag, len(v)] if n == 0 else [tag, 0x80 | n]) + (len(v).to_bytes(n, "big") if n else b"") + v
+def parts(d):
+    def hdr(b, i):
+        l = b[i + 1]
+        if l < 0x80:
+            return l, i + 2
+        n = l & 0x7f
+        return int.from_bytes(b[i + 2:i + 2 + n], "big"), i + 2 + n
+    L, s = hdr(d, 0)
+    body = d[s:s + L]
+    l1, s1 = hdr(body, 0)
+    info, rest = body[:s1 + l1], body[s1 + l1:]
+    l2, s2 = hdr(rest, 0)
+    return info, rest[s2:s2 + l2], rest[s2 + l2 + 2 + (1 if rest[s2 + l2 + 1] & 0x80 else 0):]
+info, alg, sig = parts(base)
+oid = alg[2:]
+out["ber_outer_len"] = tlv(0x30, info + tlv(0x30, alg) + tlv(0x03, sig), 3)
+out["ber_alg_len"] = tlv(0x30, info + tlv(0x30, alg, 1) + tlv(0x03, sig))
+out["ber_oid_len"] = tlv(0x30, info + tlv(0x30, tlv(0x06, oid, 1)) + tlv(0x03, sig))
+out["ber_sig_len"] = tlv(0x30, info + tlv(0x30, alg) + tlv(0x03, sig, 2))
+out["alg_params_null"] = tlv(0x30, info + tlv(0x30, alg + b"\x05\x00") + tlv(0x03, sig))
+out["alg_params_bool"] = tlv(0x30, info + tlv(0x30, alg + b"\x01\x01\xff") + tlv(0x03, sig))
 for name, data in out.items():
     open(f"csr_der/{name}.der", "wb").write(data)
+    if name.startswith(("ber_", "alg_params_")):
+        pem_body = base64.encodebytes(data).decode()
+        open(f"csr_pem/{name}.pem", "w").write(f"-----BEGIN CERTIFICATE REQUEST-----\n{pem_body}-----END CERTIFICATE REQUEST-----\n")
 # PEM variants.
 pem = open("csr_pem/p256.pem", "rb").read()
 body = pem.split(b"\n", 1)[1].rsplit(b"-----END", 1)[0]

@@ -138,19 +138,31 @@ pub fn parse_csr_der(der: &[u8]) -> Result<ValidatedCsr, CsrError> {
     Ok(ValidatedCsr { der: der.to_vec(), spki_der: spki.raw.to_vec(), key_kind })
 }
 
-/// x509-parser tolerates wrong tags on the unsigned envelope (outer SEQUENCE, signature
-/// AlgorithmIdentifier, signature BIT STRING) and a non-zero unused-bits count on the
-/// signature; Go does not, and neither do we.
+/// x509-parser tolerates BER: non-minimal lengths (everywhere), wrong tags on the unsigned
+/// envelope (outer SEQUENCE, signature AlgorithmIdentifier, signature BIT STRING) and a non-zero
+/// unused-bits count on the signature. Go's `encoding/asn1` does not, and neither do we: the
+/// whole request must be DER ([`der::check_strict`]), and the envelope exactly
+/// `SEQUENCE { info, SEQUENCE { OID, params? }, BIT STRING }` with whole-byte signature bits.
+/// The signature algorithm's parameters, which the signature does not cover, may only be
+/// absent (ECDSA), NULL (RSA PKCS#1) or a SEQUENCE (RSASSA-PSS).
 fn check_envelope(der: &[u8]) -> Result<(), CsrError> {
-    let bad = || CsrError::Malformed("invalid CSR envelope".into());
-    let body = der::expect_all(der, der::TAG_SEQUENCE).ok_or_else(bad)?;
-    let (_, rest) = der::expect(body, der::TAG_SEQUENCE).ok_or_else(bad)?;
-    let (alg, rest) = der::expect(rest, der::TAG_SEQUENCE).ok_or_else(bad)?;
-    der::expect(alg, der::TAG_OID).ok_or_else(bad)?;
-    let sig = der::expect_all(rest, der::TAG_BIT_STRING).ok_or_else(bad)?;
+    der::check_strict(der)
+        .map_err(|(what, offset)| CsrError::Malformed(format!("not DER: {what} at byte {offset}")))?;
+    let bad = |what: &str| CsrError::Malformed(format!("invalid CSR envelope: {what}"));
+    let body = der::expect_all(der, der::TAG_SEQUENCE).ok_or_else(|| bad("not one SEQUENCE"))?;
+    let (_, rest) = der::expect(body, der::TAG_SEQUENCE).ok_or_else(|| bad("request info"))?;
+    let (alg, rest) = der::expect(rest, der::TAG_SEQUENCE).ok_or_else(|| bad("signature algorithm"))?;
+    let (_, params) = der::expect(alg, der::TAG_OID).ok_or_else(|| bad("signature algorithm"))?;
+    match der::read_tlv(params) {
+        None if params.is_empty() => {}
+        Some((der::TAG_NULL, [], [])) => {}
+        Some((der::TAG_SEQUENCE, _, [])) => {}
+        _ => return Err(bad("signature algorithm parameters")),
+    }
+    let sig = der::expect_all(rest, der::TAG_BIT_STRING).ok_or_else(|| bad("signature"))?;
     // Signatures are whole bytes: no unused bits.
     if sig.first() != Some(&0) {
-        return Err(bad());
+        return Err(bad("signature bits"));
     }
     Ok(())
 }

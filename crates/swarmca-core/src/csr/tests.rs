@@ -116,6 +116,124 @@ fn truncated_and_trailing_der_is_malformed() {
     assert!(matches!(parse_csr_pem(pem.as_bytes()), Err(CsrError::Malformed(_))));
 }
 
+/// The three parts of a request: (request info TLV, signature AlgorithmIdentifier TLV, the
+/// signature BIT STRING's value).
+fn envelope_parts(der: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let body = crate::der::expect_all(der, crate::der::TAG_SEQUENCE).unwrap();
+    let (_, info, rest) = crate::der::split_tlv(body).unwrap();
+    let (_, alg, rest) = crate::der::split_tlv(rest).unwrap();
+    let sig = crate::der::expect_all(rest, crate::der::TAG_BIT_STRING).unwrap();
+    (info.to_vec(), alg.to_vec(), sig.to_vec())
+}
+
+/// A TLV with its length in the long form on `n` bytes, minimal or not.
+fn long_form(tag: u8, value: &[u8], n: usize) -> Vec<u8> {
+    let len = value.len().to_be_bytes();
+    let mut out = vec![tag, 0x80 | n as u8];
+    out.extend_from_slice(&len[len.len() - n..]);
+    out.extend_from_slice(value);
+    out
+}
+
+#[test]
+fn ber_lengths_on_the_unsigned_envelope_are_malformed() {
+    use crate::der::{tlv, TAG_BIT_STRING, TAG_SEQUENCE};
+    let der = ::pem::parse(fixture("p256.csr")).unwrap().into_contents();
+    let (info, alg, sig) = envelope_parts(&der);
+    let alg_value = crate::der::expect_all(&alg, TAG_SEQUENCE).unwrap();
+    let oid_value = crate::der::expect_all(alg_value, crate::der::TAG_OID).unwrap();
+    let join = |parts: &[&[u8]]| parts.concat();
+    // Re-assembled canonically, the request is accepted again (the splitting is right).
+    assert!(parse_csr_der(&tlv(TAG_SEQUENCE, &join(&[&info, &alg, &tlv(TAG_BIT_STRING, &sig)]))).is_ok());
+    // None of these is covered by the signature: found by cargo-fuzz (csr_pem) as requests
+    // x509-parser accepted and RustCrypto's DER decoder refused. Go refuses them too.
+    for (name, bad) in [
+        (
+            "outer length on 3 bytes",
+            long_form(TAG_SEQUENCE, &join(&[&info, &alg, &tlv(TAG_BIT_STRING, &sig)]), 3),
+        ),
+        (
+            "algorithm length in long form",
+            tlv(
+                TAG_SEQUENCE,
+                &join(&[&info, &long_form(TAG_SEQUENCE, alg_value, 1), &tlv(TAG_BIT_STRING, &sig)]),
+            ),
+        ),
+        (
+            "OID length in long form",
+            tlv(
+                TAG_SEQUENCE,
+                &join(&[
+                    &info,
+                    &tlv(TAG_SEQUENCE, &long_form(crate::der::TAG_OID, oid_value, 1)),
+                    &tlv(TAG_BIT_STRING, &sig),
+                ]),
+            ),
+        ),
+        (
+            "signature length on 2 bytes",
+            tlv(TAG_SEQUENCE, &join(&[&info, &alg, &long_form(TAG_BIT_STRING, &sig, 2)])),
+        ),
+    ] {
+        match parse_csr_der(&bad) {
+            Err(CsrError::Malformed(msg)) => {
+                assert!(msg.contains("not DER: non-minimal length"), "{name}: {msg}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn signature_algorithm_parameters_are_absent_null_or_a_sequence() {
+    use crate::der::{tlv, TAG_BIT_STRING, TAG_SEQUENCE};
+    let der = ::pem::parse(fixture("p256.csr")).unwrap().into_contents();
+    let (info, alg, sig) = envelope_parts(&der);
+    let alg_value = crate::der::expect_all(&alg, TAG_SEQUENCE).unwrap();
+    let with_params = |params: &[u8]| {
+        let alg = tlv(TAG_SEQUENCE, &[alg_value, params].concat());
+        tlv(TAG_SEQUENCE, &[info.as_slice(), &alg, &tlv(TAG_BIT_STRING, &sig)].concat())
+    };
+    // ECDSA ignores its parameters (as Go does), in the shapes signers use.
+    assert!(parse_csr_der(&with_params(&[])).is_ok());
+    assert!(parse_csr_der(&with_params(&[0x05, 0x00])).is_ok());
+    for params in [
+        &[0x01, 0x01, 0xff][..],   // BOOLEAN
+        &[0x05, 0x01, 0x00],       // NULL with contents
+        &[0x07, 0x00],             // ObjectDescriptor, unknown to most DER decoders
+        &[0x05, 0x00, 0x05, 0x00], // two values
+        &[0x1f, 0x21, 0x00],       // high tag number
+    ] {
+        match parse_csr_der(&with_params(params)) {
+            Err(CsrError::Malformed(msg)) => {
+                assert!(msg.contains("not DER") || msg.contains("parameters"), "{params:02x?}: {msg}")
+            }
+            other => panic!("{params:02x?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn ber_inside_the_signed_request_is_malformed_even_when_signed() {
+    use crate::der::{tlv, TAG_BIT_STRING, TAG_SEQUENCE};
+    use rcgen::SigningKey;
+    let (key, pem) = rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let der = ::pem::parse(pem).unwrap().into_contents();
+    let (info, alg, _) = envelope_parts(&der);
+    let info_value = crate::der::expect_all(&info, TAG_SEQUENCE).unwrap();
+    let sign = |info: &[u8]| {
+        let mut sig = vec![0u8];
+        sig.extend(key.sign(info).unwrap());
+        tlv(TAG_SEQUENCE, &[info, alg.as_slice(), &tlv(TAG_BIT_STRING, &sig)].concat())
+    };
+    // Re-signed as is, it is accepted: what fails below is only the encoding.
+    assert!(parse_csr_der(&sign(&info)).is_ok());
+    match parse_csr_der(&sign(&long_form(TAG_SEQUENCE, info_value, 2))) {
+        Err(CsrError::Malformed(msg)) => assert!(msg.contains("not DER: non-minimal length"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn flipped_signature_bit_is_a_bad_signature() {
     for name in ["p256.csr", "p384.csr", "rsa2048.csr"] {
