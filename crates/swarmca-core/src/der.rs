@@ -34,8 +34,11 @@ pub(crate) fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 /// How deep [`check_strict`] follows constructed values; a CSR nests about 8 deep.
 pub(crate) const MAX_STRICT_DEPTH: usize = 32;
 
-/// Checks that `input` is a run of TLVs encoded as DER requires (the rules Go's
-/// `encoding/asn1` applies to every certificate request it parses), throughout:
+/// Checks that `input` is a run of TLVs whose lengths, tags and forms are DER's (as Go's
+/// `encoding/asn1` requires of every certificate request it parses), throughout. The contents
+/// of primitive values (INTEGER minimality, BOOLEAN values, OID arcs, string charsets, what a
+/// BIT or OCTET STRING wraps) are not looked at here: in a CSR they are all signed, and parsed
+/// by x509-parser.
 ///
 /// * every length definite and minimal: short form below 128, long form without leading zero
 ///   bytes otherwise (at most 4 length bytes);
@@ -214,6 +217,12 @@ mod tests {
             let der = nested(&bad);
             assert_eq!(check_strict(&der), Err((what, 5)), "{bad:02x?}");
         }
+        // Behind long-form headers: a 4-byte SEQUENCE header, then the 4-byte one of a 300-byte
+        // OCTET STRING, then the violation at 4 + 4 + 300.
+        let der =
+            tlv(TAG_SEQUENCE, &[tlv(TAG_OCTET_STRING, &[7; 300]), vec![0x04, 0x81, 0x01, 0x07]].concat());
+        assert_eq!(&der[..2], &[0x30, 0x82]);
+        assert_eq!(check_strict(&der), Err(("non-minimal length (long form below 128)", 308)));
         // The outer value itself, and a sibling after a valid value.
         assert_eq!(
             check_strict(&[0x30, 0x81, 0x02, 0x05, 0x00]),
