@@ -4,7 +4,8 @@
 //! crate so that `cargo test --workspace` stays green.
 //!
 //! Layout: [`options`] derives every knob from one seed; [`world`] builds the managers (the
-//! unchanged `swarmca-server` over a shared store), [`workload`] the clients, [`admin`] the
+//! unchanged `swarmca-server`, each a production `Manager` over a shared store), [`election`] the
+//! leases that decide who leads, [`workload`] the clients, [`admin`] the
 //! operator racing issuance, [`nemesis`] the faults; [`store`] wraps the store with injected
 //! conflicts and errors; [`mirror`] follows every store write into the [`log`] and the
 //! [`checkers`]; [`run`] is one seed: safety phase, heal, liveness phase, verdict.
@@ -19,6 +20,8 @@ pub mod admin;
 pub mod checkers;
 #[cfg(madsim)]
 pub mod coverage;
+#[cfg(madsim)]
+pub mod election;
 #[cfg(madsim)]
 pub mod extca;
 pub mod facts;

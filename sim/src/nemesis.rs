@@ -3,6 +3,10 @@
 //! F8 clock skew and jumps on managers, F9 long partitions of a client, and manager↔store
 //! partitions (a cut-off leader loses its lease). F1 (store faults) lives
 //! in the store wrapper; F5 (client misbehaviour) in the workload.
+//!
+//! The nemesis never picks a leader: a killed, paused or cut-off leader stops renewing its
+//! lease, the simulated election ([`crate::election`]) expires it and elects the oldest live
+//! candidate, and the deposed manager's own `Manager` notices and steps down.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use madsim::net::NetSim;
 use madsim::rand::{thread_rng, Rng};
 use madsim::task::NodeId;
 
+use crate::election::LEASE;
 use crate::shared::Shared;
 use crate::store::Link;
 use crate::workload::exp_delay;
@@ -25,10 +30,6 @@ pub struct ExtCa {
 }
 
 use crate::options::FaultKind as Fault;
-
-/// How long a paused leader keeps its leadership before another manager is elected (the lease
-/// of `serve --etcd`).
-const LEASE: Duration = Duration::from_secs(5);
 
 fn enabled(shared: &Shared, ext: bool) -> Vec<Fault> {
     let o = &shared.opts;
@@ -166,11 +167,14 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
         | Fault::ExtCaGarbage
         | Fault::ExtCaRefuse => {}
         Fault::LeaderGraceful => {
-            if let Some(next) = world.electable(world.leader()) {
-                shared.coverage.hit("fault.leader_graceful");
-                shared.log.push(format!("nemesis: graceful leader change to manager-{next}"));
-                world.elect(next).await;
+            // The leader's own `Manager` resigns; the oldest other candidate wins.
+            let Some(l) = world.leader() else { return };
+            if world.health(l) != Health::Up || world.store_cut(l) || !world.is_leading(l) {
+                return;
             }
+            shared.coverage.hit("fault.leader_graceful");
+            shared.log.push(format!("nemesis: manager-{l} asked to step down"));
+            world.step_down(l);
         }
         Fault::LeaderKill => {
             let Some(old) = world.leader() else { return };
@@ -189,11 +193,6 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
                     w.restart(old).await;
                 }
             });
-            // A new leader is elected after a detection delay.
-            madsim::time::sleep(Duration::from_secs(thread_rng().gen_range(1..10))).await;
-            if let Some(next) = world.electable(Some(old)) {
-                world.elect(next).await;
-            }
         }
         Fault::LeaderPause => {
             let Some(l) = world.leader() else { return };
@@ -206,31 +205,14 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
             world.pause(l);
             let w = world.clone();
             madsim::task::spawn(async move {
-                // Paused past its lease: another manager is elected while this one sleeps. On
-                // resuming it still runs its old term (its writes are fenced off) until it
-                // notices the lost lease and steps down.
-                if d > LEASE {
-                    madsim::time::sleep(LEASE).await;
-                    if w.health(l) == Health::Paused && w.leader() == Some(l) {
-                        if let Some(next) = w.electable(Some(l)) {
-                            w.shared.log.push(format!("nemesis: manager-{l} paused past its lease"));
-                            w.elect(next).await;
-                        }
-                    }
-                    madsim::time::sleep(d - LEASE).await;
-                } else {
-                    madsim::time::sleep(d).await;
-                }
+                // Paused past its lease, it is deposed while it sleeps; once resumed it runs its
+                // old term (its writes are fenced off) until it notices the loss.
+                madsim::time::sleep(d).await;
                 if w.health(l) == Health::Paused {
                     w.resume(l);
                     w.shared.log.push(format!("nemesis: resume manager-{l}"));
                     if w.leader() != Some(l) {
                         w.shared.coverage.hit("fault.deposed_leader_resumed");
-                        let notice = Duration::from_millis(thread_rng().gen_range(0..2000));
-                        madsim::time::sleep(notice).await;
-                        if w.health(l) == Health::Up && w.leader() != Some(l) {
-                            w.step_down(l).await;
-                        }
                     }
                 }
             });
@@ -289,32 +271,31 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
                 if closes { "close" } else { "stall" }
             ));
             world.set_store_link(victim, if closes { Link::CutClosed } else { Link::CutStalled });
+            // Sometimes its process restarts during the outage (a host rebooting while its
+            // network is down): the new process starts without ever having read the cluster.
+            if d >= Duration::from_secs(4) && thread_rng().gen_bool(0.25) {
+                let at = Duration::from_secs(thread_rng().gen_range(1..d.as_secs() - 2));
+                let w = world.clone();
+                madsim::task::spawn(async move {
+                    madsim::time::sleep(at).await;
+                    if w.store_cut(victim) && w.health(victim) == Health::Up {
+                        w.shared.coverage.hit("fault.restart_while_cut_off");
+                        w.shared.log.push(format!("nemesis: manager-{victim} restarts while cut off"));
+                        w.kill(victim);
+                        madsim::time::sleep(Duration::from_secs(1)).await;
+                        w.restart(victim).await;
+                    }
+                });
+            }
             let w = world.clone();
             madsim::task::spawn(async move {
-                // A leader that cannot reach the store cannot renew its lease either: past it,
-                // another manager is elected, and the cut-off one notices within 2 s and steps
-                // down (its writes meanwhile are refused: unreachable, then fenced).
-                let mut slept = Duration::ZERO;
-                if was_leader && d > LEASE {
-                    madsim::time::sleep(LEASE).await;
-                    slept = LEASE;
-                    if w.leader() == Some(victim) && w.store_cut(victim) {
-                        if let Some(next) = w.electable(Some(victim)) {
-                            w.shared.coverage.hit("fault.store_partition_deposed_leader");
-                            w.shared.log.push(format!(
-                                "nemesis: manager-{victim} lost its lease (store unreachable)"
-                            ));
-                            w.take_over(next).await;
-                            let notice = Duration::from_millis(thread_rng().gen_range(0..2000));
-                            madsim::time::sleep(notice).await;
-                            slept += notice;
-                            if w.health(victim) == Health::Up && w.leader() != Some(victim) {
-                                w.step_down(victim).await;
-                            }
-                        }
-                    }
+                // A leader cut off from the store cannot renew its lease either: past it, the
+                // election replaces it, and the cut-off manager notices and steps down (its
+                // writes meanwhile are refused: unreachable, then fenced).
+                madsim::time::sleep(d).await;
+                if was_leader && d > LEASE && w.leader() != Some(victim) {
+                    w.shared.coverage.hit("fault.store_partition_deposed_leader");
                 }
-                madsim::time::sleep(d.saturating_sub(slept)).await;
                 if w.store_cut(victim) {
                     w.set_store_link(victim, Link::Up);
                     w.shared.log.push(format!("nemesis: manager-{victim} reaches the store again"));
@@ -355,27 +336,13 @@ pub async fn heal(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>) {
         m.store.set_link(Link::Up);
         net.unclog_node(m.node.id());
         match world.health(i) {
-            Health::Paused => {
-                world.resume(i);
-                // A deposed leader resumed at the heal steps down as it would on noticing its
-                // lost lease.
-                if world.leader().is_some_and(|l| l != i) {
-                    world.step_down(i).await;
-                }
-            }
+            // A deposed leader resumed here notices its lost lease by itself.
+            Health::Paused => world.resume(i),
             Health::Dead => world.restart(i).await,
             Health::Up => {}
         }
     }
-    let leader_ok = world.leader().is_some_and(|l| {
-        world.health(l) == Health::Up
-            && world.is_leading(l)
-            && world.server(l).is_some_and(|s| s.is_running())
-    });
-    if !leader_ok {
-        if let Some(i) = world.up().first().copied() {
-            world.elect(i).await;
-        }
-    }
-    world.shared.log.push(format!("heal: leader manager-{:?}", world.leader()));
+    // The election names a leader by itself once a candidate can renew its lease.
+    let leader = world.await_leader(LEASE * 3).await;
+    world.shared.log.push(format!("heal: leader manager-{leader:?}"));
 }

@@ -142,7 +142,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     };
 
     // Each manager's own identity, issued as `swarmca serve` would.
-    let creds: Vec<(Vec<u8>, Vec<u8>)> = (0..opts.managers)
+    let creds: Vec<crate::world::Creds> = (0..opts.managers)
         .map(|_| {
             let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
             let mut params = rcgen::CertificateParams::default();
@@ -153,16 +153,18 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
             let cert = issuer
                 .sign_csr(csr.as_bytes(), &id, swarmca_core::role::Role::Manager, &cluster_id, now, serial())
                 .unwrap_or_else(|e| panic!("manager cert: {e}"));
-            (cert, key.serialize_pem().into_bytes())
+            (id, cert, key.serialize_pem().into_bytes())
         })
         .collect();
     let extca = Arc::new(crate::extca::Control::new());
     let extca_node = external.then(|| {
         crate::extca::start(shared.clone(), extca.clone(), root.cert_pem.clone(), root.key_pem.clone())
     });
-    let world = Arc::new(World::build(shared.clone(), store.clone(), root_ca.clone(), creds));
-    madsim::time::sleep(Duration::from_millis(100)).await;
-    world.elect(0).await;
+    let world = Arc::new(World::build(shared.clone(), store.clone(), root_ca.clone(), creds, mirror.clone()));
+    madsim::task::spawn(world.clone().check_terms());
+    // Every manager campaigns from its start; the election names the first leader.
+    let first = world.await_leader(Duration::from_secs(10)).await;
+    log.push(format!("first leader: manager-{first:?}"));
 
     let addrs: Vec<_> = world.managers.iter().map(|m| m.addr).collect();
     let mut client_nodes = Vec::new();
@@ -185,7 +187,6 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     madsim::task::spawn(crate::admin::run(shared.clone(), control.clone(), store.clone()));
     let ext = extca_node.map(|id| crate::nemesis::ExtCa { node: id, control: extca.clone() });
     madsim::task::spawn(crate::nemesis::run(world.clone(), client_nodes.clone(), ext.clone()));
-    madsim::task::spawn(world.clone().supervise());
 
     // Safety phase. With an external CA, it ends with an outage that overlaps the heal, so the
     // liveness phase starts with a backlog of requests waiting for the retry ticker.
@@ -246,6 +247,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     madsim::time::sleep(Duration::from_secs(100)).await;
     {
         let m = lock(&mirror);
+        world.terms.finish(&m);
         checkers::finish(&m, &shared);
     }
     shared.done.store(true, Ordering::SeqCst);

@@ -1,9 +1,11 @@
-//! The simulated cluster: manager nodes running the unchanged `swarmca-server` (every manager
-//! serves the RPCs from the shared store; exactly one — the leader chosen by the harness — runs
-//! the signing loop), their clocks, and leadership changes.
+//! The simulated cluster: manager nodes, each running the production `swarmca_server::Manager`
+//! (serve the RPCs; follow the store while campaigning; lead each term the election grants),
+//! their clocks, and what the nemesis does to them. Who leads is decided by the simulated
+//! election ([`crate::election`]) alone: the harness pauses, kills, cuts off and asks to step
+//! down, and leases do the rest.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -11,14 +13,20 @@ use madsim::runtime::{Handle, NodeHandle};
 use swarmca_core::rootca::RootCa;
 use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
-use swarmca_server::{shared_entropy, CaServer, Clock, OsEntropy, ServerConfig, ServerDeps};
+use swarmca_server::{shared_entropy, CaServer, Clock, OsEntropy, Role, ServerConfig, ServerDeps};
 
+use crate::checkers::i12_terms::Terms;
+use crate::election::{Central, SimElection};
+use crate::mirror::Mirror;
 use crate::peers::SimPeers;
 use crate::shared::{lock, Shared};
-use crate::store::{FaultyStore, FencedWriter, ManagerStore};
+use crate::store::{FaultyStore, ManagerStore};
 
 /// The port managers serve on.
 pub const PORT: u16 = 2377;
+
+/// How long a manager waits before restarting its follower duties or campaigning again.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// A manager's wall clock: simulated time plus a skew the nemesis moves (F8).
 pub struct SkewedClock(pub Arc<AtomicI64>);
@@ -36,15 +44,18 @@ impl Clock for SkewedClock {
 }
 
 /// One manager node.
-pub struct Manager {
+pub struct ManagerNode {
     pub node: NodeHandle,
     pub addr: SocketAddr,
-    /// The server of the node's current incarnation (replaced on restart).
-    pub server: Arc<Mutex<Option<CaServer>>>,
+    /// The manager of the node's current incarnation (replaced on restart).
+    pub manager: Arc<Mutex<Option<swarmca_server::Manager>>>,
     pub skew_ms: Arc<AtomicI64>,
-    /// The manager's link to the store (cut by a manager↔store partition).
+    /// The manager's link to the store and the election (cut by a manager↔store partition).
     pub store: Arc<ManagerStore>,
 }
+
+/// A manager's own identity: node ID, certificate PEM, key PEM.
+pub type Creds = (String, Vec<u8>, Vec<u8>);
 
 /// Liveness of a manager as the nemesis left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,25 +65,22 @@ pub enum Health {
     Dead,
 }
 
-/// All managers and who leads.
+/// All managers and the election.
 pub struct World {
     pub shared: Arc<Shared>,
     pub store: Arc<FaultyStore>,
-    pub managers: Vec<Manager>,
+    pub managers: Vec<ManagerNode>,
     pub health: Mutex<Vec<Health>>,
-    pub leader: Arc<Mutex<Option<usize>>>,
-    /// Whether manager `i` runs a leader term right now (set by the term's own task).
-    pub leading: Arc<Vec<AtomicBool>>,
-    /// The current leader term: bumped before each new leader starts; a leader writes through a
-    /// handle fenced on the term it started in (I11).
-    pub term: Arc<AtomicU64>,
+    pub central: Arc<Central>,
+    pub terms: Arc<Terms>,
+    /// Per manager: since when it has been up with its link to the store up, and since when it
+    /// has been seen not serving (for [`World::check_serving`]).
+    serving: Mutex<Vec<(Duration, Option<Duration>)>>,
 }
 
-fn set_flag(flags: &[AtomicBool], i: usize, v: bool) {
-    if let Some(f) = flags.get(i) {
-        f.store(v, Ordering::SeqCst);
-    }
-}
+/// How long a manager that is up and reaches the store may go without serving (its follower or
+/// leader duties loaded the cluster): a follower whose duties ended must be restarted.
+const SERVE_WITHIN: Duration = Duration::from_secs(10);
 
 /// The address of manager `i`.
 pub fn manager_ip(i: usize) -> IpAddr {
@@ -80,25 +88,28 @@ pub fn manager_ip(i: usize) -> IpAddr {
 }
 
 impl World {
-    /// Creates the manager nodes; each starts as a follower serving RPCs.
-    /// `creds[i]` is manager `i`'s own certificate and key (its mTLS identity towards the
-    /// external CA).
+    /// Creates the manager nodes; each runs a `Manager` from the start.
     pub fn build(
         shared: Arc<Shared>,
         store: Arc<FaultyStore>,
         root: RootCa,
-        creds: Vec<(Vec<u8>, Vec<u8>)>,
+        creds: Vec<Creds>,
+        mirror: Arc<Mutex<Mirror>>,
     ) -> World {
         let h = Handle::current();
+        let terms = Terms::new(shared.clone(), shared.opts.managers);
+        let central = Central::new(shared.clone(), terms.clone());
+        madsim::task::spawn(central.clone().run());
         let mut managers = Vec::new();
         for i in 0..shared.opts.managers {
-            let slot: Arc<Mutex<Option<CaServer>>> = Arc::default();
+            let slot: Arc<Mutex<Option<swarmca_server::Manager>>> = Arc::default();
             let skew = Arc::new(AtomicI64::new(0));
             let ip = manager_ip(i);
             let link = Arc::new(ManagerStore::new(store.clone(), i));
-            let (slot2, skew2, store2, shared2, root2) =
+            let (slot2, skew2, link2, shared2, root2) =
                 (slot.clone(), skew.clone(), link.clone(), shared.clone(), root.clone());
-            let my_creds = creds.get(i).cloned().unwrap_or_default();
+            let (central2, terms2, mirror2) = (central.clone(), terms.clone(), mirror.clone());
+            let (node_id, cert, key) = creds.get(i).cloned().unwrap_or_default();
             let node = h
                 .create_node()
                 .name(format!("manager-{i}"))
@@ -108,22 +119,23 @@ impl World {
                     cfg.retry_interval = shared2.opts.retry_interval;
                     cfg.max_parallel_signing = 4;
                     let deps = ServerDeps {
-                        store: store2.clone(),
+                        store: link2.clone(),
                         clock: Arc::new(SkewedClock(skew2.clone())),
                         entropy: shared_entropy(OsEntropy),
                         peers: Arc::new(SimPeers),
                     };
                     let server = CaServer::new(cfg, deps, Some(root2.clone()));
-                    if let Err(e) = server.update_tls_credentials(&my_creds.0, &my_creds.1) {
+                    if let Err(e) = server.update_tls_credentials(&cert, &key) {
                         panic!("manager credentials: {e}");
                     }
-                    *lock(&slot2) = Some(server.clone());
-                    let log = shared2.log.clone();
+                    let election =
+                        Arc::new(SimElection { central: central2.clone(), link: link2.clone(), index: i });
+                    let (terms, mirror) = (terms2.clone(), mirror2.clone());
+                    let manager = swarmca_server::Manager::new(server.clone(), election, node_id.clone())
+                        .with_observer(RETRY_PAUSE, Arc::new(move |ev| terms.on_event(i, ev, &mirror)));
+                    *lock(&slot2) = Some(manager.clone());
                     async move {
-                        let follower = server.clone();
-                        madsim::task::spawn(async move {
-                            let _ = follow(&follower, &log, i).await;
-                        });
+                        madsim::task::spawn(async move { manager.run().await });
                         let _ = tonic::transport::Server::builder()
                             .add_service(CaService::new(server.clone()))
                             .add_service(NodeCaService::new(server))
@@ -132,10 +144,10 @@ impl World {
                     }
                 })
                 .build();
-            managers.push(Manager {
+            managers.push(ManagerNode {
                 node,
                 addr: SocketAddr::new(ip, PORT),
-                server: slot,
+                manager: slot,
                 skew_ms: skew,
                 store: link,
             });
@@ -146,28 +158,80 @@ impl World {
             store,
             managers,
             health: Mutex::new(vec![Health::Up; n]),
-            leader: Arc::default(),
-            leading: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
-            term: Arc::new(AtomicU64::new(0)),
+            central,
+            terms,
+            serving: Mutex::new(vec![(Duration::ZERO, None); n]),
         }
     }
 
+    fn manager(&self, i: usize) -> Option<swarmca_server::Manager> {
+        self.managers.get(i).and_then(|m| lock(&m.manager).clone())
+    }
+
     pub fn server(&self, i: usize) -> Option<CaServer> {
-        self.managers.get(i).and_then(|m| lock(&m.server).clone())
+        self.manager(i).map(|m| m.server().clone())
     }
 
     pub fn health(&self, i: usize) -> Health {
         lock(&self.health).get(i).copied().unwrap_or(Health::Dead)
     }
 
-    pub fn set_health(&self, i: usize, h: Health) {
+    fn set_health(&self, i: usize, h: Health) {
         if let Some(x) = lock(&self.health).get_mut(i) {
             *x = h;
         }
+        self.terms.set_running(i, h == Health::Up);
+        self.reachable_from_now(i);
     }
 
+    fn reachable_from_now(&self, i: usize) {
+        if let Some(s) = lock(&self.serving).get_mut(i) {
+            *s = (crate::shared::now(), None);
+        }
+    }
+
+    /// Checks I12 every second until the run is over.
+    pub async fn check_terms(self: Arc<Self>) {
+        while !self.shared.done() {
+            madsim::time::sleep(Duration::from_secs(1)).await;
+            self.terms.check_now();
+            self.check_serving();
+        }
+    }
+
+    /// I12: every manager that has been up and able to reach the store for [`SERVE_WITHIN`]
+    /// serves (is ready), unless it is ending a leader term (its duties drain first).
+    pub fn check_serving(&self) {
+        let t = crate::shared::now();
+        let mut late = Vec::new();
+        for i in 0..self.managers.len() {
+            let ready = self.health(i) != Health::Up
+                || self.store_cut(i)
+                || self.is_leading(i)
+                || self.server(i).is_some_and(|s| s.join_tokens().is_some());
+            let mut serving = lock(&self.serving);
+            let Some((since, unready)) = serving.get_mut(i) else { continue };
+            if ready {
+                *unready = None;
+                continue;
+            }
+            let from = *unready.get_or_insert(t);
+            if t.saturating_sub(from.max(*since)) > SERVE_WITHIN {
+                late.push(i);
+                *since = t; // reported once per stretch
+            }
+        }
+        for i in late {
+            self.shared.violation(
+                "I12",
+                format!("manager-{i} is up and reaches the store but has not served for {SERVE_WITHIN:?}"),
+            );
+        }
+    }
+
+    /// The manager holding the current term, as the election sees it.
     pub fn leader(&self) -> Option<usize> {
-        *lock(&self.leader)
+        self.central.leader()
     }
 
     /// Managers that are up.
@@ -175,121 +239,29 @@ impl World {
         (0..self.managers.len()).filter(|&i| self.health(i) == Health::Up).collect()
     }
 
-    /// On manager `i`: stop whatever runs, then run as leader (or follower).
-    async fn switch(&self, i: usize, leader: bool) -> bool {
-        let (Some(m), Some(server)) = (self.managers.get(i), self.server(i)) else { return false };
-        // The node's current incarnation: a handle taken before a restart spawns into the dead one.
-        let Some(node) = Handle::current().get_node(m.node.id()) else { return false };
-        let s = server.clone();
-        let log = self.shared.log.clone();
-        let (leader_slot, leading) = (self.leader.clone(), self.leading.clone());
-        // A new leader term starts now: writes of every earlier term are fenced off from here.
-        let writer = leader.then(|| {
-            let term = self.term.fetch_add(1, Ordering::SeqCst) + 1;
-            Arc::new(FencedWriter { store: m.store.clone(), current: self.term.clone(), term })
-        });
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        node.spawn(async move {
-            let stopped = s.stop().await;
-            let what = if leader { "leader" } else { "follower" };
-            log.push(format!(
-                "manager-{i}: stop -> {:?}; starting {what}",
-                stopped.map_err(|e| e.to_string())
-            ));
-            let _ = started_tx.send(());
-            let r = match writer {
-                Some(w) => {
-                    set_flag(&leading, i, true);
-                    let r = s.run_with_writer(w).await;
-                    set_flag(&leading, i, false);
-                    r
-                }
-                None => follow(&s, &log, i).await,
-            };
-            let failed = r.is_err();
-            log.push(format!("manager-{i}: {what} term ended: {:?}", r.map_err(|e| e.to_string())));
-            if leader && failed {
-                // As `serve --etcd` does: a failed leader term gives the leadership up and the
-                // manager goes back to following (and campaigning; the world's supervisor
-                // elects a manager that can reach the store).
-                {
-                    let mut l = lock(&leader_slot);
-                    if *l == Some(i) {
-                        *l = None;
-                    }
-                }
-                log.push(format!("manager-{i}: gives the leadership up; follows"));
-                let r = follow(&s, &log, i).await;
-                log.push(format!("manager-{i}: follower term ended: {:?}", r.map_err(|e| e.to_string())));
-            }
-        });
-        // Wait (bounded) until the new term is ready.
-        madsim::time::timeout(Duration::from_secs(10), async {
-            let _ = started_rx.await;
-            while !server.is_running() {
-                madsim::time::sleep(Duration::from_millis(10)).await;
-            }
-            server.ready().await;
-        })
-        .await
-        .is_ok()
+    /// Whether manager `i` runs leader duties.
+    pub fn is_leading(&self, i: usize) -> bool {
+        self.manager(i).is_some_and(|m| matches!(m.role(), Role::Leading(_)))
     }
 
-    /// Makes `i` the leader; the previous leader, if up, steps down gracefully first.
-    pub async fn elect(&self, i: usize) {
-        if let Some(old) = self.leader() {
-            if old != i && self.health(old) == Health::Up {
-                self.switch(old, false).await;
-            }
-        }
-        self.take_over(i).await;
-    }
-
-    /// Makes `i` the leader without stopping the previous one: a leader that lost its lease
-    /// and has not noticed yet keeps running its (now fenced) term.
-    pub async fn take_over(&self, i: usize) {
-        let pending = self.pending_nodes().await;
-        if self.switch(i, true).await {
-            *lock(&self.leader) = Some(i);
-            self.shared.log.push(format!("leader: manager-{i} (pending nodes: {pending})"));
-            if pending > 0 && self.shared.opts.safety > madsim::time::TimeHandle::current().elapsed() {
-                self.shared.coverage.hit("branch.leader_change_with_pending");
-            }
-        } else {
-            *lock(&self.leader) = None;
-            self.shared.log.push(format!("leader: manager-{i} failed to start"));
+    /// Asks manager `i` to give its term up (F2 graceful): its `Manager` resigns and campaigns
+    /// again behind the others.
+    pub fn step_down(&self, i: usize) {
+        if let Some(m) = self.manager(i) {
+            m.step_down();
         }
     }
 
-    /// Manager `i` stops whatever term it runs and serves as a follower (a leader that noticed
-    /// its lost lease).
-    pub async fn step_down(&self, i: usize) {
-        self.shared.log.push(format!("manager-{i}: steps down"));
-        self.switch(i, false).await;
-    }
-
-    /// Nodes waiting for a certificate right now.
-    async fn pending_nodes(&self) -> usize {
-        use swarmca_store::Store;
-        match self.store.inner.view(swarmca_store::WatchFilter::All).await {
-            Ok(snap) => snap.nodes.iter().filter(|n| matches!(crate::checkers::state(n), 1 | 2)).count(),
-            Err(_) => 0,
-        }
-    }
-
-    /// Kills manager `i` (F2 kill).
+    /// Kills manager `i` (F2 kill): its lease expires unrenewed.
     pub fn kill(&self, i: usize) {
         if let Some(m) = self.managers.get(i) {
             Handle::current().kill(m.node.id());
             self.set_health(i, Health::Dead);
-            let mut l = lock(&self.leader);
-            if *l == Some(i) {
-                *l = None;
-            }
+            self.terms.killed(i);
         }
     }
 
-    /// Restarts a killed manager: a fresh process, serving as a follower.
+    /// Restarts a killed manager: a fresh process with a new `Manager`.
     pub async fn restart(&self, i: usize) {
         if let Some(m) = self.managers.get(i) {
             Handle::current().restart(m.node.id());
@@ -305,51 +277,20 @@ impl World {
         }
     }
 
-    /// Whether manager `i` runs a leader term.
-    pub fn is_leading(&self, i: usize) -> bool {
-        self.leading.get(i).is_some_and(|f| f.load(Ordering::SeqCst))
-    }
-
-    /// A random manager other than `not` that could win an election now: up, and able to
-    /// reach the store (etcd's election needs it).
-    pub fn electable(&self, not: Option<usize>) -> Option<usize> {
-        use madsim::rand::{thread_rng, Rng};
-        let up: Vec<usize> =
-            self.up().into_iter().filter(|&i| Some(i) != not && !self.store_cut(i)).collect();
-        if up.is_empty() {
-            None
-        } else {
-            up.get(thread_rng().gen_range(0..up.len())).copied()
+    pub fn resume(&self, i: usize) {
+        if let Some(m) = self.managers.get(i) {
+            Handle::current().resume(m.node.id());
+            self.set_health(i, Health::Up);
         }
     }
 
-    /// What etcd's election does when a leader gives up or dies without a successor: a manager
-    /// still campaigning wins. Every second: when no manager has run a leader term for a whole
-    /// lease, one that can reach the store is elected.
-    pub async fn supervise(self: Arc<Self>) {
-        let mut leaderless = Duration::ZERO;
-        while !self.shared.done() {
-            madsim::time::sleep(Duration::from_secs(1)).await;
-            let ok = self.leader().is_some_and(|l| self.health(l) != Health::Dead && self.is_leading(l));
-            leaderless = if ok { Duration::ZERO } else { leaderless + Duration::from_secs(1) };
-            if leaderless >= Duration::from_secs(5) {
-                if let Some(i) = self.electable(None) {
-                    self.shared.log.push(format!(
-                        "supervisor: no leader term for {}s; electing manager-{i}",
-                        leaderless.as_secs()
-                    ));
-                    self.shared.coverage.hit("branch.leaderless_elected");
-                    self.elect(i).await;
-                    leaderless = Duration::ZERO;
-                }
-            }
-        }
-    }
-
-    /// Sets manager `i`'s link to the store (cut or restored).
+    /// Sets manager `i`'s link to the store and the election (cut or restored).
     pub fn set_store_link(&self, i: usize, l: crate::store::Link) {
         if let Some(m) = self.managers.get(i) {
             m.store.set_link(l);
+        }
+        if l == crate::store::Link::Up {
+            self.reachable_from_now(i);
         }
     }
 
@@ -357,30 +298,17 @@ impl World {
         self.managers.get(i).is_some_and(|m| m.store.is_cut())
     }
 
-    pub fn resume(&self, i: usize) {
-        if let Some(m) = self.managers.get(i) {
-            Handle::current().resume(m.node.id());
-            self.set_health(i, Health::Up);
-        }
-    }
-}
-
-/// Follows as `serve --etcd` does: a follower term that fails (the store unreachable when a
-/// fresh process starts, before it has ever read the cluster) is restarted after a pause, until
-/// it is stopped or another term of this server has started.
-async fn follow(
-    server: &CaServer,
-    log: &crate::log::EventLog,
-    i: usize,
-) -> Result<(), swarmca_server::ServerError> {
-    loop {
-        match server.run_follower().await {
-            Ok(()) => return Ok(()),
-            Err(e @ swarmca_server::ServerError::AlreadyRunning) => return Err(e),
-            Err(e) => {
-                log.push(format!("manager-{i}: follower term ended: {e}; restarting it"));
-                madsim::time::sleep(Duration::from_secs(1)).await;
+    /// Waits (at most `limit`) until some manager runs leader duties.
+    pub async fn await_leader(&self, limit: Duration) -> Option<usize> {
+        let until = crate::shared::now() + limit;
+        loop {
+            if let Some(l) = self.leader().filter(|&l| self.is_leading(l)) {
+                return Some(l);
             }
+            if crate::shared::now() >= until {
+                return None;
+            }
+            madsim::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -261,8 +261,15 @@ fn a_paused_leader_writes_nothing_after_resuming_and_serves_as_follower() {
         assert!(swarmca_store::version_of(c.meta.as_ref()) <= resumed_at, "cluster written after the resume");
     }
     let log = std::fs::read_to_string(&swarm.managers[old].log).unwrap_or_default();
-    let after = &log[log_before.min(log.len())..];
-    assert!(after.contains("stepping down"), "the old leader did not step down:\n{after}");
+    let (before, after) = log.split_at(log_before.min(log.len()));
+    // On a loaded machine its lease can lapse just before the pause: it then ended its term
+    // and was campaigning again when paused, with nothing left to step down from.
+    let led_at_pause = before.rfind("elected leader") > before.rfind("leader duties stopped");
+    if led_at_pause {
+        assert!(after.contains("stepping down"), "the old leader did not step down:\n{after}");
+    } else {
+        println!("manager {old} had already ended its term when it was paused:\n{after}");
+    }
     assert!(!after.contains("certificate issued"), "the old leader signed after resuming:\n{after}");
     // It serves as a follower: a join through it works and it names the new leader.
     let d = swarm.dir.path().join("through-old");

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 mod base36;
+pub mod cluster;
 pub mod csr;
 mod der;
 pub mod entropy;

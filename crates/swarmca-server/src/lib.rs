@@ -22,6 +22,8 @@ pub mod error;
 pub mod external;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod leadership;
+mod manager;
 pub mod peer;
 pub mod reconciler;
 mod rotation;
@@ -35,5 +37,9 @@ pub use control::Control;
 pub use env::{shared_entropy, Clock, OsEntropy, SharedEntropy, SystemClock};
 pub use error::{ServerError, INVALID_JOIN_TOKEN};
 pub use external::{ExternalCa, ExternalCaError, SignRequest};
+pub use leadership::{Election, Solo, Term};
+#[cfg(feature = "etcd")]
+pub use leadership::EtcdElection;
+pub use manager::{Manager, ManagerEvent, Observer, Role, TermEnd, DEFAULT_RETRY_PAUSE};
 pub use peer::{CallInfo, PeerCertificates, TlsPeerCertificates};
 pub use server::{root_ca_equal_stable, CaServer, ServerConfig, ServerDeps, DEFAULT_RETRY_INTERVAL};

@@ -14,7 +14,8 @@ use swarmca_proto::admin::admin_server::AdminServer;
 use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
 use swarmca_server::{
-    shared_entropy, CaServer, Control, OsEntropy, ServerConfig, ServerDeps, SystemClock, TlsPeerCertificates,
+    shared_entropy, CaServer, Control, Election, Manager, OsEntropy, ServerConfig, ServerDeps, Solo, SystemClock,
+    TlsPeerCertificates,
 };
 use swarmca_store::{Op, RedbStore, Store, WatchFilter};
 use swarmca_types::issuance_status::State;
@@ -317,22 +318,21 @@ pub async fn serve(
     files::ensure_private_dir(data_dir).map_err(|Fatal(m)| fatal!("unusable data directory: {m}"))?;
     let certs = data_dir.join("certificates");
     files::ensure_private_dir(&certs)?;
-    let ha = match &etcd {
+    // The store, and how managers agree on the leader: alone on the embedded store, or
+    // through etcd's election when several managers share an etcd cluster.
+    let (store, election): (Arc<dyn Store>, Arc<dyn Election>) = match &etcd {
         Some(args) => {
             let store = ha::connect(args).await?;
-            let election = ha::election(&store, args);
-            Some((store, election))
+            let election = Arc::new(ha::election(&store, args));
+            (Arc::new(store), election)
         }
-        None => None,
-    };
-    let store: Arc<dyn Store> = match &ha {
-        Some((store, _)) => Arc::new(store.clone()),
         None => {
             let store_path = data_dir.join(STORE_FILE);
-            Arc::new(
+            let store: Arc<dyn Store> = Arc::new(
                 RedbStore::open(&store_path)
                     .map_err(|e| fatal!("cannot open the store {}: {e}", store_path.display()))?,
-            )
+            );
+            (store.clone(), Arc::new(Solo::new(store)))
         }
     };
     let socket = socket_path(data_dir);
@@ -341,22 +341,21 @@ pub async fn serve(
         tokio::net::TcpListener::bind(listen).await.map_err(|e| fatal!("cannot listen on {listen}: {e}"))?;
 
     let mut snap = store.view(WatchFilter::All).await?;
-    // Several managers may start at once on an empty etcd: only the leader creates the
-    // cluster, through a store fenced on its leadership; the others find it.
-    let mut init_leadership = None;
-    if let (Some((etcd_store, election)), true) = (&ha, snap.clusters.is_empty()) {
-        println!("No cluster in etcd yet: waiting for the leadership to create it...");
-        let leadership =
-            election.campaign(Vec::new()).await.map_err(|e| fatal!("cannot campaign in etcd: {e}"))?;
+    // Several managers may start at once on an empty store: only the leader creates the
+    // cluster, through a store fenced on its term; the others find it.
+    let mut init_term = None;
+    if snap.clusters.is_empty() {
+        if etcd.is_some() {
+            println!("No cluster in etcd yet: waiting for the leadership to create it...");
+        }
+        let term = election.campaign("").await.map_err(|e| fatal!("cannot campaign for the leadership: {e}"))?;
         snap = store.view(WatchFilter::All).await?;
-        init_leadership = Some((Arc::new(etcd_store.fenced(leadership.fence().clone())), leadership));
+        init_term = Some(term);
     }
-    let id = match snap.clusters.len() {
-        0 => match &init_leadership {
-            Some((fenced, _)) => create_cluster(&**fenced, &init).await?,
-            None => create_cluster(&*store, &init).await?,
-        },
-        1 => {
+    let id = match (snap.clusters.len(), &init_term) {
+        (0, Some(term)) => create_cluster(&*term.store(), &init).await?,
+        (0, None) => return Err(fatal!("no cluster in the store")),
+        (1, _) => {
             let c = snap.clusters.into_iter().next().ok_or_else(|| fatal!("cluster vanished"))?;
             if init.cert_expiry.is_some_and(|d| d != expiry_of(&c)) {
                 warn!("--cert-expiry applies only when the cluster is created; use `swarmca cluster update --cert-expiry`");
@@ -366,13 +365,10 @@ pub async fn serve(
             }
             reopen(&*store, c, &certs).await?
         }
-        n => return Err(fatal!("the store holds {n} clusters; expected one")),
+        (n, _) => return Err(fatal!("the store holds {n} clusters; expected one")),
     };
-    if let Some((_, leadership)) = init_leadership {
-        leadership
-            .resign()
-            .await
-            .map_err(|e| fatal!("cannot resign the leadership after creating the cluster: {e}"))?;
+    if let Some(term) = init_term {
+        term.resign().await.map_err(|e| fatal!("cannot resign the leadership after creating the cluster: {e}"))?;
     }
     files::write_atomic(&certs, ROOT_CERT, &id.root.ca_cert, false)?;
     files::write_atomic(&certs, NODE_KEY, &id.key_pem, true)?;
@@ -396,26 +392,16 @@ pub async fn serve(
         .map_err(|e| fatal!("this manager's credentials are unusable for the external CA client: {e}"))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
-    let mut run = match &ha {
-        None => {
-            let s = server.clone();
-            tokio::spawn(async move { s.run().await })
-        }
-        Some((etcd_store, election)) => {
-            let (s, st, el, me, stop) =
-                (server.clone(), etcd_store.clone(), election.clone(), id.node_id.clone(), stop_rx.clone());
-            tokio::spawn(async move {
-                ha::lead_or_follow(s, st, el, me, stop).await;
-                Ok::<(), swarmca_server::ServerError>(())
-            })
-        }
+    let manager = Manager::new(server.clone(), election, id.node_id.clone());
+    let mut run = {
+        let m = manager.clone();
+        tokio::spawn(async move { m.run().await })
     };
     tokio::select! {
         _ = server.ready() => {}
         r = &mut run => {
-            return Err(fatal!("the CA server failed to start: {}", match r {
-                Ok(Err(e)) => e.to_string(),
-                Ok(Ok(())) => "stopped".into(),
+            return Err(fatal!("the CA manager stopped before serving: {}", match r {
+                Ok(()) => "stopped".to_string(),
                 Err(e) => e.to_string(),
             }));
         }
@@ -447,14 +433,13 @@ pub async fn serve(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let mut control = Control::new(server.clone(), Some(id.node_id.clone()));
-    if let Some((_, election)) = &ha {
-        let election = election.clone();
-        control = control.with_leader_lookup(Arc::new(move || {
-            let election = election.clone();
-            Box::pin(async move { ha::leader_id(&election).await })
-        }));
-    }
+    let control = {
+        let manager = manager.clone();
+        Control::new(server.clone(), Some(id.node_id.clone())).with_leader_lookup(Arc::new(move || {
+            let manager = manager.clone();
+            Box::pin(async move { manager.leader().await })
+        }))
+    };
     let control_incoming = futures_unix(control_listener);
     let admin = tokio::spawn(
         tonic::transport::Server::builder()
@@ -486,13 +471,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     signal_task.abort();
     selfcert.abort();
-    if ha.is_none() {
-        if let Err(e) = server.stop().await {
-            error!(error = %e, "stopping the CA server");
-        }
-    }
-    if let Ok(Err(e)) = run.await {
-        error!(error = %e, "the CA server ended with an error");
+    manager.shutdown();
+    if let Err(e) = run.await {
+        error!(error = %e, "the CA manager task failed");
     }
     match admin.await {
         Ok(Err(e)) => error!(error = %e, "admin socket"),

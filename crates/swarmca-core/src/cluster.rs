@@ -1,0 +1,50 @@
+//! The cluster object a swarm starts with.
+
+use swarmca_types::{Annotations, CaConfig, Cluster, ClusterSpec, JoinTokens, RootCa};
+
+use crate::rootca::digest_string;
+
+/// A new cluster `id` named "default": its root CA (`ca_key` empty when the root's key is not
+/// held, i.e. signing is external only), its join tokens, and its CA settings (expiry, external
+/// CAs; `None` for the defaults). Not yet stored, so without a version.
+pub fn new_cluster(id: &str, ca_cert: &[u8], ca_key: &[u8], tokens: JoinTokens, ca_config: Option<CaConfig>) -> Cluster {
+    Cluster {
+        id: id.to_string(),
+        spec: Some(ClusterSpec {
+            annotations: Some(Annotations { name: "default".into(), ..Default::default() }),
+            ca_config,
+            ..Default::default()
+        }),
+        root_ca: Some(RootCa {
+            ca_key: ca_key.to_vec(),
+            ca_cert: ca_cert.to_vec(),
+            ca_cert_hash: digest_string(ca_cert),
+            join_tokens: Some(tokens),
+            root_rotation: None,
+            last_forced_rotation: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_cluster_carries_its_root_digest_tokens_and_settings() {
+        let tokens = JoinTokens { worker: "w".into(), manager: "m".into() };
+        let cfg = CaConfig { external_cas: vec![Default::default()], ..Default::default() };
+        let c = new_cluster("c1", b"CERT", b"", tokens.clone(), Some(cfg.clone()));
+        assert_eq!(c.id, "c1");
+        assert!(c.meta.is_none(), "not stored yet");
+        let spec = c.spec.unwrap();
+        assert_eq!(spec.annotations.unwrap().name, "default");
+        assert_eq!(spec.ca_config, Some(cfg));
+        let root = c.root_ca.unwrap();
+        assert_eq!((root.ca_cert.as_slice(), root.ca_key.as_slice()), (&b"CERT"[..], &b""[..]));
+        assert_eq!(root.ca_cert_hash, digest_string(b"CERT"));
+        assert_eq!(root.join_tokens, Some(tokens));
+        assert!(root.root_rotation.is_none());
+    }
+}
