@@ -103,7 +103,7 @@ pub fn expiry_of(c: &Cluster) -> Duration {
 
 /// Whether `c` lists a CFSSL external CA for the certificate being signed for (the rotation
 /// target during a rotation, else the root; an entry without a certificate stands for the
-/// root): SwarmKit then signs only through external CAs, never locally (spec §3.8).
+/// root): SwarmKit then signs only through external CAs, never locally (docs/behaviour.md §3.8).
 pub fn external_usable(c: &Cluster) -> bool {
     let root = c.root_ca.clone().unwrap_or_default();
     let trim = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();

@@ -240,7 +240,7 @@ impl Client {
     }
 
     /// A worker (its own, valid certificate) claims to forward a call for another node, as
-    /// only managers may (spec §1.4): the forwarded identity must not be believed, and the
+    /// only managers may (docs/behaviour.md §1.4): the forwarded identity must not be believed, and the
     /// call is a join without a token.
     async fn forwarding_worker(&self, creds: &Creds) {
         let other = lock(&self.shared.held).values().find(|id| **id != creds.node_id).cloned();

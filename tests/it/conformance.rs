@@ -1,4 +1,4 @@
-//! SwarmKit `ca/server_test.go` cases (spec §7.1 #1–#4, #6–#13), over real mTLS on loopback.
+//! SwarmKit `ca/server_test.go` cases (docs/behaviour.md §7.1 #1–#4, #6–#13), over real mTLS on loopback.
 //! Clients as in the original: anonymous TLS, worker cert, manager cert, other-org manager.
 
 // IssueNodeCertificateRequest.role is deprecated in SwarmKit; these tests set it on purpose.

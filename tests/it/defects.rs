@@ -1,4 +1,4 @@
-//! The original's defects (spec §8.3–§8.4) and authorization edges, each with a test that fails
+//! The original's defects (docs/defects.md §8.3–§8.4) and authorization edges, each with a test that fails
 //! on the original behaviour.
 
 use std::sync::{Arc, Mutex};

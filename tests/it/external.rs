@@ -1,4 +1,4 @@
-//! The external CA path (CFSSL protocol, spec §5) against small fake CFSSL servers on loopback:
+//! The external CA path (CFSSL protocol, docs/behaviour.md §5) against small fake CFSSL servers on loopback:
 //! SwarmKit's `ca/external_test.go` (§7.2), the external-only cases of `ca/server_test.go`
 //! (§7.1 #5, #14, #15), and the checks the original lacked (an external certificate for the
 //! wrong key, subject or root ends FAILED instead of being handed to the node).
@@ -510,7 +510,7 @@ fn direct_client(url: &str, timeout: Duration) -> ExternalCa {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The client alone (spec §7.2 and §5.3).
+// The client alone (docs/behaviour.md §7.2 and §5.3).
 
 #[tokio::test]
 async fn sign_request_times_out() {

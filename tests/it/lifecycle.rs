@@ -1,5 +1,5 @@
 //! Run/Stop/Ready state machine, status long-poll bounds, and the original's lifecycle defects
-//! (spec §3.3, §3.10, §8.2, §8.4).
+//! (docs/behaviour.md §3.3, §3.10, §8.2, §8.4).
 
 use std::sync::Arc;
 use std::time::Duration;

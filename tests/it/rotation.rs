@@ -1,4 +1,4 @@
-//! Root rotation: SwarmKit's reconciler tests (spec §7.1 #16–#19) on the in-process server, and
+//! Root rotation: SwarmKit's reconciler tests (docs/behaviour.md §7.1 #16–#19) on the in-process server, and
 //! the rotation control path (start, restart, abort, completion).
 
 use std::time::{Duration, SystemTime};
@@ -597,7 +597,7 @@ async fn rotation_control_start_restart_abort_and_complete() {
     assert!(f.root.verify_peer(&chain, SystemTime::now()).is_err(), "not valid against the old root");
 }
 
-/// SwarmKit's nil-map case (spec §8.4): a rotation to a root with the same subject and key as
+/// SwarmKit's nil-map case (docs/defects.md §8.4): a rotation to a root with the same subject and key as
 /// the current one. The original's reconciler tracked nothing and never finished; here every
 /// node already reports that issuer, so the rotation completes at once.
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! The external CA client: SwarmKit's `ca/external.go`, CFSSL's `/api/v1/cfssl/sign` protocol
-//! over HTTP/1.1, optionally TLS with this manager's certificate as client certificate (spec §5).
+//! over HTTP/1.1, optionally TLS with this manager's certificate as client certificate (docs/behaviour.md §5).
 //!
 //! Built on hyper's connection API over `tokio::net::TcpStream` and tokio-rustls, with
 //! `tokio::time::timeout` as the deadline: these are the names madsim simulates, so the same
@@ -138,7 +138,7 @@ impl ExternalCaError {
 }
 
 /// CFSSL's `signer.SignRequest` as SwarmKit encodes it: field order and key spelling are those
-/// of Go's `encoding/json` for CFSSL v1.6.4 (spec §5.2).
+/// of Go's `encoding/json` for CFSSL v1.6.4 (docs/behaviour.md §5.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SignRequest {
     hosts: Vec<String>,
@@ -837,7 +837,7 @@ fn csr_rejection(body: &[u8]) -> Option<String> {
     (!resp.success && csr_only).then(|| format_errors(&errors))
 }
 
-/// CFSSL response handling (spec §5.3 steps 3–7).
+/// CFSSL response handling (docs/behaviour.md §5.3 steps 3–7).
 pub(crate) fn parse_response(status: u16, body: &[u8]) -> Result<Vec<u8>, ExternalCaError> {
     if status == 400 {
         if let Some(list) = csr_rejection(body) {

@@ -1,6 +1,6 @@
 //! Who is calling: the caller's certificate chain (from mTLS in production, from whatever the
 //! embedder injects under simulation), chain-verified against the cluster roots, and SwarmKit's
-//! role/org/blacklist authorization including forwarded identities (spec §1.3–§1.4).
+//! role/org/blacklist authorization including forwarded identities (docs/behaviour.md §1.3–§1.4).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

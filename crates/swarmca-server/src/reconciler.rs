@@ -1,4 +1,4 @@
-//! The root-rotation reconciler (SwarmKit `ca/reconciler.go`, spec §6), run by the leader next
+//! The root-rotation reconciler (SwarmKit `ca/reconciler.go`, docs/behaviour.md §6), run by the leader next
 //! to the signing loop.
 //!
 //! While the cluster's RootCA object carries a `root_rotation`, every node whose TLS info does

@@ -1,5 +1,5 @@
 //! Starting, restarting and aborting a root CA rotation, and reporting its progress (what
-//! SwarmKit's control API does for `docker swarm ca --rotate`, spec §4.7 and §6).
+//! SwarmKit's control API does for `docker swarm ca --rotate`, docs/behaviour.md §4.7 and §6).
 //!
 //! A rotation writes `root_rotation = {new root, its key (if local), the new root cross-signed
 //! by the current root}` into the cluster's RootCA object; the leader's reconciler then moves

@@ -1,4 +1,4 @@
-//! The `CA` and `NodeCA` gRPC services (spec §3.4, §3.5, §3.9, §3.10).
+//! The `CA` and `NodeCA` gRPC services (docs/behaviour.md §3.4, §3.5, §3.9, §3.10).
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The signing loop: one task per `run` that owns the `pending` set, dispatches signing jobs to
 //! a bounded pool of tasks, and retries recoverable failures on a ticker.
 //!
-//! Differences from the original, each deliberate (spec §8.1–§8.3):
+//! Differences from the original, each deliberate (docs/defects.md §8.1–§8.3):
 //! * `pending` is rebuilt from the store on every `run` and dropped on node deletion.
 //! * Signing never blocks the loop; at most `max_parallel_signing` jobs run at once.
 //! * A result is written only if the node, re-read at write time, still holds the same CSR, CN

@@ -124,7 +124,7 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
     Ok(())
 }
 
-/// SwarmKit's leaf profile (spec §4.4): X.509 v3; a positive serial of at most 20 bytes;
+/// SwarmKit's leaf profile (docs/behaviour.md §4.4): X.509 v3; a positive serial of at most 20 bytes;
 /// keyUsage critical with exactly digitalSignature and keyEncipherment; extKeyUsage exactly
 /// serverAuth and clientAuth; basicConstraints critical, not a CA, no path length; a subject
 /// key identifier.

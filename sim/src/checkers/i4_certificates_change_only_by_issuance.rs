@@ -3,7 +3,7 @@
 //! request (CSR, CN, role); ISSUED always carries a certificate; and the requested role never
 //! changes under the same certificate bytes.
 //!
-//! Requests are written as SwarmKit writes them (spec §3.9): a join creates the node PENDING,
+//! Requests are written as SwarmKit writes them (docs/behaviour.md §3.9): a join creates the node PENDING,
 //! with no certificate, CN = node ID, and the token's role as the node's role, desired role
 //! and certificate role, membership ACCEPTED; a renewal replaces the whole certificate with
 //! RENEW, no certificate bytes, CN = node ID and the node's *current* role.
