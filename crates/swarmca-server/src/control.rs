@@ -19,7 +19,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::env::{draw, with_entropy};
 use crate::error::ServerError;
-use crate::rotation::IssuerView;
+use crate::issuers::IssuerView;
 use crate::server::CaServer;
 
 /// Read-modify-write attempts before giving up with `Contention`.

@@ -15,23 +15,31 @@
 
 #![forbid(unsafe_code)]
 
+// Layers, each importing only from the ones above it (scripts/check-layers keeps it so; see
+// ARCHITECTURE.md): the environment and its seams (env, signal, error, peer, tls, leadership,
+// external), the signer (signer), shared state (server), issuance decisions (issuers), the RPC
+// front (rpc), a term's duties (duties), a manager's life (manager), the control API (control,
+// rotation, admin).
 mod admin;
 pub mod control;
+mod duties;
 pub mod env;
 pub mod error;
 pub mod external;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod issuers;
 pub mod leadership;
 mod manager;
 pub mod peer;
-pub mod reconciler;
 mod rotation;
 mod rpc;
 mod server;
 mod signal;
-mod signing;
+mod signer;
 pub mod tls;
+
+pub use duties::reconciler;
 
 pub use control::Control;
 pub use env::{shared_entropy, Clock, OsEntropy, SharedEntropy, SystemClock};
@@ -42,4 +50,5 @@ pub use leadership::{Election, Solo, Term};
 pub use leadership::EtcdElection;
 pub use manager::{Manager, ManagerEvent, Observer, Role, TermEnd, DEFAULT_RETRY_PAUSE};
 pub use peer::{CallInfo, PeerCertificates, TlsPeerCertificates};
-pub use server::{root_ca_equal_stable, CaServer, ServerConfig, ServerDeps, DEFAULT_RETRY_INTERVAL};
+pub use server::{CaServer, ServerConfig, ServerDeps, DEFAULT_RETRY_INTERVAL, DEFAULT_ROOT_RECONCILE_INTERVAL};
+pub use signer::root_ca_equal_stable;

@@ -18,7 +18,7 @@
 use std::time::Duration;
 
 use swarmca_core::rootca::{
-    digest_string, generate_root, issuer_info_of_cert_pem, normalize_pems, RootCa, DEFAULT_ROOT_CN,
+    digest_string, generate_root, normalize_pems, RootCa, DEFAULT_ROOT_CN,
     MIN_NODE_CERT_EXPIRY, ROOT_CA_VALIDITY,
 };
 use swarmca_proto::admin;
@@ -31,43 +31,10 @@ use crate::control::Control;
 use crate::env::draw;
 use crate::error::ServerError;
 use crate::external::{certs_der, client_tls_config, filter_external_ca_urls, ExternalCa};
-use crate::reconciler::{desired_issuer, has_issuer, IssuerId};
+use crate::issuers::{desired_issuer, has_issuer, IssuerView};
 
 /// Most unconverged nodes listed in a [`admin::RotationStatus`].
 const MAX_BLOCKING_LISTED: usize = 50;
-
-/// The issuers a node's TLS info is compared with.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct IssuerView {
-    current: Option<IssuerId>,
-    target: Option<IssuerId>,
-}
-
-impl IssuerView {
-    pub(crate) fn of(c: &Cluster) -> IssuerView {
-        let root = c.root_ca.clone().unwrap_or_default();
-        let current = issuer_info_of_cert_pem(&root.ca_cert)
-            .ok()
-            .map(|(subject, public_key)| IssuerId { subject, public_key });
-        let target = root.root_rotation.as_ref().and(desired_issuer(&root));
-        IssuerView { current, target }
-    }
-
-    /// "new", "old", "current", "other" or "unknown" (see the admin proto).
-    pub(crate) fn state_of(&self, n: &Node) -> &'static str {
-        let reported = n.description.as_ref().and_then(|d| d.tls_info.as_ref());
-        if reported.is_none_or(|t| t.cert_issuer_public_key.is_empty()) {
-            return "unknown";
-        }
-        let is = |i: &Option<IssuerId>| i.as_ref().is_some_and(|i| has_issuer(n, i));
-        match (&self.target, is(&self.target), is(&self.current)) {
-            (Some(_), true, _) => "new",
-            (Some(_), false, _) => "old",
-            (None, _, true) => "current",
-            (None, _, false) => "other",
-        }
-    }
-}
 
 fn external_specs(list: &[admin::ExternalCaSpec]) -> Result<Vec<swarmca_types::ExternalCa>, ServerError> {
     list.iter()

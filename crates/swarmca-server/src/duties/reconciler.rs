@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use swarmca_core::rootca::{digest, digest_string, issuer_info_of_cert_pem, RootCa};
+use swarmca_core::rootca::{digest, digest_string, RootCa};
 use swarmca_core::token::generate_join_token;
 use swarmca_store::{Node, Op, Store, StoreError, WatchFilter};
 use swarmca_types::issuance_status::State;
@@ -32,36 +32,14 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::env::with_entropy;
-use crate::server::{root_ca_equal_stable, CaServer, RunCancel};
+use crate::issuers::{desired_issuer, has_issuer, IssuerId};
+use crate::server::{CaServer, RunCancel};
+use crate::signer::root_ca_equal_stable;
 
 /// Most nodes marked ROTATE per interval (SwarmKit `IssuanceStateRotateMaxBatchSize`).
 pub const ROTATE_MAX_BATCH: usize = 30;
 /// Default interval between two batches.
-pub const DEFAULT_ROOT_RECONCILE_INTERVAL: Duration = Duration::from_secs(3);
-
-/// The issuer a converged node reports: raw subject DER and SubjectPublicKeyInfo DER.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IssuerId {
-    /// Raw subject DER.
-    pub subject: Vec<u8>,
-    /// SubjectPublicKeyInfo DER.
-    pub public_key: Vec<u8>,
-}
-
-/// The issuer nodes must report for `root`: the rotation target during a rotation, else the
-/// current root (first certificate of the bundle).
-pub fn desired_issuer(root: &ApiRootCa) -> Option<IssuerId> {
-    let pem = root.root_rotation.as_ref().map_or(&root.ca_cert, |r| &r.ca_cert);
-    let (subject, public_key) = issuer_info_of_cert_pem(pem).ok()?;
-    Some(IssuerId { subject, public_key })
-}
-
-/// SwarmKit `hasIssuer`: the node's TLS info names exactly `issuer`.
-pub fn has_issuer(node: &Node, issuer: &IssuerId) -> bool {
-    node.description.as_ref().and_then(|d| d.tls_info.as_ref()).is_some_and(|t| {
-        t.cert_issuer_subject == issuer.subject && t.cert_issuer_public_key == issuer.public_key
-    })
-}
+pub use crate::server::DEFAULT_ROOT_RECONCILE_INTERVAL;
 
 fn state_of(node: &Node) -> i32 {
     node.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state)

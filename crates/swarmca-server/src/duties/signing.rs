@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use swarmca_core::policy::should_sign;
 use swarmca_core::role::Role;
@@ -29,7 +28,8 @@ use tracing::{debug, error, info, warn};
 use crate::env::draw;
 use crate::error::ServerError;
 use crate::external::{ExternalCaError, SignRequest};
-use crate::reconciler;
+use super::reconciler;
+use super::start::start_term;
 use crate::server::{log_update_root_ca, run_filter, transient, CaServer, RunCancel};
 
 /// How many times a write that keeps conflicting is re-read and retried before the job is
@@ -106,84 +106,6 @@ struct Loop {
     last_probe: Option<String>,
     /// What was last logged about the signer.
     health: Health,
-}
-
-/// The start of every term: a snapshot and watch, the signer loaded from the cluster object
-/// (which must exist), and readiness.
-async fn start_term(
-    server: &CaServer,
-    cancel: &RunCancel,
-    filter: swarmca_store::WatchFilter,
-) -> Result<(swarmca_store::Snapshot, swarmca_store::Watch), ServerError> {
-    let cluster_id = &server.inner.cfg.cluster_id;
-    let (snapshot, watch) = server.inner.deps.store.view_and_watch(filter).await?;
-    let cluster = snapshot
-        .clusters
-        .iter()
-        .find(|c| &c.id == cluster_id)
-        .ok_or_else(|| ServerError::ClusterNotFound(cluster_id.clone()))?;
-    log_update_root_ca(server, cluster);
-    server.mark_ready(cancel);
-    Ok((snapshot, watch))
-}
-
-/// The body of [`CaServer::run_follower`]: keep the signer view (root, tokens) current.
-///
-/// A follower rides out a store outage (its watch closes, or the store cannot be read when it
-/// starts, once this server has seen the cluster): it serves with the root and tokens it last
-/// saw, so what needs no store (the root) keeps working and the rest fails with the store's
-/// `Unavailable`, and it re-follows the store with backoff until it is back.
-pub(crate) async fn follow_loop(server: CaServer, cancel: RunCancel) -> Result<(), ServerError> {
-    const RETRY_MIN: Duration = Duration::from_millis(100);
-    const RETRY_MAX: Duration = Duration::from_secs(5);
-    let filter = swarmca_store::WatchFilter::Cluster(server.inner.cfg.cluster_id.clone());
-    let mut retry = RETRY_MIN;
-    let mut followed = false;
-    loop {
-        let mut watch = match start_term(&server, &cancel, filter.clone()).await {
-            Ok((_, watch)) => {
-                if std::mem::replace(&mut followed, true) && retry > RETRY_MIN {
-                    info!("store reachable again: following it");
-                }
-                retry = RETRY_MIN;
-                watch
-            }
-            Err(ServerError::Store(e)) if transient(&e) && (followed || server.last_cluster().is_some()) => {
-                warn!(error = %e, retry_in = ?retry, "store unreachable: serving what needs no store");
-                if let Some(c) = server.last_cluster() {
-                    log_update_root_ca(&server, &c);
-                    server.mark_ready(&cancel);
-                }
-                followed = true;
-                tokio::select! {
-                    biased;
-                    _ = cancel.wait_for(|c| *c) => return Ok(()),
-                    _ = tokio::time::sleep(retry) => {}
-                }
-                retry = (retry * 2).min(RETRY_MAX);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        loop {
-            tokio::select! {
-                biased;
-                _ = cancel.wait_for(|c| *c) => return Ok(()),
-                ev = watch.next() => match ev {
-                    None => {
-                        warn!("store watch closed: following the store again");
-                        retry = retry.max(RETRY_MIN * 2);
-                        break;
-                    }
-                    Some(Event::CreateCluster(c)) | Some(Event::UpdateCluster(c)) => {
-                        log_update_root_ca(&server, &c);
-                        server.mark_ready(&cancel);
-                    }
-                    Some(_) => {}
-                },
-            }
-        }
-    }
 }
 
 /// The body of [`CaServer::run`].
