@@ -21,19 +21,23 @@
 // front (rpc), a term's duties (duties), a manager's life (manager), the control API (control,
 // rotation, admin).
 mod admin;
+pub mod bootstrap;
 pub mod control;
 mod duties;
 pub mod env;
 pub mod error;
 pub mod external;
+pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod issuers;
 pub mod leadership;
+pub mod listener;
 mod manager;
 pub mod peer;
 mod rotation;
 mod rpc;
+pub mod selfcert;
 mod server;
 mod signal;
 mod signer;

@@ -19,7 +19,7 @@ use swarmca_types::issuance_status::State;
 use swarmca_types::{GetRootCaCertificateRequest, IssueNodeCertificateRequest, NodeCertificateStatusRequest};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
+use swarmca_server::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
 use crate::{fatal, Fatal};
 
 /// Per-call timeouts SwarmKit clients use.
@@ -444,5 +444,6 @@ fn write_certs(dir: &Path, root: &[u8], cert: &[u8], key_pem: &str) -> Result<()
     // old certificate, which `renew` reports clearly, instead of a certificate without its key.
     files::write_atomic(dir, ROOT_CERT, root, false)?;
     files::write_atomic(dir, NODE_KEY, key_pem.as_bytes(), true)?;
-    files::write_atomic(dir, NODE_CERT, cert, false)
+    files::write_atomic(dir, NODE_CERT, cert, false)?;
+    Ok(())
 }

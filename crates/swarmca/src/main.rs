@@ -8,10 +8,7 @@
 mod admin_cli;
 mod bench;
 mod client;
-mod files;
 mod ha;
-mod listener;
-mod selfcert;
 mod serve;
 
 /// mimalloc: the gRPC path allocates and frees many small buffers per call (h2 frames, TLS

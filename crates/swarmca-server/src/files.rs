@@ -4,7 +4,14 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::{fatal, Fatal};
+/// A file operation that failed, with the path in its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FileError(pub String);
+
+macro_rules! file_error {
+    ($($t:tt)*) => { FileError(format!($($t)*)) };
+}
 
 /// The root bundle.
 pub const ROOT_CERT: &str = "swarm-root-ca.crt";
@@ -14,31 +21,31 @@ pub const NODE_CERT: &str = "swarm-node.crt";
 pub const NODE_KEY: &str = "swarm-node.key";
 
 /// Creates `dir` (and parents) with owner-only permissions if missing.
-pub fn ensure_private_dir(dir: &Path) -> Result<(), Fatal> {
-    fs::create_dir_all(dir).map_err(|e| fatal!("cannot create directory {}: {e}", dir.display()))?;
+pub fn ensure_private_dir(dir: &Path) -> Result<(), FileError> {
+    fs::create_dir_all(dir).map_err(|e| file_error!("cannot create directory {}: {e}", dir.display()))?;
     set_mode(dir, 0o700)
 }
 
 #[cfg(unix)]
-fn set_mode(p: &Path, mode: u32) -> Result<(), Fatal> {
+fn set_mode(p: &Path, mode: u32) -> Result<(), FileError> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, fs::Permissions::from_mode(mode))
-        .map_err(|e| fatal!("cannot set permissions of {}: {e}", p.display()))
+        .map_err(|e| file_error!("cannot set permissions of {}: {e}", p.display()))
 }
 
 #[cfg(not(unix))]
-fn set_mode(_: &Path, _: u32) -> Result<(), Fatal> {
+fn set_mode(_: &Path, _: u32) -> Result<(), FileError> {
     Ok(())
 }
 
 /// Restricts `p` to its owner (used for the control socket).
-pub fn owner_only(p: &Path) -> Result<(), Fatal> {
+pub fn owner_only(p: &Path) -> Result<(), FileError> {
     set_mode(p, 0o600)
 }
 
 /// Writes `bytes` to `dir/name` atomically (temp file, fsync, rename, fsync dir); `secret`
 /// files get mode 0600 before any byte is written.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], secret: bool) -> Result<(), Fatal> {
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], secret: bool) -> Result<(), FileError> {
     let dest = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut opts = fs::OpenOptions::new();
@@ -57,12 +64,12 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], secret: bool) -> Resul
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        fatal!("cannot write {}: {e}", dest.display())
+        file_error!("cannot write {}: {e}", dest.display())
     })
 }
 
 /// Reads `dir/name`, with the path in the error.
-pub fn read(dir: &Path, name: &str) -> Result<Vec<u8>, Fatal> {
+pub fn read(dir: &Path, name: &str) -> Result<Vec<u8>, FileError> {
     let p: PathBuf = dir.join(name);
-    fs::read(&p).map_err(|e| fatal!("cannot read {}: {e}", p.display()))
+    fs::read(&p).map_err(|e| file_error!("cannot read {}: {e}", p.display()))
 }

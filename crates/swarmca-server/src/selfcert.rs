@@ -5,18 +5,17 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use swarmca_core::rootca::leaf_issuer;
-use swarmca_server::CaServer;
 use swarmca_store::{Event, Node, Op, Store, StoreError, WatchFilter};
 use swarmca_types::issuance_status::State;
 use swarmca_types::{Certificate, Cluster, IssuanceStatus, NodeTlsInfo};
-use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
 use crate::listener::DynamicTls;
+use crate::CaServer;
 
 /// Everything the task needs.
 pub struct SelfCert {
@@ -62,8 +61,9 @@ fn certs_der(pem: &[u8]) -> Vec<Vec<u8>> {
 }
 
 impl SelfCert {
-    /// Runs until `stop` turns true. Failures are logged; the listener keeps its credentials.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Runs until `stop` resolves. Failures are logged; the listener keeps its credentials.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
         let (snap, mut clusters) =
             match self.store.view_and_watch(WatchFilter::Cluster(self.cluster_id.clone())).await {
                 Ok(x) => x,
@@ -95,7 +95,7 @@ impl SelfCert {
         }
         loop {
             let next = tokio::select! {
-                _ = stop.wait_for(|s| *s) => Next::Stop,
+                () = &mut stop => Next::Stop,
                 ev = clusters.next() => Next::Cluster(ev),
                 ev = nodes.next() => Next::Node(ev),
             };
@@ -197,7 +197,7 @@ impl SelfCert {
     async fn install(&self, cert_pem: &[u8], key_pem: &[u8]) {
         let chain = certs_der(cert_pem);
         let Some(trust) = self.server.trust_roots() else { return };
-        if let Err(e) = trust.verify_peer(&chain, SystemTime::now()) {
+        if let Err(e) = trust.verify_peer(&chain, self.server.inner.deps.clock.now()) {
             return error!(error = %e, "this manager's new certificate does not verify; keeping the old one");
         }
         if let Err(e) = self.tls.set_identity(cert_pem, key_pem) {

@@ -19,7 +19,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
-use crate::{fatal, Fatal};
+/// TLS credentials or trust roots that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsSetupError(pub String);
+
+macro_rules! tls_error {
+    ($($t:tt)*) => { TlsSetupError(format!($($t)*)) };
+}
 
 /// How long a client may take to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,7 +54,7 @@ pub struct DynamicTls {
 
 impl DynamicTls {
     /// Credentials from a certificate chain PEM, its key PEM, and trust roots PEM.
-    pub fn new(cert_pem: &[u8], key_pem: &[u8], roots_pem: &[u8]) -> Result<Arc<DynamicTls>, Fatal> {
+    pub fn new(cert_pem: &[u8], key_pem: &[u8], roots_pem: &[u8]) -> Result<Arc<DynamicTls>, TlsSetupError> {
         let verifier = client_verifier(roots_pem)?;
         let schemes = verifier.supported_verify_schemes();
         Ok(Arc::new(DynamicTls {
@@ -58,14 +65,14 @@ impl DynamicTls {
     }
 
     /// Serves `cert_pem`/`key_pem` to new connections from now on.
-    pub fn set_identity(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), Fatal> {
+    pub fn set_identity(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsSetupError> {
         let k = certified_key(cert_pem, key_pem)?;
         *self.identity.write().unwrap_or_else(|e| e.into_inner()) = k;
         Ok(())
     }
 
     /// Verifies client certificates of new connections against `roots_pem` from now on.
-    pub fn set_roots(&self, roots_pem: &[u8]) -> Result<(), Fatal> {
+    pub fn set_roots(&self, roots_pem: &[u8]) -> Result<(), TlsSetupError> {
         let v = client_verifier(roots_pem)?;
         *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = v;
         Ok(())
@@ -76,10 +83,10 @@ impl DynamicTls {
     }
 
     /// The rustls server configuration using these credentials (TLS 1.2+, ALPN h2).
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, Fatal> {
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsSetupError> {
         let mut cfg = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| fatal!("TLS setup: {e}"))?
+            .map_err(|e| tls_error!("TLS setup: {e}"))?
             .with_client_cert_verifier(Arc::new(Verifier(self.clone())))
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         cfg.alpn_protocols = vec![b"h2".to_vec()];
@@ -87,31 +94,31 @@ impl DynamicTls {
     }
 }
 
-fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, Fatal> {
+fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, TlsSetupError> {
     use rustls::pki_types::pem::PemObject;
     let certs = certs_of(cert_pem);
     if certs.is_empty() {
-        return Err(fatal!("no certificate in this manager's certificate file"));
+        return Err(tls_error!("no certificate in this manager's certificate file"));
     }
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| fatal!("unreadable manager key: {e}"))?;
+        .map_err(|e| tls_error!("unreadable manager key: {e}"))?;
     let signing =
-        provider().key_provider.load_private_key(key).map_err(|e| fatal!("unusable manager key: {e}"))?;
+        provider().key_provider.load_private_key(key).map_err(|e| tls_error!("unusable manager key: {e}"))?;
     let ck = CertifiedKey::new(certs, signing);
-    ck.keys_match().map_err(|e| fatal!("the manager certificate does not match its key: {e}"))?;
+    ck.keys_match().map_err(|e| tls_error!("the manager certificate does not match its key: {e}"))?;
     Ok(Arc::new(ck))
 }
 
 /// Client certificates are optional (joins come without one) but verified when presented.
-fn client_verifier(roots_pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, Fatal> {
+fn client_verifier(roots_pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     for c in certs_of(roots_pem) {
-        roots.add(c).map_err(|e| fatal!("unusable trust root: {e}"))?;
+        roots.add(c).map_err(|e| tls_error!("unusable trust root: {e}"))?;
     }
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .allow_unauthenticated()
         .build()
-        .map_err(|e| fatal!("client verifier: {e}"))
+        .map_err(|e| tls_error!("client verifier: {e}"))
 }
 
 #[derive(Debug)]

@@ -1,0 +1,350 @@
+//! A manager's start, before it serves: find the cluster in the store or — as the holder of a
+//! term, so that of several managers starting at once on an empty store only one does —
+//! create it, then make sure this manager holds a certificate of its own that is current: from
+//! the cluster's root, for this cluster, and not past half its life. Otherwise a new one is
+//! issued (signed by the root key, or through the cluster's external CA when one is configured
+//! for the root, as SwarmKit prefers) and the manager's node is stored with it.
+//!
+//! Clock and entropy are the caller's (the simulator passes its own); nothing here reads files.
+
+use std::time::{Duration, SystemTime};
+
+use swarmca_core::role::Role;
+use swarmca_core::rootca::{
+    cluster_cert_expiry, digest, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY, DEFAULT_ROOT_CN,
+};
+use swarmca_core::token::generate_join_token;
+use swarmca_store::{Op, Store, StoreError, WatchFilter};
+use swarmca_types::issuance_status::State;
+use swarmca_types::node_spec::Membership;
+use swarmca_types::{
+    CaConfig, Certificate, Cluster, ExternalCa as ApiExternalCa, IssuanceStatus, JoinTokens, Node, NodeSpec,
+    RootCa as ApiRootCa,
+};
+use tracing::{info, warn};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::env::{draw, with_entropy, Clock, SharedEntropy};
+use crate::external::{certs_der, client_tls_config, filter_external_ca_urls, ExternalCa, SignRequest};
+use crate::leadership::Election;
+
+/// How long a manager waits for an external CA to sign its own certificate.
+const OWN_CERT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a manager cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// The store could not be read or written.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// What is stored, or what was given, does not allow this manager to start.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn refused(msg: impl Into<String>) -> BootstrapError {
+    BootstrapError::Refused(msg.into())
+}
+
+/// What a first manager creates the cluster with.
+#[derive(Debug, Clone, Default)]
+pub struct NewCluster {
+    /// Node certificate validity (default: [`DEFAULT_NODE_CERT_EXPIRY`]).
+    pub cert_expiry: Option<Duration>,
+    /// External CAs to sign through, tried in order.
+    pub external_cas: Vec<ApiExternalCa>,
+    /// A root to use instead of a generated one: certificate PEM, and key PEM (empty: the key is
+    /// not held, signing is external only).
+    pub root: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// This manager's identity in the cluster it serves.
+pub struct Identity {
+    pub cluster_id: String,
+    pub node_id: String,
+    /// Its certificate chain (PEM).
+    pub cert_pem: Vec<u8>,
+    /// Its private key (PEM). Never printed.
+    pub key_pem: Vec<u8>,
+    /// The cluster's join tokens.
+    pub tokens: JoinTokens,
+    /// The cluster's root CA object.
+    pub root: ApiRootCa,
+    /// The cluster's node certificate validity.
+    pub expiry: Duration,
+    /// Whether this start created the cluster.
+    pub created: bool,
+    /// Whether this start issued a new certificate for this manager.
+    pub issued: bool,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("cluster_id", &self.cluster_id)
+            .field("node_id", &self.node_id)
+            .field("created", &self.created)
+            .field("issued", &self.issued)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a manager starts from.
+pub struct Bootstrap<'a> {
+    pub store: &'a dyn Store,
+    pub election: &'a dyn Election,
+    pub clock: &'a dyn Clock,
+    pub entropy: &'a SharedEntropy,
+}
+
+impl Bootstrap<'_> {
+    /// Finds or creates the cluster, and this manager's identity in it. `own` is the
+    /// certificate and key this manager last wrote, if any; `waiting` is called once if the
+    /// store is empty and this manager must wait for a term to create the cluster.
+    pub async fn start(
+        &self,
+        init: &NewCluster,
+        own: Option<(Vec<u8>, Vec<u8>)>,
+        waiting: impl FnOnce(),
+    ) -> Result<Identity, BootstrapError> {
+        let mut snap = self.store.view(WatchFilter::All).await?;
+        let mut term = None;
+        if snap.clusters.is_empty() {
+            waiting();
+            let t = self.election.campaign("").await?;
+            snap = self.store.view(WatchFilter::All).await?;
+            term = Some(t);
+        }
+        let id = match (snap.clusters.len(), &term) {
+            (0, Some(t)) => self.create(&*t.store(), init).await,
+            (0, None) => Err(refused("no cluster in the store")),
+            (1, _) => match snap.clusters.into_iter().next() {
+                Some(c) => self.reopen(c, own).await,
+                None => Err(refused("the cluster vanished")),
+            },
+            (n, _) => Err(refused(format!("the store holds {n} clusters; expected one"))),
+        };
+        if let Some(t) = term {
+            if let Err(e) = t.resign().await {
+                warn!(error = %e, "could not resign the term the cluster was created in (it expires by itself)");
+            }
+        }
+        id
+    }
+
+    /// First start: a root (generated, or given), the cluster, join tokens, and this manager's
+    /// node and certificate, stored in one commit through `store` (the term's).
+    async fn create(&self, store: &dyn Store, init: &NewCluster) -> Result<Identity, BootstrapError> {
+        let now = self.clock.now();
+        let expiry = init.cert_expiry.unwrap_or(DEFAULT_NODE_CERT_EXPIRY);
+        let (ca_cert, ca_key) = match &init.root {
+            Some((cert, key)) => {
+                let signer: &[u8] = if key.is_empty() { b"" } else { cert };
+                RootCa::new(cert, signer, key, expiry, b"", now)
+                    .map_err(|e| refused(format!("unusable root CA certificate or key: {e}")))?;
+                (cert.clone(), key.clone())
+            }
+            None => {
+                let g = generate_root(DEFAULT_ROOT_CN, now, self.serial()?)
+                    .map_err(|e| refused(format!("cannot generate the root CA: {e}")))?;
+                (g.cert_pem, g.key_pem)
+            }
+        };
+        let cluster_id = self.new_id()?;
+        let d = digest(&ca_cert);
+        let tokens = with_entropy(self.entropy, |e| {
+            Ok(JoinTokens { worker: generate_join_token(&d, false, e)?, manager: generate_join_token(&d, false, e)? })
+        })
+        .map_err(|e| refused(format!("entropy: {e}")))?;
+        let ca_config = CaConfig {
+            node_cert_expiry: swarmca_types::prost_types::Duration::try_from(expiry).ok(),
+            external_cas: init.external_cas.clone(),
+            ..Default::default()
+        };
+        let cluster = swarmca_core::cluster::new_cluster(&cluster_id, &ca_cert, &ca_key, tokens, Some(ca_config));
+        let root = cluster.root_ca.clone().unwrap_or_default();
+        let node_id = self.new_id()?;
+        let own = self.issue(&root, &init.external_cas, expiry, &node_id, &cluster_id).await?;
+        let node = manager_node(&node_id, own.csr, own.cert.clone());
+        store.commit(vec![Op::CreateCluster(cluster), Op::CreateNode(node)]).await?;
+        info!(cluster = %cluster_id, node = %node_id, "cluster created");
+        Ok(Identity {
+            cluster_id,
+            node_id,
+            cert_pem: own.cert,
+            key_pem: own.key,
+            tokens: root.join_tokens.clone().unwrap_or_default(),
+            root,
+            expiry,
+            created: true,
+            issued: true,
+        })
+    }
+
+    /// Later starts: the stored cluster, and this manager's certificate `own` — kept when it is
+    /// from this cluster, verifies against the current roots and is not past half its life;
+    /// otherwise re-issued (keeping its node ID when it names one).
+    async fn reopen(&self, cluster: Cluster, own: Option<(Vec<u8>, Vec<u8>)>) -> Result<Identity, BootstrapError> {
+        let root = cluster.root_ca.clone().ok_or_else(|| refused("the stored cluster has no root CA"))?;
+        let tokens = root.join_tokens.clone().unwrap_or_default();
+        let expiry = cluster_cert_expiry(&cluster);
+        let now = self.clock.now();
+        let mut keep = None;
+        let mut node_id = None;
+        if let Some((cert, key)) = own {
+            let facts = cert_facts(&cert, now)
+                .ok_or_else(|| refused("this manager's certificate file is not a valid node certificate"))?;
+            if facts.org != cluster.id {
+                return Err(refused(format!(
+                    "this manager's certificate belongs to cluster {}, but the store holds cluster {}; wrong data directory?",
+                    facts.org, cluster.id
+                )));
+            }
+            let verifies = RootCa::from_api(&root, expiry, now)
+                .ok()
+                .is_some_and(|ca| ca.verify_peer(&certs_der(&cert), now).is_ok());
+            if verifies && !facts.past_half_life {
+                keep = Some((cert, key));
+            }
+            node_id = Some(facts.cn);
+        }
+        let (node_id, cert_pem, key_pem, issued) = match (keep, node_id) {
+            (Some((cert, key)), Some(id)) => (id, cert, key, false),
+            (_, id) => {
+                let node_id = match id {
+                    Some(id) => id,
+                    None => self.new_id()?,
+                };
+                warn!(node = %node_id, "issuing a new certificate for this manager (missing, stale, or from another root)");
+                let external = cluster
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.ca_config.as_ref())
+                    .map(|c| c.external_cas.clone())
+                    .unwrap_or_default();
+                let own = self.issue(&root, &external, expiry, &node_id, &cluster.id).await?;
+                let node = manager_node(&node_id, own.csr, own.cert.clone());
+                let op = match self.store.get_node(&node_id).await? {
+                    Some(old) => Op::UpdateNode(Node { meta: old.meta, ..node }),
+                    None => Op::CreateNode(node),
+                };
+                self.store.commit(vec![op]).await?;
+                (node_id, own.cert, own.key, true)
+            }
+        };
+        Ok(Identity {
+            cluster_id: cluster.id,
+            node_id,
+            cert_pem,
+            key_pem,
+            tokens,
+            root,
+            expiry,
+            created: false,
+            issued,
+        })
+    }
+
+    /// A manager certificate for `node_id` with a new key: through the cluster's external CAs
+    /// when one is configured for this root, otherwise signed by the root key.
+    async fn issue(
+        &self,
+        root: &ApiRootCa,
+        external: &[ApiExternalCa],
+        expiry: Duration,
+        node_id: &str,
+        cluster_id: &str,
+    ) -> Result<OwnCert, BootstrapError> {
+        let now = self.clock.now();
+        let ca = RootCa::from_api(root, expiry, now)
+            .map_err(|e| refused(format!("the cluster root CA is unusable: {e}")))?;
+        let key = rcgen::KeyPair::generate().map_err(|e| refused(format!("cannot generate a key: {e}")))?;
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params
+            .serialize_request(&key)
+            .and_then(|r| r.pem())
+            .map_err(|e| refused(format!("cannot make a certificate request: {e}")))?
+            .into_bytes();
+        let urls = filter_external_ca_urls(&root.ca_cert, &root.ca_cert, external);
+        let cert = if !urls.is_empty() {
+            let tls = client_tls_config(&certs_der(&root.ca_cert), None)
+                .map_err(|e| refused(format!("no TLS configuration for the external CA: {e}")))?;
+            let ext = ExternalCa::new(urls, Vec::new(), Some(tls), OWN_CERT_TIMEOUT);
+            let req = SignRequest::node(&csr, node_id, Role::Manager, cluster_id);
+            let cert = ext
+                .sign(&req)
+                .await
+                .map_err(|e| refused(format!("the external CA did not sign this manager's certificate: {e}")))?;
+            ca.check_issued(&cert, &csr, node_id, Role::Manager, cluster_id, now).map_err(|e| {
+                refused(format!("the external CA returned an unusable certificate for this manager: {e}"))
+            })?;
+            cert
+        } else if ca.can_sign() {
+            ca.sign_csr(&csr, node_id, Role::Manager, cluster_id, now, self.serial()?)
+                .map_err(|e| refused(format!("cannot sign this manager's certificate: {e}")))?
+        } else {
+            return Err(refused(
+                "the cluster root CA has no key here and no external CA is configured for it; cannot issue this manager's certificate",
+            ));
+        };
+        Ok(OwnCert { cert, key: key.serialize_pem().into_bytes(), csr })
+    }
+
+    fn serial(&self) -> Result<[u8; 20], BootstrapError> {
+        draw(self.entropy).map_err(|e| refused(format!("entropy: {e}")))
+    }
+
+    fn new_id(&self) -> Result<String, BootstrapError> {
+        with_entropy(self.entropy, swarmca_core::id::new_id).map_err(|e| refused(format!("entropy: {e}")))
+    }
+}
+
+/// A certificate issued to this manager, with its new key and the CSR it was made from.
+struct OwnCert {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    csr: Vec<u8>,
+}
+
+/// The node of a manager holding `cert`, issued for `csr`.
+fn manager_node(node_id: &str, csr: Vec<u8>, cert: Vec<u8>) -> Node {
+    Node {
+        id: node_id.to_string(),
+        role: Role::Manager.to_proto(),
+        spec: Some(NodeSpec {
+            desired_role: Role::Manager.to_proto(),
+            membership: Membership::Accepted as i32,
+            ..Default::default()
+        }),
+        certificate: Some(Certificate {
+            role: Role::Manager.to_proto(),
+            csr,
+            status: Some(IssuanceStatus { state: State::Issued as i32, err: String::new() }),
+            certificate: cert,
+            cn: node_id.to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// What a manager's own certificate says.
+struct CertFacts {
+    cn: String,
+    org: String,
+    past_half_life: bool,
+}
+
+fn cert_facts(pem: &[u8], now: SystemTime) -> Option<CertFacts> {
+    let der = certs_der(pem).into_iter().next()?;
+    let (_, c) = X509Certificate::from_der(&der).ok()?;
+    let cn = c.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let org = c.subject().iter_organization().next()?.as_str().ok()?.to_string();
+    let nb = c.validity().not_before.timestamp();
+    let na = c.validity().not_after.timestamp();
+    let now = i64::try_from(now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs()).ok()?;
+    Some(CertFacts { cn, org, past_half_life: now > nb + (na - nb) / 2 })
+}
+
+#[cfg(test)]
+mod tests;
