@@ -244,13 +244,11 @@ impl SimElection {
                     () = s.wait() => return,
                     () = madsim::time::sleep(LEASE / 3) => {}
                 }
-                // A keep-alive is a round trip to etcd: it lands, and its answer comes back,
-                // some time after it was sent.
+                // A keep-alive is a round trip to etcd: its answer comes back some time after
+                // it was sent (the lease is renewed when it lands; counted here at sending).
                 let sent = now();
-                let rtt = Duration::from_millis(thread_rng().gen_range(1..400));
-                madsim::time::sleep(rtt / 2).await;
                 let alive = (!link.is_cut()).then(|| central.keep_alive(id));
-                madsim::time::sleep(rtt / 2).await;
+                madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(1..400))).await;
                 match alive {
                     Some(false) => break,
                     Some(true) if !link.is_cut() => acked = sent,

@@ -63,10 +63,6 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     let seed = opts.seed;
     let log = EventLog::new(echo);
     log.push(format!("seed {seed}: {opts}"));
-    // A run is one thread: every signature the checkers and the managers verify is checked
-    // once per run, then answered from memory (a pure function; only the time it takes
-    // changes, see `swarmca_core::rootca::remember`). Starts empty for every run.
-    swarmca_core::rootca::remember::remember_on_this_thread(true);
 
     // The cluster, as `swarmca serve` would create it.
     let now = SystemTime::now();
@@ -140,6 +136,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     } else {
         issuer.clone()
     };
+    let root_ca = root_ca.with_signature_cache(shared.signatures.clone());
 
     // Each manager's own identity, issued as `swarmca serve` would.
     let creds: Vec<crate::world::Creds> = (0..opts.managers)
@@ -251,7 +248,6 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         checkers::finish(&m, &shared);
     }
     shared.done.store(true, Ordering::SeqCst);
-    swarmca_core::rootca::remember::remember_on_this_thread(false);
     if let Some(dir) = std::env::var_os("SWARMCA_SIM_DUMP") {
         let path = std::path::Path::new(&dir).join(format!("{seed}-{}.log", log.hash()));
         let _ = std::fs::write(path, log.lines().join("\n"));

@@ -109,6 +109,9 @@ pub struct Shared {
     pub cluster_root: Mutex<Vec<u8>>,
     /// Certificates and CSRs parsed once for every checker and client.
     pub facts: crate::facts::Facts,
+    /// Signature checks shared by every CA of the run, the managers' included: a chain the
+    /// checkers verified is not verified again (a pure function; only the time changes).
+    pub signatures: swarmca_core::rootca::SignatureCache,
     /// Per node: woken when what the dispatcher would tell the node changes (agents wait for
     /// their session's messages rather than polling).
     wakers: Mutex<std::collections::BTreeMap<String, Arc<tokio::sync::Notify>>>,
@@ -152,6 +155,7 @@ impl Shared {
             dispatch: Mutex::default(),
             cluster_root: Mutex::default(),
             facts: Default::default(),
+            signatures: Default::default(),
             wakers: Mutex::default(),
             heal_notify: tokio::sync::Notify::new(),
         }
@@ -167,7 +171,8 @@ impl Shared {
         let (root, memo) = match trusts.entry(bundle.to_vec()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert((Arc::new(trust_of(bundle)?), swarmca_core::rootca::VerifiedPeers::default()))
+                let trust = trust_of(bundle)?.with_signature_cache(self.signatures.clone());
+                e.insert((Arc::new(trust), swarmca_core::rootca::VerifiedPeers::default()))
             }
         };
         let root = Arc::clone(root);

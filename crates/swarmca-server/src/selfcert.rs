@@ -95,6 +95,7 @@ impl SelfCert {
         }
         loop {
             let next = tokio::select! {
+                biased;
                 () = &mut stop => Next::Stop,
                 ev = clusters.next() => Next::Cluster(ev),
                 ev = nodes.next() => Next::Node(ev),

@@ -47,6 +47,11 @@ pub struct ServerConfig {
     pub external_ca_timeout: Duration,
     /// Interval between two batches of the root-rotation reconciler.
     pub root_reconcile_interval: Duration,
+    /// Signature checks shared by every CA this server builds from the cluster object (and by
+    /// whatever else the embedder gives the same cache): the simulator passes one per run so
+    /// that a chain its checkers verified is not verified again. `None` (the default): every
+    /// signature is checked.
+    pub signature_cache: Option<swarmca_core::rootca::SignatureCache>,
 }
 
 impl ServerConfig {
@@ -58,6 +63,7 @@ impl ServerConfig {
             max_parallel_signing: DEFAULT_MAX_PARALLEL_SIGNING,
             external_ca_timeout: EXTERNAL_REQUEST_TIMEOUT,
             root_reconcile_interval: DEFAULT_ROOT_RECONCILE_INTERVAL,
+            signature_cache: None,
         }
     }
 }
@@ -138,7 +144,7 @@ impl CaServer {
     /// A stopped server. `initial_root` is what `GetRootCACertificate` serves before the first
     /// `run` (the manager's own trust root), if known.
     pub fn new(cfg: ServerConfig, deps: ServerDeps, initial_root: Option<RootCa>) -> CaServer {
-        let signer = SignerState::new(initial_root, cfg.external_ca_timeout);
+        let signer = SignerState::new(initial_root, cfg.external_ca_timeout, cfg.signature_cache.clone());
         CaServer {
             inner: Arc::new(Inner {
                 cfg,

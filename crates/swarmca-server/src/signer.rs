@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use subtle::ConstantTimeEq;
-use swarmca_core::rootca::{cluster_cert_expiry, RootCa};
+use swarmca_core::rootca::{cluster_cert_expiry, RootCa, SignatureCache};
 use swarmca_types::Cluster;
 use tracing::{error, info, warn};
 
@@ -30,6 +30,8 @@ pub(crate) struct SignerState {
     last_seen_expiry: Option<Duration>,
     last_seen_external_cas: Option<Vec<swarmca_types::ExternalCa>>,
     last_error: Option<String>,
+    /// Given to every CA built here.
+    signature_cache: Option<SignatureCache>,
 }
 
 /// A certificate chain and its private key (PEM). Never printed.
@@ -41,7 +43,11 @@ struct TlsIdentity {
 impl SignerState {
     /// A signer for `initial_root` (what a manager starts with, before it reads the cluster),
     /// without external CAs yet.
-    pub(crate) fn new(initial_root: Option<RootCa>, timeout: Duration) -> SignerState {
+    pub(crate) fn new(
+        initial_root: Option<RootCa>,
+        timeout: Duration,
+        signature_cache: Option<SignatureCache>,
+    ) -> SignerState {
         let external_pool = initial_root.as_ref().map(|r| r.roots_der().to_vec()).unwrap_or_default();
         let external = ExternalCa::with_tls_state(
             Vec::new(),
@@ -60,6 +66,7 @@ impl SignerState {
             last_seen_expiry: None,
             last_seen_external_cas: None,
             last_error: None,
+            signature_cache,
         }
     }
 
@@ -109,7 +116,11 @@ impl SignerState {
         }
         // Rebuilt from the same material (an expiry change; a restarted manager loading the
         // root it was started with), the signer is reused rather than validated again.
-        match RootCa::from_api_reusing(signer.root.as_deref(), &api, expiry, now) {
+        let cached = |ca: RootCa| match &signer.signature_cache {
+            Some(c) => ca.with_signature_cache(c.clone()),
+            None => ca,
+        };
+        match RootCa::from_api_reusing(signer.root.as_deref(), &api, expiry, now).map(cached) {
             Ok(root) => {
                 let mut pool = root.roots_der().to_vec();
                 if let Some(r) = &api.root_rotation {
@@ -123,7 +134,7 @@ impl SignerState {
                         both.extend_from_slice(&r.ca_cert);
                         match RootCa::new_reusing(signer.trust.as_deref(), &both, &[], &[], expiry, &[], now)
                         {
-                            Ok(t) => Some(Arc::new(t)),
+                            Ok(t) => Some(Arc::new(cached(t))),
                             Err(e) => {
                                 warn!(error = %e, "rotation target unusable as a trust root; trusting the current roots only");
                                 Some(Arc::new(root.clone()))

@@ -6,7 +6,7 @@
 //! - a term's duties stop once it is lost: a manager that is running (not paused, not dead) is
 //!   told to stop within [`NOTICE`] of its term's loss (or of its resuming, if it was paused
 //!   across it), and nothing of the term runs [`DRAIN`] later (jobs in flight finish; their
-//!   writes are fenced). Checked every second and whenever another term starts;
+//!   writes are fenced). Checked every few seconds and whenever another term starts;
 //! - every term start picks up the work pending in the store: a node that was waiting for a
 //!   certificate when a term started, and is still waiting unchanged at the end of the run, was
 //!   skipped by every term since.

@@ -26,6 +26,7 @@ pub use self::cross::{cross_sign_csr, CrossSignCsr, CrossSignError};
 pub use self::issued::IssuedCertError;
 use self::key::CaKey;
 use self::remember::RememberingAlg;
+pub use self::remember::SignatureCache;
 pub use self::verified::VerifiedPeers;
 use crate::csr::{self, CsrError};
 use crate::identity::PeerIdentity;
@@ -260,6 +261,8 @@ pub struct RootCa {
     /// [`RootCa::new`] checks is valid: the latest NotBefore and the earliest NotAfter of the
     /// roots, the intermediates and the signing certificate.
     valid_window: (i64, i64),
+    /// Signature checks shared with other CAs (see [`remember`]); none by default.
+    signature_cache: Option<SignatureCache>,
 }
 
 impl fmt::Debug for RootCa {
@@ -392,7 +395,16 @@ impl RootCa {
             expiry: effective_expiry(Some(expiry)),
             source: source_digest(roots_pem, sign_cert_pem, sign_key_pem, intermediates_pem),
             valid_window: window,
+            signature_cache: None,
         })
+    }
+
+    /// The same CA, remembering the signature checks of its chain verifications in `cache`,
+    /// shared with every other CA given the same cache (see [`remember`]). Verdicts do not
+    /// change; only the time they take.
+    pub fn with_signature_cache(mut self, cache: SignatureCache) -> RootCa {
+        self.signature_cache = Some(cache);
+        self
     }
 
     /// [`RootCa::new`], answered from `previous` when that was built from exactly the same
@@ -600,10 +612,12 @@ impl RootCa {
             intermediates.iter().map(|d| CertificateDer::from(d.as_slice())).collect();
         let since_epoch = now.duration_since(UNIX_EPOCH).map_err(|_| ChainFailure::Clock)?;
         // Each usage is a full path validation; the signatures the first one checked need not
-        // be checked again by the others (nor, on a thread that opted in, any checked before:
-        // see [`remember`]).
-        let remembering: Vec<RememberingAlg<'_>> =
-            webpki::ALL_VERIFICATION_ALGS.iter().map(|a| RememberingAlg::new(*a)).collect();
+        // be checked again by the others (nor any the shared cache, if given, remembers: see
+        // [`remember`]).
+        let remembering: Vec<RememberingAlg<'_>> = webpki::ALL_VERIFICATION_ALGS
+            .iter()
+            .map(|a| RememberingAlg::new(*a, self.signature_cache.as_ref()))
+            .collect();
         let algs: Vec<&dyn SignatureVerificationAlgorithm> =
             remembering.iter().map(|a| a as &dyn SignatureVerificationAlgorithm).collect();
         let mut issuer_spki = None;

@@ -1,55 +1,85 @@
 //! Signature checks remembered: within one chain verification always, and across all of them
-//! on a thread that opts in.
+//! that share a [`SignatureCache`] the caller passed in.
 //!
 //! Checking a signature is a pure function of (algorithm, public key, message, signature).
 //! [`RootCa::webpki_verify`](super::RootCa) validates a path once per key usage asked for, and
 //! the later passes need not repeat the public-key operations of the first. Beyond one call,
 //! the deterministic simulator checks the same signatures many times over: its checkers verify
 //! every issued chain, then the CA verifies that chain again when the node presents it, and
-//! the CA's check of an external CA's certificate is repeated by the checkers. A simulation
-//! thread (one per seed) calls [`remember_on_this_thread`]; nothing else does, so a production
-//! server checks every signature it is asked to.
+//! the CA's check of an external CA's certificate is repeated by the checkers. The simulator
+//! gives every CA of a run one cache ([`super::RootCa::with_signature_cache`]); a production
+//! server passes none and checks every signature it is asked to.
 //!
 //! Only successes are remembered, keyed by every byte of the input (the algorithm identifiers,
 //! the key, the message and the signature): an answer from memory is the one the check gives.
 //! Remembering changes how long a verification takes, never its result, nor anything drawn
-//! from the entropy source (verification draws nothing).
+//! from the entropy source (verification draws nothing). There is no hidden state: a cache
+//! lives as long as the handles the caller keeps.
 
-use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::{AlgorithmIdentifier, InvalidSignature, SignatureVerificationAlgorithm};
 
-/// Signature checks remembered at most per thread; when full, the memo starts over.
-const THREAD_CAPACITY: usize = 1 << 16;
+/// Signature checks a cache remembers at most; when full, it starts over.
+const CACHE_CAPACITY: usize = 1 << 16;
 
-thread_local! {
-    static THREAD: RefCell<Option<HashSet<Vec<u8>>>> = const { RefCell::new(None) };
+/// Successful signature checks shared by the CAs it is given to. Cheap to clone; clones share
+/// one cache.
+#[derive(Clone, Default)]
+pub struct SignatureCache(Arc<Mutex<HashSet<Vec<u8>>>>);
+
+impl std::fmt::Debug for SignatureCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureCache").field("len", &self.len()).finish()
+    }
 }
 
-/// Turns remembering successful signature checks on (or off, forgetting them) for every
-/// verification by [`super::RootCa`] on the current thread.
-pub fn remember_on_this_thread(on: bool) {
-    THREAD.with(|t| *t.borrow_mut() = on.then(HashSet::new));
+impl SignatureCache {
+    /// An empty cache.
+    pub fn new() -> SignatureCache {
+        SignatureCache::default()
+    }
+
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many successful checks it remembers.
+    pub fn len(&self) -> usize {
+        self.set().len()
+    }
+
+    /// Whether it remembers nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.set().contains(key)
+    }
+
+    fn insert(&self, key: Vec<u8>) {
+        let mut s = self.set();
+        if s.len() >= CACHE_CAPACITY {
+            s.clear();
+        }
+        s.insert(key);
+    }
 }
 
-/// How many successful checks the current thread remembers (0 when it did not opt in).
-pub fn remembered_on_this_thread() -> usize {
-    THREAD.with(|t| t.borrow().as_ref().map_or(0, HashSet::len))
-}
-
-/// A signature algorithm that answers a check it (or, when this thread opted in, any
-/// verification on this thread) already found valid without the public-key operation.
+/// A signature algorithm that answers a check it (or the shared cache) already found valid
+/// without the public-key operation.
 #[derive(Debug)]
 pub(crate) struct RememberingAlg<'a> {
     inner: &'a dyn SignatureVerificationAlgorithm,
     valid: Mutex<HashSet<Vec<u8>>>,
+    shared: Option<&'a SignatureCache>,
 }
 
 impl<'a> RememberingAlg<'a> {
-    pub(crate) fn new(inner: &'a dyn SignatureVerificationAlgorithm) -> Self {
-        RememberingAlg { inner, valid: Mutex::new(HashSet::new()) }
+    pub(crate) fn new(inner: &'a dyn SignatureVerificationAlgorithm, shared: Option<&'a SignatureCache>) -> Self {
+        RememberingAlg { inner, valid: Mutex::new(HashSet::new()), shared }
     }
 
     /// Every byte a check depends on, each part length-prefixed.
@@ -74,19 +104,13 @@ impl SignatureVerificationAlgorithm for RememberingAlg<'_> {
     ) -> Result<(), InvalidSignature> {
         let key = self.key(public_key, message, signature);
         let valid = || self.valid.lock().unwrap_or_else(|e| e.into_inner());
-        let on_thread = || THREAD.with(|t| t.borrow().as_ref().is_some_and(|m| m.contains(&key)));
-        if valid().contains(&key) || on_thread() {
+        if valid().contains(&key) || self.shared.is_some_and(|c| c.contains(&key)) {
             return Ok(());
         }
         self.inner.verify_signature(public_key, message, signature)?;
-        THREAD.with(|t| {
-            if let Some(m) = t.borrow_mut().as_mut() {
-                if m.len() >= THREAD_CAPACITY {
-                    m.clear();
-                }
-                m.insert(key.clone());
-            }
-        });
+        if let Some(c) = self.shared {
+            c.insert(key.clone());
+        }
         valid().insert(key);
         Ok(())
     }
@@ -148,7 +172,7 @@ mod tests {
     fn one_instance_skips_only_signatures_it_found_valid() {
         let (public, sig) = signed();
         let counting = Counting::default();
-        let alg = RememberingAlg::new(&counting);
+        let alg = RememberingAlg::new(&counting, None);
         let calls = || counting.0.load(Ordering::SeqCst);
 
         alg.verify_signature(&public, b"message", &sig).unwrap();
@@ -166,40 +190,32 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_that_opted_in_remembers_across_instances_and_others_do_not() {
+    fn a_shared_cache_remembers_across_instances_and_nothing_else_does() {
         let (public, sig) = signed();
         let counting = Counting::default();
         let calls = || counting.0.load(Ordering::SeqCst);
 
-        // Not opted in: every new instance checks again.
-        RememberingAlg::new(&counting).verify_signature(&public, b"message", &sig).unwrap();
-        RememberingAlg::new(&counting).verify_signature(&public, b"message", &sig).unwrap();
-        assert_eq!((calls(), remembered_on_this_thread()), (2, 0));
+        // Without a cache: every new instance checks again.
+        RememberingAlg::new(&counting, None).verify_signature(&public, b"message", &sig).unwrap();
+        RememberingAlg::new(&counting, None).verify_signature(&public, b"message", &sig).unwrap();
+        assert_eq!(calls(), 2);
 
-        remember_on_this_thread(true);
-        RememberingAlg::new(&counting).verify_signature(&public, b"message", &sig).unwrap();
-        RememberingAlg::new(&counting).verify_signature(&public, b"message", &sig).unwrap();
-        assert_eq!((calls(), remembered_on_this_thread()), (3, 1));
+        let cache = SignatureCache::new();
+        RememberingAlg::new(&counting, Some(&cache)).verify_signature(&public, b"message", &sig).unwrap();
+        RememberingAlg::new(&counting, Some(&cache.clone())).verify_signature(&public, b"message", &sig).unwrap();
+        assert_eq!((calls(), cache.len()), (3, 1));
         // Failures are never remembered.
         let mut bad = sig.clone();
         *bad.last_mut().unwrap() ^= 1;
         for _ in 0..2 {
-            assert!(RememberingAlg::new(&counting).verify_signature(&public, b"message", &bad).is_err());
+            assert!(RememberingAlg::new(&counting, Some(&cache)).verify_signature(&public, b"message", &bad).is_err());
         }
-        assert_eq!((calls(), remembered_on_this_thread()), (5, 1));
+        assert_eq!((calls(), cache.len()), (5, 1));
 
-        // Another thread has its own (off) memo.
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                RememberingAlg::new(&counting).verify_signature(&public, b"message", &sig).unwrap();
-                assert_eq!(remembered_on_this_thread(), 0);
-            });
-        });
-        assert_eq!(calls(), 6);
-
-        // Turning it off forgets.
-        remember_on_this_thread(false);
-        RememberingAlg::new(&counting).verify_signature(&public, b"message", &sig).unwrap();
-        assert_eq!((calls(), remembered_on_this_thread()), (7, 0));
+        // Another cache, or none, knows nothing of it.
+        let other = SignatureCache::new();
+        RememberingAlg::new(&counting, Some(&other)).verify_signature(&public, b"message", &sig).unwrap();
+        RememberingAlg::new(&counting, None).verify_signature(&public, b"message", &sig).unwrap();
+        assert_eq!((calls(), other.len()), (7, 1));
     }
 }

@@ -1085,14 +1085,14 @@ fn new_reusing_reuses_only_the_same_material_while_it_is_valid() {
 
 #[test]
 fn remembered_signatures_never_change_a_verdict() {
-    remember::remember_on_this_thread(true);
+    let cache = SignatureCache::new();
     let r1 = gen_root("root-1");
     let r2 = gen_root("root-2");
-    let ca = signing_ca(&r1, HOUR);
-    let other = signing_ca(&r2, HOUR);
+    let ca = signing_ca(&r1, HOUR).with_signature_cache(cache.clone());
+    let other = signing_ca(&r2, HOUR).with_signature_cache(cache.clone());
     let chain = ders(&ca.sign_csr(&p256_csr(), "n", Role::Worker, "o", t0(), [3; 20]).unwrap());
     ca.verify_peer(&chain, t0()).unwrap();
-    assert!(remember::remembered_on_this_thread() > 0);
+    assert!(!cache.is_empty());
     ca.verify_peer(&chain, t0()).unwrap();
     // The same chain under other roots, a tampered signature, or outside its validity is
     // refused as without the memo.
@@ -1101,5 +1101,4 @@ fn remembered_signatures_never_change_a_verdict() {
     *tampered[0].last_mut().unwrap() ^= 1;
     assert!(ca.verify_peer(&tampered, t0()).is_err());
     assert_eq!(ca.verify_peer(&chain, t0() + ROOT_CA_VALIDITY).unwrap_err(), VerifyError::Expired);
-    remember::remember_on_this_thread(false);
 }
