@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| swarmca_server::fuzzing::issuance_ops(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| swarmca_testkit::fuzzing::issuance_ops(data));

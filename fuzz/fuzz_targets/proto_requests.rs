@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| swarmca_server::fuzzing::proto_requests(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| swarmca_testkit::fuzzing::proto_requests(data));

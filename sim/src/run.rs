@@ -141,16 +141,10 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     // Each manager's own identity, issued as `swarmca serve` would.
     let creds: Vec<crate::world::Creds> = (0..opts.managers)
         .map(|_| {
-            let key = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
-            let mut params = rcgen::CertificateParams::default();
-            params.distinguished_name = rcgen::DistinguishedName::new();
-            let csr =
-                params.serialize_request(&key).and_then(|c| c.pem()).unwrap_or_else(|e| panic!("csr: {e}"));
             let id = swarmca_core::id::new_id(&mut OsEntropy).unwrap_or_default();
-            let cert = issuer
-                .sign_csr(csr.as_bytes(), &id, swarmca_core::role::Role::Manager, &cluster_id, now, serial())
-                .unwrap_or_else(|e| panic!("manager cert: {e}"));
-            (id, cert, key.serialize_pem().into_bytes())
+            let role = swarmca_core::role::Role::Manager;
+            let c = swarmca_testkit::pki::issue(&issuer, &id, role, &cluster_id, now, serial());
+            (c.node_id, c.cert_pem, c.key_pem)
         })
         .collect();
     let extca = Arc::new(crate::extca::Control::new());

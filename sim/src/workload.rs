@@ -123,12 +123,10 @@ async fn fetch_root(addr: SocketAddr, chain: Option<&[Vec<u8>]>) -> Option<Vec<u
     }
 }
 
-fn new_key_and_csr() -> Option<(rcgen::KeyPair, Vec<u8>)> {
-    let key = rcgen::KeyPair::generate().ok()?;
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    let csr = params.serialize_request(&key).ok()?.pem().ok()?;
-    Some((key, csr.into_bytes()))
+/// A new key and a CSR for it, as an agent makes them (the key itself is not needed: a client's
+/// identity travels as its certificate chain).
+fn new_csr() -> Option<Vec<u8>> {
+    swarmca_server::bootstrap::new_key_and_csr().ok().map(|(csr, _key)| csr)
 }
 
 /// How an impostor's certificate is made.
@@ -214,7 +212,7 @@ impl Client {
         else {
             return;
         };
-        let Some((_key, csr)) = new_key_and_csr() else { return };
+        let Some(csr) = new_csr() else { return };
         let forged = Creds { manager: leaf_is_manager(&self.shared.facts, &chain), chain, ..creds.clone() };
         let r =
             self.call_issue(IssueNodeCertificateRequest { csr, ..Default::default() }, Some(&forged)).await;
@@ -273,7 +271,7 @@ impl Client {
         use swarmca_server::peer::{
             FORWARDED_CERT, FORWARDED_CERT_CN, FORWARDED_CERT_ORG, FORWARDED_CERT_OU,
         };
-        let (_key, csr) = new_key_and_csr()?;
+        let csr = new_csr()?;
         let mut r = tonic::Request::new(IssueNodeCertificateRequest { csr, ..Default::default() });
         present(&mut r, &creds.chain);
         let md = r.metadata_mut();
@@ -545,7 +543,7 @@ impl Client {
                 }
             }
         }
-        let (_key, mut csr) = new_key_and_csr()?;
+        let mut csr = new_csr()?;
         if chance(opts.p_garbage_csr) {
             csr =
                 b"-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n-----END CERTIFICATE REQUEST-----\n".to_vec();
@@ -597,7 +595,7 @@ impl Client {
     }
 
     async fn renew_once(&self, creds: &Creds) -> Result<Option<Creds>, Code> {
-        let (_key, csr) = new_key_and_csr().ok_or(Code::Internal)?;
+        let csr = new_csr().ok_or(Code::Internal)?;
         let start = now();
         let r = self
             .call_issue(IssueNodeCertificateRequest { csr: csr.clone(), ..Default::default() }, Some(creds))

@@ -29,13 +29,7 @@ use swarmca_types::{
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
-/// A node's credentials.
-#[derive(Clone, Debug)]
-pub struct Creds {
-    pub node_id: String,
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-}
+pub use swarmca_testkit::pki::Creds;
 
 /// Knobs of a fixture.
 #[derive(Clone, Debug)]
@@ -109,11 +103,7 @@ pub struct Fixture {
     shutdown: Vec<oneshot::Sender<()>>,
 }
 
-pub fn new_csr() -> (Vec<u8>, Vec<u8>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap();
-    (csr.pem().unwrap().into_bytes(), key.serialize_pem().into_bytes())
-}
+pub use swarmca_testkit::pki::new_csr;
 
 pub fn serial() -> [u8; 20] {
     let mut s = [0u8; 20];
@@ -122,9 +112,7 @@ pub fn serial() -> [u8; 20] {
 }
 
 pub fn issue_creds(root: &RootCa, node_id: &str, role: Role, org: &str) -> Creds {
-    let (csr, key_pem) = new_csr();
-    let cert_pem = root.sign_csr(&csr, node_id, role, org, SystemTime::now(), serial()).unwrap();
-    Creds { node_id: node_id.to_string(), cert_pem, key_pem }
+    swarmca_testkit::pki::issue(root, node_id, role, org, SystemTime::now(), serial())
 }
 
 pub fn issued_node(creds: &Creds, role: Role) -> Node {

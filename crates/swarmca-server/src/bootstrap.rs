@@ -258,14 +258,8 @@ impl Bootstrap<'_> {
         let now = self.clock.now();
         let ca = RootCa::from_api(root, expiry, now)
             .map_err(|e| refused(format!("the cluster root CA is unusable: {e}")))?;
-        let key = rcgen::KeyPair::generate().map_err(|e| refused(format!("cannot generate a key: {e}")))?;
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params
-            .serialize_request(&key)
-            .and_then(|r| r.pem())
-            .map_err(|e| refused(format!("cannot make a certificate request: {e}")))?
-            .into_bytes();
+        let (csr, key) =
+            new_key_and_csr().map_err(|e| refused(format!("cannot make a key and certificate request: {e}")))?;
         let urls = filter_external_ca_urls(&root.ca_cert, &root.ca_cert, external);
         let cert = if !urls.is_empty() {
             let tls = client_tls_config(&certs_der(&root.ca_cert), None)
@@ -288,7 +282,7 @@ impl Bootstrap<'_> {
                 "the cluster root CA has no key here and no external CA is configured for it; cannot issue this manager's certificate",
             ));
         };
-        Ok(OwnCert { cert, key: key.serialize_pem().into_bytes(), csr })
+        Ok(OwnCert { cert, key, csr })
     }
 
     fn serial(&self) -> Result<[u8; 20], BootstrapError> {
@@ -298,6 +292,16 @@ impl Bootstrap<'_> {
     fn new_id(&self) -> Result<String, BootstrapError> {
         with_entropy(self.entropy, swarmca_core::id::new_id).map_err(|e| refused(format!("entropy: {e}")))
     }
+}
+
+/// A new P-256 key and a certificate request for it with an empty subject (the CA sets the
+/// subject), as SwarmKit nodes make them: (CSR PEM, key PEM).
+pub fn new_key_and_csr() -> Result<(Vec<u8>, Vec<u8>), rcgen::Error> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key)?.pem()?.into_bytes();
+    Ok((csr, key.serialize_pem().into_bytes()))
 }
 
 /// A certificate issued to this manager, with its new key and the CSR it was made from.

@@ -453,7 +453,7 @@ pub fn client_tls_config(
 }
 
 /// The DER of every `CERTIFICATE` block in `pem` (other or malformed blocks are skipped).
-pub(crate) fn certs_der(pem: &[u8]) -> Vec<Vec<u8>> {
+pub fn certs_der(pem: &[u8]) -> Vec<Vec<u8>> {
     CertificateDer::pem_slice_iter(pem).filter_map(|c| c.ok().map(|c| c.to_vec())).collect()
 }
 
@@ -800,7 +800,7 @@ async fn exchange(mut conn: Conn, req: Request<Full<Bytes>>) -> Result<Exchanged
 }
 
 /// Appends as much of `data` to `buf` as fits under [`CERTIFICATE_MAX_SIZE`].
-pub(crate) fn append_capped(buf: &mut Vec<u8>, data: &[u8]) {
+pub fn append_capped(buf: &mut Vec<u8>, data: &[u8]) {
     let room = CERTIFICATE_MAX_SIZE.saturating_sub(buf.len());
     buf.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
 }
@@ -838,7 +838,7 @@ fn csr_rejection(body: &[u8]) -> Option<String> {
 }
 
 /// CFSSL response handling (docs/behaviour.md §5.3 steps 3–7).
-pub(crate) fn parse_response(status: u16, body: &[u8]) -> Result<Vec<u8>, ExternalCaError> {
+pub fn parse_response(status: u16, body: &[u8]) -> Result<Vec<u8>, ExternalCaError> {
     if status == 400 {
         if let Some(list) = csr_rejection(body) {
             return Err(ExternalCaError::Rejected(list));

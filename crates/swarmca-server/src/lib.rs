@@ -28,8 +28,6 @@ pub mod env;
 pub mod error;
 pub mod external;
 pub mod files;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 mod issuers;
 pub mod leadership;
 pub mod listener;

@@ -163,10 +163,7 @@ impl SelfCert {
 
     /// Writes RENEW with a new CSR onto this manager's node.
     async fn request(&self, mut node: Node) -> Option<Renewal> {
-        let key = rcgen::KeyPair::generate().ok()?;
-        let mut params = rcgen::CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params.serialize_request(&key).ok()?.pem().ok()?.into_bytes();
+        let (csr, key_pem) = crate::bootstrap::new_key_and_csr().ok()?;
         for _ in 0..8 {
             if state_of(&node) != State::Rotate as i32 {
                 return None;
@@ -179,7 +176,7 @@ impl SelfCert {
                 cn: node.id.clone(),
             });
             match self.store.commit(vec![Op::UpdateNode(node.clone())]).await {
-                Ok(_) => return Some(Renewal { csr, key_pem: key.serialize_pem().into_bytes() }),
+                Ok(_) => return Some(Renewal { csr, key_pem }),
                 Err(StoreError::SequenceConflict) => match self.store.get_node(&self.node_id).await {
                     Ok(Some(n)) => node = n,
                     _ => return None,

@@ -6,7 +6,7 @@
 //! inputs), 1 byte of frame size, then the body. The body is fed frame by frame through the same capping step the HTTP
 //! client uses, then parsed.
 
-use crate::external::{append_capped, parse_response, ExternalCaError, CERTIFICATE_MAX_SIZE};
+use swarmca_server::external::{append_capped, parse_response, ExternalCaError, CERTIFICATE_MAX_SIZE};
 
 /// The fields a certificate answer must have, read without the parser's error handling.
 #[derive(serde::Deserialize)]

@@ -14,9 +14,9 @@ use swarmca_types::issuance_status::State;
 use swarmca_types::{Annotations, Cluster, ClusterSpec, JoinTokens, Node, RootCa as ApiRootCa};
 use x509_parser::prelude::{FromDer, X509Certificate, X509CertificationRequest};
 
-use crate::env::{shared_entropy, Clock};
-use crate::peer::{CallInfo, PeerCertificates};
-use crate::server::{CaServer, ServerConfig, ServerDeps};
+use swarmca_server::{shared_entropy, Clock};
+use swarmca_server::peer::{CallInfo, PeerCertificates};
+use swarmca_server::{CaServer, ServerConfig, ServerDeps};
 
 /// The wall-clock time of every harness run (2025-06-15).
 pub(crate) fn fixed_now() -> SystemTime {
@@ -288,7 +288,7 @@ pub(crate) fn csr_key(pem: &[u8]) -> Option<Vec<u8>> {
 
 /// The DER of every certificate of a PEM bundle.
 pub(crate) fn chain_der(pem: &[u8]) -> Vec<Vec<u8>> {
-    crate::external::certs_der(pem)
+    swarmca_server::external::certs_der(pem)
 }
 
 fn hex_of(b: &[u8]) -> String {

@@ -24,9 +24,9 @@ use super::harness::{
     cert_facts, chain_der, csr, csr_key, initial_cluster, material, new_server, ready_now, runtime, state_of,
     yield_times, CheckedStore, Interference, SeededEntropy, SetPeers, SyncReads, CLUSTER_ID,
 };
-use crate::control::Control;
-use crate::error::ServerError;
-use crate::server::CaServer;
+use swarmca_server::Control;
+use swarmca_server::ServerError;
+use swarmca_server::CaServer;
 
 /// Most steps read from one input.
 const MAX_STEPS: usize = 48;
@@ -305,7 +305,7 @@ impl World {
     async fn await_tokens(&self) {
         let want = self.tokens();
         for _ in 0..PROPAGATION_YIELDS {
-            if self.servers.iter().all(|s| s.ready_tokens().ok().as_ref() == Some(&want)) {
+            if self.servers.iter().all(|s| s.join_tokens().as_ref() == Some(&want)) {
                 return;
             }
             yield_times(1).await;
