@@ -19,9 +19,7 @@ use ring::signature::{
 use swarmca_core::csr::parse_csr_pem;
 use swarmca_core::entropy::Entropy;
 use swarmca_core::role::Role;
-use swarmca_core::rootca::{
-    digest, digest_string, generate_root, GeneratedRoot, RootCa, DEFAULT_NODE_CERT_EXPIRY,
-};
+use swarmca_core::rootca::{digest, generate_root, GeneratedRoot, RootCa, DEFAULT_NODE_CERT_EXPIRY};
 use swarmca_core::token::generate_join_token;
 use swarmca_proto::node_ca_server::NodeCa;
 use swarmca_server::{
@@ -31,8 +29,8 @@ use swarmca_store::{MemStore, Node, Op, Store, StoreError};
 use swarmca_types::issuance_status::State;
 use swarmca_types::node_spec::Membership;
 use swarmca_types::{
-    Annotations, Certificate, Cluster, ClusterSpec, IssuanceStatus, IssueNodeCertificateRequest, JoinTokens,
-    NodeCertificateStatusRequest, NodeSpec, RootCa as ApiRootCa,
+    Certificate, Cluster, IssuanceStatus, IssueNodeCertificateRequest, JoinTokens,
+    NodeCertificateStatusRequest, NodeSpec,
 };
 use x509_parser::prelude::FromDer;
 
@@ -146,22 +144,7 @@ fn cluster(g: &GeneratedRoot, id: &str) -> (Cluster, JoinTokens) {
         worker: generate_join_token(&d, false, &mut OsEntropy).unwrap(),
         manager: generate_join_token(&d, false, &mut OsEntropy).unwrap(),
     };
-    let c = Cluster {
-        id: id.to_string(),
-        spec: Some(ClusterSpec {
-            annotations: Some(Annotations { name: "default".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        root_ca: Some(ApiRootCa {
-            ca_key: g.key_pem.clone(),
-            ca_cert: g.cert_pem.clone(),
-            ca_cert_hash: digest_string(&g.cert_pem),
-            join_tokens: Some(tokens.clone()),
-            root_rotation: None,
-            last_forced_rotation: 0,
-        }),
-        ..Default::default()
-    };
+    let c = swarmca_core::cluster::new_cluster(id, &g.cert_pem, &g.key_pem, tokens.clone(), None);
     (c, tokens)
 }
 

@@ -84,7 +84,12 @@ impl Central {
         let mut st = lock(&self.state);
         st.next_lease += 1;
         let lease = st.next_lease;
-        st.candidates.push(Candidate { lease, manager, node_id: node_id.to_string(), deadline: now() + LEASE });
+        st.candidates.push(Candidate {
+            lease,
+            manager,
+            node_id: node_id.to_string(),
+            deadline: now() + LEASE,
+        });
         self.promote(&mut st);
         lease
     }
@@ -161,7 +166,9 @@ impl Central {
             changed.as_mut().enable();
             self.expire();
             let next = lock(&self.state).candidates.iter().map(|c| c.deadline).min();
-            let wait = next.map_or(Duration::from_secs(1), |d| d.saturating_sub(now())).max(Duration::from_millis(1));
+            let wait = next
+                .map_or(Duration::from_secs(1), |d| d.saturating_sub(now()))
+                .max(Duration::from_millis(1));
             tokio::select! {
                 biased;
                 _ = &mut changed => {}

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use madsim::rand::{thread_rng, Rng};
-use swarmca_core::rootca::{digest, digest_string, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY};
+use swarmca_core::rootca::{digest, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY};
 use swarmca_server::{shared_entropy, CaServer, Control, OsEntropy, ServerConfig, ServerDeps};
 use swarmca_store::{MemStore, Op};
-use swarmca_types::{Annotations, Cluster, ClusterSpec, JoinTokens, RootCa as ApiRootCa};
+use swarmca_types::JoinTokens;
 
 use crate::checkers;
 use crate::log::EventLog;
@@ -76,36 +76,18 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         |_: ()| swarmca_core::token::generate_join_token(&d, false, &mut OsEntropy).unwrap_or_default();
     let tokens = JoinTokens { worker: token(()), manager: token(()) };
     let external = opts.external_ca;
-    let cluster = Cluster {
-        id: cluster_id.clone(),
-        spec: Some(ClusterSpec {
-            annotations: Some(Annotations { name: "default".into(), ..Default::default() }),
-            ca_config: Some(swarmca_types::CaConfig {
-                external_cas: if external {
-                    // With root rotations, bound to the initial root: the fake signs with it only.
-                    let ca_cert = if opts.root_rotation { root.cert_pem.clone() } else { Vec::new() };
-                    vec![swarmca_types::ExternalCa {
-                        url: crate::extca::url(),
-                        ca_cert,
-                        ..Default::default()
-                    }]
-                } else {
-                    Vec::new()
-                },
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        root_ca: Some(ApiRootCa {
-            ca_key: if external && opts.external_only { Vec::new() } else { root.key_pem.clone() },
-            ca_cert: root.cert_pem.clone(),
-            ca_cert_hash: digest_string(&root.cert_pem),
-            join_tokens: Some(tokens),
-            root_rotation: None,
-            last_forced_rotation: 0,
-        }),
-        ..Default::default()
+    let external_cas = if external {
+        // With root rotations, bound to the initial root: the fake signs with it only.
+        let ca_cert = if opts.root_rotation { root.cert_pem.clone() } else { Vec::new() };
+        vec![swarmca_types::ExternalCa { url: crate::extca::url(), ca_cert, ..Default::default() }]
+    } else {
+        Vec::new()
     };
+    let key = if external && opts.external_only { Vec::new() } else { root.key_pem.clone() };
+    let ca_config = swarmca_types::CaConfig { external_cas, ..Default::default() };
+    let cluster =
+        swarmca_core::cluster::new_cluster(&cluster_id, &root.cert_pem, &key, tokens, Some(ca_config));
+
     let mem = MemStore::new();
     if let Err(e) = mem.commit_sync(vec![Op::CreateCluster(cluster)]) {
         panic!("cannot create the cluster: {e}");

@@ -23,8 +23,8 @@ use swarmca_store::{MemStore, Op, Store};
 use swarmca_types::issuance_status::State;
 use swarmca_types::node_spec::Membership;
 use swarmca_types::{
-    Annotations, Certificate, Cluster, ClusterSpec, IssuanceStatus, IssueNodeCertificateRequest, JoinTokens,
-    Node, NodeCertificateStatusRequest, NodeCertificateStatusResponse, NodeSpec, RootCa as ApiRootCa,
+    Certificate, Cluster, IssuanceStatus, IssueNodeCertificateRequest, JoinTokens, Node,
+    NodeCertificateStatusRequest, NodeCertificateStatusResponse, NodeSpec,
 };
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
@@ -162,25 +162,9 @@ impl Fixture {
         let server_creds = issue_creds(&root, &new_id(), Role::Manager, &cluster_id);
 
         let store = MemStore::new();
-        let cluster = Cluster {
-            id: cluster_id.clone(),
-            spec: Some(ClusterSpec {
-                annotations: Some(Annotations { name: "default".into(), ..Default::default() }),
-                ..Default::default()
-            }),
-            root_ca: Some(ApiRootCa {
-                ca_key: if opts.with_key { root_key_pem.clone() } else { Vec::new() },
-                ca_cert: root_pem.clone(),
-                ca_cert_hash: root.digest_string(),
-                join_tokens: Some(JoinTokens {
-                    worker: worker_token.clone(),
-                    manager: manager_token.clone(),
-                }),
-                root_rotation: None,
-                last_forced_rotation: 0,
-            }),
-            ..Default::default()
-        };
+        let tokens = JoinTokens { worker: worker_token.clone(), manager: manager_token.clone() };
+        let key = if opts.with_key { root_key_pem.clone() } else { Vec::new() };
+        let cluster = swarmca_core::cluster::new_cluster(&cluster_id, &root_pem, &key, tokens, None);
         store
             .commit(vec![
                 Op::CreateCluster(cluster),

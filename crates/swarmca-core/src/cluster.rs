@@ -7,7 +7,13 @@ use crate::rootca::digest_string;
 /// A new cluster `id` named "default": its root CA (`ca_key` empty when the root's key is not
 /// held, i.e. signing is external only), its join tokens, and its CA settings (expiry, external
 /// CAs; `None` for the defaults). Not yet stored, so without a version.
-pub fn new_cluster(id: &str, ca_cert: &[u8], ca_key: &[u8], tokens: JoinTokens, ca_config: Option<CaConfig>) -> Cluster {
+pub fn new_cluster(
+    id: &str,
+    ca_cert: &[u8],
+    ca_key: &[u8],
+    tokens: JoinTokens,
+    ca_config: Option<CaConfig>,
+) -> Cluster {
     Cluster {
         id: id.to_string(),
         spec: Some(ClusterSpec {

@@ -20,6 +20,7 @@ pub mod entropy;
 pub mod fuzzing;
 pub mod id;
 pub mod identity;
+pub mod pem;
 mod pemutil;
 pub mod policy;
 pub mod role;

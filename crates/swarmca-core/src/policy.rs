@@ -2,6 +2,7 @@
 
 use swarmca_types::issuance_status::State;
 use swarmca_types::node_spec::Membership;
+use swarmca_types::Node;
 
 /// Whether the CA should sign a node's pending CSR.
 ///
@@ -19,6 +20,11 @@ pub fn should_sign(membership: i32, state: i32) -> bool {
 /// Whether an issuance state is final: ISSUED, FAILED or ROTATE.
 pub fn is_final_state(state: i32) -> bool {
     matches!(State::try_from(state), Ok(State::Issued | State::Failed | State::Rotate))
+}
+
+/// The issuance state of `node`'s certificate (0, UNKNOWN, when it has none).
+pub fn issuance_state(node: &Node) -> i32 {
+    node.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state)
 }
 
 #[cfg(test)]

@@ -153,7 +153,10 @@ impl Bootstrap<'_> {
         let cluster_id = self.new_id()?;
         let d = digest(&ca_cert);
         let tokens = with_entropy(self.entropy, |e| {
-            Ok(JoinTokens { worker: generate_join_token(&d, false, e)?, manager: generate_join_token(&d, false, e)? })
+            Ok(JoinTokens {
+                worker: generate_join_token(&d, false, e)?,
+                manager: generate_join_token(&d, false, e)?,
+            })
         })
         .map_err(|e| refused(format!("entropy: {e}")))?;
         let ca_config = CaConfig {
@@ -161,7 +164,8 @@ impl Bootstrap<'_> {
             external_cas: init.external_cas.clone(),
             ..Default::default()
         };
-        let cluster = swarmca_core::cluster::new_cluster(&cluster_id, &ca_cert, &ca_key, tokens, Some(ca_config));
+        let cluster =
+            swarmca_core::cluster::new_cluster(&cluster_id, &ca_cert, &ca_key, tokens, Some(ca_config));
         let root = cluster.root_ca.clone().unwrap_or_default();
         let node_id = self.new_id()?;
         let own = self.issue(&root, &init.external_cas, expiry, &node_id, &cluster_id).await?;
@@ -184,7 +188,11 @@ impl Bootstrap<'_> {
     /// Later starts: the stored cluster, and this manager's certificate `own` — kept when it is
     /// from this cluster, verifies against the current roots and is not past half its life;
     /// otherwise re-issued (keeping its node ID when it names one).
-    async fn reopen(&self, cluster: Cluster, own: Option<(Vec<u8>, Vec<u8>)>) -> Result<Identity, BootstrapError> {
+    async fn reopen(
+        &self,
+        cluster: Cluster,
+        own: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Identity, BootstrapError> {
         let root = cluster.root_ca.clone().ok_or_else(|| refused("the stored cluster has no root CA"))?;
         let tokens = root.join_tokens.clone().unwrap_or_default();
         let expiry = cluster_cert_expiry(&cluster);
@@ -258,18 +266,17 @@ impl Bootstrap<'_> {
         let now = self.clock.now();
         let ca = RootCa::from_api(root, expiry, now)
             .map_err(|e| refused(format!("the cluster root CA is unusable: {e}")))?;
-        let (csr, key) =
-            new_key_and_csr().map_err(|e| refused(format!("cannot make a key and certificate request: {e}")))?;
+        let (csr, key) = new_key_and_csr()
+            .map_err(|e| refused(format!("cannot make a key and certificate request: {e}")))?;
         let urls = filter_external_ca_urls(&root.ca_cert, &root.ca_cert, external);
         let cert = if !urls.is_empty() {
             let tls = client_tls_config(&certs_der(&root.ca_cert), None)
                 .map_err(|e| refused(format!("no TLS configuration for the external CA: {e}")))?;
             let ext = ExternalCa::new(urls, Vec::new(), Some(tls), OWN_CERT_TIMEOUT);
             let req = SignRequest::node(&csr, node_id, Role::Manager, cluster_id);
-            let cert = ext
-                .sign(&req)
-                .await
-                .map_err(|e| refused(format!("the external CA did not sign this manager's certificate: {e}")))?;
+            let cert = ext.sign(&req).await.map_err(|e| {
+                refused(format!("the external CA did not sign this manager's certificate: {e}"))
+            })?;
             ca.check_issued(&cert, &csr, node_id, Role::Manager, cluster_id, now).map_err(|e| {
                 refused(format!("the external CA returned an unusable certificate for this manager: {e}"))
             })?;

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use swarmca_core::policy::issuance_state;
 use swarmca_core::role::Role;
 use swarmca_core::rootca::{digest, digest_string, MIN_NODE_CERT_EXPIRY};
 use swarmca_core::token::generate_join_token;
@@ -333,7 +334,7 @@ impl Control {
         let pending = nodes
             .iter()
             .filter(|n| {
-                let s = state(n);
+                let s = issuance_state(n);
                 s == State::Pending as i32 || s == State::Renew as i32
             })
             .count();
@@ -425,10 +426,6 @@ fn unlock_key(key: Vec<u8>) -> EncryptionKey {
     EncryptionKey { subsystem: UNLOCK_SUBSYSTEM.into(), key, ..Default::default() }
 }
 
-fn state(n: &Node) -> i32 {
-    n.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state)
-}
-
 /// Lower-case name of an issuance state.
 pub fn state_name(s: i32) -> &'static str {
     match State::try_from(s) {
@@ -471,20 +468,8 @@ fn cert_not_after(n: &Node) -> Option<SystemTime> {
 
 /// Standard base64 without padding (SwarmKit's unlock-key encoding).
 fn base64_std_nopad(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let [b0, b1, b2] = [chunk.first(), chunk.get(1), chunk.get(2)].map(|x| x.copied().unwrap_or(0));
-        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let take = chunk.len() + 1;
-        for i in 0..take {
-            let idx = (n >> (18 - 6 * i)) & 63;
-            if let Some(&c) = ALPHABET.get(idx as usize) {
-                out.push(char::from(c));
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
 }
 
 #[cfg(test)]

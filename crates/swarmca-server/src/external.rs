@@ -453,9 +453,7 @@ pub fn client_tls_config(
 }
 
 /// The DER of every `CERTIFICATE` block in `pem` (other or malformed blocks are skipped).
-pub fn certs_der(pem: &[u8]) -> Vec<Vec<u8>> {
-    CertificateDer::pem_slice_iter(pem).filter_map(|c| c.ok().map(|c| c.to_vec())).collect()
-}
+pub use swarmca_core::pem::certs_der;
 
 /// SwarmKit `filterExternalCAURLS`: the URLs of the CFSSL entries whose CA certificate (or
 /// `default_cert` when an entry has none) equals `desired_cert` after PEM normalization, in

@@ -47,10 +47,12 @@ pub use control::Control;
 pub use env::{shared_entropy, Clock, OsEntropy, SharedEntropy, SystemClock};
 pub use error::{ServerError, INVALID_JOIN_TOKEN};
 pub use external::{ExternalCa, ExternalCaError, SignRequest};
-pub use leadership::{Election, Solo, Term};
 #[cfg(feature = "etcd")]
 pub use leadership::EtcdElection;
+pub use leadership::{Election, Solo, Term};
 pub use manager::{Manager, ManagerEvent, Observer, Role, TermEnd, DEFAULT_RETRY_PAUSE};
 pub use peer::{CallInfo, PeerCertificates, TlsPeerCertificates};
-pub use server::{CaServer, ServerConfig, ServerDeps, DEFAULT_RETRY_INTERVAL, DEFAULT_ROOT_RECONCILE_INTERVAL};
+pub use server::{
+    CaServer, ServerConfig, ServerDeps, DEFAULT_RETRY_INTERVAL, DEFAULT_ROOT_RECONCILE_INTERVAL,
+};
 pub use signer::root_ca_equal_stable;

@@ -177,19 +177,33 @@ impl Manager {
 
     fn emit(&self, ev: ManagerEvent) {
         match &ev {
-            ManagerEvent::Following => info!(node = %self.inner.node_id, "following the store; campaigning for the leadership"),
-            ManagerEvent::FollowerEnded(e) => warn!(error = ?e, pause = ?self.inner.pause, "follower duties ended; restarting them"),
-            ManagerEvent::CampaignFailed(e) => warn!(error = %e, pause = ?self.inner.pause, "campaign for the leadership failed; serving as a follower, retrying"),
-            ManagerEvent::Elected(t) => info!(term = t, "elected leader: running the signing loop and the rotation reconciler"),
+            ManagerEvent::Following => {
+                info!(node = %self.inner.node_id, "following the store; campaigning for the leadership")
+            }
+            ManagerEvent::FollowerEnded(e) => {
+                warn!(error = ?e, pause = ?self.inner.pause, "follower duties ended; restarting them")
+            }
+            ManagerEvent::CampaignFailed(e) => {
+                warn!(error = %e, pause = ?self.inner.pause, "campaign for the leadership failed; serving as a follower, retrying")
+            }
+            ManagerEvent::Elected(t) => {
+                info!(term = t, "elected leader: running the signing loop and the rotation reconciler")
+            }
             ManagerEvent::Ending(t, why) => match why {
-                TermEnd::Lost => warn!(term = t, "leadership lost (lease not renewed in time): stepping down"),
-                TermEnd::Failed(e) => error!(term = t, error = %e, "leader duties failed; giving the leadership up"),
+                TermEnd::Lost => {
+                    warn!(term = t, "leadership lost (lease not renewed in time): stepping down")
+                }
+                TermEnd::Failed(e) => {
+                    error!(term = t, error = %e, "leader duties failed; giving the leadership up")
+                }
                 TermEnd::Returned => info!(term = t, "leader duties ended"),
                 TermEnd::SteppedDown => info!(term = t, "stepping down on request"),
                 TermEnd::Shutdown => info!(term = t, "shutting down: ending the leader term"),
             },
             ManagerEvent::Ended(t) => info!(term = t, "leader duties stopped"),
-            ManagerEvent::ResignFailed(t, e) => warn!(term = t, error = %e, "could not resign the leadership (its lease will expire)"),
+            ManagerEvent::ResignFailed(t, e) => {
+                warn!(term = t, error = %e, "could not resign the leadership (its lease will expire)")
+            }
             ManagerEvent::Stopped => info!("manager stopped"),
         }
         if let Some(o) = &self.inner.observer {

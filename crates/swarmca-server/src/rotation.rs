@@ -18,8 +18,8 @@
 use std::time::Duration;
 
 use swarmca_core::rootca::{
-    digest_string, generate_root, normalize_pems, RootCa, DEFAULT_ROOT_CN,
-    MIN_NODE_CERT_EXPIRY, ROOT_CA_VALIDITY,
+    digest_string, generate_root, normalize_pems, RootCa, DEFAULT_ROOT_CN, MIN_NODE_CERT_EXPIRY,
+    ROOT_CA_VALIDITY,
 };
 use swarmca_proto::admin;
 use swarmca_store::{Node, WatchFilter};
@@ -239,7 +239,7 @@ impl Control {
         let renewing = blocking
             .iter()
             .filter(|n| {
-                let s = n.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state);
+                let s = swarmca_core::policy::issuance_state(n);
                 s == State::Rotate as i32 || s == State::Renew as i32 || s == State::Pending as i32
             })
             .count();

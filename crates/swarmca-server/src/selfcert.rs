@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use swarmca_core::pem::certs_der;
+use swarmca_core::policy::issuance_state;
 use swarmca_core::rootca::leaf_issuer;
 use swarmca_store::{Event, Node, Op, Store, StoreError, WatchFilter};
 use swarmca_types::issuance_status::State;
@@ -40,10 +42,6 @@ struct Renewal {
     key_pem: Vec<u8>,
 }
 
-fn state_of(n: &Node) -> i32 {
-    n.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state)
-}
-
 /// The roots client certificates are verified against: the cluster root, and the new root
 /// during a rotation.
 fn trust_pem(c: &Cluster) -> Vec<u8> {
@@ -54,10 +52,6 @@ fn trust_pem(c: &Cluster) -> Vec<u8> {
         pem.extend_from_slice(&r.ca_cert);
     }
     pem
-}
-
-fn certs_der(pem: &[u8]) -> Vec<Vec<u8>> {
-    x509_parser::pem::Pem::iter_from_buffer(pem).filter_map(|p| p.ok().map(|p| p.contents)).collect()
 }
 
 impl SelfCert {
@@ -136,7 +130,7 @@ impl SelfCert {
     }
 
     async fn on_node(&self, node: Node, renewal: &mut Option<Renewal>) {
-        let state = state_of(&node);
+        let state = issuance_state(&node);
         if let Some(r) = renewal.as_ref() {
             let cert = node.certificate.clone().unwrap_or_default();
             if cert.csr != r.csr {
@@ -165,7 +159,7 @@ impl SelfCert {
     async fn request(&self, mut node: Node) -> Option<Renewal> {
         let (csr, key_pem) = crate::bootstrap::new_key_and_csr().ok()?;
         for _ in 0..8 {
-            if state_of(&node) != State::Rotate as i32 {
+            if issuance_state(&node) != State::Rotate as i32 {
                 return None;
             }
             node.certificate = Some(Certificate {

@@ -18,9 +18,9 @@ use tracing::{info, warn};
 use crate::env::{Clock, SharedEntropy};
 use crate::error::ServerError;
 use crate::external::{ExternalCa, ExternalCaError, EXTERNAL_REQUEST_TIMEOUT};
-use crate::signer::SignerState;
 use crate::peer::PeerCertificates;
 use crate::signal::Signal;
+use crate::signer::SignerState;
 
 /// Default interval between two batches of the root-rotation reconciler.
 pub const DEFAULT_ROOT_RECONCILE_INTERVAL: Duration = Duration::from_secs(3);

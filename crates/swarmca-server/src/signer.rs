@@ -49,12 +49,8 @@ impl SignerState {
         signature_cache: Option<SignatureCache>,
     ) -> SignerState {
         let external_pool = initial_root.as_ref().map(|r| r.roots_der().to_vec()).unwrap_or_default();
-        let external = ExternalCa::with_tls_state(
-            Vec::new(),
-            Vec::new(),
-            external_tls(&external_pool, None),
-            timeout,
-        );
+        let external =
+            ExternalCa::with_tls_state(Vec::new(), Vec::new(), external_tls(&external_pool, None), timeout);
         let initial_root = initial_root.map(Arc::new);
         SignerState {
             trust: initial_root.clone(),
@@ -72,7 +68,11 @@ impl SignerState {
 
     /// Presents `cert_pem`/`key_pem` to external CAs from now on (requests in flight finish with
     /// the old configuration); invalid credentials are refused and the previous ones kept.
-    pub(crate) fn set_tls_identity(&mut self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), ExternalCaError> {
+    pub(crate) fn set_tls_identity(
+        &mut self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<(), ExternalCaError> {
         let tls = client_tls_config(&self.external_pool, Some((cert_pem, key_pem)))?;
         self.tls_identity = Some(TlsIdentity { cert_pem: cert_pem.to_vec(), key_pem: key_pem.to_vec() });
         self.external.update_tls(tls);
@@ -87,7 +87,12 @@ impl SignerState {
 
     /// Rebuilds what changed in `cluster` since the last call (see
     /// `CaServer::update_root_ca`); a bad RootCA keeps the previous signer and is returned.
-    pub(crate) fn apply(&mut self, cluster: &Cluster, now: SystemTime, timeout: Duration) -> Result<(), ServerError> {
+    pub(crate) fn apply(
+        &mut self,
+        cluster: &Cluster,
+        now: SystemTime,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
         let api = cluster.root_ca.clone().unwrap_or_default();
         let expiry = cluster_cert_expiry(cluster);
         let external_cas: Vec<swarmca_types::ExternalCa> = cluster
@@ -229,4 +234,3 @@ pub fn root_ca_equal_stable(a: &swarmca_types::RootCa, b: &swarmca_types::RootCa
         && a.ca_cert_hash == b.ca_cert_hash
         && a.last_forced_rotation == b.last_forced_rotation
 }
-

@@ -29,7 +29,14 @@ impl std::fmt::Debug for Creds {
 
 /// Credentials for `node_id` with `role` in organization `org`, signed by `root` at `now` with
 /// `serial`.
-pub fn issue(root: &RootCa, node_id: &str, role: Role, org: &str, now: SystemTime, serial: [u8; 20]) -> Creds {
+pub fn issue(
+    root: &RootCa,
+    node_id: &str,
+    role: Role,
+    org: &str,
+    now: SystemTime,
+    serial: [u8; 20],
+) -> Creds {
     let (csr, key_pem) = new_csr();
     let cert_pem = root
         .sign_csr(&csr, node_id, role, org, now, serial)

@@ -19,8 +19,8 @@ use swarmca_types::issuance_status::State;
 use swarmca_types::{GetRootCaCertificateRequest, IssueNodeCertificateRequest, NodeCertificateStatusRequest};
 use tonic::transport::{Channel, Endpoint};
 
-use swarmca_server::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
 use crate::{fatal, Fatal};
+use swarmca_server::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
 
 /// Per-call timeouts SwarmKit clients use.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -20,11 +20,11 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::admin_cli::socket_path;
-use swarmca_server::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
 use crate::ha::{self, EtcdArgs};
+use crate::{fatal, Fatal};
+use swarmca_server::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
 use swarmca_server::listener::{self, DynamicTls};
 use swarmca_server::selfcert::SelfCert;
-use crate::{fatal, Fatal};
 
 /// The store file inside the data directory.
 pub const STORE_FILE: &str = "swarmca.redb";
@@ -34,10 +34,12 @@ impl InitOptions {
     fn to_new_cluster(&self) -> Result<NewCluster, Fatal> {
         let root = match &self.ca_cert {
             Some(path) => {
-                let cert =
-                    std::fs::read(path).map_err(|e| fatal!("cannot read --ca-cert {}: {e}", path.display()))?;
+                let cert = std::fs::read(path)
+                    .map_err(|e| fatal!("cannot read --ca-cert {}: {e}", path.display()))?;
                 let key = match &self.ca_key {
-                    Some(k) => std::fs::read(k).map_err(|e| fatal!("cannot read --ca-key {}: {e}", k.display()))?,
+                    Some(k) => {
+                        std::fs::read(k).map_err(|e| fatal!("cannot read --ca-key {}: {e}", k.display()))?
+                    }
                     None => Vec::new(),
                 };
                 Some((cert, key))
@@ -48,7 +50,11 @@ impl InitOptions {
             .external_ca
             .iter()
             .map(|e| {
-                e.to_spec().map(|s| swarmca_types::ExternalCa { url: s.url, ca_cert: s.ca_cert, ..Default::default() })
+                e.to_spec().map(|s| swarmca_types::ExternalCa {
+                    url: s.url,
+                    ca_cert: s.ca_cert,
+                    ..Default::default()
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(NewCluster { cert_expiry: self.cert_expiry, external_cas, root })

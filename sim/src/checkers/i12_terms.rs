@@ -103,7 +103,10 @@ impl Terms {
                     _ => false,
                 };
                 if !matched {
-                    self.shared.violation("I12", format!("manager-{i} ends the duties of term {t}, which it does not run"));
+                    self.shared.violation(
+                        "I12",
+                        format!("manager-{i} ends the duties of term {t}, which it does not run"),
+                    );
                 }
             }
             ManagerEvent::Ended(t) => {
@@ -115,7 +118,9 @@ impl Terms {
             ManagerEvent::FollowerEnded(e) => {
                 self.shared.log.push(format!("manager-{i}: follower duties ended ({e:?}); restarting them"));
             }
-            ManagerEvent::CampaignFailed(e) => self.shared.log.push(format!("manager-{i}: campaign failed: {e}")),
+            ManagerEvent::CampaignFailed(e) => {
+                self.shared.log.push(format!("manager-{i}: campaign failed: {e}"))
+            }
             ManagerEvent::ResignFailed(t, e) => {
                 self.shared.log.push(format!("manager-{i}: could not resign term {t}: {e}"))
             }
@@ -183,9 +188,13 @@ impl Terms {
             for (j, term, lost, told) in overdue {
                 if s.reported.insert((j, term)) {
                     found.push(if told {
-                        format!("manager-{j}: the duties of term {term} (lost at {lost:?}) still run at {t:?}")
+                        format!(
+                            "manager-{j}: the duties of term {term} (lost at {lost:?}) still run at {t:?}"
+                        )
                     } else {
-                        format!("manager-{j} still runs the duties of term {term}, lost at {lost:?}, at {t:?}")
+                        format!(
+                            "manager-{j} still runs the duties of term {term}, lost at {lost:?}, at {t:?}"
+                        )
                     });
                 }
             }
@@ -203,10 +212,7 @@ impl Terms {
         for (t, i, nodes) in &s.pending_at_start {
             let skipped: Vec<&String> = nodes
                 .iter()
-                .filter(|(id, v)| {
-                    waiting.contains(id)
-                        && m.nodes.get(id).is_some_and(|n| version(n) == *v)
-                })
+                .filter(|(id, v)| waiting.contains(id) && m.nodes.get(id).is_some_and(|n| version(n) == *v))
                 .map(|(id, _)| id)
                 .collect();
             if !skipped.is_empty() {

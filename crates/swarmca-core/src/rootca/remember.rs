@@ -78,7 +78,10 @@ pub(crate) struct RememberingAlg<'a> {
 }
 
 impl<'a> RememberingAlg<'a> {
-    pub(crate) fn new(inner: &'a dyn SignatureVerificationAlgorithm, shared: Option<&'a SignatureCache>) -> Self {
+    pub(crate) fn new(
+        inner: &'a dyn SignatureVerificationAlgorithm,
+        shared: Option<&'a SignatureCache>,
+    ) -> Self {
         RememberingAlg { inner, valid: Mutex::new(HashSet::new()), shared }
     }
 
@@ -202,13 +205,17 @@ mod tests {
 
         let cache = SignatureCache::new();
         RememberingAlg::new(&counting, Some(&cache)).verify_signature(&public, b"message", &sig).unwrap();
-        RememberingAlg::new(&counting, Some(&cache.clone())).verify_signature(&public, b"message", &sig).unwrap();
+        RememberingAlg::new(&counting, Some(&cache.clone()))
+            .verify_signature(&public, b"message", &sig)
+            .unwrap();
         assert_eq!((calls(), cache.len()), (3, 1));
         // Failures are never remembered.
         let mut bad = sig.clone();
         *bad.last_mut().unwrap() ^= 1;
         for _ in 0..2 {
-            assert!(RememberingAlg::new(&counting, Some(&cache)).verify_signature(&public, b"message", &bad).is_err());
+            assert!(RememberingAlg::new(&counting, Some(&cache))
+                .verify_signature(&public, b"message", &bad)
+                .is_err());
         }
         assert_eq!((calls(), cache.len()), (5, 1));
 

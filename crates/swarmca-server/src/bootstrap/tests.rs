@@ -52,7 +52,10 @@ async fn the_first_start_creates_the_cluster_and_later_ones_keep_a_current_certi
     let own = Some((first.cert_pem.clone(), first.key_pem.clone()));
     let again = start(&store, now, own).await.unwrap();
     assert!(!again.created && !again.issued);
-    assert_eq!((again.node_id.as_str(), again.cert_pem.as_slice()), (first.node_id.as_str(), first.cert_pem.as_slice()));
+    assert_eq!(
+        (again.node_id.as_str(), again.cert_pem.as_slice()),
+        (first.node_id.as_str(), first.cert_pem.as_slice())
+    );
 
     // Restarted late in its certificate's life: a new certificate, same node ID.
     let late = now + DEFAULT_NODE_CERT_EXPIRY * 2 / 3;

@@ -68,4 +68,3 @@ pub(crate) async fn follow_loop(server: CaServer, cancel: RunCancel) -> Result<(
         }
     }
 }
-

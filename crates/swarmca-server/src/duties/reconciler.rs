@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use swarmca_core::policy::issuance_state;
 use swarmca_core::rootca::{digest, digest_string, RootCa};
 use swarmca_core::token::generate_join_token;
 use swarmca_store::{Node, Op, Store, StoreError, WatchFilter};
@@ -40,10 +41,6 @@ use crate::signer::root_ca_equal_stable;
 pub const ROTATE_MAX_BATCH: usize = 30;
 /// Default interval between two batches.
 pub use crate::server::DEFAULT_ROOT_RECONCILE_INTERVAL;
-
-fn state_of(node: &Node) -> i32 {
-    node.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state)
-}
 
 /// What the signing loop tells the reconciler.
 #[derive(Debug)]
@@ -188,7 +185,7 @@ impl Reconciler {
         let batch: Vec<Node> = map
             .values()
             .filter(|n| {
-                let s = state_of(n);
+                let s = issuance_state(n);
                 s != State::Renew as i32 && s != State::Pending as i32 && s != State::Rotate as i32
             })
             .take(ROTATE_MAX_BATCH)

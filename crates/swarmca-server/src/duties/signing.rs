@@ -25,11 +25,11 @@ use swarmca_types::IssuanceStatus;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, error, info, warn};
 
+use super::reconciler;
+use super::start::start_term;
 use crate::env::draw;
 use crate::error::ServerError;
 use crate::external::{ExternalCaError, SignRequest};
-use super::reconciler;
-use super::start::start_term;
 use crate::server::{log_update_root_ca, run_filter, transient, CaServer, RunCancel};
 
 /// How many times a write that keeps conflicting is re-read and retried before the job is
@@ -476,7 +476,7 @@ async fn write_result(
                 return Outcome::Recoverable(e.to_string());
             }
         };
-        let state = fresh.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state);
+        let state = swarmca_core::policy::issuance_state(&fresh);
         let still_wanted = (state == State::Renew as i32 || state == State::Pending as i32)
             && Request::of(&fresh).as_ref() == Some(req);
         if !still_wanted {

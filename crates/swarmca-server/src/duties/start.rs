@@ -21,4 +21,3 @@ pub(crate) async fn start_term(
     server.mark_ready(cancel);
     Ok((snapshot, watch))
 }
-

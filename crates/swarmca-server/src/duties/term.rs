@@ -61,7 +61,6 @@ impl CaServer {
         }
         r
     }
-
 }
 
 /// Restores `Stopped` when `run` returns or is dropped; a dropped `run` also cancels the jobs
@@ -89,4 +88,3 @@ impl Drop for RunGuard {
         self.server.inner.stopped_tx.set(self.generation);
     }
 }
-

@@ -7,15 +7,15 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use swarmca_core::entropy::{Entropy, EntropyError};
-use swarmca_core::rootca::{digest, digest_string, generate_root, GeneratedRoot};
+use swarmca_core::rootca::{digest, generate_root, GeneratedRoot};
 use swarmca_core::token::format_join_token;
 use swarmca_store::{BoxFuture, MemStore, Op, Snapshot, Store, StoreError, Watch, WatchFilter};
 use swarmca_types::issuance_status::State;
-use swarmca_types::{Annotations, Cluster, ClusterSpec, JoinTokens, Node, RootCa as ApiRootCa};
+use swarmca_types::{Cluster, JoinTokens, Node};
 use x509_parser::prelude::{FromDer, X509Certificate, X509CertificationRequest};
 
-use swarmca_server::{shared_entropy, Clock};
 use swarmca_server::peer::{CallInfo, PeerCertificates};
+use swarmca_server::{shared_entropy, Clock};
 use swarmca_server::{CaServer, ServerConfig, ServerDeps};
 
 /// The wall-clock time of every harness run (2025-06-15).
@@ -108,22 +108,8 @@ pub(crate) fn initial_cluster(e: &mut SeededEntropy) -> Cluster {
         format_join_token(&d, &s, false)
     };
     let (worker, manager) = (token(), token());
-    Cluster {
-        id: CLUSTER_ID.to_string(),
-        spec: Some(ClusterSpec {
-            annotations: Some(Annotations { name: "default".into(), ..Default::default() }),
-            ..Default::default()
-        }),
-        root_ca: Some(ApiRootCa {
-            ca_key: m.root.key_pem.clone(),
-            ca_cert: m.root.cert_pem.clone(),
-            ca_cert_hash: digest_string(&m.root.cert_pem),
-            join_tokens: Some(JoinTokens { worker, manager }),
-            root_rotation: None,
-            last_forced_rotation: 0,
-        }),
-        ..Default::default()
-    }
+    let tokens = JoinTokens { worker, manager };
+    swarmca_core::cluster::new_cluster(CLUSTER_ID, &m.root.cert_pem, &m.root.key_pem, tokens, None)
 }
 
 /// Peers whose chain the harness sets before each call (`None`: an anonymous caller).

@@ -24,9 +24,9 @@ use super::harness::{
     cert_facts, chain_der, csr, csr_key, initial_cluster, material, new_server, ready_now, runtime, state_of,
     yield_times, CheckedStore, Interference, SeededEntropy, SetPeers, SyncReads, CLUSTER_ID,
 };
+use swarmca_server::CaServer;
 use swarmca_server::Control;
 use swarmca_server::ServerError;
-use swarmca_server::CaServer;
 
 /// Most steps read from one input.
 const MAX_STEPS: usize = 48;

@@ -23,8 +23,8 @@ use super::harness::{
     initial_cluster, material, new_server, runtime, yield_times, CheckedStore, SeededEntropy, SetPeers,
     SyncReads, CLUSTER_ID,
 };
-use swarmca_server::Control;
 use swarmca_server::CaServer;
+use swarmca_server::Control;
 
 /// A node the store holds in each final state, and a manager (removal needs `force`).
 const ISSUED_NODE: &str = "fuzzissuednode000000000000";
