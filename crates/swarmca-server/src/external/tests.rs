@@ -1,4 +1,6 @@
 use super::*;
+use swarmca_core::role::Role;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 const CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n";
 
