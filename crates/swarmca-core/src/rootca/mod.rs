@@ -3,9 +3,13 @@
 
 mod chain;
 mod cross;
+mod errors;
+mod generate;
+mod issue;
 mod issued;
 mod key;
 mod leaf;
+mod params;
 pub mod remember;
 mod verified;
 
@@ -13,224 +17,24 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa, KeyIdMethod, KeyPair,
-    KeyUsagePurpose, SerialNumber,
-};
 use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, UnixTime};
 use sha2::{Digest as _, Sha256};
-use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 
 pub use self::cross::{cross_sign_csr, CrossSignCsr, CrossSignError};
+pub use self::errors::*;
+pub use self::generate::*;
+use self::issue::*;
 pub use self::issued::IssuedCertError;
 use self::key::CaKey;
+pub use self::params::*;
 use self::remember::RememberingAlg;
 pub use self::remember::SignatureCache;
 pub use self::verified::VerifiedPeers;
-use crate::csr::{self, CsrError};
+use crate::csr::{self};
 use crate::identity::PeerIdentity;
 use crate::pemutil;
 use crate::role::{Role, CA_ROLE};
-
-/// Default node certificate validity (90 days).
-pub const DEFAULT_NODE_CERT_EXPIRY: Duration = Duration::from_secs(2160 * 3600);
-/// Shortest node certificate validity; anything shorter is replaced by the default.
-pub const MIN_NODE_CERT_EXPIRY: Duration = Duration::from_secs(3600);
-/// How far NotBefore is moved into the past to absorb clock skew.
-pub const CERT_BACKDATE: Duration = Duration::from_secs(3600);
-/// Validity of a generated root (20 years).
-pub const ROOT_CA_VALIDITY: Duration = Duration::from_secs(630_720_000);
-/// Common name of a generated root.
-pub const DEFAULT_ROOT_CN: &str = "swarm-ca";
-
-/// The node certificate validity actually used for a configured `expiry`.
-///
-/// Below [`MIN_NODE_CERT_EXPIRY`], or when unset, it is [`DEFAULT_NODE_CERT_EXPIRY`]: the
-/// value is replaced, not clamped, as in SwarmKit's `SigningPolicy`.
-pub fn effective_expiry(expiry: Option<Duration>) -> Duration {
-    match expiry {
-        Some(e) if e >= MIN_NODE_CERT_EXPIRY => e,
-        _ => DEFAULT_NODE_CERT_EXPIRY,
-    }
-}
-
-/// The node certificate validity a cluster asks for (`spec.ca_config.node_cert_expiry`),
-/// through [`effective_expiry`]: absent, unparsable or under 1 h gives the default.
-pub fn cluster_cert_expiry(cluster: &swarmca_types::Cluster) -> Duration {
-    effective_expiry(
-        cluster
-            .spec
-            .as_ref()
-            .and_then(|s| s.ca_config.as_ref())
-            .and_then(|ca| ca.node_cert_expiry.as_ref())
-            .and_then(|d| Duration::try_from(*d).ok()),
-    )
-}
-
-/// SHA-256 of `bytes`.
-pub fn digest(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// SHA-256 of `bytes` written as `sha256:<lowercase hex>`.
-pub fn digest_string(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(digest(bytes)))
-}
-
-/// SwarmKit `NormalizePEMs`: trims whitespace, re-encodes every PEM block (of any type)
-/// without headers, and stops at the first point where no further block is found.
-pub fn normalize_pems(pem: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut rest = pem;
-    while let Some((block, after)) = pemutil::decode(pemutil::trim_space(rest)) {
-        out.extend_from_slice(&pemutil::encode(&block.label, &block.der));
-        rest = after;
-    }
-    out
-}
-
-/// A freshly generated root certificate and key.
-#[derive(Clone)]
-pub struct GeneratedRoot {
-    /// The self-signed certificate, PEM.
-    pub cert_pem: Vec<u8>,
-    /// The private key, PEM-encoded PKCS#8.
-    pub key_pem: Vec<u8>,
-}
-
-impl fmt::Debug for GeneratedRoot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GeneratedRoot")
-            .field("cert_digest", &digest_string(&self.cert_pem))
-            .field("key_pem", &"<redacted>")
-            .finish()
-    }
-}
-
-/// Generates a self-signed ECDSA P-256 root like `cfssl initca`.
-///
-/// Subject CN `cn`; NotBefore is `now` (rounded to the minute) minus [`CERT_BACKDATE`],
-/// NotAfter is NotBefore + backdate + [`ROOT_CA_VALIDITY`]; BasicConstraints CA:true,
-/// KeyUsage certSign|cRLSign, SHA-1 subject key identifier. The key is drawn from *ring*'s
-/// `SystemRandom`.
-pub fn generate_root(cn: &str, now: SystemTime, serial: [u8; 20]) -> Result<GeneratedRoot, RootCaError> {
-    let internal = |e: rcgen::Error| RootCaError::Internal(e.to_string());
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(internal)?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, dn_value(cn));
-    let not_before = backdated_start(now).map_err(RootCaError::Internal)?;
-    params.not_before = not_before;
-    params.not_after = add(not_before, CERT_BACKDATE + ROOT_CA_VALIDITY).map_err(RootCaError::Internal)?;
-    params.serial_number = Some(serial_number(serial));
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.key_identifier_method = KeyIdMethod::PreSpecified(key_id(key.public_key_raw()));
-    let cert = params.self_signed(&key).map_err(internal)?;
-    Ok(GeneratedRoot { cert_pem: cert.pem().into_bytes(), key_pem: key.serialize_pem().into_bytes() })
-}
-
-/// Why a root CA could not be built.
-#[non_exhaustive]
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum RootCaError {
-    /// The roots bundle holds no certificate.
-    #[error("no valid root CA certificates found")]
-    NoValidRootCertificates,
-    /// A certificate bundle did not parse.
-    #[error("{0}")]
-    MalformedCertificate(String),
-    /// A CA certificate is signed with an algorithm outside {RSA, ECDSA} × SHA-2.
-    #[error("unsupported signature algorithm")]
-    UnsupportedSignatureAlgorithm,
-    /// A root is not self-signed or not valid now.
-    #[error("error while validating Root CA Certificate: {0}")]
-    InvalidRootCertificate(String),
-    /// The intermediates do not chain to the roots.
-    #[error("invalid intermediate chain: {0}")]
-    InvalidIntermediateChain(String),
-    /// The first intermediate is not the signing certificate's subject and key.
-    #[error("invalid intermediate chain - the first intermediate must have the same subject and public key as the signing cert")]
-    IntermediateMismatch,
-    /// Only one of signing key and signing certificate was given.
-    #[error("must provide both a signing key and a signing cert, or neither")]
-    IncompleteSigner,
-    /// The signing certificate does not chain to the roots.
-    #[error("error while validating signing CA certificate against roots and intermediates: {0}")]
-    InvalidSigningCertificate(String),
-    /// The private key is not an unencrypted PKCS#1, SEC1 or PKCS#8 PEM key.
-    #[error("malformed private key: {0}")]
-    MalformedPrivateKey(String),
-    /// The key type is not usable for signing here.
-    #[error("unknown or unsupported certificate public key algorithm: {0}")]
-    UnsupportedKeyAlgorithm(String),
-    /// The private key does not belong to the signing certificate.
-    #[error("certificate key mismatch")]
-    KeyMismatch,
-    /// The signing certificate cannot be reproduced as an issuer (for example a subject with
-    /// multi-valued RDNs or repeated attribute types).
-    #[error("signing certificate cannot be used as an issuer: {0}")]
-    UnusableSigner(String),
-    /// A bug or an unexpected library failure.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-/// Why a node certificate could not be issued.
-#[non_exhaustive]
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum SignError {
-    /// This CA has no local signer (recoverable: a signer may appear later).
-    #[error("no valid signer found")]
-    NoValidSigner,
-    /// The CSR was rejected.
-    #[error("failed to sign node certificate: {0}")]
-    Csr(CsrError),
-    /// The certificate could not be built or signed.
-    #[error("failed to sign node certificate: {0}")]
-    Internal(String),
-}
-
-impl SignError {
-    /// Whether retrying later may succeed; only [`SignError::NoValidSigner`] is.
-    pub fn is_recoverable(&self) -> bool {
-        matches!(self, Self::NoValidSigner)
-    }
-}
-
-/// Why a peer certificate chain was refused.
-#[non_exhaustive]
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum VerifyError {
-    /// No certificate was presented.
-    #[error("no certificate presented")]
-    EmptyChain,
-    /// A certificate did not parse.
-    #[error("malformed certificate: {0}")]
-    Malformed(String),
-    /// The chain does not lead to one of this CA's roots.
-    #[error("certificate signed by unknown authority")]
-    UnknownIssuer,
-    /// A certificate in the chain has expired.
-    #[error("certificate has expired")]
-    Expired,
-    /// A certificate in the chain is not valid yet.
-    #[error("certificate is not yet valid")]
-    NotYetValid,
-    /// Any other path-validation failure.
-    #[error("certificate verification failed: {0}")]
-    Invalid(String),
-    /// The leaf has no (or an empty) CN.
-    #[error("no common name in certificate")]
-    MissingCommonName,
-    /// The leaf has no (or an empty) OU.
-    #[error("no organizational unit in certificate")]
-    MissingOrganizationalUnit,
-    /// The leaf has no (or an empty) O.
-    #[error("no organization in certificate")]
-    MissingOrganization,
-}
 
 /// A local signer: the signing certificate and its matching key.
 struct Signer {
@@ -738,170 +542,6 @@ fn source_digest(
 
 fn parse_all(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, RootCaError> {
     ders.iter().map(|d| chain::parse_cert(d).map_err(RootCaError::MalformedCertificate)).collect()
-}
-
-/// Builds and signs a leaf certificate for `spki_der`; returns its DER.
-#[allow(clippy::too_many_arguments)]
-fn issue(
-    signer: &Signer,
-    spki_der: &[u8],
-    org: &str,
-    ou: &str,
-    cn: &str,
-    hosts: &[&str],
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-    serial: [u8; 20],
-) -> Result<Vec<u8>, String> {
-    let fields = leaf::LeafFields {
-        spki_der,
-        org,
-        ou,
-        cn,
-        hosts,
-        not_before,
-        not_after,
-        serial: normalized_serial(serial),
-    };
-    let tbs = signer.template.tbs(&fields)?;
-    signer.template.sign(&tbs, &signer.key)
-}
-
-/// 20 bytes with the top bit cleared (a positive integer); all-zero becomes 1.
-fn normalized_serial(mut serial: [u8; 20]) -> [u8; 20] {
-    if let Some(first) = serial.first_mut() {
-        *first &= 0x7f;
-    }
-    if serial.iter().all(|&b| b == 0) {
-        if let Some(last) = serial.last_mut() {
-            *last = 1;
-        }
-    }
-    serial
-}
-
-/// The same leaf through rcgen: the reference the template encoder is tested against.
-#[cfg(test)]
-#[allow(clippy::too_many_arguments)]
-fn issue_with_rcgen(
-    signer: &Signer,
-    spki_der: &[u8],
-    org: &str,
-    ou: &str,
-    cn: &str,
-    hosts: &[&str],
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-    serial: [u8; 20],
-) -> Result<Vec<u8>, String> {
-    let public_key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| e.to_string())?;
-    let der = CertificateDer::from(signer.cert_der.as_slice());
-    let issuer = rcgen::Issuer::from_ca_cert_der(&der, key::SharedKey(signer.key.clone()))
-        .map_err(|e| e.to_string())?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    for (ty, value) in
-        [(DnType::OrganizationName, org), (DnType::OrganizationalUnitName, ou), (DnType::CommonName, cn)]
-    {
-        if !value.is_empty() {
-            params.distinguished_name.push(ty, dn_value(value));
-        }
-    }
-    params.subject_alt_names = hosts
-        .iter()
-        .filter(|h| !h.is_empty())
-        .map(|h| match h.parse::<std::net::IpAddr>() {
-            Ok(ip) => Ok(rcgen::SanType::IpAddress(ip)),
-            Err(_) => rcgen::string::Ia5String::try_from(*h)
-                .map(rcgen::SanType::DnsName)
-                .map_err(|e| format!("invalid DNS name {h:?}: {e}")),
-        })
-        .collect::<Result<_, _>>()?;
-    params.not_before = not_before;
-    params.not_after = not_after;
-    params.serial_number = Some(serial_number(serial));
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages =
-        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_identifier_method =
-        KeyIdMethod::PreSpecified(key_id(rcgen::PublicKeyData::der_bytes(&public_key)));
-    params.use_authority_key_identifier_extension = signer.has_ski;
-    let cert = params.signed_by(&public_key, &issuer).map_err(|e| e.to_string())?;
-    Ok(cert.der().to_vec())
-}
-
-/// Issues a throwaway certificate to prove that the signer works: the leaf names the signing
-/// certificate's subject byte for byte (chain building compares raw names) and its signature
-/// verifies with the certificate's key.
-fn check_signer(signer: &Signer) -> Result<(), RootCaError> {
-    let cert = chain::parse_cert(&signer.cert_der).map_err(RootCaError::MalformedCertificate)?;
-    let spki = cert.public_key().raw;
-    let not_before = OffsetDateTime::UNIX_EPOCH;
-    let der = issue(signer, spki, "check", "check", "check", &[], not_before, not_before, [1; 20])
-        .map_err(RootCaError::UnusableSigner)?;
-    let leaf = chain::parse_cert(&der).map_err(RootCaError::Internal)?;
-    if leaf.issuer().as_raw() != cert.subject().as_raw() {
-        return Err(RootCaError::UnusableSigner("issuer name cannot be reproduced byte for byte".into()));
-    }
-    if leaf.verify_signature(Some(cert.public_key())).is_err() {
-        return Err(RootCaError::UnusableSigner("test signature does not verify".into()));
-    }
-    Ok(())
-}
-
-/// PrintableString when possible (as Go does), UTF8String otherwise.
-fn dn_value(s: &str) -> DnValue {
-    match rcgen::string::PrintableString::try_from(s) {
-        Ok(p) => DnValue::PrintableString(p),
-        Err(_) => DnValue::Utf8String(s.to_string()),
-    }
-}
-
-/// rcgen's form of a [`normalized_serial`].
-fn serial_number(serial: [u8; 20]) -> SerialNumber {
-    SerialNumber::from_slice(&normalized_serial(serial))
-}
-
-/// SHA-1 of the subjectPublicKey bits (RFC 5280 method 1, as Go uses).
-fn key_id(public_key_bits: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, public_key_bits).as_ref().to_vec()
-}
-
-/// Whole seconds since the Unix epoch (negative before it).
-fn unix_secs(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
-    }
-}
-
-fn unix_nanos(t: SystemTime) -> i128 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i128::try_from(d.as_nanos()).unwrap_or(i128::MAX),
-        Err(e) => i128::try_from(e.duration().as_nanos()).map_or(i128::MIN, |n| -n),
-    }
-}
-
-const NANOS_PER_MINUTE: i128 = 60_000_000_000;
-
-/// `now` rounded to the nearest minute (halves away from zero, like Go's `Round`), minus
-/// [`CERT_BACKDATE`].
-fn backdated_start(now: SystemTime) -> Result<OffsetDateTime, String> {
-    let n = unix_nanos(now);
-    let half = NANOS_PER_MINUTE / 2;
-    let rounded = if n >= 0 {
-        (n + half).div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE
-    } else {
-        -((-n + half).div_euclid(NANOS_PER_MINUTE) * NANOS_PER_MINUTE)
-    };
-    let backdate = i128::try_from(CERT_BACKDATE.as_nanos()).map_err(|e| e.to_string())?;
-    OffsetDateTime::from_unix_timestamp_nanos(rounded - backdate).map_err(|e| e.to_string())
-}
-
-fn add(t: OffsetDateTime, d: Duration) -> Result<OffsetDateTime, String> {
-    let d = time::Duration::try_from(d).map_err(|e| e.to_string())?;
-    t.checked_add(d).ok_or_else(|| "time out of range".to_string())
 }
 
 #[cfg(test)]

@@ -4,7 +4,14 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
 use super::*;
+use crate::csr::CsrError;
+use rcgen::BasicConstraints;
+use rcgen::DnType;
 use rcgen::ExtendedKeyUsagePurpose;
+use rcgen::IsCa;
+use rcgen::KeyIdMethod;
+use rcgen::KeyUsagePurpose;
+use time::OffsetDateTime;
 
 /// Fixed test epoch: 2023-11-14T22:13:37Z (37 s past the minute, so it rounds up).
 fn t0() -> SystemTime {
