@@ -11,7 +11,9 @@ use prost::Message;
 
 use super::testing::{Etcd, Proxy, Timing};
 use super::*;
+use crate::state::Tables;
 use crate::tests::{cluster, node};
+use crate::version_of;
 use crate::Event;
 
 /// Long enough for any event on a loaded machine, short enough to fail fast.
