@@ -96,13 +96,15 @@ impl Central {
 
     /// Renews `lease`: false if it is gone.
     fn keep_alive(&self, lease: u64) -> bool {
+        self.expire();
         let mut st = lock(&self.state);
+        let t = now();
         match st.candidates.iter_mut().find(|c| c.lease == lease) {
-            Some(c) => {
-                c.deadline = now() + LEASE;
+            Some(c) if c.deadline > t => {
+                c.deadline = t + LEASE;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -112,7 +114,8 @@ impl Central {
     }
 
     fn is_live(&self, lease: u64) -> bool {
-        lock(&self.state).candidates.iter().any(|c| c.lease == lease)
+        let t = now();
+        lock(&self.state).candidates.iter().any(|c| c.lease == lease && c.deadline > t)
     }
 
     /// Deletes `lease` (resigned, revoked, or expired).
@@ -133,12 +136,18 @@ impl Central {
         self.promote(&mut st);
     }
 
-    /// Expires every lease past its deadline.
+    /// Expires the leader's lease if it is past its deadline. Other candidates' leases expire
+    /// lazily: a lapsed one is never renewed, found live, or promoted (etcd's outcome; checking
+    /// only the leader's deadline keeps the simulated etcd from waking on every renewal).
     fn expire(&self) {
         let t = now();
-        let expired: Vec<u64> =
-            lock(&self.state).candidates.iter().filter(|c| c.deadline <= t).map(|c| c.lease).collect();
-        for lease in expired {
+        let lapsed = {
+            let st = lock(&self.state);
+            st.leader.and_then(|(lease, _)| {
+                st.candidates.iter().find(|c| c.lease == lease).filter(|c| c.deadline <= t).map(|c| c.lease)
+            })
+        };
+        if let Some(lease) = lapsed {
             self.remove(lease, "expired");
         }
     }
@@ -146,6 +155,8 @@ impl Central {
     /// Without a leader, the oldest candidate becomes one.
     fn promote(&self, st: &mut State) {
         if st.leader.is_none() {
+            let t = now();
+            st.candidates.retain(|c| c.deadline > t);
             if let Some(c) = st.candidates.first() {
                 st.last_term += 1;
                 let term = st.last_term;
@@ -165,9 +176,15 @@ impl Central {
             tokio::pin!(changed);
             changed.as_mut().enable();
             self.expire();
-            let next = lock(&self.state).candidates.iter().map(|c| c.deadline).min();
+            // Only the leader's lease needs a timer (see `expire`).
+            let next = {
+                let st = lock(&self.state);
+                st.leader.and_then(|(lease, _)| {
+                    st.candidates.iter().find(|c| c.lease == lease).map(|c| c.deadline)
+                })
+            };
             let wait = next
-                .map_or(Duration::from_secs(1), |d| d.saturating_sub(now()))
+                .map_or(Duration::from_secs(60), |d| d.saturating_sub(now()))
                 .max(Duration::from_millis(1));
             tokio::select! {
                 biased;
@@ -252,10 +269,16 @@ impl SimElection {
                     () = madsim::time::sleep(LEASE / 3) => {}
                 }
                 // A keep-alive is a round trip to etcd: its answer comes back some time after
-                // it was sent (the lease is renewed when it lands; counted here at sending).
+                // it was sent (the lease is renewed when it lands; counted here at sending). The
+                // round trip is simulated where it matters: after a gap (a pause, a cut link),
+                // when the answer may be that the lease is gone and the holder's other tasks run
+                // meanwhile. On time, the answer is taken at once (a timer less per renewal).
                 let sent = now();
+                let late = sent.saturating_sub(acked) > LEASE / 2;
                 let alive = (!link.is_cut()).then(|| central.keep_alive(id));
-                madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(1..400))).await;
+                if late {
+                    madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(1..400))).await;
+                }
                 match alive {
                     Some(false) => break,
                     Some(true) if !link.is_cut() => acked = sent,
