@@ -1,6 +1,6 @@
 //! The cluster object a swarm starts with.
 
-use swarmca_types::{Annotations, CaConfig, Cluster, ClusterSpec, JoinTokens, RootCa};
+use swarmca_types::{Annotations, CaConfig, Cluster, ClusterSpec, ExternalCa, JoinTokens, RootCa};
 
 use crate::rootca::digest_string;
 
@@ -33,6 +33,16 @@ pub fn new_cluster(
     }
 }
 
+/// The external CAs `cluster` lists (`spec.ca_config.external_cas`), in order; none when unset.
+pub fn external_cas(cluster: &Cluster) -> Vec<ExternalCa> {
+    cluster
+        .spec
+        .as_ref()
+        .and_then(|s| s.ca_config.as_ref())
+        .map(|c| c.external_cas.clone())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +62,15 @@ mod tests {
         assert_eq!(root.ca_cert_hash, digest_string(b"CERT"));
         assert_eq!(root.join_tokens, Some(tokens));
         assert!(root.root_rotation.is_none());
+    }
+
+    #[test]
+    fn external_cas_are_the_listed_ones_or_none() {
+        let tokens = JoinTokens::default();
+        let ext = ExternalCa { url: "https://ca".into(), ..Default::default() };
+        let cfg = CaConfig { external_cas: vec![ext.clone()], ..Default::default() };
+        assert_eq!(external_cas(&new_cluster("c", b"", b"", tokens.clone(), Some(cfg))), vec![ext]);
+        assert!(external_cas(&new_cluster("c", b"", b"", tokens, None)).is_empty());
+        assert!(external_cas(&Cluster::default()).is_empty());
     }
 }

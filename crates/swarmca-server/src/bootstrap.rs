@@ -224,12 +224,7 @@ impl Bootstrap<'_> {
                     None => self.new_id()?,
                 };
                 warn!(node = %node_id, "issuing a new certificate for this manager (missing, stale, or from another root)");
-                let external = cluster
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.ca_config.as_ref())
-                    .map(|c| c.external_cas.clone())
-                    .unwrap_or_default();
+                let external = swarmca_core::cluster::external_cas(&cluster);
                 let own = self.issue(&root, &external, expiry, &node_id, &cluster.id).await?;
                 let node = manager_node(&node_id, own.csr, own.cert.clone());
                 let op = match self.store.get_node(&node_id).await? {

@@ -127,14 +127,7 @@ impl Control {
             }
         }
         // Without its key, the new root needs an external CA that signs for it.
-        let externals = new_external.clone().unwrap_or_else(|| {
-            cluster
-                .spec
-                .as_ref()
-                .and_then(|s| s.ca_config.as_ref())
-                .map(|c| c.external_cas.clone())
-                .unwrap_or_default()
-        });
+        let externals = new_external.clone().unwrap_or_else(|| swarmca_core::cluster::external_cas(&cluster));
         if new_key.is_empty() && filter_external_ca_urls(&new_cert, &current.ca_cert, &externals).is_empty() {
             return Err(invalid(
                 "rotating to a root CA without its key needs an external CA that signs for it \
@@ -194,12 +187,7 @@ impl Control {
                 "the current root CA is external: cross-signing the new root through it needs the new root's key",
             ));
         }
-        let externals = cluster
-            .spec
-            .as_ref()
-            .and_then(|s| s.ca_config.as_ref())
-            .map(|c| c.external_cas.clone())
-            .unwrap_or_default();
+        let externals = swarmca_core::cluster::external_cas(cluster);
         let urls = filter_external_ca_urls(&current.ca_cert, &current.ca_cert, &externals);
         if urls.is_empty() {
             return Err(ServerError::FailedPrecondition(

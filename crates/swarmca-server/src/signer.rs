@@ -95,12 +95,7 @@ impl SignerState {
     ) -> Result<(), ServerError> {
         let api = cluster.root_ca.clone().unwrap_or_default();
         let expiry = cluster_cert_expiry(cluster);
-        let external_cas: Vec<swarmca_types::ExternalCa> = cluster
-            .spec
-            .as_ref()
-            .and_then(|s| s.ca_config.as_ref())
-            .map(|c| c.external_cas.clone())
-            .unwrap_or_default();
+        let external_cas = swarmca_core::cluster::external_cas(cluster);
         // The root external CAs must sign for: the rotation target during a rotation.
         let desired_cert = api.root_rotation.as_ref().map_or(&api.ca_cert, |r| &r.ca_cert);
         let signer = self;
