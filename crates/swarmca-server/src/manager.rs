@@ -218,11 +218,15 @@ impl Manager {
     /// Follows, campaigns, leads each term won, until [`Manager::shutdown`]. Errors of a term
     /// end that term only.
     pub async fn run(&self) {
+        // After a term that ended by itself (its duties failed or returned), the next campaign
+        // waits a pause, serving as a follower meanwhile: a term that fails at once (the store
+        // refusing the leader's start) is not retried in a tight loop.
+        let mut delay = None;
         loop {
             if self.inner.shutdown.get() {
                 break;
             }
-            let Some(term) = self.follow_until_elected().await else { break };
+            let Some(term) = self.follow_until_elected(delay.take()).await else { break };
             let number = term.number();
             if self.inner.shutdown.get() {
                 self.resign(term).await;
@@ -230,7 +234,10 @@ impl Manager {
             }
             self.set_role(Role::Leading(number));
             self.emit(ManagerEvent::Elected(number));
-            self.lead(&*term).await;
+            let why = self.lead(&*term).await;
+            if matches!(why, TermEnd::Failed(_) | TermEnd::Returned) {
+                delay = Some(self.inner.pause);
+            }
             self.set_role(Role::Following);
             if !term.is_lost() {
                 self.resign(term).await;
@@ -240,14 +247,22 @@ impl Manager {
         self.emit(ManagerEvent::Stopped);
     }
 
-    /// Serves as a follower while campaigning; the won term, or `None` on shutdown.
-    async fn follow_until_elected(&self) -> Option<Box<dyn Term>> {
+    /// Serves as a follower while campaigning (after `delay`, if given); the won term, or
+    /// `None` on shutdown.
+    async fn follow_until_elected(&self, delay: Option<Duration>) -> Option<Box<dyn Term>> {
         let i = &self.inner;
         self.set_role(Role::Following);
         let follow = self.follow();
         tokio::pin!(follow);
         let mut follow_done = false;
-        let mut campaign: BoxFuture<'_, Result<Box<dyn Term>, StoreError>> = i.election.campaign(&i.node_id);
+        let (election, node_id) = (&i.election, &i.node_id);
+        let mut campaign: BoxFuture<'_, Result<Box<dyn Term>, StoreError>> = match delay {
+            None => election.campaign(node_id),
+            Some(d) => Box::pin(async move {
+                tokio::time::sleep(d).await;
+                election.campaign(node_id).await
+            }),
+        };
         // Dropping `follow` on return ends the follower duties (the server is stopped).
         loop {
             tokio::select! {
@@ -257,7 +272,7 @@ impl Manager {
                     Ok(term) => return Some(term),
                     Err(e) => {
                         self.emit(ManagerEvent::CampaignFailed(e.to_string()));
-                        let (election, node_id, pause) = (&i.election, &i.node_id, i.pause);
+                        let pause = i.pause;
                         campaign = Box::pin(async move {
                             tokio::time::sleep(pause).await;
                             election.campaign(node_id).await
@@ -281,27 +296,29 @@ impl Manager {
 
     /// Runs the leader duties of `term` until it ends, then stops them and waits until nothing
     /// of the term runs.
-    async fn lead(&self, term: &dyn Term) {
+    async fn lead(&self, term: &dyn Term) -> TermEnd {
         let i = &self.inner;
         let number = term.number();
         let seen = i.step_downs.get();
         let duties = i.server.run_with_writer(term.store());
         tokio::pin!(duties);
+        // The duties are polled first, so they have started (and hold the server) whatever
+        // ends the term.
         let (why, finished) = tokio::select! {
             biased;
-            _ = i.shutdown.wait_for(|s| *s) => (TermEnd::Shutdown, false),
-            () = term.lost() => (TermEnd::Lost, false),
-            _ = i.step_downs.wait_for(|n| *n != seen) => (TermEnd::SteppedDown, false),
             r = &mut duties => (match r {
                 Ok(()) => TermEnd::Returned,
                 Err(e) => TermEnd::Failed(e.to_string()),
             }, true),
+            _ = i.shutdown.wait_for(|s| *s) => (TermEnd::Shutdown, false),
+            () = term.lost() => (TermEnd::Lost, false),
+            _ = i.step_downs.wait_for(|n| *n != seen) => (TermEnd::SteppedDown, false),
         };
-        self.emit(ManagerEvent::Ending(number, why));
-        // Duties that never started (ended at once) are dropped; running ones are stopped, and
-        // polled until they have returned (`stop` waits for that), so no job of theirs writes
-        // after this.
-        if !finished && i.server.is_running() {
+        self.emit(ManagerEvent::Ending(number, why.clone()));
+        // Running duties are stopped and polled until they have returned (`stop` waits for
+        // that; if someone else stopped the server, they return on their own), so no job of
+        // theirs writes after this.
+        if !finished {
             let (stopped, _) = tokio::join!(i.server.stop(), &mut duties);
             if let Err(e) = stopped {
                 if !matches!(e, ServerError::AlreadyStopped) {
@@ -310,6 +327,7 @@ impl Manager {
             }
         }
         self.emit(ManagerEvent::Ended(number));
+        why
     }
 
     async fn resign(&self, term: Box<dyn Term>) {

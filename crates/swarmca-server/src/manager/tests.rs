@@ -243,3 +243,31 @@ async fn a_solo_manager_leads_at_once_and_resigns_on_shutdown() {
     let evs = events.lock().unwrap().clone();
     assert!(evs.contains(&ManagerEvent::Ending(1, TermEnd::Shutdown)), "{evs:?}");
 }
+
+#[tokio::test]
+async fn a_term_that_fails_at_once_is_campaigned_for_again_only_after_a_pause() {
+    // No cluster in the store: the leader's start fails at once.
+    let srv = server(Arc::new(MemStore::new()));
+    let election = Arc::new(Manual::default());
+    let events: Arc<Mutex<Vec<(ManagerEvent, tokio::time::Instant)>>> = Arc::default();
+    let e = events.clone();
+    let pause = Duration::from_millis(200);
+    let m = Manager::new(srv, Arc::new(Handle(election.clone())), "m1").with_observer(
+        pause,
+        Arc::new(move |ev| e.lock().unwrap().push((ev.clone(), tokio::time::Instant::now()))),
+    );
+    let run = tokio::spawn({
+        let m = m.clone();
+        async move { m.run().await }
+    });
+    election.grant();
+    election.grant();
+    let at = |want: &ManagerEvent| events.lock().unwrap().iter().find(|(ev, _)| ev == want).map(|(_, t)| *t);
+    until("term 2", || at(&ManagerEvent::Elected(2)).is_some()).await;
+    let evs: Vec<ManagerEvent> = events.lock().unwrap().iter().map(|(ev, _)| ev.clone()).collect();
+    assert!(evs.iter().any(|ev| matches!(ev, ManagerEvent::Ending(1, TermEnd::Failed(_)))), "{evs:?}");
+    let gap = at(&ManagerEvent::Elected(2)).unwrap() - at(&ManagerEvent::Ended(1)).unwrap();
+    assert!(gap >= pause, "campaigned again {gap:?} after a failed term (pause {pause:?})");
+    m.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), run).await.unwrap().unwrap();
+}
