@@ -2,7 +2,7 @@
 
 use swarmca_types::issuance_status::State;
 use swarmca_types::node_spec::Membership;
-use swarmca_types::Node;
+use swarmca_types::{Certificate, IssuanceStatus, Node};
 
 /// Whether the CA should sign a node's pending CSR.
 ///
@@ -20,6 +20,18 @@ pub fn should_sign(membership: i32, state: i32) -> bool {
 /// Whether an issuance state is final: ISSUED, FAILED or ROTATE.
 pub fn is_final_state(state: i32) -> bool {
     matches!(State::try_from(state), Ok(State::Issued | State::Failed | State::Rotate))
+}
+
+/// The certificate record of a renewal request for `node` with `csr`: RENEW, no certificate
+/// bytes, the node's current role, and its ID as CN.
+pub fn renew_request(node: &Node, csr: Vec<u8>) -> Certificate {
+    Certificate {
+        role: node.role,
+        csr,
+        status: Some(IssuanceStatus { state: State::Renew as i32, err: String::new() }),
+        certificate: Vec::new(),
+        cn: node.id.clone(),
+    }
 }
 
 /// The issuance state of `node`'s certificate (0, UNKNOWN, when it has none).

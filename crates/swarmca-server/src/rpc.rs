@@ -243,13 +243,7 @@ impl CaServer {
             tracing::Span::current().record("role", Role::from_proto(node.role).map_or("invalid", Role::ou));
             let current_leaf =
                 node.certificate.as_ref().and_then(|c| certs_der(&c.certificate).into_iter().next());
-            node.certificate = Some(Certificate {
-                role: node.role,
-                csr: csr.clone(),
-                status: Some(IssuanceStatus { state: State::Renew as i32, err: String::new() }),
-                certificate: Vec::new(),
-                cn: node.id.clone(),
-            });
+            node.certificate = Some(swarmca_core::policy::renew_request(&node, csr.clone()));
             if let Some((t, leaf)) = &tls_info {
                 if current_leaf.as_ref() == Some(leaf) {
                     let desc = node.description.get_or_insert_with(Default::default);

@@ -12,7 +12,7 @@ use swarmca_core::policy::issuance_state;
 use swarmca_core::rootca::leaf_issuer;
 use swarmca_store::{Event, Node, Op, Store, StoreError, WatchFilter};
 use swarmca_types::issuance_status::State;
-use swarmca_types::{Certificate, Cluster, IssuanceStatus, NodeTlsInfo};
+use swarmca_types::{Cluster, NodeTlsInfo};
 use tracing::{error, info, warn};
 
 use crate::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
@@ -162,13 +162,7 @@ impl SelfCert {
             if issuance_state(&node) != State::Rotate as i32 {
                 return None;
             }
-            node.certificate = Some(Certificate {
-                role: node.role,
-                csr: csr.clone(),
-                status: Some(IssuanceStatus { state: State::Renew as i32, err: String::new() }),
-                certificate: Vec::new(),
-                cn: node.id.clone(),
-            });
+            node.certificate = Some(swarmca_core::policy::renew_request(&node, csr.clone()));
             match self.store.commit(vec![Op::UpdateNode(node.clone())]).await {
                 Ok(_) => return Some(Renewal { csr, key_pem }),
                 Err(StoreError::SequenceConflict) => match self.store.get_node(&self.node_id).await {
