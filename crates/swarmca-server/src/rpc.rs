@@ -163,7 +163,7 @@ impl CaServer {
         if req.csr.len() > MAX_CSR_SIZE {
             return Err(ServerError::CsrTooLarge(req.csr.len()));
         }
-        self.ready_tokens()?;
+        self.ready_tokens_soon().await?;
         if let Some(node_id) = self.renewal_identity(call).await? {
             tracing::Span::current().record("node", node_id.as_str());
             let tls_info =

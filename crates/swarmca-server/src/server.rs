@@ -28,6 +28,9 @@ pub const DEFAULT_ROOT_RECONCILE_INTERVAL: Duration = Duration::from_secs(3);
 /// Default interval of the retry ticker for recoverable signing errors.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long a join or renewal arriving while the manager changes terms waits for it.
+pub(crate) const READY_WAIT: Duration = Duration::from_secs(5);
+
 /// Default bound on signing jobs in flight. A job spends most of its time waiting for the
 /// store (a durable commit of the result); the CPU part is bounded by the runtime's threads.
 /// With the embedded store's ~20 ms fsync on a slow disk, a bound of 4 capped joins near
@@ -278,6 +281,16 @@ impl CaServer {
     /// ready (`None` otherwise): what a health check compares with the cluster's tokens.
     pub fn join_tokens(&self) -> Option<JoinTokens> {
         self.ready_tokens().ok()
+    }
+
+    /// Join tokens once ready: a call that arrives while this manager changes terms (its duties
+    /// stopped, the next ones not loaded yet) waits up to [`READY_WAIT`] rather than failing.
+    pub(crate) async fn ready_tokens_soon(&self) -> Result<JoinTokens, ServerError> {
+        if let Ok(t) = self.ready_tokens() {
+            return Ok(t);
+        }
+        let _ = tokio::time::timeout(READY_WAIT, self.ready()).await;
+        self.ready_tokens()
     }
 
     /// Join tokens, if ready; `Aborted` errors otherwise (re-checked under the lock each time,
