@@ -171,7 +171,15 @@ pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
         let mut m = lock(&mirror);
         for c in snap.clusters {
             m.note_roots(&c);
-            m.note_cluster(now(), &c);
+            // The unlock key the managers answer with is the clear one: compare with that.
+            let dek = lock(&shared.data_key).clone();
+            match dek.map(|k| swarmca_server::custody::open_cluster(&c, &k)) {
+                Some(Ok(clear)) => m.note_cluster(now(), &clear),
+                Some(Err(e)) => {
+                    shared.violation("I13", format!("cluster secrets do not open with its data key: {e}"))
+                }
+                None => m.note_cluster(now(), &c),
+            }
             record_cluster(&shared, &c, true);
             m.cluster = Some(c);
         }
@@ -251,10 +259,19 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
                 e.as_secs(),
                 c.blacklisted_certificates.len()
             ));
-            m.note_cluster(now(), &c);
+            // The unlock key the managers answer with is the clear one: compare with that.
+            let dek = lock(&shared.data_key).clone();
+            match dek.map(|k| swarmca_server::custody::open_cluster(&c, &k)) {
+                Some(Ok(clear)) => m.note_cluster(now(), &clear),
+                Some(Err(e)) => {
+                    shared.violation("I13", format!("cluster secrets do not open with its data key: {e}"))
+                }
+                None => m.note_cluster(now(), &c),
+            }
             record_cluster(shared, &c, false);
             m.note_roots(&c);
             checkers::i8_rotation::on_cluster_write(m, shared, &c);
+            checkers::i13_sealed_at_rest::on_cluster_write(shared, &c);
             m.cluster = Some(c);
         }
     }

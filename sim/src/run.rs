@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use madsim::rand::{thread_rng, Rng};
 use swarmca_core::rootca::{digest, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY};
+use swarmca_core::seal::{DataKey, KekSource, SealKey};
+use swarmca_server::custody;
 use swarmca_server::{shared_entropy, CaServer, Control, OsEntropy, ServerConfig, ServerDeps};
 use swarmca_store::{MemStore, Op};
 use swarmca_types::JoinTokens;
@@ -85,15 +87,28 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     };
     let key = if external && opts.external_only { Vec::new() } else { root.key_pem.clone() };
     let ca_config = swarmca_types::CaConfig { external_cas, ..Default::default() };
-    let cluster =
+    let mut cluster =
         swarmca_core::cluster::new_cluster(&cluster_id, &root.cert_pem, &key, tokens, Some(ca_config));
+    // Sealed as `swarmca serve` seals it: a data key wrapped under the managers' seal key (as
+    // `serve --etcd --seal-key-file`); each manager opens it with that key.
+    let entropy = shared_entropy(OsEntropy);
+    let keys = custody::Keys { seal: Some(sim_ok(SealKey::generate(&mut OsEntropy))), unlock: None };
+    let kek = sim_ok(keys.kek(KekSource::SealKey));
+    let dek = sim_ok(DataKey::generate(&mut OsEntropy));
+    cluster.sealing = Some(sim_ok(custody::sealing(&kek, &dek, &cluster_id, &entropy)));
+    let sealed = sim_ok(custody::seal_cluster(&cluster, &dek, &entropy));
 
     let mem = MemStore::new();
-    if let Err(e) = mem.commit_sync(vec![Op::CreateCluster(cluster)]) {
+    if let Err(e) = mem.commit_sync(vec![Op::CreateCluster(sealed.clone())]) {
         panic!("cannot create the cluster: {e}");
     }
+    let data_key = match custody::unseal(&sealed, &keys) {
+        Ok(Some(k)) => k,
+        other => panic!("the managers cannot open the cluster's data key: {other:?}"),
+    };
     let shared = Arc::new(Shared::new(opts.clone(), log.clone(), cluster_id.clone()));
     *lock(&shared.first_root) = Some((root.cert_pem.clone(), root.key_pem.clone()));
+    *lock(&shared.data_key) = Some(data_key.clone());
     let mirror = crate::mirror::start(&mem, shared.clone());
     let store = Arc::new(FaultyStore::new(mem, shared.clone()));
     // What each manager starts with, as `swarmca serve` loads it from its state: the root the
@@ -133,7 +148,14 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     let extca_node = external.then(|| {
         crate::extca::start(shared.clone(), extca.clone(), root.cert_pem.clone(), root.key_pem.clone())
     });
-    let world = Arc::new(World::build(shared.clone(), store.clone(), root_ca.clone(), creds, mirror.clone()));
+    let world = Arc::new(World::build(
+        shared.clone(),
+        store.clone(),
+        root_ca.clone(),
+        creds,
+        mirror.clone(),
+        data_key.clone(),
+    ));
     madsim::task::spawn(world.clone().check_terms());
     // Every manager campaigns from its start; the election names the first leader.
     let first = world.await_leader(Duration::from_secs(10)).await;
@@ -149,7 +171,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     let admin_server = CaServer::new(
         ServerConfig::new(cluster_id.clone()),
         ServerDeps {
-            store: store.clone(),
+            store: Arc::new(custody::SealedStore::new(store.clone(), data_key, entropy.clone())),
             clock: Arc::new(SkewedClock(Arc::default())),
             entropy: shared_entropy(OsEntropy),
             peers: Arc::new(SimPeers),
@@ -244,5 +266,13 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         failed: m.failed,
         joins,
         renewals,
+    }
+}
+
+/// The value of a setup step that cannot fail in a simulation (the harness's own inputs).
+fn sim_ok<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("simulation setup: {e:?}"),
     }
 }

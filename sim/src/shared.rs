@@ -100,6 +100,8 @@ pub struct Shared {
     /// The cluster's first root (certificate PEM, key PEM): impostors use it to make
     /// certificates that chain to a trusted root but name another organization.
     pub first_root: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+    /// The cluster's data key, as the operator could open it: for checks of the sealed secrets.
+    pub data_key: Mutex<Option<swarmca_core::seal::DataKey>>,
     /// What SwarmKit's dispatcher would tell each node about itself, as of the last committed
     /// write: (node role, certificate status state). Agents renew when their role changed or
     /// the CA asks them to rotate.
@@ -152,6 +154,7 @@ impl Shared {
             extca_issued: Mutex::default(),
             extca_wrong_key: Mutex::default(),
             first_root: Mutex::default(),
+            data_key: Mutex::default(),
             dispatch: Mutex::default(),
             cluster_root: Mutex::default(),
             facts: Default::default(),

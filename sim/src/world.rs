@@ -11,8 +11,10 @@ use std::time::{Duration, SystemTime};
 
 use madsim::runtime::{Handle, NodeHandle};
 use swarmca_core::rootca::RootCa;
+use swarmca_core::seal::DataKey;
 use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
+use swarmca_server::custody::{SealedElection, SealedStore};
 use swarmca_server::{shared_entropy, CaServer, Clock, OsEntropy, Role, ServerConfig, ServerDeps};
 
 use crate::checkers::i12_terms::Terms;
@@ -95,6 +97,7 @@ impl World {
         root: RootCa,
         creds: Vec<Creds>,
         mirror: Arc<Mutex<Mirror>>,
+        data_key: DataKey,
     ) -> World {
         let h = Handle::current();
         let terms = Terms::new(shared.clone(), shared.opts.managers);
@@ -108,7 +111,8 @@ impl World {
             let link = Arc::new(ManagerStore::new(store.clone(), i));
             let (slot2, skew2, link2, shared2, root2) =
                 (slot.clone(), skew.clone(), link.clone(), shared.clone(), root.clone());
-            let (central2, terms2, mirror2) = (central.clone(), terms.clone(), mirror.clone());
+            let (central2, terms2, mirror2, dek2) =
+                (central.clone(), terms.clone(), mirror.clone(), data_key.clone());
             let (node_id, cert, key) = creds.get(i).cloned().unwrap_or_default();
             let node = h
                 .create_node()
@@ -119,18 +123,24 @@ impl World {
                     cfg.retry_interval = shared2.opts.retry_interval;
                     cfg.max_parallel_signing = 4;
                     cfg.signature_cache = Some(shared2.signatures.clone());
+                    // The production layering: the manager's store link and its election, both
+                    // sealing the cluster's secrets on the way in.
+                    let entropy = shared_entropy(OsEntropy);
                     let deps = ServerDeps {
-                        store: link2.clone(),
+                        store: Arc::new(SealedStore::new(link2.clone(), dek2.clone(), entropy.clone())),
                         clock: Arc::new(SkewedClock(skew2.clone())),
-                        entropy: shared_entropy(OsEntropy),
+                        entropy: entropy.clone(),
                         peers: Arc::new(SimPeers),
                     };
                     let server = CaServer::new(cfg, deps, Some(root2.clone()));
                     if let Err(e) = server.update_tls_credentials(&cert, &key) {
                         panic!("manager credentials: {e}");
                     }
-                    let election =
-                        Arc::new(SimElection { central: central2.clone(), link: link2.clone(), index: i });
+                    let election = Arc::new(SealedElection::new(
+                        Arc::new(SimElection { central: central2.clone(), link: link2.clone(), index: i }),
+                        dek2.clone(),
+                        entropy,
+                    ));
                     let (terms, mirror) = (terms2.clone(), mirror2.clone());
                     let manager = swarmca_server::Manager::new(server.clone(), election, node_id.clone())
                         .with_observer(RETRY_PAUSE, Arc::new(move |ev| terms.on_event(i, ev, &mirror)));

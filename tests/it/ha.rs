@@ -24,6 +24,8 @@ struct Swarm {
     managers: Vec<Server>,
     /// Each manager's node ID (read once: a paused manager answers nothing).
     ids: Vec<String>,
+    /// The root CA key the cluster was created with (`serve --ca-cert --ca-key`).
+    root_key: Vec<u8>,
 }
 
 impl Swarm {
@@ -33,13 +35,37 @@ impl Swarm {
         let etcd = Etcd::start(3, Timing::FAST, false)?;
         let dir = TempDir::new("ha");
         let endpoints = etcd.endpoints().join(",");
+        // One seal key for every manager, made as an operator would.
+        let seal = dir.path().join("seal.key");
+        let made = crate::cli::run(&["seal-key", "generate", seal.to_str().unwrap()]);
+        assert!(made.status.success(), "seal-key generate: {}", text(&made.stderr));
+        let seal = seal.to_str().unwrap().to_string();
+        // A root given by the test, so that what reaches etcd can be searched for its key.
+        let g =
+            swarmca_core::rootca::generate_root("swarm-ca", std::time::SystemTime::now(), [3u8; 20]).unwrap();
+        let (root_cert, root_key) = (dir.path().join("root.crt"), dir.path().join("root.key"));
+        std::fs::write(&root_cert, &g.cert_pem).unwrap();
+        std::fs::write(&root_key, &g.key_pem).unwrap();
+        let (root_cert, root_key_path) =
+            (root_cert.to_str().unwrap().to_string(), root_key.to_str().unwrap().to_string());
         let managers: Vec<Server> = (0..n)
             .map(|i| {
                 let data = dir.path().join(format!("m{i}"));
                 Server::spawn(
                     &data,
                     crate::cli::free_port(),
-                    &["--etcd", &endpoints, "--leader-lease", LEASE],
+                    &[
+                        "--etcd",
+                        &endpoints,
+                        "--leader-lease",
+                        LEASE,
+                        "--seal-key-file",
+                        &seal,
+                        "--ca-cert",
+                        &root_cert,
+                        "--ca-key",
+                        &root_key_path,
+                    ],
                 )
             })
             .collect();
@@ -47,7 +73,8 @@ impl Swarm {
             m.wait_ready();
         }
         let ids = managers.iter().map(self_id).collect();
-        Some(Swarm { etcd, dir, managers, ids })
+        std::fs::remove_file(&root_key).unwrap();
+        Some(Swarm { etcd, dir, managers, ids, root_key: g.key_pem })
     }
 
     /// The index of the manager that leads, as `node ls` through manager `via` says.
@@ -148,6 +175,24 @@ fn three_managers_on_one_etcd_each_serve_joins_and_exactly_one_leads() {
     assert_eq!(ls.lines().filter(|l| l.contains(" leader")).count(), 1, "{ls}");
     assert_eq!(ls.lines().filter(|l| l.contains(" manager ")).count(), 3, "{ls}");
     assert_eq!(workers(&swarm.managers[1]).iter().filter(|(_, s)| s == "issued").count(), 3, "{ls}");
+
+    // Nothing in etcd, as any etcd client reads it, holds the root CA key in any form, and
+    // neither does any manager's data directory.
+    let dump = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(swarmca_store::etcd::testing::raw_dump(&swarm.etcd.endpoints(), "/swarmca/"));
+    assert!(dump.len() > 5, "the swarm's keys are under the prefix: {} keys", dump.len());
+    for (k, v) in &dump {
+        if let Some(form) = swarmca_testkit::pki::find_key(v, &swarm.root_key) {
+            panic!("etcd key {} holds the root CA key ({form})", String::from_utf8_lossy(k));
+        }
+    }
+    let all: Vec<u8> = dump.iter().flat_map(|(_, v)| v.clone()).collect();
+    assert!(
+        all.windows(b"SWARMCA SEALED CA KEY".len()).any(|w| w == b"SWARMCA SEALED CA KEY"),
+        "the key is there, sealed"
+    );
+    crate::custody::assert_no_key_under(swarm.dir.path(), &swarm.root_key, &[]);
 }
 
 #[test]

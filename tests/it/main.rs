@@ -8,6 +8,7 @@ mod cfssl;
 mod cli;
 mod cli_rotation;
 mod conformance;
+mod custody;
 mod defects;
 mod external;
 mod fixture;

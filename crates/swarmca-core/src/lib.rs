@@ -25,4 +25,5 @@ mod pemutil;
 pub mod policy;
 pub mod role;
 pub mod rootca;
+pub mod seal;
 pub mod token;

@@ -5,6 +5,11 @@
 //! issued (signed by the root key, or through the cluster's external CA when one is configured
 //! for the root, as SwarmKit prefers) and the manager's node is stored with it.
 //!
+//! The cluster's secrets are sealed (see [`crate::custody`]): a new cluster gets a data key
+//! wrapped under the seal key; a record written in clear by an earlier version is sealed on
+//! this start; a cluster under autolock cannot be opened without the unlock key. The manager's
+//! own key comes back sealed for its file, under the key-encryption key.
+//!
 //! Clock and entropy are the caller's (the simulator passes its own); nothing here reads files.
 
 use std::time::{Duration, SystemTime};
@@ -24,6 +29,9 @@ use swarmca_types::{
 use tracing::{info, warn};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use swarmca_core::seal::{is_sealed, DataKey, Kek, KekSource, SealError};
+
+use crate::custody::{self, CustodyError, Keys};
 use crate::env::{draw, with_entropy, Clock, SharedEntropy};
 use crate::external::{certs_der, client_tls_config, filter_external_ca_urls, ExternalCa, SignRequest};
 use crate::leadership::Election;
@@ -40,6 +48,15 @@ pub enum BootstrapError {
     /// What is stored, or what was given, does not allow this manager to start.
     #[error("{0}")]
     Refused(String),
+    /// The cluster's keys cannot be opened with what this manager holds (locked, wrong key).
+    #[error("{0}")]
+    Custody(#[from] CustodyError),
+}
+
+impl From<SealError> for BootstrapError {
+    fn from(e: SealError) -> Self {
+        BootstrapError::Custody(CustodyError::Seal(e))
+    }
 }
 
 fn refused(msg: impl Into<String>) -> BootstrapError {
@@ -66,6 +83,12 @@ pub struct Identity {
     pub cert_pem: Vec<u8>,
     /// Its private key (PEM). Never printed.
     pub key_pem: Vec<u8>,
+    /// The same key sealed for its file, under the key-encryption key.
+    pub key_file: Vec<u8>,
+    /// The cluster's data key: what the store's secrets are sealed under.
+    pub data_key: DataKey,
+    /// Whether this start sealed a record written in clear by an earlier version.
+    pub migrated: bool,
     /// The cluster's join tokens.
     pub tokens: JoinTokens,
     /// The cluster's root CA object.
@@ -95,11 +118,14 @@ pub struct Bootstrap<'a> {
     pub election: &'a dyn Election,
     pub clock: &'a dyn Clock,
     pub entropy: &'a SharedEntropy,
+    /// The keys this manager was given to open the cluster's data key.
+    pub keys: &'a Keys,
 }
 
 impl Bootstrap<'_> {
     /// Finds or creates the cluster, and this manager's identity in it. `own` is the
-    /// certificate and key this manager last wrote, if any; `waiting` is called once if the
+    /// certificate and key file (sealed, or clear from an earlier version) this manager last
+    /// wrote, if any; `waiting` is called once if the
     /// store is empty and this manager must wait for a term to create the cluster.
     pub async fn start(
         &self,
@@ -164,19 +190,27 @@ impl Bootstrap<'_> {
             external_cas: init.external_cas.clone(),
             ..Default::default()
         };
-        let cluster =
+        let mut cluster =
             swarmca_core::cluster::new_cluster(&cluster_id, &ca_cert, &ca_key, tokens, Some(ca_config));
+        let kek = self.keys.kek(KekSource::SealKey)?;
+        let data_key = custody::seal_with(self.entropy, DataKey::generate)?;
+        cluster.sealing = Some(custody::sealing(&kek, &data_key, &cluster_id, self.entropy)?);
         let root = cluster.root_ca.clone().unwrap_or_default();
         let node_id = self.new_id()?;
         let own = self.issue(&root, &init.external_cas, expiry, &node_id, &cluster_id).await?;
+        let key_file = custody::seal_with(self.entropy, |e| kek.seal_node_key(&cluster_id, &own.key, e))?;
         let node = manager_node(&node_id, own.csr, own.cert.clone());
-        store.commit(vec![Op::CreateCluster(cluster), Op::CreateNode(node)]).await?;
+        let sealed = custody::seal_cluster(&cluster, &data_key, self.entropy)?;
+        store.commit(vec![Op::CreateCluster(sealed), Op::CreateNode(node)]).await?;
         info!(cluster = %cluster_id, node = %node_id, "cluster created");
         Ok(Identity {
             cluster_id,
             node_id,
             cert_pem: own.cert,
             key_pem: own.key,
+            key_file,
+            data_key,
+            migrated: false,
             tokens: root.join_tokens.clone().unwrap_or_default(),
             root,
             expiry,
@@ -190,9 +224,22 @@ impl Bootstrap<'_> {
     /// otherwise re-issued (keeping its node ID when it names one).
     async fn reopen(
         &self,
-        cluster: Cluster,
+        stored: Cluster,
         own: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Identity, BootstrapError> {
+        let (data_key, cluster, migrated) = self.open(stored).await?;
+        let source = cluster.sealing.as_ref().map_or(KekSource::SealKey, custody::kek_source);
+        let kek = self.keys.kek(source)?;
+        let own = match own {
+            Some((cert, key)) => match open_own_key(&kek, &cluster.id, key) {
+                Ok(key) => Some((cert, key)),
+                Err(e) => {
+                    warn!(error = %e, "cannot open this manager's key file; it gets a new key and certificate");
+                    None
+                }
+            },
+            None => None,
+        };
         let root = cluster.root_ca.clone().ok_or_else(|| refused("the stored cluster has no root CA"))?;
         let tokens = root.join_tokens.clone().unwrap_or_default();
         let expiry = cluster_cert_expiry(&cluster);
@@ -235,17 +282,48 @@ impl Bootstrap<'_> {
                 (node_id, own.cert, own.key, true)
             }
         };
+        let key_file = custody::seal_with(self.entropy, |e| kek.seal_node_key(&cluster.id, &key_pem, e))?;
         Ok(Identity {
             cluster_id: cluster.id,
             node_id,
             cert_pem,
             key_pem,
+            key_file,
+            data_key,
+            migrated,
             tokens,
             root,
             expiry,
             created: false,
             issued,
         })
+    }
+
+    /// The stored record opened: its data key unwrapped with this manager's keys, and its
+    /// secrets opened. A record written in clear by an earlier version is sealed first (a new
+    /// data key, wrapped under the seal key), retried if another manager writes it meanwhile.
+    async fn open(&self, mut stored: Cluster) -> Result<(DataKey, Cluster, bool), BootstrapError> {
+        loop {
+            if let Some(dek) = custody::unseal(&stored, self.keys)? {
+                let clear = custody::open_cluster(&stored, &dek)?;
+                return Ok((dek, clear, false));
+            }
+            let (dek, record) = custody::migrate(&stored, self.keys, self.entropy)?;
+            let sealed = custody::seal_cluster(&record, &dek, self.entropy)?;
+            match self.store.commit(vec![Op::UpdateCluster(sealed)]).await {
+                Ok(_) => {
+                    info!(cluster = %stored.id, "the cluster's keys were stored in clear by an earlier version: sealed them now (once)");
+                    return Ok((dek, record, true));
+                }
+                Err(StoreError::SequenceConflict) => {
+                    stored =
+                        self.store.get_cluster(&stored.id).await?.ok_or_else(|| {
+                            refused("the cluster vanished while its keys were being sealed")
+                        })?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A manager certificate for `node_id` with a new key: through the cluster's external CAs
@@ -293,6 +371,16 @@ impl Bootstrap<'_> {
 
     fn new_id(&self) -> Result<String, BootstrapError> {
         with_entropy(self.entropy, swarmca_core::id::new_id).map_err(|e| refused(format!("entropy: {e}")))
+    }
+}
+
+/// The clear PEM of a manager's key file: opened under `kek`, or taken as it is when an earlier
+/// version wrote it in clear.
+fn open_own_key(kek: &Kek, cluster_id: &str, file: Vec<u8>) -> Result<Vec<u8>, SealError> {
+    if is_sealed(&file) {
+        Ok(kek.open_node_key(cluster_id, &file)?.to_vec())
+    } else {
+        Ok(file)
     }
 }
 

@@ -20,6 +20,46 @@ pub const NODE_CERT: &str = "swarm-node.crt";
 /// The node private key (PKCS#8 PEM, mode 0600).
 pub const NODE_KEY: &str = "swarm-node.key";
 
+/// The embedded store's seal key, in the data directory beside the store (never inside it).
+pub const SEAL_KEY_FILE: &str = "seal.key";
+
+/// Reads a seal key file; refuses one that others than its owner can read.
+pub fn read_seal_key(path: &Path) -> Result<swarmca_core::seal::SealKey, FileError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta =
+            fs::metadata(path).map_err(|e| file_error!("cannot read seal key {}: {e}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(file_error!(
+                "seal key {} is readable by others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    let text = zeroize::Zeroizing::new(
+        fs::read_to_string(path).map_err(|e| file_error!("cannot read seal key {}: {e}", path.display()))?,
+    );
+    swarmca_core::seal::SealKey::parse(&text).map_err(|e| file_error!("seal key {}: {e}", path.display()))
+}
+
+/// The seal key of `dir/seal.key`, created (mode 0600) when missing: (key, whether it was
+/// created now).
+pub fn load_or_create_seal_key(
+    dir: &Path,
+    entropy: &mut dyn swarmca_core::entropy::Entropy,
+) -> Result<(swarmca_core::seal::SealKey, bool), FileError> {
+    let path = dir.join(SEAL_KEY_FILE);
+    if path.exists() {
+        return read_seal_key(&path).map(|k| (k, false));
+    }
+    let key = swarmca_core::seal::SealKey::generate(entropy).map_err(|e| file_error!("{e}"))?;
+    write_atomic(dir, SEAL_KEY_FILE, key.to_text().as_bytes(), true)?;
+    Ok((key, true))
+}
+
 /// Creates `dir` (and parents) with owner-only permissions if missing.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), FileError> {
     fs::create_dir_all(dir).map_err(|e| file_error!("cannot create directory {}: {e}", dir.display()))?;

@@ -17,12 +17,13 @@
 
 // Layers, each importing only from the ones above it (scripts/check-layers keeps it so; see
 // ARCHITECTURE.md): the environment and its seams (env, signal, error, peer, tls, leadership,
-// external), the signer (signer), shared state (server), issuance decisions (issuers), the RPC
+// external, custody), the signer (signer), shared state (server), issuance decisions (issuers), the RPC
 // front (rpc), a term's duties (duties), a manager's life (manager), the control API (control,
 // rotation, admin).
 mod admin;
 pub mod bootstrap;
 pub mod control;
+pub mod custody;
 mod duties;
 pub mod env;
 pub mod error;

@@ -34,6 +34,8 @@ pub struct SelfCert {
     pub node_id: String,
     /// Where this manager's certificate files live.
     pub certs_dir: PathBuf,
+    /// What this manager's key file is sealed under.
+    pub kek: swarmca_core::seal::Kek,
 }
 
 /// A renewal of this manager's certificate in flight: the CSR sent and its key.
@@ -189,7 +191,12 @@ impl SelfCert {
         if let Err(e) = self.tls.set_identity(cert_pem, key_pem) {
             return error!(error = %e.0, "this manager's new certificate is unusable; keeping the old one");
         }
-        let written = files::write_atomic(&self.certs_dir, NODE_KEY, key_pem, true)
+        let entropy = &self.server.inner.deps.entropy;
+        let sealed =
+            crate::custody::seal_with(entropy, |e| self.kek.seal_node_key(&self.cluster_id, key_pem, e))
+                .map_err(|e| files::FileError(format!("cannot seal this manager's new key: {e}")));
+        let written = sealed
+            .and_then(|sealed| files::write_atomic(&self.certs_dir, NODE_KEY, &sealed, true))
             .and_then(|()| files::write_atomic(&self.certs_dir, NODE_CERT, cert_pem, false));
         if let Err(e) = written {
             warn!(error = %e.0, "cannot write this manager's new certificate files");

@@ -153,28 +153,61 @@ pub struct Snapshot {
     pub clusters: Vec<Cluster>,
 }
 
+/// A transformation of every event of a [`Watch`]; `None` ends the watch.
+pub type EventMap =
+    std::sync::Arc<dyn Fn(std::sync::Arc<Event>) -> Option<std::sync::Arc<Event>> + Send + Sync>;
+
 /// The stream of events after a snapshot. Dropping it unsubscribes.
-#[derive(Debug)]
 pub struct Watch {
     rx: tokio::sync::mpsc::UnboundedReceiver<std::sync::Arc<Event>>,
+    map: Option<EventMap>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").field("mapped", &self.map.is_some()).field("ended", &self.ended).finish()
+    }
 }
 
 impl Watch {
     /// Builds a watch from the receiving half of a channel a store feeds (events are shared
     /// between watchers: a channel slot is a pointer, not an object).
     pub fn new(rx: tokio::sync::mpsc::UnboundedReceiver<std::sync::Arc<Event>>) -> Watch {
-        Watch { rx }
+        Watch { rx, map: None, ended: false }
+    }
+
+    /// This watch with every event passed through `f` (after any earlier map). When `f`
+    /// answers `None` the watch ends there, as if the store had shut it down.
+    pub fn map(mut self, f: EventMap) -> Watch {
+        self.map = Some(match self.map.take() {
+            None => f,
+            Some(g) => std::sync::Arc::new(move |e| g(e).and_then(|e| f(e))),
+        });
+        self
     }
 
     /// The next event, or `None` once the store has shut the watch down (the watcher must
     /// then re-read with a new `view_and_watch`).
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await.map(std::sync::Arc::unwrap_or_clone)
+        self.next_shared().await.map(std::sync::Arc::unwrap_or_clone)
     }
 
     /// The next event as shared with the other watchers (no copy).
     pub async fn next_shared(&mut self) -> Option<std::sync::Arc<Event>> {
-        self.rx.recv().await
+        if self.ended {
+            return None;
+        }
+        let e = self.rx.recv().await;
+        let e = match (&self.map, e) {
+            (Some(f), Some(e)) => f(e),
+            (_, e) => e,
+        };
+        if e.is_none() {
+            self.ended = true;
+            self.rx.close();
+        }
+        e
     }
 }
 

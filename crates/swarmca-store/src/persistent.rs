@@ -160,6 +160,44 @@ impl RedbStore {
         &self.inner.core
     }
 
+    /// Rewrites the store in `path` (closed: no handle may be open) into a fresh file holding
+    /// only its live objects, which then replaces it. Old versions of objects stay in a redb
+    /// file's free pages until those are reused; after secrets once written in clear have been
+    /// replaced, this leaves none of them in the file. The file is read cleanly first, and the
+    /// original is untouched unless the copy is complete.
+    pub fn rewrite(path: &Path) -> Result<(), StoreError> {
+        let tables = match probe(path)? {
+            Probe::Clean(t) => t,
+            Probe::NeedsRecovery => return Err(corrupt(path, "not shut down cleanly; open it once first")),
+        };
+        let fresh = sibling(path, "rewriting");
+        let _ = fs::remove_file(&fresh);
+        let made = (|| -> Result<(), redb::Error> {
+            let db = Builder::new().set_cache_size(CACHE_BYTES).create(&fresh)?;
+            let tx = db.begin_write()?;
+            {
+                let mut nodes = tx.open_table(NODES)?;
+                for (id, n) in &tables.nodes {
+                    nodes.insert(id.as_str(), n.encode_to_vec().as_slice())?;
+                }
+                let mut clusters = tx.open_table(CLUSTERS)?;
+                for (id, c) in &tables.clusters {
+                    clusters.insert(id.as_str(), c.encode_to_vec().as_slice())?;
+                }
+                let mut meta = tx.open_table(META)?;
+                meta.insert(META_FORMAT, FORMAT)?;
+                meta.insert(META_REVISION, tables.revision)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = made.map_err(|e| classify(path, e)).and_then(|()| owner_only(&fresh)) {
+            let _ = fs::remove_file(&fresh);
+            return Err(e);
+        }
+        replace(&fresh, path)
+    }
+
     /// The file this store lives in.
     pub fn path(&self) -> &Path {
         &self.inner.path
@@ -349,11 +387,21 @@ fn create(path: &Path) -> Result<(), StoreError> {
         tx.commit()?;
         Ok(())
     })();
-    if let Err(e) = made {
+    if let Err(e) = made.map_err(|e| classify(path, e)).and_then(|()| owner_only(&fresh)) {
         let _ = fs::remove_file(&fresh);
-        return Err(classify(path, e));
+        return Err(e);
     }
     replace(&fresh, path)
+}
+
+/// Restricts a store file to its owner (it holds the cluster's sealed secrets and every node).
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| unavailable(path, e))?;
+    }
+    Ok(())
 }
 
 /// Durably renames `from` (a finished file) over `to`.

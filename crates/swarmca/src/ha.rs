@@ -27,6 +27,8 @@ pub struct EtcdArgs {
     pub prefix: String,
     /// Lease of the leader: after this long without renewing it, another manager takes over.
     pub lease: Duration,
+    /// The seal key every manager of this swarm shares (wraps the cluster's data key).
+    pub seal_key_file: Option<PathBuf>,
 }
 
 /// Connects to etcd; a clear error when it cannot be reached.

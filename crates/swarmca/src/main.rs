@@ -61,6 +61,8 @@ pub enum RoleArg {
     Manager,
 }
 
+// Parsed once per process: the size of the largest variant (serve's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the CA manager: create the cluster on first start (or reopen it), serve the CA and
@@ -112,6 +114,11 @@ enum Command {
         /// partition), another manager takes over.
         #[arg(long, default_value = "5s", value_parser = parse_duration, requires = "etcd")]
         leader_lease: Duration,
+        /// With --etcd: the seal key file every manager of this swarm is given (the same file on
+        /// each; make one with `swarmca seal-key generate`). The cluster's keys are sealed
+        /// under it before they reach etcd. Without --etcd the data directory keeps its own.
+        #[arg(long, requires = "etcd")]
+        seal_key_file: Option<PathBuf>,
     },
     /// Join a swarm: fetch and verify the root CA against the token, send a CSR, wait for the
     /// certificate, and write swarm-node.crt, swarm-node.key and swarm-root-ca.crt.
@@ -242,6 +249,24 @@ enum Command {
         /// Print the key only.
         #[arg(short, long)]
         quiet: bool,
+    },
+    /// Make a seal key: the secret that wraps the cluster's data key while autolock is off.
+    ///
+    /// The embedded store makes its own (DATA_DIR/seal.key). Managers sharing etcd are each given
+    /// the same file with `serve --seal-key-file`; keep it apart from etcd's data and backups.
+    SealKey {
+        #[command(subcommand)]
+        action: SealKeyAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SealKeyAction {
+    /// Write a new random seal key to FILE (mode 0600; refuses to overwrite), or print it to
+    /// stdout when FILE is omitted.
+    Generate {
+        /// Where to write it.
+        file: Option<PathBuf>,
     },
 }
 
@@ -375,6 +400,28 @@ fn parse_expiry(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `swarmca seal-key generate [FILE]`.
+fn seal_key_generate(file: Option<&std::path::Path>) -> Result<(), Fatal> {
+    let key = swarmca_core::seal::SealKey::generate(&mut swarmca_server::OsEntropy)?;
+    let Some(path) = file else {
+        print!("{}", key.to_text().as_str());
+        return Ok(());
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(|e| fatal!("cannot create {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut f, key.to_text().as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| fatal!("cannot write {}: {e}", path.display()))?;
+    eprintln!(
+        "Seal key written to {} (mode 0600). Give the same file to every manager with --seal-key-file.",
+        path.display()
+    );
+    Ok(())
+}
+
 /// A failure to report on one line, then exit non-zero.
 #[derive(Debug)]
 pub struct Fatal(pub String);
@@ -445,6 +492,7 @@ async fn dispatch(cmd: Command) -> Result<(), Fatal> {
             etcd_key,
             etcd_prefix,
             leader_lease,
+            seal_key_file,
         } => {
             let init = serve::InitOptions { cert_expiry, external_ca, ca_cert, ca_key };
             let etcd = (!etcd.is_empty()).then_some(ha::EtcdArgs {
@@ -454,6 +502,7 @@ async fn dispatch(cmd: Command) -> Result<(), Fatal> {
                 key: etcd_key,
                 prefix: etcd_prefix,
                 lease: leader_lease,
+                seal_key_file,
             });
             serve::serve(&data.path, listen, init, rotation_interval, etcd).await
         }
@@ -495,5 +544,6 @@ async fn dispatch(cmd: Command) -> Result<(), Fatal> {
             bench::run(bench::BenchArgs { kind, addr, token, clients, requests, duration }).await
         }
         Command::UnlockKey { data, rotate, quiet } => admin_cli::unlock_key(&data.path, rotate, quiet).await,
+        Command::SealKey { action: SealKeyAction::Generate { file } } => seal_key_generate(file.as_deref()),
     }
 }

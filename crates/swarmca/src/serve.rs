@@ -11,6 +11,7 @@ use swarmca_proto::admin::admin_server::AdminServer;
 use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
 use swarmca_server::bootstrap::{Bootstrap, BootstrapError, NewCluster};
+use swarmca_server::custody::{Keys, SealedElection, SealedStore};
 use swarmca_server::{
     shared_entropy, CaServer, Clock, Control, Election, Manager, OsEntropy, ServerConfig, ServerDeps, Solo,
     SystemClock, TlsPeerCertificates,
@@ -73,6 +74,19 @@ pub struct InitOptions {
     pub ca_key: Option<std::path::PathBuf>,
 }
 
+/// A store and the election of its managers.
+type StoreAndElection = (Arc<dyn Store>, Arc<dyn Election>);
+
+/// The embedded store of `data_dir` (owner-only), and its single manager's election.
+fn open_embedded(data_dir: &Path) -> Result<StoreAndElection, Fatal> {
+    let path = data_dir.join(STORE_FILE);
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open(&path).map_err(|e| fatal!("cannot open the store {}: {e}", path.display()))?,
+    );
+    files::owner_only(&path)?;
+    Ok((store.clone(), Arc::new(Solo::new(store))))
+}
+
 /// Fails if another server answers on the control socket; removes a stale socket file.
 async fn claim_socket(path: &Path) -> Result<tokio::net::UnixListener, Fatal> {
     if path.exists() {
@@ -105,20 +119,35 @@ pub async fn serve(
     files::ensure_private_dir(&certs)?;
     // The store, and how managers agree on the leader: alone on the embedded store, or
     // through etcd's election when several managers share an etcd cluster.
-    let (store, election): (Arc<dyn Store>, Arc<dyn Election>) = match &etcd {
+    let (clock, entropy) = (SystemClock, shared_entropy(OsEntropy));
+    // The seal key: what the cluster's data key is wrapped under while autolock is off. The
+    // embedded store keeps it beside the store file; managers sharing etcd are each given it.
+    let seal_key = match &etcd {
+        Some(args) => match &args.seal_key_file {
+            Some(path) => files::read_seal_key(path)?,
+            None => {
+                return Err(fatal!(
+                    "--seal-key-file is required with --etcd: every manager needs the same seal key to open the cluster's keys (make one with `swarmca seal-key generate > FILE`)"
+                ))
+            }
+        },
+        None => {
+            let mut os = OsEntropy;
+            let (key, created) = files::load_or_create_seal_key(data_dir, &mut os)?;
+            if created {
+                info!(file = %data_dir.join(files::SEAL_KEY_FILE).display(), "created the seal key of this data directory; back it up apart from the store");
+            }
+            key
+        }
+    };
+    let keys = Keys { seal: Some(seal_key), unlock: None };
+    let (store, election): StoreAndElection = match &etcd {
         Some(args) => {
             let store = ha::connect(args).await?;
             let election = Arc::new(ha::election(&store, args));
             (Arc::new(store), election)
         }
-        None => {
-            let store_path = data_dir.join(STORE_FILE);
-            let store: Arc<dyn Store> = Arc::new(
-                RedbStore::open(&store_path)
-                    .map_err(|e| fatal!("cannot open the store {}: {e}", store_path.display()))?,
-            );
-            (store.clone(), Arc::new(Solo::new(store)))
-        }
+        None => open_embedded(data_dir)?,
     };
     let socket = socket_path(data_dir);
     let control_listener = claim_socket(&socket).await?;
@@ -129,8 +158,8 @@ pub async fn serve(
         (true, true) => Some((files::read(&certs, NODE_CERT)?, files::read(&certs, NODE_KEY)?)),
         _ => None,
     };
-    let (clock, entropy) = (SystemClock, shared_entropy(OsEntropy));
-    let boot = Bootstrap { store: &*store, election: &*election, clock: &clock, entropy: &entropy };
+    let boot =
+        Bootstrap { store: &*store, election: &*election, clock: &clock, entropy: &entropy, keys: &keys };
     let new_cluster = init.to_new_cluster()?;
     let id = boot
         .start(&new_cluster, own, || {
@@ -141,6 +170,7 @@ pub async fn serve(
         .await
         .map_err(|e| match e {
             BootstrapError::Refused(m) => fatal!("{m} (certificates in {})", certs.display()),
+            BootstrapError::Custody(e) => fatal!("{e}"),
             e => fatal!("{e}"),
         })?;
     if !id.created {
@@ -152,7 +182,25 @@ pub async fn serve(
         }
     }
     files::write_atomic(&certs, ROOT_CERT, &id.root.ca_cert, false)?;
-    files::write_atomic(&certs, NODE_KEY, &id.key_pem, true)?;
+    files::write_atomic(&certs, NODE_KEY, &id.key_file, true)?;
+    let (store, election) = if id.migrated && etcd.is_none() {
+        // The clear keys the earlier version wrote may linger in the file's free pages: the
+        // store is rewritten with its live objects only.
+        drop((store, election));
+        let path = data_dir.join(STORE_FILE);
+        RedbStore::rewrite(&path).map_err(|e| fatal!("cannot rewrite the store {}: {e}", path.display()))?;
+        open_embedded(data_dir)?
+    } else {
+        (store, election)
+    };
+    if id.migrated {
+        println!("The cluster's keys were stored in clear by an earlier version; they are sealed now. Backups made before this start still hold them in clear.");
+    }
+    // From here on, every read opens the cluster's secrets and every write seals them.
+    let store: Arc<dyn Store> = Arc::new(SealedStore::new(store, id.data_key.clone(), entropy.clone()));
+    let election: Arc<dyn Election> =
+        Arc::new(SealedElection::new(election, id.data_key.clone(), entropy.clone()));
+    let kek = keys.kek(swarmca_core::seal::KekSource::SealKey).map_err(|e| fatal!("{e}"))?;
     files::write_atomic(&certs, NODE_CERT, &id.cert_pem, false)?;
 
     let root_ca = RootCa::from_api(&id.root, id.expiry, clock.now())?;
@@ -241,6 +289,7 @@ pub async fn serve(
             cluster_id: id.cluster_id.clone(),
             node_id: id.node_id.clone(),
             certs_dir: certs.clone(),
+            kek,
         }
         .run(stopped(stop_rx.clone())),
     );

@@ -1,4 +1,4 @@
-//! One checker per invariant (I1–I10, plus I11: fencing, and I12: leader terms). Per-write checkers run on every
+//! One checker per invariant (I1–I10, plus I11: fencing, I12: leader terms, I13: keys sealed at rest). Per-write checkers run on every
 //! store write the mirror sees; the final checkers run once the liveness phase is over, over
 //! everything recorded.
 
@@ -13,6 +13,7 @@ use crate::shared::Shared;
 pub mod i10_status_matches_store;
 pub mod i11_fencing;
 pub mod i12_terms;
+pub mod i13_sealed_at_rest;
 pub mod i1_key_matches_csr;
 pub mod i2_certificate_contents;
 pub mod i3_blacklist;

@@ -18,15 +18,35 @@ impl Clock for At {
     }
 }
 
+/// The same seal key on every start of a test (as the local key file would be).
+fn seal_key(byte: u8) -> Keys {
+    use base64::Engine as _;
+    let text = format!(
+        "{}{}",
+        swarmca_core::seal::SEAL_KEY_PREFIX,
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode([byte; 32])
+    );
+    Keys { seal: Some(swarmca_core::seal::SealKey::parse(&text).unwrap()), unlock: None }
+}
+
 async fn start(
     store: &Arc<MemStore>,
     now: SystemTime,
     own: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Result<Identity, BootstrapError> {
+    start_with(store, now, own, &seal_key(9)).await
+}
+
+async fn start_with(
+    store: &Arc<MemStore>,
+    now: SystemTime,
+    own: Option<(Vec<u8>, Vec<u8>)>,
+    keys: &Keys,
+) -> Result<Identity, BootstrapError> {
     let election = Solo::new(store.clone());
     let entropy = shared_entropy(OsEntropy);
     let clock = At(now);
-    let boot = Bootstrap { store: &**store, election: &election, clock: &clock, entropy: &entropy };
+    let boot = Bootstrap { store: &**store, election: &election, clock: &clock, entropy: &entropy, keys };
     boot.start(&NewCluster::default(), own, || {}).await
 }
 
@@ -87,4 +107,82 @@ async fn a_certificate_of_another_cluster_is_refused_as_a_wrong_data_directory()
         Err(BootstrapError::Refused(m)) => assert!(m.contains("not a valid node certificate"), "{m}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn the_cluster_is_stored_sealed_and_opens_only_with_its_seal_key() {
+    let store = Arc::new(MemStore::new());
+    let now = SystemTime::now();
+    let first = start(&store, now, None).await.unwrap();
+    let raw = store.get_cluster(&first.cluster_id).await.unwrap().unwrap();
+    let clear_key = first.root.ca_key.clone();
+    assert!(clear_key.starts_with(b"-----BEGIN PRIVATE KEY-----"), "the identity holds the clear root");
+    let stored = raw.root_ca.as_ref().unwrap();
+    assert!(stored.ca_key.starts_with(b"-----BEGIN SWARMCA SEALED CA KEY-----"));
+    assert!(!contains(&stored.ca_key, &clear_key[30..60]));
+    assert!(raw.sealing.as_ref().is_some_and(|s| !s.wrapped_data_key.is_empty()));
+    // The manager's own key, for its file: sealed, and what opens it is the KEK.
+    assert!(first.key_file.starts_with(b"-----BEGIN SWARMCA SEALED NODE KEY-----"));
+    let kek = seal_key(9).kek(KekSource::SealKey).unwrap();
+    assert_eq!(&*kek.open_node_key(&first.cluster_id, &first.key_file).unwrap(), first.key_pem.as_slice());
+
+    // Restarted with its sealed files: the same identity, nothing issued or migrated.
+    let again = start(&store, now, Some((first.cert_pem.clone(), first.key_file.clone()))).await.unwrap();
+    assert!(!again.issued && !again.migrated);
+    assert_eq!(
+        (again.key_pem.as_slice(), again.root.ca_key.as_slice()),
+        (first.key_pem.as_slice(), clear_key.as_slice())
+    );
+    assert!(again.data_key.same_as(&first.data_key));
+
+    // Another seal key, or none: refused with what to do.
+    match start_with(&store, now, None, &seal_key(8)).await {
+        Err(BootstrapError::Custody(e)) => assert!(e.to_string().contains("wrong seal key"), "{e}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match start_with(&store, now, None, &Keys::default()).await {
+        Err(BootstrapError::Custody(CustodyError::NoSealKey)) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_stored_in_clear_by_an_earlier_version_is_sealed_on_start_and_keeps_everything() {
+    let store = Arc::new(MemStore::new());
+    let now = SystemTime::now();
+    // What today's format holds: the record with the key in clear, and a manager whose key
+    // file is clear PEM.
+    let first = start(&store, now, None).await.unwrap();
+    let mut legacy = store.get_cluster(&first.cluster_id).await.unwrap().unwrap();
+    let root = legacy.root_ca.as_mut().unwrap();
+    root.ca_key = first.root.ca_key.clone();
+    legacy.sealing = None;
+    store.commit(vec![Op::UpdateCluster(legacy.clone())]).await.unwrap();
+
+    let id = start(&store, now, Some((first.cert_pem.clone(), first.key_pem.clone()))).await.unwrap();
+    assert!(id.migrated && !id.issued && !id.created);
+    assert_eq!(
+        (id.cluster_id.as_str(), id.node_id.as_str()),
+        (first.cluster_id.as_str(), first.node_id.as_str())
+    );
+    assert_eq!(id.tokens, first.tokens);
+    assert_eq!(
+        (id.root.ca_cert.as_slice(), id.root.ca_key.as_slice()),
+        (first.root.ca_cert.as_slice(), first.root.ca_key.as_slice())
+    );
+    assert!(
+        id.key_file.starts_with(b"-----BEGIN SWARMCA SEALED NODE KEY-----"),
+        "the clear key file comes back sealed"
+    );
+    let raw = store.get_cluster(&first.cluster_id).await.unwrap().unwrap();
+    assert!(raw.root_ca.unwrap().ca_key.starts_with(b"-----BEGIN SWARMCA SEALED CA KEY-----"));
+    assert_eq!(store.view(WatchFilter::All).await.unwrap().nodes.len(), 1, "its node kept");
+
+    // Once sealed, later starts open it and migrate nothing.
+    let later = start(&store, now, Some((id.cert_pem, id.key_file))).await.unwrap();
+    assert!(!later.migrated && later.data_key.same_as(&id.data_key));
 }

@@ -473,3 +473,12 @@ impl Drop for Proxy {
         self.task.abort();
     }
 }
+
+/// Every key and value under `prefix`, as any etcd client sees them (what `etcdctl get
+/// --prefix` prints): for tests that check what reaches etcd.
+pub async fn raw_dump(endpoints: &[String], prefix: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut client = etcd_client::Client::connect(endpoints, None).await.expect("connect to etcd");
+    let r =
+        client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix())).await.expect("get --prefix");
+    r.kvs().iter().map(|kv| (kv.key().to_vec(), kv.value().to_vec())).collect()
+}

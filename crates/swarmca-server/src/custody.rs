@@ -1,0 +1,307 @@
+//! Key custody: the secrets of the cluster record never reach a store in clear.
+//!
+//! [`SealedStore`] wraps the store every other part of the server uses. On the way in, a
+//! cluster's root CA key, a rotation's new key and the unlock key are sealed under the
+//! cluster's data key; on the way out they are opened again, so the rest of the server works
+//! with the clear PEM in memory and no store (embedded, etcd, the simulator's) ever holds it.
+//! The data key itself is wrapped under a key-encryption key in the record's `sealing` field;
+//! [`unseal`] finds it with what this manager was given (its seal key, or the unlock key when
+//! autolock is on). How the keys are made and sealed is `swarmca_core::seal`.
+
+use std::sync::Arc;
+
+use swarmca_core::seal::{is_sealed, DataKey, Kek, KekSource, Purpose, SealError, SealKey, UnlockKey};
+use swarmca_store::{BoxFuture, Event, Op, Snapshot, Store, StoreError, Watch, WatchFilter};
+use swarmca_types::sealing::KekSource as ApiKekSource;
+use swarmca_types::{Cluster, Sealing};
+
+use crate::env::SharedEntropy;
+use crate::leadership::{Election, Term};
+
+/// Why this manager cannot open the cluster's keys.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CustodyError {
+    /// Autolock is on and no unlock key was given (or not yet).
+    #[error(
+        "this manager is locked: autolock is on; run `swarmca unlock` (or start with --unlock-key-file)"
+    )]
+    Locked,
+    /// The cluster's keys are sealed under a seal key this manager was not given.
+    #[error("the cluster's keys are sealed under a seal key this manager does not have (give it with --seal-key-file)")]
+    NoSealKey,
+    /// The key given does not open the data key.
+    #[error("{0}")]
+    WrongKey(String),
+    /// Sealing or opening failed for another reason (format, entropy).
+    #[error("{0}")]
+    Seal(#[from] SealError),
+}
+
+/// The keys a manager holds to open the cluster's data key.
+#[derive(Clone, Debug, Default)]
+pub struct Keys {
+    /// The seal key (the embedded store's local key file, or `--seal-key-file`).
+    pub seal: Option<SealKey>,
+    /// The unlock key, once given.
+    pub unlock: Option<UnlockKey>,
+}
+
+impl Keys {
+    /// The KEK this manager would wrap a data key under for `source`.
+    pub fn kek(&self, source: KekSource) -> Result<Kek, CustodyError> {
+        match source {
+            KekSource::SealKey => self.seal.as_ref().map(Kek::from_seal_key).ok_or(CustodyError::NoSealKey),
+            KekSource::UnlockKey => {
+                self.unlock.as_ref().map(Kek::from_unlock_key).ok_or(CustodyError::Locked)
+            }
+        }
+    }
+}
+
+/// The KEK source a cluster's sealing names.
+pub fn kek_source(s: &Sealing) -> KekSource {
+    match ApiKekSource::try_from(s.kek) {
+        Ok(ApiKekSource::UnlockKey) => KekSource::UnlockKey,
+        _ => KekSource::SealKey,
+    }
+}
+
+/// A cluster's `sealing` field for `dek` wrapped under `kek`.
+pub fn sealing(
+    kek: &Kek,
+    dek: &DataKey,
+    cluster_id: &str,
+    entropy: &SharedEntropy,
+) -> Result<Sealing, SealError> {
+    let wrapped = seal_with(entropy, |e| kek.wrap(dek, cluster_id, e))?;
+    let kek = match kek.source() {
+        KekSource::SealKey => ApiKekSource::SealKey,
+        KekSource::UnlockKey => ApiKekSource::UnlockKey,
+    };
+    Ok(Sealing { wrapped_data_key: wrapped, kek: kek as i32 })
+}
+
+/// The data key of `cluster`, opened with `keys`; `None` when the record was written before
+/// sealing existed (its secrets are still in clear and must be sealed, see [`migrate`]).
+pub fn unseal(cluster: &Cluster, keys: &Keys) -> Result<Option<DataKey>, CustodyError> {
+    let Some(s) = cluster.sealing.as_ref().filter(|s| !s.wrapped_data_key.is_empty()) else {
+        return Ok(None);
+    };
+    let source = kek_source(s);
+    let kek = keys.kek(source)?;
+    kek.unwrap(&s.wrapped_data_key, &cluster.id).map(Some).map_err(|e| match (e, source) {
+        (SealError::WrongKey { .. }, KekSource::UnlockKey) => {
+            CustodyError::WrongKey("wrong unlock key: it does not open this cluster's keys".into())
+        }
+        (SealError::WrongKey { .. }, KekSource::SealKey) => CustodyError::WrongKey(
+            "wrong seal key: it does not open this cluster's keys (another cluster's key file?)".into(),
+        ),
+        (e, _) => CustodyError::Seal(e),
+    })
+}
+
+/// A record written in clear by an earlier version, sealed: a new data key wrapped under the
+/// seal key, and its secrets sealed (through [`SealedStore`] when it is committed). Returns the
+/// data key and the record to commit.
+pub fn migrate(
+    cluster: &Cluster,
+    keys: &Keys,
+    entropy: &SharedEntropy,
+) -> Result<(DataKey, Cluster), CustodyError> {
+    let kek = keys.kek(KekSource::SealKey)?;
+    let dek = seal_with(entropy, DataKey::generate)?;
+    let mut c = cluster.clone();
+    c.sealing = Some(sealing(&kek, &dek, &c.id, entropy)?);
+    Ok((dek, c))
+}
+
+/// Runs a sealing step with exclusive access to the shared entropy.
+pub(crate) fn seal_with<T>(
+    entropy: &SharedEntropy,
+    f: impl FnOnce(&mut dyn swarmca_core::entropy::Entropy) -> Result<T, SealError>,
+) -> Result<T, SealError> {
+    let mut g = entropy.lock().map_err(|_| SealError::Entropy("entropy lock poisoned".into()))?;
+    f(&mut *g)
+}
+
+/// Every secret field of a cluster record, with its purpose.
+fn secrets(c: &mut Cluster) -> Vec<(Purpose, &mut Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Some(root) = c.root_ca.as_mut() {
+        out.push((Purpose::CaKey, &mut root.ca_key));
+        if let Some(r) = root.root_rotation.as_mut() {
+            out.push((Purpose::CaKey, &mut r.ca_key));
+        }
+    }
+    for k in &mut c.unlock_keys {
+        out.push((Purpose::UnlockKey, &mut k.key));
+    }
+    out
+}
+
+/// `c` with its secrets sealed under `dek` (those already sealed are kept as they are).
+pub fn seal_cluster(c: &Cluster, dek: &DataKey, entropy: &SharedEntropy) -> Result<Cluster, SealError> {
+    let mut out = c.clone();
+    let id = out.id.clone();
+    for (purpose, field) in secrets(&mut out) {
+        if !field.is_empty() && !is_sealed(field) {
+            let sealed = seal_with(entropy, |e| dek.seal(purpose, &id, field, e))?;
+            zeroize::Zeroize::zeroize(field);
+            *field = sealed;
+        }
+    }
+    Ok(out)
+}
+
+/// `c` with its secrets opened with `dek`. A secret still in clear (written by an earlier
+/// version, before the record was sealed) is taken as it is; the next write seals it.
+pub fn open_cluster(c: &Cluster, dek: &DataKey) -> Result<Cluster, SealError> {
+    let mut out = c.clone();
+    let id = out.id.clone();
+    for (purpose, field) in secrets(&mut out) {
+        if is_sealed(field) {
+            let clear = dek.open(purpose, &id, field)?;
+            *field = clear.to_vec();
+        }
+    }
+    Ok(out)
+}
+
+/// The store as the server sees it: secrets sealed on every write, opened on every read.
+pub struct SealedStore {
+    inner: Arc<dyn Store>,
+    dek: DataKey,
+    entropy: SharedEntropy,
+}
+
+impl SealedStore {
+    /// `inner`, with the cluster's secrets sealed under `dek`.
+    pub fn new(inner: Arc<dyn Store>, dek: DataKey, entropy: SharedEntropy) -> SealedStore {
+        SealedStore { inner, dek, entropy }
+    }
+
+    /// The data key (to wrap it again when the KEK changes).
+    pub fn data_key(&self) -> &DataKey {
+        &self.dek
+    }
+
+    fn open(&self, c: &Cluster) -> Result<Cluster, StoreError> {
+        open_cluster(c, &self.dek).map_err(|e| StoreError::Corrupt(format!("cluster {}: {e}", c.id)))
+    }
+
+    fn open_snapshot(&self, mut s: Snapshot) -> Result<Snapshot, StoreError> {
+        for c in &mut s.clusters {
+            *c = self.open(c)?;
+        }
+        Ok(s)
+    }
+
+    fn seal(&self, c: &Cluster) -> Result<Cluster, StoreError> {
+        seal_cluster(c, &self.dek, &self.entropy)
+            .map_err(|e| StoreError::Unavailable(format!("sealing: {e}")))
+    }
+}
+
+impl Store for SealedStore {
+    fn view(&self, filter: WatchFilter) -> BoxFuture<'_, Result<Snapshot, StoreError>> {
+        Box::pin(async move { self.open_snapshot(self.inner.view(filter).await?) })
+    }
+
+    fn get_node<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<swarmca_types::Node>, StoreError>> {
+        self.inner.get_node(id)
+    }
+
+    fn get_cluster<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Cluster>, StoreError>> {
+        Box::pin(async move { self.inner.get_cluster(id).await?.map(|c| self.open(&c)).transpose() })
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut sealed = Vec::with_capacity(ops.len());
+            for op in ops {
+                sealed.push(match op {
+                    Op::CreateCluster(c) => Op::CreateCluster(self.seal(&c)?),
+                    Op::UpdateCluster(c) => Op::UpdateCluster(self.seal(&c)?),
+                    op => op,
+                });
+            }
+            self.inner.commit(sealed).await
+        })
+    }
+
+    fn view_and_watch(&self, filter: WatchFilter) -> BoxFuture<'_, Result<(Snapshot, Watch), StoreError>> {
+        Box::pin(async move {
+            let (snap, watch) = self.inner.view_and_watch(filter).await?;
+            let dek = self.dek.clone();
+            let watch = watch.map(Arc::new(move |e: Arc<Event>| {
+                let opened = match &*e {
+                    Event::CreateCluster(c) => Event::CreateCluster(open_cluster(c, &dek).ok()?),
+                    Event::UpdateCluster(c) => Event::UpdateCluster(open_cluster(c, &dek).ok()?),
+                    _ => return Some(e),
+                };
+                Some(Arc::new(opened))
+            }));
+            Ok((self.open_snapshot(snap)?, watch))
+        })
+    }
+}
+
+/// An election whose terms write through a [`SealedStore`]: the leader duties of every term
+/// seal what they write, as everything else does.
+pub struct SealedElection {
+    inner: Arc<dyn Election>,
+    dek: DataKey,
+    entropy: SharedEntropy,
+}
+
+impl SealedElection {
+    /// `inner`, with every term's store sealed under `dek`.
+    pub fn new(inner: Arc<dyn Election>, dek: DataKey, entropy: SharedEntropy) -> SealedElection {
+        SealedElection { inner, dek, entropy }
+    }
+}
+
+impl Election for SealedElection {
+    fn campaign<'a>(&'a self, candidate: &'a str) -> BoxFuture<'a, Result<Box<dyn Term>, StoreError>> {
+        Box::pin(async move {
+            let term = self.inner.campaign(candidate).await?;
+            let store: Arc<dyn Store> =
+                Arc::new(SealedStore::new(term.store(), self.dek.clone(), self.entropy.clone()));
+            Ok(Box::new(SealedTerm { term, store }) as Box<dyn Term>)
+        })
+    }
+
+    fn leader(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        self.inner.leader()
+    }
+}
+
+struct SealedTerm {
+    term: Box<dyn Term>,
+    store: Arc<dyn Store>,
+}
+
+impl Term for SealedTerm {
+    fn number(&self) -> u64 {
+        self.term.number()
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    fn lost(&self) -> BoxFuture<'_, ()> {
+        self.term.lost()
+    }
+
+    fn is_lost(&self) -> bool {
+        self.term.is_lost()
+    }
+
+    fn resign(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.term.resign()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! The sealed store: what reaches the inner store, what comes back, and which keys open it.
+
+use std::sync::Arc;
+
+use swarmca_core::seal::{SealKey, UnlockKey};
+use swarmca_store::MemStore;
+use swarmca_types::{EncryptionKey, RootCa as ApiRootCa, RootRotation};
+
+use super::*;
+use crate::{shared_entropy, OsEntropy};
+
+const CA_KEY: &[u8] =
+    b"-----BEGIN EC PRIVATE KEY-----\nc2VjcmV0IGNhIGtleSBieXRlcw==\n-----END EC PRIVATE KEY-----\n";
+const NEW_KEY: &[u8] =
+    b"-----BEGIN EC PRIVATE KEY-----\nbmV3IHJvb3Qga2V5IGJ5dGVz\n-----END EC PRIVATE KEY-----\n";
+const UNLOCK: &[u8] = &[0x5a; 32];
+
+fn cluster(id: &str) -> Cluster {
+    Cluster {
+        id: id.into(),
+        root_ca: Some(ApiRootCa {
+            ca_key: CA_KEY.to_vec(),
+            ca_cert: b"CERT".to_vec(),
+            root_rotation: Some(RootRotation { ca_key: NEW_KEY.to_vec(), ..Default::default() }),
+            ..Default::default()
+        }),
+        unlock_keys: vec![EncryptionKey {
+            subsystem: "manager".into(),
+            key: UNLOCK.to_vec(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every secret byte string of the test cluster, clear.
+fn leaked(c: &Cluster) -> bool {
+    let bytes = format!("{c:?}");
+    [CA_KEY, NEW_KEY].iter().any(|k| contains(bytes.as_bytes(), &k[31..50]))
+        || c.unlock_keys.iter().any(|k| k.key == UNLOCK)
+}
+
+struct Fixture {
+    inner: Arc<MemStore>,
+    sealed: SealedStore,
+    keys: Keys,
+    entropy: SharedEntropy,
+}
+
+fn fixture() -> Fixture {
+    let entropy = shared_entropy(OsEntropy);
+    let keys = Keys { seal: Some(seal_with(&entropy, SealKey::generate).unwrap()), unlock: None };
+    let dek = seal_with(&entropy, DataKey::generate).unwrap();
+    let inner = Arc::new(MemStore::new());
+    let sealed = SealedStore::new(inner.clone(), dek, entropy.clone());
+    Fixture { inner, sealed, keys, entropy }
+}
+
+#[tokio::test]
+async fn secrets_reach_the_inner_store_sealed_and_come_back_clear() {
+    let f = fixture();
+    f.sealed.commit(vec![Op::CreateCluster(cluster("c1"))]).await.unwrap();
+    let raw = f.inner.get_cluster("c1").await.unwrap().unwrap();
+    assert!(!leaked(&raw), "the inner store holds no secret in clear: {raw:?}");
+    let root = raw.root_ca.as_ref().unwrap();
+    assert!(root.ca_key.starts_with(b"-----BEGIN SWARMCA SEALED CA KEY-----"));
+    assert!(root
+        .root_rotation
+        .as_ref()
+        .unwrap()
+        .ca_key
+        .starts_with(b"-----BEGIN SWARMCA SEALED CA KEY-----"));
+    assert!(raw.unlock_keys[0].key.starts_with(b"-----BEGIN SWARMCA SEALED UNLOCK KEY-----"));
+    assert_eq!(root.ca_cert, b"CERT", "certificates are public and stay as they are");
+
+    // Every way of reading gives the clear record back.
+    let want = {
+        let mut c = cluster("c1");
+        c.meta = raw.meta;
+        c
+    };
+    assert_eq!(f.sealed.get_cluster("c1").await.unwrap().unwrap(), want);
+    assert_eq!(f.sealed.view(WatchFilter::All).await.unwrap().clusters, vec![want.clone()]);
+    let (snap, mut watch) = f.sealed.view_and_watch(WatchFilter::All).await.unwrap();
+    assert_eq!(snap.clusters, vec![want.clone()]);
+
+    // A write of the opened record (the usual read-modify-write) seals again; watchers see it clear.
+    f.sealed.commit(vec![Op::UpdateCluster(want.clone())]).await.unwrap();
+    let Some(Event::UpdateCluster(seen)) = watch.next().await else { panic!("no update event") };
+    assert_eq!(
+        (seen.root_ca.as_ref().unwrap().ca_key.as_slice(), seen.unlock_keys[0].key.as_slice()),
+        (CA_KEY, UNLOCK)
+    );
+    assert!(!leaked(&f.inner.get_cluster("c1").await.unwrap().unwrap()));
+}
+
+#[tokio::test]
+async fn a_record_written_in_clear_by_an_earlier_version_reads_and_gets_sealed_on_migration() {
+    let f = fixture();
+    // Today's format: clear keys, no sealing.
+    f.inner.commit(vec![Op::CreateCluster(cluster("old"))]).await.unwrap();
+    let stored = f.inner.get_cluster("old").await.unwrap().unwrap();
+    assert_eq!(unseal(&stored, &f.keys).unwrap().map(|_| ()), None, "not sealed yet");
+
+    let (dek, record) = migrate(&stored, &f.keys, &f.entropy).unwrap();
+    let store = SealedStore::new(f.inner.clone(), dek, f.entropy.clone());
+    store.commit(vec![Op::UpdateCluster(record)]).await.unwrap();
+    let raw = f.inner.get_cluster("old").await.unwrap().unwrap();
+    assert!(!leaked(&raw));
+    let dek = unseal(&raw, &f.keys).unwrap().expect("sealed now");
+    assert!(dek.same_as(store.data_key()));
+    let back = store.get_cluster("old").await.unwrap().unwrap();
+    assert_eq!(
+        (back.root_ca.as_ref().unwrap().ca_key.as_slice(), back.root_ca.as_ref().unwrap().ca_cert.as_slice()),
+        (CA_KEY, &b"CERT"[..])
+    );
+}
+
+#[tokio::test]
+async fn only_the_right_key_opens_the_data_key_and_each_refusal_says_what_to_do() {
+    let f = fixture();
+    let dek = f.sealed.data_key().clone();
+    let mut c = cluster("c1");
+    let seal_kek = f.keys.kek(KekSource::SealKey).unwrap();
+    c.sealing = Some(sealing(&seal_kek, &dek, "c1", &f.entropy).unwrap());
+    assert!(unseal(&c, &f.keys).unwrap().unwrap().same_as(&dek));
+
+    let stranger = Keys { seal: Some(seal_with(&f.entropy, SealKey::generate).unwrap()), unlock: None };
+    let e = unseal(&c, &stranger).unwrap_err();
+    assert!(e.to_string().contains("wrong seal key"), "{e}");
+    assert_eq!(unseal(&c, &Keys::default()).unwrap_err(), CustodyError::NoSealKey);
+
+    // Autolock: wrapped under the unlock key, the seal key no longer opens it.
+    let unlock = seal_with(&f.entropy, UnlockKey::generate).unwrap();
+    let holder = Keys { seal: f.keys.seal.clone(), unlock: Some(unlock.clone()) };
+    c.sealing = Some(sealing(&holder.kek(KekSource::UnlockKey).unwrap(), &dek, "c1", &f.entropy).unwrap());
+    assert_eq!(unseal(&c, &f.keys).unwrap_err(), CustodyError::Locked);
+    assert!(CustodyError::Locked.to_string().contains("swarmca unlock"));
+    let wrong = Keys { seal: None, unlock: Some(seal_with(&f.entropy, UnlockKey::generate).unwrap()) };
+    assert!(unseal(&c, &wrong).unwrap_err().to_string().contains("wrong unlock key"));
+    assert!(unseal(&c, &Keys { seal: None, unlock: Some(unlock) }).unwrap().unwrap().same_as(&dek));
+}
+
+#[tokio::test]
+async fn a_value_sealed_under_another_data_key_is_refused_not_returned_sealed() {
+    let f = fixture();
+    f.sealed.commit(vec![Op::CreateCluster(cluster("c1"))]).await.unwrap();
+    let other = SealedStore::new(
+        f.inner.clone(),
+        seal_with(&f.entropy, DataKey::generate).unwrap(),
+        f.entropy.clone(),
+    );
+    assert!(matches!(other.get_cluster("c1").await, Err(StoreError::Corrupt(_))));
+    assert!(matches!(other.view(WatchFilter::All).await, Err(StoreError::Corrupt(_))));
+    // A watcher holding the wrong key is cut off rather than handed sealed bytes as a key.
+    let (_, mut watch) = f.sealed.view_and_watch(WatchFilter::All).await.unwrap();
+    let inner_watch = f.inner.view_and_watch(WatchFilter::All).await.unwrap().1;
+    let dek = seal_with(&f.entropy, DataKey::generate).unwrap();
+    let mut wrong = inner_watch.map(Arc::new(move |e: Arc<Event>| match &*e {
+        Event::UpdateCluster(c) => open_cluster(c, &dek).ok().map(|c| Arc::new(Event::UpdateCluster(c))),
+        _ => Some(e),
+    }));
+    let c = f.sealed.get_cluster("c1").await.unwrap().unwrap();
+    f.sealed.commit(vec![Op::UpdateCluster(c)]).await.unwrap();
+    assert!(matches!(watch.next().await, Some(Event::UpdateCluster(_))));
+    assert!(wrong.next().await.is_none(), "the watch ends");
+    assert!(wrong.next().await.is_none(), "and stays ended");
+}

@@ -1,0 +1,233 @@
+//! Key custody with the real binary: no private key in clear anywhere in a data directory (the
+//! redb file included, byte for byte) before and after a root rotation and an unlock-key
+//! rotation; owner-only modes; a store written in clear by the previous format sealed on its
+//! first start, keeping its cluster.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use swarmca_core::role::Role;
+use swarmca_core::rootca::{generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY};
+use swarmca_store::{Op, RedbStore, Store};
+use swarmca_testkit::pki::find_key;
+
+use crate::cli::{cluster_id, free_port, join, openssl_verify, text, Server, TempDir};
+
+/// Fails if any file under `dir` (recursively), except those named in `except`, holds `key_pem`
+/// in any form (see `swarmca_testkit::pki::key_forms`).
+pub fn assert_no_key_under(dir: &Path, key_pem: &[u8], except: &[&str]) {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut scanned = 0;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if except.contains(&name.as_str()) || name.ends_with(".sock") {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&p) else { continue };
+            scanned += 1;
+            if let Some(form) = find_key(&bytes, key_pem) {
+                panic!("{} holds the key in clear ({form})", p.display());
+            }
+        }
+    }
+    assert!(scanned > 0, "nothing scanned under {}", dir.display());
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A root certificate and key written to `dir` (outside any data directory).
+fn root_files(dir: &Path, name: &str, serial: u8) -> (String, String, Vec<u8>, Vec<u8>) {
+    let g = generate_root(name, SystemTime::now(), [serial; 20]).unwrap();
+    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&c, &g.cert_pem).unwrap();
+    std::fs::write(&k, &g.key_pem).unwrap();
+    (c.to_str().unwrap().into(), k.to_str().unwrap().into(), g.cert_pem, g.key_pem)
+}
+
+#[test]
+fn no_key_reaches_the_data_directory_in_clear_before_or_after_a_root_and_an_unlock_key_rotation() {
+    let tmp = TempDir::new("custody");
+    let keys = tmp.path().join("given");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (cert, key, _, key_pem) = root_files(&keys, "swarm-ca", 1);
+    let data = tmp.path().join("data");
+    let s = Server::spawn(&data, free_port(), &["--ca-cert", &cert, "--ca-key", &key]);
+    s.wait_ready();
+    let d = tmp.path().join("w");
+    let o = join(&s.addr, &s.token("worker"), &d);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    openssl_verify(&d);
+
+    // Owner-only: the data directory, the store, the seal key, the manager's key.
+    let seal = data.join("seal.key");
+    let node_key = data.join("certificates/swarm-node.key");
+    assert_eq!(mode(&data), 0o700);
+    for f in [&data.join("swarmca.redb"), &seal, &node_key] {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    assert!(std::fs::read(&node_key).unwrap().starts_with(b"-----BEGIN SWARMCA SEALED NODE KEY-----"));
+    assert!(contains(&std::fs::read(data.join("swarmca.redb")).unwrap(), b"SWARMCA SEALED CA KEY"));
+    assert_no_key_under(&data, &key_pem, &["seal.key"]);
+
+    // A root rotation to a given key: neither key is ever written in clear.
+    let (new_cert, new_key, _, new_key_pem) = root_files(&keys, "swarm-ca-2", 2);
+    let o = s.admin(&["ca", "--rotate", "--ca-cert", &new_cert, "--ca-key", &new_key, "-d"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_no_key_under(&data, &new_key_pem, &["seal.key"]);
+    let rotating = s.admin_ok(&["ca", "-q"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The worker renews into the new root; the manager renews itself.
+    loop {
+        let _ = crate::cli::run(&[
+            "renew",
+            "--if-needed",
+            "--cert-dir",
+            d.to_str().unwrap(),
+            "--timeout",
+            "10s",
+            &s.addr,
+        ]);
+        let o = s.admin(&["ca"]);
+        if text(&o.stderr).contains("No root rotation in progress")
+            || !text(&o.stderr).contains("in progress")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "rotation never completed: {}", text(&o.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_ne!(s.admin_ok(&["ca", "-q"]), rotating, "the new root is the root");
+    for k in [&key_pem, &new_key_pem] {
+        assert_no_key_under(&data, k, &["seal.key"]);
+    }
+
+    // Autolock on, then the unlock key rotated: neither unlock key is stored in clear.
+    let o = s.admin(&["cluster", "update", "--autolock", "true"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let first = s.admin_ok(&["unlock-key", "-q"]).trim().to_string();
+    let second = s.admin_ok(&["unlock-key", "--rotate", "-q"]).trim().to_string();
+    assert!(first.starts_with("SWMKEY-1-") && second.starts_with("SWMKEY-1-") && first != second);
+    for k in [&first, &second] {
+        let raw = swarmca_core::seal::UnlockKey::parse(k).unwrap();
+        let text_form = k.trim_start_matches("SWMKEY-1-");
+        let store = std::fs::read(data.join("swarmca.redb")).unwrap();
+        assert!(
+            !contains(&store, raw.bytes()) && !contains(&store, text_form.as_bytes()),
+            "unlock key in clear"
+        );
+    }
+    for k in [&key_pem, &new_key_pem] {
+        assert_no_key_under(&data, k, &["seal.key"]);
+    }
+    assert!(s.terminate().success());
+}
+
+#[test]
+fn a_store_written_in_clear_by_the_previous_format_is_sealed_on_start_and_keeps_its_cluster() {
+    let tmp = TempDir::new("custody-old");
+    let data = tmp.path().join("data");
+    let certs = data.join("certificates");
+    std::fs::create_dir_all(&certs).unwrap();
+    // What the previous version left: the cluster record with its root key in clear, the
+    // manager's node and a worker, clear certificate files, no seal key.
+    let now = SystemTime::now();
+    let g = generate_root("swarm-ca", now, [5; 20]).unwrap();
+    let root = RootCa::new(&g.cert_pem, &g.cert_pem, &g.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", now).unwrap();
+    let old_id = "oldclusterid0000000000000".to_string();
+    let tokens = swarmca_types::JoinTokens {
+        worker: swarmca_core::token::generate_join_token(
+            &swarmca_core::rootca::digest(&g.cert_pem),
+            false,
+            &mut swarmca_server::OsEntropy,
+        )
+        .unwrap(),
+        manager: swarmca_core::token::generate_join_token(
+            &swarmca_core::rootca::digest(&g.cert_pem),
+            false,
+            &mut swarmca_server::OsEntropy,
+        )
+        .unwrap(),
+    };
+    let cluster = swarmca_core::cluster::new_cluster(&old_id, &g.cert_pem, &g.key_pem, tokens.clone(), None);
+    let manager =
+        swarmca_testkit::pki::issue(&root, "oldmanager000000000000000", Role::Manager, &old_id, now, [6; 20]);
+    let worker =
+        swarmca_testkit::pki::issue(&root, "oldworker0000000000000000", Role::Worker, &old_id, now, [7; 20]);
+    let node = |c: &swarmca_testkit::pki::Creds, role: Role| swarmca_types::Node {
+        id: c.node_id.clone(),
+        role: role.to_proto(),
+        spec: Some(swarmca_types::NodeSpec {
+            desired_role: role.to_proto(),
+            membership: swarmca_types::node_spec::Membership::Accepted as i32,
+            ..Default::default()
+        }),
+        certificate: Some(swarmca_types::Certificate {
+            role: role.to_proto(),
+            certificate: c.cert_pem.clone(),
+            cn: c.node_id.clone(),
+            status: Some(swarmca_types::IssuanceStatus {
+                state: swarmca_types::issuance_status::State::Issued as i32,
+                err: String::new(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    {
+        let store = RedbStore::open(&data.join("swarmca.redb")).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(store.commit(vec![
+            Op::CreateCluster(cluster),
+            Op::CreateNode(node(&manager, Role::Manager)),
+            Op::CreateNode(node(&worker, Role::Worker)),
+        ]))
+        .unwrap();
+    }
+    assert!(
+        find_key(&std::fs::read(data.join("swarmca.redb")).unwrap(), &g.key_pem).is_some(),
+        "the old format"
+    );
+    std::fs::write(certs.join("swarm-node.crt"), &manager.cert_pem).unwrap();
+    std::fs::write(certs.join("swarm-node.key"), &manager.key_pem).unwrap();
+    std::fs::write(certs.join("swarm-root-ca.crt"), &g.cert_pem).unwrap();
+
+    let s = Server::spawn(&data, free_port(), &[]);
+    s.wait_ready();
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    assert!(log.contains("they are sealed now"), "{log}");
+    // The same cluster: ID, root, tokens, nodes, this manager's identity.
+    assert_eq!(cluster_id(&s), old_id);
+    assert_eq!(s.admin_ok(&["ca", "-q"]).trim(), String::from_utf8_lossy(&g.cert_pem).trim());
+    assert_eq!(s.token("worker"), tokens.worker);
+    let ls = s.admin_ok(&["node", "ls"]);
+    assert!(ls.contains(&manager.node_id) && ls.contains(&worker.node_id), "{ls}");
+    // It still signs with the old root.
+    let d = tmp.path().join("w");
+    let o = join(&s.addr, &tokens.worker, &d);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    openssl_verify(&d);
+    assert!(s.terminate().success());
+
+    // Nothing in clear any more: not in the store file (rewritten), not in the key file.
+    assert_no_key_under(&data, &g.key_pem, &["seal.key"]);
+    assert_no_key_under(&data, &manager.key_pem, &["seal.key"]);
+    assert_eq!(mode(&data.join("swarmca.redb")), 0o600);
+    // And a second start says nothing about sealing.
+    let s = Server::spawn(&data, free_port(), &[]);
+    s.wait_ready();
+    assert!(!std::fs::read_to_string(&s.log).unwrap().contains("sealed now"));
+    assert!(s.terminate().success());
+}
