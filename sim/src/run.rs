@@ -155,6 +155,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         creds,
         mirror.clone(),
         data_key.clone(),
+        keys.seal.clone(),
     ));
     madsim::task::spawn(world.clone().check_terms());
     // Every manager campaigns from its start; the election names the first leader.
@@ -171,7 +172,12 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     let admin_server = CaServer::new(
         ServerConfig::new(cluster_id.clone()),
         ServerDeps {
-            store: Arc::new(custody::SealedStore::new(store.clone(), data_key, entropy.clone())),
+            store: Arc::new(custody::SealedStore::new(
+                store.clone(),
+                data_key,
+                keys.seal.clone(),
+                entropy.clone(),
+            )),
             clock: Arc::new(SkewedClock(Arc::default())),
             entropy: shared_entropy(OsEntropy),
             peers: Arc::new(SimPeers),

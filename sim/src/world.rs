@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use madsim::runtime::{Handle, NodeHandle};
 use swarmca_core::rootca::RootCa;
-use swarmca_core::seal::DataKey;
+use swarmca_core::seal::{DataKey, SealKey};
 use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
 use swarmca_server::custody::{SealedElection, SealedStore};
@@ -98,6 +98,7 @@ impl World {
         creds: Vec<Creds>,
         mirror: Arc<Mutex<Mirror>>,
         data_key: DataKey,
+        seal_key: Option<SealKey>,
     ) -> World {
         let h = Handle::current();
         let terms = Terms::new(shared.clone(), shared.opts.managers);
@@ -113,6 +114,7 @@ impl World {
                 (slot.clone(), skew.clone(), link.clone(), shared.clone(), root.clone());
             let (central2, terms2, mirror2, dek2) =
                 (central.clone(), terms.clone(), mirror.clone(), data_key.clone());
+            let seal2 = seal_key.clone();
             let (node_id, cert, key) = creds.get(i).cloned().unwrap_or_default();
             let node = h
                 .create_node()
@@ -127,7 +129,12 @@ impl World {
                     // sealing the cluster's secrets on the way in.
                     let entropy = shared_entropy(OsEntropy);
                     let deps = ServerDeps {
-                        store: Arc::new(SealedStore::new(link2.clone(), dek2.clone(), entropy.clone())),
+                        store: Arc::new(SealedStore::new(
+                            link2.clone(),
+                            dek2.clone(),
+                            seal2.clone(),
+                            entropy.clone(),
+                        )),
                         clock: Arc::new(SkewedClock(skew2.clone())),
                         entropy: entropy.clone(),
                         peers: Arc::new(SimPeers),
@@ -139,6 +146,7 @@ impl World {
                     let election = Arc::new(SealedElection::new(
                         Arc::new(SimElection { central: central2.clone(), link: link2.clone(), index: i }),
                         dek2.clone(),
+                        seal2.clone(),
                         entropy,
                     ));
                     let (terms, mirror) = (terms2.clone(), mirror2.clone());

@@ -126,6 +126,14 @@ impl Server {
         self.admin_ok(&["join-token", "-q", role]).trim().to_string()
     }
 
+    /// Whether the process is still running.
+    pub fn child_alive(&self) -> bool {
+        std::fs::metadata(format!("/proc/{}", self.child.id())).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .unwrap_or_default()
+                .contains(") Z ")
+    }
+
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

@@ -307,6 +307,38 @@ async fn get_unlock_key_is_for_managers_of_this_cluster_only() {
 }
 
 #[tokio::test]
+async fn a_demoted_manager_with_a_still_valid_certificate_gets_no_unlock_key() {
+    // SwarmKit issue #1655: authorization by certificate alone let a demoted manager keep
+    // fetching the unlock key until its certificate expired.
+    let mut f = Fixture::start().await;
+    let addr = f.serve_tls().await;
+    f.update_cluster(|cl| {
+        cl.spec.as_mut().unwrap().encryption_config = Some(EncryptionConfig { auto_lock_managers: true });
+        cl.unlock_keys = vec![EncryptionKey {
+            subsystem: "swarm-manager".into(),
+            key: b"secret".to_vec(),
+            ..Default::default()
+        }];
+    })
+    .await;
+    let mut c = f.ca(addr, Some(&f.manager)).await;
+    assert_eq!(c.get_unlock_key(GetUnlockKeyRequest {}).await.unwrap().into_inner().unlock_key, b"secret");
+    // Demoted (desired role worker; the observed role follows at its next renewal).
+    let id = f.manager.node_id.clone();
+    f.update_node(&id, |n| n.spec.as_mut().unwrap().desired_role = NodeRole::Worker as i32).await;
+    let e = c.get_unlock_key(GetUnlockKeyRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("not a manager any more"), "{}", e.message());
+    // Promoted back: answered again.
+    f.update_node(&id, |n| n.spec.as_mut().unwrap().desired_role = NodeRole::Manager as i32).await;
+    assert_eq!(c.get_unlock_key(GetUnlockKeyRequest {}).await.unwrap().into_inner().unlock_key, b"secret");
+    // Its observed role worker (as after renewing as one): refused too.
+    f.update_node(&id, |n| n.role = NodeRole::Worker as i32).await;
+    let e = c.get_unlock_key(GetUnlockKeyRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
 async fn role_from_token_only_and_role_survives_in_certificate() {
     // IssueNodeCertificateRequest.role is deprecated and ignored: a worker token asking for a
     // manager role still gets a worker certificate.

@@ -231,3 +231,144 @@ fn a_store_written_in_clear_by_the_previous_format_is_sealed_on_start_and_keeps_
     assert!(!std::fs::read_to_string(&s.log).unwrap().contains("sealed now"));
     assert!(s.terminate().success());
 }
+
+/// Runs `swarmca args...` with `input` on its standard input.
+fn run_with_stdin(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(crate::cli::bin())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn wait_for_log(s: &Server, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+        if log.contains(what) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never logged {what:?}:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_autolocked_manager_restarts_locked_serves_nothing_and_unlocks_only_with_the_right_key() {
+    let tmp = TempDir::new("autolock");
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let s = Server::spawn(&data, port, &[]);
+    s.wait_ready();
+    let token = s.token("worker");
+    let o = s.admin(&["cluster", "update", "--autolock", "true"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let key = s.admin_ok(&["unlock-key", "-q"]).trim().to_string();
+    assert!(s.terminate().success());
+
+    // Restarted: up, locked, saying so; nothing served, nothing signed.
+    let s = Server::spawn(&data, port, &[]);
+    wait_for_log(&s, "This manager is locked");
+    assert!(s.child_alive(), "a locked manager stays up");
+    let o = join(&s.addr, &token, &tmp.path().join("refused"));
+    assert!(!o.status.success(), "a locked manager signed a join");
+    assert!(std::net::TcpStream::connect(&s.addr).is_err(), "its TLS port is closed");
+    for args in [&["node", "ls"][..], &["cluster", "inspect"], &["unlock-key"]] {
+        let o = s.admin(args);
+        assert!(!o.status.success());
+        assert!(
+            text(&o.stderr).contains("this manager is locked") && text(&o.stderr).contains("swarmca unlock"),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+
+    // A wrong key is refused (and answered after a pause); a malformed one at once.
+    let wrong = "SWMKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let started = std::time::Instant::now();
+    let o = run_with_stdin(&["unlock", "--data-dir", data.to_str().unwrap()], wrong);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("wrong unlock key"), "{}", text(&o.stderr));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    let o = run_with_stdin(&["unlock", "--data-dir", data.to_str().unwrap()], "not-a-key");
+    assert!(!o.status.success() && text(&o.stderr).contains("SWMKEY-1-"), "{}", text(&o.stderr));
+    assert!(std::net::TcpStream::connect(&s.addr).is_err(), "still locked");
+
+    // The right key: it serves again, and signs.
+    let o = run_with_stdin(&["unlock", "--data-dir", data.to_str().unwrap()], &format!("{key}\n"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("Manager unlocked"), "{}", text(&o.stdout));
+    s.wait_ready();
+    let d = tmp.path().join("w");
+    let o = join(&s.addr, &token, &d);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    openssl_verify(&d);
+
+    // Rotating the unlock key: the old one stops working, the new one opens at start.
+    let new_key = s.admin_ok(&["unlock-key", "--rotate", "-q"]).trim().to_string();
+    assert_ne!(new_key, key);
+    assert!(s.terminate().success());
+    let old_file = tmp.path().join("old.key");
+    std::fs::write(&old_file, &key).unwrap();
+    let o = crate::cli::run(&[
+        "serve",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--unlock-key-file",
+        old_file.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success(), "the old key opened the cluster");
+    assert!(text(&o.stderr).contains("wrong unlock key"), "{}", text(&o.stderr));
+    let new_file = tmp.path().join("new.key");
+    std::fs::write(&new_file, &new_key).unwrap();
+    let s = Server::spawn(&data, port, &["--unlock-key-file", new_file.to_str().unwrap()]);
+    s.wait_ready();
+
+    // Autolock off: a restart needs no key.
+    let o = s.admin(&["cluster", "update", "--autolock", "false"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(s.terminate().success());
+    let s = Server::spawn(&data, port, &[]);
+    s.wait_ready();
+    let o = join(&s.addr, &token, &tmp.path().join("w2"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(s.terminate().success());
+}
+
+#[test]
+fn the_control_socket_refuses_other_users_even_when_its_permissions_would_let_them_in() {
+    // Needs root to act as another user (as the test command runs in CI); skipped otherwise.
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1);
+    if uid != 0 || std::process::Command::new("setpriv").arg("--version").output().is_err() {
+        println!("skipped: needs root and setpriv to connect as another user");
+        return;
+    }
+    let tmp = TempDir::new("peercred");
+    let data = tmp.path().join("data");
+    let s = Server::start(&data, free_port());
+    let socket = data.join("control.sock");
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(&data), 0o700);
+    // Opened up as a careless operator might: the files no longer keep others out.
+    for (p, m) in [(tmp.path(), 0o755), (data.as_path(), 0o755), (socket.as_path(), 0o666)] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+    }
+    let as_nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(crate::cli::bin())
+        .args(["node", "ls", "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!as_nobody.status.success(), "another user listed the nodes: {}", text(&as_nobody.stdout));
+    assert!(std::fs::read_to_string(&s.log).unwrap().contains("refused a connection from another user"));
+    // Its owner (and root) still gets in.
+    assert!(s.admin_ok(&["node", "ls"]).contains("manager"));
+    assert!(s.terminate().success());
+}

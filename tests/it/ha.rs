@@ -26,6 +26,8 @@ struct Swarm {
     ids: Vec<String>,
     /// The root CA key the cluster was created with (`serve --ca-cert --ca-key`).
     root_key: Vec<u8>,
+    /// What every manager is started with after `serve --data-dir D --listen A`.
+    args: Vec<String>,
 }
 
 impl Swarm {
@@ -48,33 +50,43 @@ impl Swarm {
         std::fs::write(&root_key, &g.key_pem).unwrap();
         let (root_cert, root_key_path) =
             (root_cert.to_str().unwrap().to_string(), root_key.to_str().unwrap().to_string());
+        let args: Vec<String> = [
+            "--etcd",
+            &endpoints,
+            "--leader-lease",
+            LEASE,
+            "--seal-key-file",
+            &seal,
+            "--ca-cert",
+            &root_cert,
+            "--ca-key",
+            &root_key_path,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let managers: Vec<Server> = (0..n)
-            .map(|i| {
-                let data = dir.path().join(format!("m{i}"));
-                Server::spawn(
-                    &data,
-                    crate::cli::free_port(),
-                    &[
-                        "--etcd",
-                        &endpoints,
-                        "--leader-lease",
-                        LEASE,
-                        "--seal-key-file",
-                        &seal,
-                        "--ca-cert",
-                        &root_cert,
-                        "--ca-key",
-                        &root_key_path,
-                    ],
-                )
-            })
+            .map(|i| Server::spawn(&dir.path().join(format!("m{i}")), crate::cli::free_port(), &arg_refs))
             .collect();
         for m in &managers {
             m.wait_ready();
         }
         let ids = managers.iter().map(self_id).collect();
         std::fs::remove_file(&root_key).unwrap();
-        Some(Swarm { etcd, dir, managers, ids, root_key: g.key_pem })
+        Some(Swarm { etcd, dir, managers, ids, root_key: g.key_pem, args })
+    }
+
+    /// Stops manager `i` (SIGTERM) and starts it again on the same data directory and port,
+    /// without waiting until it serves.
+    fn restart(&mut self, i: usize) {
+        let old = self.managers.remove(i);
+        let (data, port) = (old.data.clone(), old.addr.rsplit(':').next().unwrap().to_string());
+        assert!(old.terminate().success());
+        // The given root applies only at creation (and its key file is gone).
+        let args: Vec<&str> =
+            self.args.iter().take_while(|a| *a != "--ca-cert").map(String::as_str).collect();
+        self.managers.insert(i, Server::spawn(&data, port.parse().unwrap(), &args));
     }
 
     /// The index of the manager that leads, as `node ls` through manager `via` says.
@@ -378,4 +390,49 @@ fn with_etcd_down_managers_still_serve_the_root_and_joins_resume_when_it_is_back
     let back = Instant::now();
     let attempts = swarm.join_eventually(&token, "after-outage", back);
     println!("etcd restarted: a join succeeded {:?} later ({attempts} failed attempts)", back.elapsed());
+}
+
+#[test]
+fn with_autolock_a_restarted_manager_stays_locked_while_the_unlocked_one_serves() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut swarm) = Swarm::start(2) else { return };
+    let token = swarm.managers[0].token("worker");
+    let o = swarm.managers[0].admin(&["cluster", "update", "--autolock", "true"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let key = swarm.managers[0].admin_ok(&["unlock-key", "-q"]).trim().to_string();
+
+    swarm.restart(1);
+    let locked = &swarm.managers[1];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&locked.log).unwrap_or_default().contains("This manager is locked") {
+        assert!(
+            Instant::now() < deadline,
+            "manager 1 never said it is locked:\n{}",
+            std::fs::read_to_string(&locked.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        std::net::TcpStream::connect(&locked.addr).is_err(),
+        "a locked manager keeps its TLS port closed"
+    );
+    let o = locked.admin(&["node", "ls"]);
+    assert!(text(&o.stderr).contains("this manager is locked"), "{}", text(&o.stderr));
+
+    // The unlocked manager serves on: joins through it succeed.
+    let d = swarm.dir.path().join("while-locked");
+    let o = join(&swarm.managers[0].addr, &token, &d);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    openssl_verify(&d);
+
+    // Unlocked with the key, the second manager serves again.
+    let key_file = swarm.dir.path().join("unlock.key");
+    std::fs::write(&key_file, &key).unwrap();
+    let o = swarm.managers[1].admin(&["unlock", "--key-file", key_file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    swarm.managers[1].wait_ready();
+    let d = swarm.dir.path().join("after-unlock");
+    let o = join(&swarm.managers[1].addr, &token, &d);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    openssl_verify(&d);
 }

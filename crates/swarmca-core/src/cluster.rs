@@ -43,6 +43,19 @@ pub fn external_cas(cluster: &Cluster) -> Vec<ExternalCa> {
         .unwrap_or_default()
 }
 
+/// The subsystem name of the manager unlock key in `Cluster::unlock_keys` (SwarmKit's).
+pub const UNLOCK_SUBSYSTEM: &str = "swarm-manager";
+
+/// Whether managers of `cluster` are autolocked (`spec.encryption_config.auto_lock_managers`).
+pub fn autolock_on(cluster: &Cluster) -> bool {
+    cluster.spec.as_ref().and_then(|s| s.encryption_config.as_ref()).is_some_and(|e| e.auto_lock_managers)
+}
+
+/// The manager unlock key's bytes in `cluster`, if it holds one.
+pub fn unlock_key(cluster: &Cluster) -> Option<&[u8]> {
+    cluster.unlock_keys.iter().find(|k| k.subsystem == UNLOCK_SUBSYSTEM).map(|k| k.key.as_slice())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

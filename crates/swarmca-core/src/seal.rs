@@ -304,6 +304,11 @@ impl Kek {
         self.source
     }
 
+    /// Whether two KEKs are the same key from the same source (in constant time).
+    pub fn same_as(&self, other: &Kek) -> bool {
+        self.source == other.source && bool::from(self.secret.0.as_ref().ct_eq(other.secret.0.as_ref()))
+    }
+
     /// The data key wrapped under this KEK, for the record of `cluster_id`.
     pub fn wrap(
         &self,

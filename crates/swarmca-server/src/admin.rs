@@ -108,4 +108,11 @@ impl Admin for Control {
     ) -> Result<Response<admin::RotationStatus>, Status> {
         Ok(Response::new(self.rotation_status().await?))
     }
+
+    async fn unlock(
+        &self,
+        _req: Request<admin::UnlockRequest>,
+    ) -> Result<Response<admin::UnlockResponse>, Status> {
+        Ok(Response::new(admin::UnlockResponse { message: "this manager is not locked".into() }))
+    }
 }

@@ -85,6 +85,8 @@ pub struct Identity {
     pub key_pem: Vec<u8>,
     /// The same key sealed for its file, under the key-encryption key.
     pub key_file: Vec<u8>,
+    /// The key-encryption key the file is sealed under (the unlock key's, when autolocked).
+    pub kek: Kek,
     /// The cluster's data key: what the store's secrets are sealed under.
     pub data_key: DataKey,
     /// Whether this start sealed a record written in clear by an earlier version.
@@ -209,6 +211,7 @@ impl Bootstrap<'_> {
             cert_pem: own.cert,
             key_pem: own.key,
             key_file,
+            kek,
             data_key,
             migrated: false,
             tokens: root.join_tokens.clone().unwrap_or_default(),
@@ -289,6 +292,7 @@ impl Bootstrap<'_> {
             cert_pem,
             key_pem,
             key_file,
+            kek,
             data_key,
             migrated,
             tokens,

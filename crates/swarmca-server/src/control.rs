@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use swarmca_core::cluster::{autolock_on, UNLOCK_SUBSYSTEM};
 use swarmca_core::policy::issuance_state;
 use swarmca_core::role::Role;
 use swarmca_core::rootca::{digest, digest_string, MIN_NODE_CERT_EXPIRY};
@@ -25,10 +26,6 @@ use crate::server::CaServer;
 
 /// Read-modify-write attempts before giving up with `Contention`.
 const ATTEMPTS: usize = 32;
-/// Subsystem of the manager unlock key.
-const UNLOCK_SUBSYSTEM: &str = "swarm-manager";
-/// Prefix of human-readable unlock keys, as SwarmKit prints them.
-const UNLOCK_KEY_PREFIX: &str = "SWMKEY-1-";
 
 /// Administration of one cluster, bound to the server that serves it.
 #[derive(Clone)]
@@ -318,7 +315,10 @@ impl Control {
         let key = c.unlock_keys.iter().find(|k| k.subsystem == UNLOCK_SUBSYSTEM);
         Ok(admin::UnlockKeyResponse {
             unlock_key: match (on, key) {
-                (true, Some(k)) => format!("{UNLOCK_KEY_PREFIX}{}", base64_std_nopad(&k.key)),
+                (true, Some(k)) => swarmca_core::seal::UnlockKey::from_bytes(&k.key)
+                    .map_err(|e| ServerError::Internal(format!("stored unlock key: {e}")))?
+                    .to_text()
+                    .to_string(),
                 _ => String::new(),
             },
             autolock: on,
@@ -418,10 +418,6 @@ impl Control {
     }
 }
 
-fn autolock_on(c: &Cluster) -> bool {
-    c.spec.as_ref().and_then(|s| s.encryption_config.as_ref()).is_some_and(|e| e.auto_lock_managers)
-}
-
 fn unlock_key(key: Vec<u8>) -> EncryptionKey {
     EncryptionKey { subsystem: UNLOCK_SUBSYSTEM.into(), key, ..Default::default() }
 }
@@ -464,31 +460,4 @@ fn cert_not_after(n: &Node) -> Option<SystemTime> {
     let s = leaf_summary(&n.certificate.as_ref()?.certificate)?;
     let secs = u64::try_from(s.not_after).ok()?;
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
-}
-
-/// Standard base64 without padding (SwarmKit's unlock-key encoding).
-fn base64_std_nopad(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64_std_nopad;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors_without_padding() {
-        for (input, want) in [
-            ("", ""),
-            ("f", "Zg"),
-            ("fo", "Zm8"),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg"),
-            ("fooba", "Zm9vYmE"),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64_std_nopad(input.as_bytes()), want);
-        }
-        assert_eq!(base64_std_nopad(&[0xfb, 0xff]), "+/8");
-    }
 }

@@ -167,17 +167,38 @@ pub fn open_cluster(c: &Cluster, dek: &DataKey) -> Result<Cluster, SealError> {
     Ok(out)
 }
 
-/// The store as the server sees it: secrets sealed on every write, opened on every read.
+/// The key-encryption key a (clear) cluster record's data key belongs under: the unlock key
+/// while autolock is on, the seal key otherwise.
+pub fn desired_kek(c: &Cluster, seal: Option<&SealKey>) -> Result<Kek, CustodyError> {
+    if swarmca_core::cluster::autolock_on(c) {
+        if let Some(k) = swarmca_core::cluster::unlock_key(c) {
+            return Ok(Kek::from_unlock_key(&UnlockKey::from_bytes(k)?));
+        }
+    }
+    seal.map(Kek::from_seal_key).ok_or(CustodyError::NoSealKey)
+}
+
+/// The store as the server sees it: secrets sealed on every write, opened on every read, and
+/// the data key kept wrapped under the KEK the record's settings call for — so turning
+/// autolock on, rotating the unlock key, or turning autolock off re-wraps it in the same commit
+/// (the old unlock key then opens nothing), whichever code path writes the record.
 pub struct SealedStore {
     inner: Arc<dyn Store>,
     dek: DataKey,
+    seal_key: Option<SealKey>,
     entropy: SharedEntropy,
 }
 
 impl SealedStore {
-    /// `inner`, with the cluster's secrets sealed under `dek`.
-    pub fn new(inner: Arc<dyn Store>, dek: DataKey, entropy: SharedEntropy) -> SealedStore {
-        SealedStore { inner, dek, entropy }
+    /// `inner`, with the cluster's secrets sealed under `dek`; `seal_key` wraps it while
+    /// autolock is off (without it, autolock cannot be turned off through this store).
+    pub fn new(
+        inner: Arc<dyn Store>,
+        dek: DataKey,
+        seal_key: Option<SealKey>,
+        entropy: SharedEntropy,
+    ) -> SealedStore {
+        SealedStore { inner, dek, seal_key, entropy }
     }
 
     /// The data key (to wrap it again when the KEK changes).
@@ -197,8 +218,16 @@ impl SealedStore {
     }
 
     fn seal(&self, c: &Cluster) -> Result<Cluster, StoreError> {
-        seal_cluster(c, &self.dek, &self.entropy)
-            .map_err(|e| StoreError::Unavailable(format!("sealing: {e}")))
+        let refuse = |e: CustodyError| StoreError::Unavailable(format!("sealing: {e}"));
+        let mut out = seal_cluster(c, &self.dek, &self.entropy).map_err(|e| refuse(e.into()))?;
+        let kek = desired_kek(c, self.seal_key.as_ref()).map_err(refuse)?;
+        let current = out.sealing.as_ref().filter(|s| kek_source(s) == kek.source());
+        let wrapped_right = current
+            .is_some_and(|s| kek.unwrap(&s.wrapped_data_key, &c.id).is_ok_and(|k| k.same_as(&self.dek)));
+        if !wrapped_right {
+            out.sealing = Some(sealing(&kek, &self.dek, &c.id, &self.entropy).map_err(|e| refuse(e.into()))?);
+        }
+        Ok(out)
     }
 }
 
@@ -251,13 +280,19 @@ impl Store for SealedStore {
 pub struct SealedElection {
     inner: Arc<dyn Election>,
     dek: DataKey,
+    seal_key: Option<SealKey>,
     entropy: SharedEntropy,
 }
 
 impl SealedElection {
-    /// `inner`, with every term's store sealed under `dek`.
-    pub fn new(inner: Arc<dyn Election>, dek: DataKey, entropy: SharedEntropy) -> SealedElection {
-        SealedElection { inner, dek, entropy }
+    /// `inner`, with every term's store sealed under `dek` (see [`SealedStore::new`]).
+    pub fn new(
+        inner: Arc<dyn Election>,
+        dek: DataKey,
+        seal_key: Option<SealKey>,
+        entropy: SharedEntropy,
+    ) -> SealedElection {
+        SealedElection { inner, dek, seal_key, entropy }
     }
 }
 
@@ -265,8 +300,12 @@ impl Election for SealedElection {
     fn campaign<'a>(&'a self, candidate: &'a str) -> BoxFuture<'a, Result<Box<dyn Term>, StoreError>> {
         Box::pin(async move {
             let term = self.inner.campaign(candidate).await?;
-            let store: Arc<dyn Store> =
-                Arc::new(SealedStore::new(term.store(), self.dek.clone(), self.entropy.clone()));
+            let store: Arc<dyn Store> = Arc::new(SealedStore::new(
+                term.store(),
+                self.dek.clone(),
+                self.seal_key.clone(),
+                self.entropy.clone(),
+            ));
             Ok(Box::new(SealedTerm { term, store }) as Box<dyn Term>)
         })
     }

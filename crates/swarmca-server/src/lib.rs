@@ -19,7 +19,7 @@
 // ARCHITECTURE.md): the environment and its seams (env, signal, error, peer, tls, leadership,
 // external, custody), the signer (signer), shared state (server), issuance decisions (issuers), the RPC
 // front (rpc), a term's duties (duties), a manager's life (manager), the control API (control,
-// rotation, admin).
+// rotation, admin), the locked control socket (unlock).
 mod admin;
 pub mod bootstrap;
 pub mod control;
@@ -41,6 +41,7 @@ mod server;
 mod signal;
 mod signer;
 pub mod tls;
+pub mod unlock;
 
 pub use duties::reconciler;
 

@@ -32,8 +32,6 @@ const NODE_ID_ATTEMPTS: usize = 4;
 const RENEW_ATTEMPTS: usize = 16;
 /// Attempts at recording a node's certificate issuer against concurrent writers.
 const TLS_INFO_ATTEMPTS: usize = 4;
-/// The subsystem name of the manager unlock key.
-const MANAGER_UNLOCK_SUBSYSTEM: &str = "swarm-manager";
 
 impl CaServer {
     /// The caller's chain, verified against the current roots, with what it proves: the
@@ -145,7 +143,13 @@ impl CaServer {
                 &blacklist,
             );
             match r {
-                Ok(id) => return Ok(Some(id)),
+                Ok(id) => {
+                    // Only a node that is a manager now may forward another's renewal.
+                    if let (Some(_), Ok(forwarder)) = (&fwd, &direct) {
+                        self.stored_manager(&forwarder.node_id, "forwarding node").await?;
+                    }
+                    return Ok(Some(id));
+                }
                 Err(e) => debug!(role, reason = %e, "not a renewal"),
             }
         }
@@ -307,12 +311,34 @@ impl CaServer {
         }
     }
 
+    /// Refuses `node_id` unless the store holds it as a manager now, meant to stay one: a
+    /// certificate says what a node was when it was issued, and a demoted manager's stays valid
+    /// until it expires (SwarmKit issue #1655: such a node could still fetch the unlock key).
+    async fn stored_manager(&self, node_id: &str, what: &str) -> Result<(), ServerError> {
+        let node = self.inner.deps.store.get_node(node_id).await?;
+        let manager = Role::Manager.to_proto();
+        let is_manager = node
+            .as_ref()
+            .is_some_and(|n| n.role == manager && n.spec.as_ref().is_some_and(|s| s.desired_role == manager));
+        if is_manager {
+            return Ok(());
+        }
+        warn!(
+            node = node_id,
+            what, "refused: its manager certificate is still valid, but it is no longer a manager"
+        );
+        Err(ServerError::PermissionDenied(format!(
+            "{what} {node_id} is not a manager any more (demoted or removed)"
+        )))
+    }
+
     async fn unlock_key(&self, call: &CallInfo<'_>) -> Result<GetUnlockKeyResponse, ServerError> {
         let cluster = self.cluster().await?;
         let direct = self.direct_identity(call);
-        authorize_forwarded_role_and_org(
+        let forwarded = forwarded_info(call.metadata);
+        let id = authorize_forwarded_role_and_org(
             direct.as_ref().map_err(String::as_str),
-            forwarded_info(call.metadata).as_ref(),
+            forwarded.as_ref(),
             &[MANAGER_OU],
             &[MANAGER_OU],
             self.cluster_id(),
@@ -322,22 +348,16 @@ impl CaServer {
         .inspect(|id| {
             tracing::Span::current().record("node", id.as_str());
         })?;
+        self.stored_manager(&id, "node").await?;
+        if let (Some(_), Ok(forwarder)) = (&forwarded, &direct) {
+            self.stored_manager(&forwarder.node_id, "forwarding node").await?;
+        }
         if let Some((id, info, leaf)) = self.direct_tls_info(call) {
             self.note_tls_info(id, info, leaf);
         }
         let version = Version { index: swarmca_store::version_of(cluster.meta.as_ref()) };
-        let autolock = cluster
-            .spec
-            .as_ref()
-            .and_then(|s| s.encryption_config.as_ref())
-            .is_some_and(|e| e.auto_lock_managers);
-        let unlock_key = if autolock {
-            cluster
-                .unlock_keys
-                .iter()
-                .find(|k| k.subsystem == MANAGER_UNLOCK_SUBSYSTEM)
-                .map(|k| k.key.clone())
-                .unwrap_or_default()
+        let unlock_key = if swarmca_core::cluster::autolock_on(&cluster) {
+            swarmca_core::cluster::unlock_key(&cluster).map(<[u8]>::to_vec).unwrap_or_default()
         } else {
             Vec::new()
         };

@@ -15,6 +15,9 @@ use swarmca_types::issuance_status::State;
 use swarmca_types::{Cluster, NodeTlsInfo};
 use tracing::{error, info, warn};
 
+use swarmca_core::seal::{Kek, SealKey};
+use zeroize::Zeroizing;
+
 use crate::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
 use crate::listener::DynamicTls;
 use crate::CaServer;
@@ -34,8 +37,18 @@ pub struct SelfCert {
     pub node_id: String,
     /// Where this manager's certificate files live.
     pub certs_dir: PathBuf,
-    /// What this manager's key file is sealed under.
-    pub kek: swarmca_core::seal::Kek,
+    /// This manager's key, and what its file is sealed under.
+    pub key_file: std::sync::Mutex<KeyFile>,
+    /// The seal key: what the key file is sealed under while autolock is off.
+    pub seal_key: Option<SealKey>,
+}
+
+/// This manager's private key and the KEK its file is sealed under now.
+pub struct KeyFile {
+    /// The clear key (PEM), wiped on drop.
+    pub key_pem: Zeroizing<Vec<u8>>,
+    /// The KEK of the file as written.
+    pub kek: Kek,
 }
 
 /// A renewal of this manager's certificate in flight: the CSR sent and its key.
@@ -122,6 +135,7 @@ impl SelfCert {
                 Err(e) => warn!(error = %e.0, "new trust roots unusable; keeping the previous ones"),
             }
         }
+        self.reseal_key_file(c);
         let root = c.root_ca.clone().unwrap_or_default().ca_cert;
         if root != *root_file {
             if let Err(e) = files::write_atomic(&self.certs_dir, ROOT_CERT, &root, false) {
@@ -129,6 +143,36 @@ impl SelfCert {
             }
             *root_file = root;
         }
+    }
+
+    /// Seals the key file again when the cluster's KEK changed (autolock turned on or off, the
+    /// unlock key rotated): a file left under the old unlock key would not open with the new.
+    fn reseal_key_file(&self, c: &Cluster) {
+        let want = match crate::custody::desired_kek(c, self.seal_key.as_ref()) {
+            Ok(k) => k,
+            Err(e) => return warn!(error = %e, "cannot tell what this manager's key file belongs under"),
+        };
+        let mut kf = self.key_file.lock().unwrap_or_else(|e| e.into_inner());
+        if want.same_as(&kf.kek) {
+            return;
+        }
+        match self.write_key(&want, &kf.key_pem) {
+            Ok(()) => {
+                info!(under = ?want.source(), "this manager's key file is sealed under the cluster's new key-encryption key");
+                kf.kek = want;
+            }
+            Err(e) => {
+                error!(error = %e.0, "cannot seal this manager's key file again; it opens only with the previous key")
+            }
+        }
+    }
+
+    /// Seals `key_pem` under `kek` and writes it as this manager's key file.
+    fn write_key(&self, kek: &Kek, key_pem: &[u8]) -> Result<(), files::FileError> {
+        let entropy = &self.server.inner.deps.entropy;
+        let sealed = crate::custody::seal_with(entropy, |e| kek.seal_node_key(&self.cluster_id, key_pem, e))
+            .map_err(|e| files::FileError(format!("cannot seal this manager's key: {e}")))?;
+        files::write_atomic(&self.certs_dir, NODE_KEY, &sealed, true)
     }
 
     async fn on_node(&self, node: Node, renewal: &mut Option<Renewal>) {
@@ -191,13 +235,15 @@ impl SelfCert {
         if let Err(e) = self.tls.set_identity(cert_pem, key_pem) {
             return error!(error = %e.0, "this manager's new certificate is unusable; keeping the old one");
         }
-        let entropy = &self.server.inner.deps.entropy;
-        let sealed =
-            crate::custody::seal_with(entropy, |e| self.kek.seal_node_key(&self.cluster_id, key_pem, e))
-                .map_err(|e| files::FileError(format!("cannot seal this manager's new key: {e}")));
-        let written = sealed
-            .and_then(|sealed| files::write_atomic(&self.certs_dir, NODE_KEY, &sealed, true))
-            .and_then(|()| files::write_atomic(&self.certs_dir, NODE_CERT, cert_pem, false));
+        let written = {
+            let mut kf = self.key_file.lock().unwrap_or_else(|e| e.into_inner());
+            let w = self.write_key(&kf.kek, key_pem);
+            if w.is_ok() {
+                kf.key_pem = Zeroizing::new(key_pem.to_vec());
+            }
+            w
+        }
+        .and_then(|()| files::write_atomic(&self.certs_dir, NODE_CERT, cert_pem, false));
         if let Err(e) = written {
             warn!(error = %e.0, "cannot write this manager's new certificate files");
         }

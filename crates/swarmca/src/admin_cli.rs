@@ -487,3 +487,52 @@ pub async fn unlock_key(data_dir: &Path, rotate: bool, quiet: bool) -> Result<()
     }
     Ok(())
 }
+
+/// `swarmca unlock`: the key from `key_file`, or standard input when it is not a terminal, or
+/// asked for without echo; sent to the locked manager on its control socket.
+pub async fn unlock(data_dir: &Path, key_file: Option<&Path>) -> Result<(), Fatal> {
+    use std::io::IsTerminal as _;
+    let key = match key_file {
+        Some(f) => zeroize::Zeroizing::new(
+            std::fs::read_to_string(f).map_err(|e| fatal!("cannot read {}: {e}", f.display()))?,
+        ),
+        None if !std::io::stdin().is_terminal() => {
+            let mut s = zeroize::Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut s).map_err(|e| fatal!("cannot read the key from stdin: {e}"))?;
+            s
+        }
+        None => prompt_hidden("Enter unlock key: ")?,
+    };
+    let mut c = client(data_dir).await?;
+    let r = c
+        .unlock(admin::UnlockRequest { unlock_key: key.trim().to_string() })
+        .await
+        .map_err(rpc_err)?
+        .into_inner();
+    println!("{}", capitalized(&r.message));
+    Ok(())
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+/// Reads a line from the terminal with echo off (through `stty`, restored even on error).
+fn prompt_hidden(prompt: &str) -> Result<zeroize::Zeroizing<String>, Fatal> {
+    use std::io::Write as _;
+    let stty = |arg: &str| {
+        std::process::Command::new("stty").arg(arg).stdin(std::process::Stdio::inherit()).status()
+    };
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let hidden = stty("-echo").is_ok_and(|s| s.success());
+    let mut s = zeroize::Zeroizing::new(String::new());
+    let read = std::io::stdin().read_line(&mut s);
+    if hidden {
+        let _ = stty("echo");
+        eprintln!();
+    }
+    read.map_err(|e| fatal!("cannot read the key: {e}"))?;
+    Ok(s)
+}

@@ -119,6 +119,11 @@ enum Command {
         /// under it before they reach etcd. Without --etcd the data directory keeps its own.
         #[arg(long, requires = "etcd")]
         seal_key_file: Option<PathBuf>,
+        /// The unlock key, for a manager of an autolocked cluster (read from this file; or set
+        /// SWARMCA_UNLOCK_KEY). Without it such a manager starts locked and waits for
+        /// `swarmca unlock`.
+        #[arg(long)]
+        unlock_key_file: Option<PathBuf>,
     },
     /// Join a swarm: fetch and verify the root CA against the token, send a CSR, wait for the
     /// certificate, and write swarm-node.crt, swarm-node.key and swarm-root-ca.crt.
@@ -249,6 +254,18 @@ enum Command {
         /// Print the key only.
         #[arg(short, long)]
         quiet: bool,
+    },
+    /// Unlock a manager that started locked (autolock on) by giving it the unlock key.
+    ///
+    /// The key is read from --key-file, or from standard input when that is not a terminal, or
+    /// asked for without echo. A wrong key is refused, and each wrong key in a row makes the
+    /// next answer wait longer (up to 30 s).
+    Unlock {
+        #[command(flatten)]
+        data: DataDir,
+        /// A file holding the unlock key.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
     /// Make a seal key: the secret that wraps the cluster's data key while autolock is off.
     ///
@@ -493,6 +510,7 @@ async fn dispatch(cmd: Command) -> Result<(), Fatal> {
             etcd_prefix,
             leader_lease,
             seal_key_file,
+            unlock_key_file,
         } => {
             let init = serve::InitOptions { cert_expiry, external_ca, ca_cert, ca_key };
             let etcd = (!etcd.is_empty()).then_some(ha::EtcdArgs {
@@ -504,7 +522,7 @@ async fn dispatch(cmd: Command) -> Result<(), Fatal> {
                 lease: leader_lease,
                 seal_key_file,
             });
-            serve::serve(&data.path, listen, init, rotation_interval, etcd).await
+            serve::serve(&data.path, listen, init, rotation_interval, etcd, unlock_key_file.as_deref()).await
         }
         Command::Join { token, cert_dir, timeout, addr } => {
             client::join(&addr, &token, &cert_dir, timeout).await
@@ -545,5 +563,6 @@ async fn dispatch(cmd: Command) -> Result<(), Fatal> {
         }
         Command::UnlockKey { data, rotate, quiet } => admin_cli::unlock_key(&data.path, rotate, quiet).await,
         Command::SealKey { action: SealKeyAction::Generate { file } } => seal_key_generate(file.as_deref()),
+        Command::Unlock { data, key_file } => admin_cli::unlock(&data.path, key_file.as_deref()).await,
     }
 }

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use swarmca_core::rootca::RootCa;
+use swarmca_core::seal::UnlockKey;
 use swarmca_proto::admin::admin_server::AdminServer;
 use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
-use swarmca_server::bootstrap::{Bootstrap, BootstrapError, NewCluster};
-use swarmca_server::custody::{Keys, SealedElection, SealedStore};
+use swarmca_server::bootstrap::{BootstrapError, NewCluster};
+use swarmca_server::custody::{CustodyError, Keys, SealedElection, SealedStore};
+use swarmca_server::unlock::{AdminGate, NotStarted, Unlocking};
 use swarmca_server::{
     shared_entropy, CaServer, Clock, Control, Election, Manager, OsEntropy, ServerConfig, ServerDeps, Solo,
     SystemClock, TlsPeerCertificates,
@@ -25,7 +27,7 @@ use crate::ha::{self, EtcdArgs};
 use crate::{fatal, Fatal};
 use swarmca_server::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
 use swarmca_server::listener::{self, DynamicTls};
-use swarmca_server::selfcert::SelfCert;
+use swarmca_server::selfcert::{KeyFile, SelfCert};
 
 /// The store file inside the data directory.
 pub const STORE_FILE: &str = "swarmca.redb";
@@ -87,6 +89,24 @@ fn open_embedded(data_dir: &Path) -> Result<StoreAndElection, Fatal> {
     Ok((store.clone(), Arc::new(Solo::new(store))))
 }
 
+/// The environment variable an unlock key may be given in (`serve` reads it once at start).
+pub const UNLOCK_KEY_ENV: &str = "SWARMCA_UNLOCK_KEY";
+
+/// The unlock key given at start: `--unlock-key-file`, else `$SWARMCA_UNLOCK_KEY`, if any.
+fn unlock_key_given(file: Option<&Path>) -> Result<Option<UnlockKey>, Fatal> {
+    let text = match file {
+        Some(f) => zeroize::Zeroizing::new(
+            std::fs::read_to_string(f)
+                .map_err(|e| fatal!("cannot read --unlock-key-file {}: {e}", f.display()))?,
+        ),
+        None => match std::env::var(UNLOCK_KEY_ENV) {
+            Ok(v) => zeroize::Zeroizing::new(v),
+            Err(_) => return Ok(None),
+        },
+    };
+    UnlockKey::parse(&text).map(Some).map_err(|e| fatal!("the unlock key given at start: {e}"))
+}
+
 /// Fails if another server answers on the control socket; removes a stale socket file.
 async fn claim_socket(path: &Path) -> Result<tokio::net::UnixListener, Fatal> {
     if path.exists() {
@@ -113,6 +133,7 @@ pub async fn serve(
     init: InitOptions,
     rotation_interval: Duration,
     etcd: Option<EtcdArgs>,
+    unlock_key_file: Option<&Path>,
 ) -> Result<(), Fatal> {
     files::ensure_private_dir(data_dir).map_err(|e| fatal!("unusable data directory: {e}"))?;
     let certs = data_dir.join("certificates");
@@ -140,7 +161,7 @@ pub async fn serve(
             key
         }
     };
-    let keys = Keys { seal: Some(seal_key), unlock: None };
+    let mut keys = Keys { seal: Some(seal_key), unlock: unlock_key_given(unlock_key_file)? };
     let (store, election): StoreAndElection = match &etcd {
         Some(args) => {
             let store = ha::connect(args).await?;
@@ -151,28 +172,96 @@ pub async fn serve(
     };
     let socket = socket_path(data_dir);
     let control_listener = claim_socket(&socket).await?;
-    let tcp =
-        tokio::net::TcpListener::bind(listen).await.map_err(|e| fatal!("cannot listen on {listen}: {e}"))?;
+    let socket_owner = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&socket).map_err(|e| fatal!("control socket {}: {e}", socket.display()))?.uid()
+    };
+    // The TLS port is taken once the keys are open (a locked manager keeps it closed); a busy
+    // port is reported now rather than after the cluster has been created.
+    drop(tokio::net::TcpListener::bind(listen).await.map_err(|e| fatal!("cannot listen on {listen}: {e}"))?);
+    // Stopped by SIGINT/SIGTERM, or when serving ends.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let signal_task = {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            info!("signal received: shutting down");
+            let _ = stop_tx.send(true);
+        })
+    };
+    // The control socket answers from the start: while this manager is locked, with how to
+    // unlock it (and `swarmca unlock` reaches it).
+    let (gate, attempts) = AdminGate::new();
+    let admin = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AdminServer::new(gate.clone()))
+            .serve_with_incoming_shutdown(
+                futures_unix(control_listener, socket_owner),
+                stopped(stop_rx.clone()),
+            ),
+    );
+    let finish_admin = |admin: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>| async move {
+        match admin.await {
+            Ok(Err(e)) => error!(error = %e, "admin socket"),
+            Err(e) => error!(error = %e, "admin socket task"),
+            Ok(Ok(())) => {}
+        }
+    };
 
     let own = match (certs.join(NODE_CERT).exists(), certs.join(NODE_KEY).exists()) {
         (true, true) => Some((files::read(&certs, NODE_CERT)?, files::read(&certs, NODE_KEY)?)),
         _ => None,
     };
-    let boot =
-        Bootstrap { store: &*store, election: &*election, clock: &clock, entropy: &entropy, keys: &keys };
     let new_cluster = init.to_new_cluster()?;
-    let id = boot
-        .start(&new_cluster, own, || {
+    let given = keys.unlock.is_some();
+    let mut attempts = attempts;
+    let started = Unlocking {
+        store: &*store,
+        election: &*election,
+        clock: &clock,
+        entropy: &entropy,
+        keys: &mut keys,
+        attempts: &mut attempts,
+    }
+    .start(
+        &new_cluster,
+        own,
+        stopped(stop_rx.clone()),
+        || {
+            println!(
+                "This manager is locked: autolock is on and its keys are sealed under the unlock key.\nIt serves nothing until unlocked:\n\n    swarmca unlock --data-dir {}\n",
+                data_dir.display()
+            )
+        },
+        || {
             if etcd.is_some() {
                 println!("No cluster in etcd yet: waiting for the leadership to create it...");
             }
-        })
-        .await
-        .map_err(|e| match e {
-            BootstrapError::Refused(m) => fatal!("{m} (certificates in {})", certs.display()),
-            BootstrapError::Custody(e) => fatal!("{e}"),
-            e => fatal!("{e}"),
-        })?;
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        NotStarted::Stopped => fatal!(""),
+        NotStarted::Refused(BootstrapError::Refused(m)) => fatal!("{m} (certificates in {})", certs.display()),
+        NotStarted::Refused(BootstrapError::Custody(e @ CustodyError::WrongKey(_))) if given => {
+            fatal!("{e} (the key given with --unlock-key-file or ${UNLOCK_KEY_ENV})")
+        }
+        NotStarted::Refused(e) => fatal!("{e}"),
+    });
+    let id = match started {
+        Ok(x) => x,
+        Err(f) => {
+            let _ = stop_tx.send(true);
+            signal_task.abort();
+            finish_admin(admin).await;
+            let _ = std::fs::remove_file(&socket);
+            // Stopped by a signal while locked: a clean exit.
+            return if f.0.is_empty() { Ok(()) } else { Err(f) };
+        }
+    };
+    let tcp =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| fatal!("cannot listen on {listen}: {e}"))?;
     if !id.created {
         if init.cert_expiry.is_some_and(|d| d != id.expiry) {
             warn!("--cert-expiry applies only when the cluster is created; use `swarmca cluster update --cert-expiry`");
@@ -197,10 +286,10 @@ pub async fn serve(
         println!("The cluster's keys were stored in clear by an earlier version; they are sealed now. Backups made before this start still hold them in clear.");
     }
     // From here on, every read opens the cluster's secrets and every write seals them.
-    let store: Arc<dyn Store> = Arc::new(SealedStore::new(store, id.data_key.clone(), entropy.clone()));
+    let store: Arc<dyn Store> =
+        Arc::new(SealedStore::new(store, id.data_key.clone(), keys.seal.clone(), entropy.clone()));
     let election: Arc<dyn Election> =
-        Arc::new(SealedElection::new(election, id.data_key.clone(), entropy.clone()));
-    let kek = keys.kek(swarmca_core::seal::KekSource::SealKey).map_err(|e| fatal!("{e}"))?;
+        Arc::new(SealedElection::new(election, id.data_key.clone(), keys.seal.clone(), entropy.clone()));
     files::write_atomic(&certs, NODE_CERT, &id.cert_pem, false)?;
 
     let root_ca = RootCa::from_api(&id.root, id.expiry, clock.now())?;
@@ -219,8 +308,6 @@ pub async fn serve(
     server
         .update_tls_credentials(&id.cert_pem, &id.key_pem)
         .map_err(|e| fatal!("this manager's credentials are unusable for the external CA client: {e}"))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
     let manager = Manager::new(server.clone(), election, id.node_id.clone());
     let mut run = {
         let m = manager.clone();
@@ -251,30 +338,13 @@ pub async fn serve(
         id.tokens.manager
     );
 
-    let signal_task = {
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            info!("signal received: shutting down");
-            let _ = stop_tx.send(true);
-        })
-    };
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let control = {
+    gate.open({
         let manager = manager.clone();
         Control::new(server.clone(), Some(id.node_id.clone())).with_leader_lookup(Arc::new(move || {
             let manager = manager.clone();
             Box::pin(async move { manager.leader().await })
         }))
-    };
-    let control_incoming = futures_unix(control_listener);
-    let admin = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AdminServer::new(control))
-            .serve_with_incoming_shutdown(control_incoming, stopped(stop_rx.clone())),
-    );
+    });
     let mut trust = id.root.ca_cert.clone();
     if let Some(r) = &id.root.root_rotation {
         trust.push(b'\n');
@@ -289,7 +359,11 @@ pub async fn serve(
             cluster_id: id.cluster_id.clone(),
             node_id: id.node_id.clone(),
             certs_dir: certs.clone(),
-            kek,
+            key_file: std::sync::Mutex::new(KeyFile {
+                key_pem: zeroize::Zeroizing::new(id.key_pem.clone()),
+                kek: id.kek.clone(),
+            }),
+            seal_key: keys.seal.clone(),
         }
         .run(stopped(stop_rx.clone())),
     );
@@ -305,22 +379,41 @@ pub async fn serve(
     if let Err(e) = run.await {
         error!(error = %e, "the CA manager task failed");
     }
-    match admin.await {
-        Ok(Err(e)) => error!(error = %e, "admin socket"),
-        Err(e) => error!(error = %e, "admin socket task"),
-        Ok(Ok(())) => {}
-    }
+    finish_admin(admin).await;
     let _ = std::fs::remove_file(&socket);
     served.map_err(|e| fatal!("gRPC server failed: {e}"))?;
     info!("stopped cleanly");
     Ok(())
 }
 
-/// The control socket's connections as a stream tonic accepts.
+/// Resolves once `rx` says stop.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// The control socket's connections as a stream tonic accepts: only from the user that owns
+/// the socket, or root. The socket is owner-only already; the peer's credentials
+/// (SO_PEERCRED) are checked too, so a socket made reachable by a permissive umask, a
+/// bind mount or a chmod still admits no one else.
 fn futures_unix(
     l: tokio::net::UnixListener,
+    owner: u32,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
-    tokio_stream::wrappers::UnixListenerStream::new(l)
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::UnixListenerStream::new(l).filter_map(move |conn| match conn {
+        Ok(s) => match s.peer_cred() {
+            Ok(c) if c.uid() == owner || c.uid() == 0 => Some(Ok(s)),
+            Ok(c) => {
+                warn!(uid = c.uid(), pid = ?c.pid(), "control socket: refused a connection from another user");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket: refused a connection whose peer is unknown");
+                None
+            }
+        },
+        Err(e) => Some(Err(e)),
+    })
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,8 @@ use swarmca_core::seal::{SealKey, UnlockKey};
 use swarmca_store::MemStore;
 use swarmca_types::{EncryptionKey, RootCa as ApiRootCa, RootRotation};
 
+use swarmca_core::seal::KekSource;
+
 use super::*;
 use crate::{shared_entropy, OsEntropy};
 
@@ -56,7 +58,7 @@ fn fixture() -> Fixture {
     let keys = Keys { seal: Some(seal_with(&entropy, SealKey::generate).unwrap()), unlock: None };
     let dek = seal_with(&entropy, DataKey::generate).unwrap();
     let inner = Arc::new(MemStore::new());
-    let sealed = SealedStore::new(inner.clone(), dek, entropy.clone());
+    let sealed = SealedStore::new(inner.clone(), dek, keys.seal.clone(), entropy.clone());
     Fixture { inner, sealed, keys, entropy }
 }
 
@@ -81,6 +83,7 @@ async fn secrets_reach_the_inner_store_sealed_and_come_back_clear() {
     let want = {
         let mut c = cluster("c1");
         c.meta = raw.meta;
+        c.sealing = raw.sealing.clone();
         c
     };
     assert_eq!(f.sealed.get_cluster("c1").await.unwrap().unwrap(), want);
@@ -107,7 +110,7 @@ async fn a_record_written_in_clear_by_an_earlier_version_reads_and_gets_sealed_o
     assert_eq!(unseal(&stored, &f.keys).unwrap().map(|_| ()), None, "not sealed yet");
 
     let (dek, record) = migrate(&stored, &f.keys, &f.entropy).unwrap();
-    let store = SealedStore::new(f.inner.clone(), dek, f.entropy.clone());
+    let store = SealedStore::new(f.inner.clone(), dek, f.keys.seal.clone(), f.entropy.clone());
     store.commit(vec![Op::UpdateCluster(record)]).await.unwrap();
     let raw = f.inner.get_cluster("old").await.unwrap().unwrap();
     assert!(!leaked(&raw));
@@ -152,6 +155,7 @@ async fn a_value_sealed_under_another_data_key_is_refused_not_returned_sealed() 
     let other = SealedStore::new(
         f.inner.clone(),
         seal_with(&f.entropy, DataKey::generate).unwrap(),
+        f.keys.seal.clone(),
         f.entropy.clone(),
     );
     assert!(matches!(other.get_cluster("c1").await, Err(StoreError::Corrupt(_))));
@@ -169,4 +173,64 @@ async fn a_value_sealed_under_another_data_key_is_refused_not_returned_sealed() 
     assert!(matches!(watch.next().await, Some(Event::UpdateCluster(_))));
     assert!(wrong.next().await.is_none(), "the watch ends");
     assert!(wrong.next().await.is_none(), "and stays ended");
+}
+
+fn with_autolock(mut c: Cluster, on: bool, key: &UnlockKey) -> Cluster {
+    c.spec.get_or_insert_with(Default::default).encryption_config =
+        Some(swarmca_types::EncryptionConfig { auto_lock_managers: on });
+    c.unlock_keys = vec![EncryptionKey {
+        subsystem: swarmca_core::cluster::UNLOCK_SUBSYSTEM.into(),
+        key: key.bytes().to_vec(),
+        ..Default::default()
+    }];
+    c
+}
+
+#[tokio::test]
+async fn autolock_wraps_the_data_key_under_the_unlock_key_and_each_change_rewraps_it() {
+    let f = fixture();
+    let seal_only = f.keys.clone();
+    f.sealed.commit(vec![Op::CreateCluster(cluster("c1"))]).await.unwrap();
+    let raw = || async { f.inner.get_cluster("c1").await.unwrap().unwrap() };
+    assert_eq!(kek_source(raw().await.sealing.as_ref().unwrap()), KekSource::SealKey);
+
+    // Autolock on: only the unlock key opens the data key now.
+    let first = seal_with(&f.entropy, UnlockKey::generate).unwrap();
+    let c = f.sealed.get_cluster("c1").await.unwrap().unwrap();
+    f.sealed.commit(vec![Op::UpdateCluster(with_autolock(c, true, &first))]).await.unwrap();
+    let locked = raw().await;
+    assert_eq!(kek_source(locked.sealing.as_ref().unwrap()), KekSource::UnlockKey);
+    assert_eq!(unseal(&locked, &seal_only).unwrap_err(), CustodyError::Locked);
+    let holder = |k: &UnlockKey| Keys { seal: None, unlock: Some(k.clone()) };
+    assert!(unseal(&locked, &holder(&first)).unwrap().unwrap().same_as(f.sealed.data_key()));
+
+    // A write that changes nothing else keeps the wrapping as it is.
+    let c = f.sealed.get_cluster("c1").await.unwrap().unwrap();
+    f.sealed.commit(vec![Op::UpdateCluster(c)]).await.unwrap();
+    assert_eq!(raw().await.sealing, locked.sealing);
+
+    // The unlock key rotated: the old one opens nothing any more.
+    let second = seal_with(&f.entropy, UnlockKey::generate).unwrap();
+    let c = f.sealed.get_cluster("c1").await.unwrap().unwrap();
+    f.sealed.commit(vec![Op::UpdateCluster(with_autolock(c, true, &second))]).await.unwrap();
+    let rotated = raw().await;
+    assert!(unseal(&rotated, &holder(&first)).unwrap_err().to_string().contains("wrong unlock key"));
+    assert!(unseal(&rotated, &holder(&second)).unwrap().unwrap().same_as(f.sealed.data_key()));
+
+    // Autolock off (the key left in the record, as SwarmKit leaves it): the seal key again.
+    let c = f.sealed.get_cluster("c1").await.unwrap().unwrap();
+    f.sealed.commit(vec![Op::UpdateCluster(with_autolock(c, false, &second))]).await.unwrap();
+    let open = raw().await;
+    assert_eq!(kek_source(open.sealing.as_ref().unwrap()), KekSource::SealKey);
+    assert!(unseal(&open, &seal_only).unwrap().unwrap().same_as(f.sealed.data_key()));
+
+    // A store without the seal key cannot turn autolock off: refused, nothing written.
+    let c = f.sealed.get_cluster("c1").await.unwrap().unwrap();
+    f.sealed.commit(vec![Op::UpdateCluster(with_autolock(c, true, &second))]).await.unwrap();
+    let keyless = SealedStore::new(f.inner.clone(), f.sealed.data_key().clone(), None, f.entropy.clone());
+    let c = keyless.get_cluster("c1").await.unwrap().unwrap();
+    let before = raw().await;
+    let e = keyless.commit(vec![Op::UpdateCluster(with_autolock(c, false, &second))]).await.unwrap_err();
+    assert!(e.to_string().contains("seal key"), "{e}");
+    assert_eq!(raw().await, before);
 }

@@ -120,6 +120,12 @@ pub(crate) async fn run_loop(
     // The root-rotation reconciler runs beside the loop for this term and sees what it sees.
     let (rec_tx, rec_rx) = mpsc::unbounded_channel();
     let reconciler = tokio::spawn(reconciler::run(server.clone(), cancel.clone(), writer.clone(), rec_rx));
+    let housekeeping = tokio::spawn(super::housekeeping::run(
+        server.inner.deps.clock.clone(),
+        cluster_id.clone(),
+        cancel.clone(),
+        writer.clone(),
+    ));
     if let Some(c) = snapshot.clusters.iter().find(|c| c.id == cluster_id) {
         let _ = rec_tx.send(reconciler::Input::Root(c.root_ca.clone().unwrap_or_default()));
     }
@@ -178,6 +184,15 @@ pub(crate) async fn run_loop(
     drop(rec_tx);
     if let Err(e) = reconciler.await {
         error!(error = %e, "root rotation reconciler ended abnormally");
+    }
+    // Housekeeping waits for the term's cancel flag, which is set only once this loop has
+    // returned (it may end by itself: a closed watch); it is stopped here instead (a commit cut
+    // short is applied wholly or not at all).
+    housekeeping.abort();
+    if let Err(e) = housekeeping.await {
+        if !e.is_cancelled() {
+            error!(error = %e, "housekeeping ended abnormally");
+        }
     }
     // Jobs see the cancel flag before writing; wait for them so nothing of this term writes
     // after `run` has returned.

@@ -1,0 +1,236 @@
+//! A locked manager's control socket.
+//!
+//! A manager of an autolocked cluster starts locked: its store holds the cluster's keys sealed
+//! under the unlock key, which it does not have. It stays up, serves no CA call (its TLS
+//! listener stays closed: its own key is sealed too), runs no duties, and answers every admin
+//! call on the control socket with "this manager is locked; run `swarmca unlock`" — except
+//! `Unlock`, whose key [`AdminGate`] hands to whoever starts the manager (`swarmca serve`) and
+//! answers with the outcome. Wrong keys are answered more and more slowly (1 s, 2 s, 4 s, …
+//! up to 30 s), so the socket cannot be used to try keys fast. Once unlocked, [`AdminGate::open`]
+//! puts the manager's [`Control`] behind the gate and every call goes through to it.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use swarmca_core::seal::UnlockKey;
+use swarmca_proto::admin::{self, admin_server::Admin};
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+
+use crate::bootstrap::{Bootstrap, BootstrapError, Identity, NewCluster};
+use crate::control::Control;
+use crate::custody::{CustodyError, Keys};
+use crate::env::{Clock, SharedEntropy};
+use crate::leadership::Election;
+use swarmca_store::Store;
+use tracing::{info, warn};
+
+/// What a locked manager answers to every admin call but `Unlock`.
+pub const LOCKED: &str = "this manager is locked: autolock is on; run `swarmca unlock`";
+
+/// The longest a wrong key's answer is held back.
+const MAX_PENALTY: Duration = Duration::from_secs(30);
+
+/// An unlock key given on the control socket, and where its outcome goes (`Err`: why the key
+/// was refused, for the operator).
+pub struct UnlockAttempt {
+    /// The key given.
+    pub key: UnlockKey,
+    /// The outcome.
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// The admin service of a manager that may be locked.
+#[derive(Clone)]
+pub struct AdminGate {
+    inner: Arc<Gate>,
+}
+
+struct Gate {
+    control: OnceLock<Control>,
+    attempts: mpsc::Sender<UnlockAttempt>,
+    /// Wrong keys in a row.
+    failures: Mutex<u32>,
+}
+
+impl AdminGate {
+    /// A closed gate, and the stream of unlock keys given to it.
+    pub fn new() -> (AdminGate, mpsc::Receiver<UnlockAttempt>) {
+        let (tx, rx) = mpsc::channel(1);
+        let gate = Gate { control: OnceLock::new(), attempts: tx, failures: Mutex::new(0) };
+        (AdminGate { inner: Arc::new(gate) }, rx)
+    }
+
+    /// Opens the gate: every call goes to `control` from now on.
+    pub fn open(&self, control: Control) {
+        let _ = self.inner.control.set(control);
+    }
+
+    fn control(&self) -> Result<&Control, Status> {
+        self.inner.control.get().ok_or_else(|| Status::failed_precondition(LOCKED))
+    }
+
+    /// How long the answer to the `n`th wrong key in a row is held back.
+    fn penalty(n: u32) -> Duration {
+        Duration::from_secs(1u64 << n.saturating_sub(1).min(5)).min(MAX_PENALTY)
+    }
+}
+
+// The impl is written by the macro as a whole, so that `async_trait` sees every method.
+macro_rules! admin_through_gate {
+    ($($name:ident($req:ty) -> $resp:ty;)*) => {
+        #[tonic::async_trait]
+        impl Admin for AdminGate {
+            $(
+                async fn $name(&self, req: Request<$req>) -> Result<Response<$resp>, Status> {
+                    Admin::$name(self.control()?, req).await
+                }
+            )*
+
+            async fn unlock(
+                &self,
+                req: Request<admin::UnlockRequest>,
+            ) -> Result<Response<admin::UnlockResponse>, Status> {
+                self.try_unlock(req).await
+            }
+        }
+    };
+}
+
+admin_through_gate! {
+    join_token(admin::JoinTokenRequest) -> admin::JoinTokenResponse;
+    list_nodes(admin::ListNodesRequest) -> admin::ListNodesResponse;
+    inspect_node(admin::NodeRequest) -> admin::NodeInfo;
+    remove_node(admin::RemoveNodeRequest) -> admin::NodeInfo;
+    promote_node(admin::NodeRequest) -> admin::NodeInfo;
+    demote_node(admin::NodeRequest) -> admin::NodeInfo;
+    accept_node(admin::NodeRequest) -> admin::NodeInfo;
+    get_cluster_info(admin::ClusterInfoRequest) -> admin::ClusterInfo;
+    update_cluster(admin::UpdateClusterRequest) -> admin::ClusterInfo;
+    unlock_key(admin::UnlockKeyRequest) -> admin::UnlockKeyResponse;
+    rotate_root(admin::RotateRootRequest) -> admin::RotationStatus;
+    get_rotation_status(admin::RotationStatusRequest) -> admin::RotationStatus;
+}
+
+impl AdminGate {
+    async fn try_unlock(
+        &self,
+        req: Request<admin::UnlockRequest>,
+    ) -> Result<Response<admin::UnlockResponse>, Status> {
+        if let Some(c) = self.inner.control.get() {
+            return Admin::unlock(c, req).await;
+        }
+        let text = zeroize::Zeroizing::new(req.into_inner().unlock_key);
+        let key = UnlockKey::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (reply, outcome) = oneshot::channel();
+        let gone = || Status::unavailable("this manager is shutting down");
+        self.inner.attempts.send(UnlockAttempt { key, reply }).await.map_err(|_| gone())?;
+        match outcome.await.map_err(|_| gone())? {
+            Ok(()) => {
+                *self.inner.failures.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+                Ok(Response::new(admin::UnlockResponse { message: "manager unlocked".into() }))
+            }
+            Err(why) => {
+                let n = {
+                    let mut f = self.inner.failures.lock().unwrap_or_else(|e| e.into_inner());
+                    *f = f.saturating_add(1);
+                    *f
+                };
+                tokio::time::sleep(AdminGate::penalty(n)).await;
+                Err(Status::permission_denied(why))
+            }
+        }
+    }
+}
+
+/// Why a manager did not start.
+#[derive(Debug)]
+pub enum NotStarted {
+    /// Stopped (a signal, or the gate went away) while it waited to be unlocked.
+    Stopped,
+    /// It cannot start: what is stored or given does not allow it (a wrong key given at start
+    /// included).
+    Refused(BootstrapError),
+}
+
+/// A manager's start through as many unlock attempts as it takes: [`Bootstrap::start`] with
+/// the keys given, and while the cluster is autolocked and no right key was given, the keys
+/// that arrive on the control socket, one at a time, each answered with its outcome.
+pub struct Unlocking<'a> {
+    pub store: &'a dyn Store,
+    pub election: &'a dyn Election,
+    pub clock: &'a dyn Clock,
+    pub entropy: &'a SharedEntropy,
+    /// The keys this manager holds; the unlock key that opened the cluster stays in it.
+    pub keys: &'a mut Keys,
+    /// Unlock keys given on the control socket ([`AdminGate::new`]).
+    pub attempts: &'a mut mpsc::Receiver<UnlockAttempt>,
+}
+
+impl Unlocking<'_> {
+    /// This manager's identity once the cluster's keys are open. `own` as for
+    /// [`Bootstrap::start`]; `locked` is called once, when the manager finds itself locked;
+    /// `waiting` when the store is empty and it waits for a term to create the cluster.
+    pub async fn start(
+        self,
+        init: &NewCluster,
+        own: Option<(Vec<u8>, Vec<u8>)>,
+        stop: impl std::future::Future<Output = ()>,
+        locked: impl FnOnce(),
+        waiting: impl Fn(),
+    ) -> Result<Identity, NotStarted> {
+        tokio::pin!(stop);
+        let mut locked = Some(locked);
+        let mut pending: Option<oneshot::Sender<Result<(), String>>> = None;
+        loop {
+            let boot = Bootstrap {
+                store: self.store,
+                election: self.election,
+                clock: self.clock,
+                entropy: self.entropy,
+                keys: &*self.keys,
+            };
+            let refusal = match boot.start(init, own.clone(), &waiting).await {
+                Ok(id) => {
+                    if let Some(p) = pending.take() {
+                        info!("unlocked");
+                        let _ = p.send(Ok(()));
+                    }
+                    return Ok(id);
+                }
+                Err(BootstrapError::Custody(e @ (CustodyError::Locked | CustodyError::WrongKey(_)))) => e,
+                Err(e) => return Err(NotStarted::Refused(e)),
+            };
+            match (refusal, pending.take()) {
+                // A key given on the control socket: its giver hears why, and may try again.
+                (e, Some(p)) => {
+                    warn!(error = %e, "unlock refused");
+                    let _ = p.send(Err(e.to_string()));
+                }
+                // A wrong key given at start (or a wrong seal key): nothing to wait for.
+                (e @ CustodyError::WrongKey(_), None) => {
+                    return Err(NotStarted::Refused(BootstrapError::Custody(e)))
+                }
+                (_, None) => {}
+            }
+            self.keys.unlock = None;
+            if let Some(tell) = locked.take() {
+                warn!("{LOCKED}");
+                tell();
+            }
+            tokio::select! {
+                a = self.attempts.recv() => match a {
+                    Some(a) => {
+                        self.keys.unlock = Some(a.key);
+                        pending = Some(a.reply);
+                    }
+                    None => return Err(NotStarted::Stopped),
+                },
+                () = &mut stop => return Err(NotStarted::Stopped),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

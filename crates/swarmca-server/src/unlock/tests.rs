@@ -1,0 +1,186 @@
+//! The locked control socket: what it answers, and how an unlock key gets through.
+
+use std::time::{Duration, Instant};
+
+use swarmca_proto::admin::{self, admin_server::Admin};
+use tonic::{Code, Request};
+
+use super::{AdminGate, LOCKED};
+
+const KEY: &str = "SWMKEY-1-+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/s";
+
+#[tokio::test]
+async fn a_locked_manager_answers_every_admin_call_with_how_to_unlock_it() {
+    let (gate, _attempts) = AdminGate::new();
+    let e = gate.list_nodes(Request::new(admin::ListNodesRequest {})).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::FailedPrecondition, LOCKED));
+    assert!(LOCKED.contains("swarmca unlock"));
+    let e = gate.get_cluster_info(Request::new(admin::ClusterInfoRequest {})).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = gate.unlock_key(Request::new(admin::UnlockKeyRequest { rotate: true })).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "not even the unlock key is handed out");
+}
+
+#[tokio::test]
+async fn a_malformed_key_is_refused_at_once_and_never_reaches_the_manager() {
+    let (gate, mut attempts) = AdminGate::new();
+    let e =
+        gate.unlock(Request::new(admin::UnlockRequest { unlock_key: "hunter2".into() })).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("SWMKEY-1-"), "{}", e.message());
+    assert!(attempts.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn the_key_goes_to_the_manager_and_its_verdict_comes_back_wrong_ones_slowly() {
+    let (gate, mut attempts) = AdminGate::new();
+    let manager = tokio::spawn(async move {
+        // The first key is wrong, the second right.
+        let a = attempts.recv().await.unwrap();
+        a.reply.send(Err("wrong unlock key: it does not open this cluster's keys".into())).unwrap();
+        let a = attempts.recv().await.unwrap();
+        assert_eq!(a.key.to_text().as_str(), KEY);
+        a.reply.send(Ok(())).unwrap();
+    });
+    let started = Instant::now();
+    let e = gate.unlock(Request::new(admin::UnlockRequest { unlock_key: KEY.into() })).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("wrong unlock key"));
+    assert!(started.elapsed() >= Duration::from_secs(1), "a wrong key is answered after a pause");
+    let ok =
+        gate.unlock(Request::new(admin::UnlockRequest { unlock_key: format!(" {KEY}\n") })).await.unwrap();
+    assert_eq!(ok.into_inner().message, "manager unlocked");
+    manager.await.unwrap();
+}
+
+#[test]
+fn repeated_wrong_keys_wait_longer_up_to_half_a_minute() {
+    let waits: Vec<u64> = (1..=8).map(|n| AdminGate::penalty(n).as_secs()).collect();
+    assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+}
+
+mod starting {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use swarmca_core::seal::{SealKey, UnlockKey};
+    use swarmca_store::{MemStore, Op, Store};
+    use tokio::sync::oneshot;
+
+    use crate::bootstrap::{Bootstrap, NewCluster};
+    use crate::custody::{Keys, SealedStore};
+    use crate::unlock::{NotStarted, UnlockAttempt, Unlocking};
+    use crate::{shared_entropy, OsEntropy, Solo, SystemClock};
+
+    /// A cluster created, then autolocked through the sealed store; its unlock key.
+    async fn autolocked(store: &Arc<MemStore>, keys: &Keys) -> UnlockKey {
+        let entropy = shared_entropy(OsEntropy);
+        let election = Solo::new(store.clone());
+        let boot =
+            Bootstrap { store: &**store, election: &election, clock: &SystemClock, entropy: &entropy, keys };
+        let id = boot.start(&NewCluster::default(), None, || {}).await.unwrap();
+        let sealed = SealedStore::new(store.clone(), id.data_key, keys.seal.clone(), entropy.clone());
+        let mut c = sealed.get_cluster(&id.cluster_id).await.unwrap().unwrap();
+        let key = UnlockKey::generate(&mut OsEntropy).unwrap();
+        c.spec.get_or_insert_with(Default::default).encryption_config =
+            Some(swarmca_types::EncryptionConfig { auto_lock_managers: true });
+        c.unlock_keys = vec![swarmca_types::EncryptionKey {
+            subsystem: swarmca_core::cluster::UNLOCK_SUBSYSTEM.into(),
+            key: key.bytes().to_vec(),
+            ..Default::default()
+        }];
+        sealed.commit(vec![Op::UpdateCluster(c)]).await.unwrap();
+        key
+    }
+
+    async fn attempt(tx: &tokio::sync::mpsc::Sender<UnlockAttempt>, key: UnlockKey) -> Result<(), String> {
+        let (reply, outcome) = oneshot::channel();
+        tx.send(UnlockAttempt { key, reply }).await.unwrap();
+        outcome.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_locked_start_waits_for_the_right_key_answering_each_attempt() {
+        let store = Arc::new(MemStore::new());
+        let mut keys = Keys { seal: Some(SealKey::generate(&mut OsEntropy).unwrap()), unlock: None };
+        let right = autolocked(&store, &keys).await;
+        let (tx, mut attempts) = tokio::sync::mpsc::channel(1);
+        let told = Arc::new(AtomicUsize::new(0));
+        let giver = tokio::spawn(async move {
+            let wrong = attempt(&tx, UnlockKey::generate(&mut OsEntropy).unwrap()).await;
+            let again = attempt(&tx, UnlockKey::generate(&mut OsEntropy).unwrap()).await;
+            let ok = attempt(&tx, right).await;
+            (wrong, again, ok)
+        });
+        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(store.clone()));
+        let t = told.clone();
+        let id = Unlocking {
+            store: &*store,
+            election: &election,
+            clock: &SystemClock,
+            entropy: &entropy,
+            keys: &mut keys,
+            attempts: &mut attempts,
+        }
+        .start(
+            &NewCluster::default(),
+            None,
+            std::future::pending(),
+            move || {
+                t.fetch_add(1, Ordering::SeqCst);
+            },
+            || {},
+        )
+        .await
+        .unwrap();
+        let (wrong, again, ok) = giver.await.unwrap();
+        assert!(wrong.unwrap_err().contains("wrong unlock key"));
+        assert!(again.is_err());
+        assert_eq!(ok, Ok(()));
+        assert_eq!(told.load(Ordering::SeqCst), 1, "told once that it is locked");
+        assert!(!id.created && keys.unlock.is_some(), "the key that opened it is kept");
+        assert_eq!(
+            id.kek.source(),
+            swarmca_core::seal::KekSource::UnlockKey,
+            "its key file goes under the unlock key"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_given_at_start_is_refused_and_a_stop_ends_the_wait() {
+        let store = Arc::new(MemStore::new());
+        let seal = SealKey::generate(&mut OsEntropy).unwrap();
+        autolocked(&store, &Keys { seal: Some(seal.clone()), unlock: None }).await;
+        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(store.clone()));
+        let (_tx, mut attempts) = tokio::sync::mpsc::channel(1);
+        let mut keys =
+            Keys { seal: Some(seal.clone()), unlock: Some(UnlockKey::generate(&mut OsEntropy).unwrap()) };
+        let r = Unlocking {
+            store: &*store,
+            election: &election,
+            clock: &SystemClock,
+            entropy: &entropy,
+            keys: &mut keys,
+            attempts: &mut attempts,
+        }
+        .start(&NewCluster::default(), None, std::future::pending(), || {}, || {})
+        .await;
+        assert!(
+            matches!(r, Err(NotStarted::Refused(ref e)) if e.to_string().contains("wrong unlock key")),
+            "{r:?}"
+        );
+
+        let mut keys = Keys { seal: Some(seal), unlock: None };
+        let r = Unlocking {
+            store: &*store,
+            election: &election,
+            clock: &SystemClock,
+            entropy: &entropy,
+            keys: &mut keys,
+            attempts: &mut attempts,
+        }
+        .start(&NewCluster::default(), None, async {}, || {}, || {})
+        .await;
+        assert!(matches!(r, Err(NotStarted::Stopped)), "{r:?}");
+    }
+}
