@@ -164,6 +164,20 @@ impl Mirror {
 }
 
 /// Starts the mirror on the current (supervisor) node.
+/// A cluster record as stored: checked for secrets in clear (I13), then noted with its
+/// secrets opened (the unlock key the managers answer with is the clear one).
+fn note_sealed_cluster(m: &mut Mirror, shared: &Shared, c: &Cluster) {
+    checkers::i13_sealed_at_rest::on_cluster_write(shared, c);
+    let dek = lock(&shared.data_key).clone();
+    match dek.map(|k| swarmca_server::custody::open_cluster(c, &k)) {
+        Some(Ok(clear)) => m.note_cluster(now(), &clear),
+        Some(Err(e)) => {
+            shared.violation("I13", format!("cluster secrets do not open with its data key: {e}"))
+        }
+        None => m.note_cluster(now(), c),
+    }
+}
+
 pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
     let (snap, mut watch) = store.view_and_watch_sync(WatchFilter::All);
     let mirror = Arc::new(Mutex::new(Mirror::default()));
@@ -171,15 +185,7 @@ pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
         let mut m = lock(&mirror);
         for c in snap.clusters {
             m.note_roots(&c);
-            // The unlock key the managers answer with is the clear one: compare with that.
-            let dek = lock(&shared.data_key).clone();
-            match dek.map(|k| swarmca_server::custody::open_cluster(&c, &k)) {
-                Some(Ok(clear)) => m.note_cluster(now(), &clear),
-                Some(Err(e)) => {
-                    shared.violation("I13", format!("cluster secrets do not open with its data key: {e}"))
-                }
-                None => m.note_cluster(now(), &c),
-            }
+            note_sealed_cluster(&mut m, &shared, &c);
             record_cluster(&shared, &c, true);
             m.cluster = Some(c);
         }
@@ -259,19 +265,10 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
                 e.as_secs(),
                 c.blacklisted_certificates.len()
             ));
-            // The unlock key the managers answer with is the clear one: compare with that.
-            let dek = lock(&shared.data_key).clone();
-            match dek.map(|k| swarmca_server::custody::open_cluster(&c, &k)) {
-                Some(Ok(clear)) => m.note_cluster(now(), &clear),
-                Some(Err(e)) => {
-                    shared.violation("I13", format!("cluster secrets do not open with its data key: {e}"))
-                }
-                None => m.note_cluster(now(), &c),
-            }
+            note_sealed_cluster(m, shared, &c);
             record_cluster(shared, &c, false);
             m.note_roots(&c);
             checkers::i8_rotation::on_cluster_write(m, shared, &c);
-            checkers::i13_sealed_at_rest::on_cluster_write(shared, &c);
             m.cluster = Some(c);
         }
     }

@@ -92,7 +92,11 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     // Sealed as `swarmca serve` seals it: a data key wrapped under the managers' seal key (as
     // `serve --etcd --seal-key-file`); each manager opens it with that key.
     let entropy = shared_entropy(OsEntropy);
-    let keys = custody::Keys { seal: Some(sim_ok(SealKey::generate(&mut OsEntropy))), unlock: None };
+    let keys = custody::Keys {
+        seal: Some(sim_ok(SealKey::generate(&mut OsEntropy))),
+        unlock: None,
+        ..Default::default()
+    };
     let kek = sim_ok(keys.kek(KekSource::SealKey));
     let dek = sim_ok(DataKey::generate(&mut OsEntropy));
     cluster.sealing = Some(sim_ok(custody::sealing(&kek, &dek, &cluster_id, &entropy)));

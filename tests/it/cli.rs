@@ -74,12 +74,18 @@ impl Server {
 
     /// Spawns `swarmca serve` with `extra` arguments, without waiting until it is ready.
     pub fn spawn(data: &Path, port: u16, extra: &[&str]) -> Server {
+        Server::spawn_env(data, port, extra, &[])
+    }
+
+    /// [`Server::spawn`] with environment variables set for the server.
+    pub fn spawn_env(data: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let addr = format!("127.0.0.1:{port}");
         let log = data.with_extension(format!("log{port}"));
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin())
             .args(["serve", "--data-dir", data.to_str().unwrap(), "--listen", &addr])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::from(f.try_clone().unwrap()))
             .stderr(Stdio::from(f))
             .spawn()

@@ -13,6 +13,7 @@ mod defects;
 mod external;
 mod fixture;
 mod ha;
+mod hsm;
 mod lifecycle;
 mod persist;
 mod rotation;

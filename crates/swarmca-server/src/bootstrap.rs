@@ -168,7 +168,7 @@ impl Bootstrap<'_> {
         let (ca_cert, ca_key) = match &init.root {
             Some((cert, key)) => {
                 let signer: &[u8] = if key.is_empty() { b"" } else { cert };
-                RootCa::new(cert, signer, key, expiry, b"", now)
+                RootCa::new_with(cert, signer, key, expiry, b"", now, self.keys.external_keys())
                     .map_err(|e| refused(format!("unusable root CA certificate or key: {e}")))?;
                 (cert.clone(), key.clone())
             }
@@ -231,14 +231,19 @@ impl Bootstrap<'_> {
         own: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Identity, BootstrapError> {
         let (data_key, cluster, migrated) = self.open(stored).await?;
-        let source = cluster.sealing.as_ref().map_or(KekSource::SealKey, custody::kek_source);
-        let kek = self.keys.kek(source)?;
+        // What this manager's key file belongs under, as the record's settings say (the unlock
+        // key while autolock is on: it is in the opened record).
+        let kek = custody::desired_kek(&cluster, self.keys.seal.as_ref())?;
+        // A key file that does not open (sealed under an unlock key rotated since) costs the
+        // key and certificate, not the node ID the certificate names.
+        let mut key_lost = false;
         let own = match own {
             Some((cert, key)) => match open_own_key(&kek, &cluster.id, key) {
                 Ok(key) => Some((cert, key)),
                 Err(e) => {
                     warn!(error = %e, "cannot open this manager's key file; it gets a new key and certificate");
-                    None
+                    key_lost = true;
+                    Some((cert, Vec::new()))
                 }
             },
             None => None,
@@ -258,10 +263,10 @@ impl Bootstrap<'_> {
                     facts.org, cluster.id
                 )));
             }
-            let verifies = RootCa::from_api(&root, expiry, now)
+            let verifies = RootCa::from_api_reusing_with(None, &root, expiry, now, self.keys.external_keys())
                 .ok()
                 .is_some_and(|ca| ca.verify_peer(&certs_der(&cert), now).is_ok());
-            if verifies && !facts.past_half_life {
+            if verifies && !facts.past_half_life && !key_lost {
                 keep = Some((cert, key));
             }
             node_id = Some(facts.cn);
@@ -341,7 +346,7 @@ impl Bootstrap<'_> {
         cluster_id: &str,
     ) -> Result<OwnCert, BootstrapError> {
         let now = self.clock.now();
-        let ca = RootCa::from_api(root, expiry, now)
+        let ca = RootCa::from_api_reusing_with(None, root, expiry, now, self.keys.external_keys())
             .map_err(|e| refused(format!("the cluster root CA is unusable: {e}")))?;
         let (csr, key) = new_key_and_csr()
             .map_err(|e| refused(format!("cannot make a key and certificate request: {e}")))?;

@@ -37,16 +37,26 @@ pub enum CustodyError {
     Seal(#[from] SealError),
 }
 
-/// The keys a manager holds to open the cluster's data key.
+/// The keys a manager holds: to open the cluster's data key, and to reach CA keys held in a
+/// token.
 #[derive(Clone, Debug, Default)]
 pub struct Keys {
     /// The seal key (the embedded store's local key file, or `--seal-key-file`).
     pub seal: Option<SealKey>,
     /// The unlock key, once given.
     pub unlock: Option<UnlockKey>,
+    /// What resolves CA keys stored as references (`pkcs11:` URIs); none by default.
+    pub external: Option<Arc<dyn swarmca_core::rootca::ExternalKeys>>,
 }
 
 impl Keys {
+    /// What resolves CA keys held in a token (nothing when none is configured).
+    pub fn external_keys(&self) -> &dyn swarmca_core::rootca::ExternalKeys {
+        match &self.external {
+            Some(k) => &**k,
+            None => &swarmca_core::rootca::NoExternalKeys,
+        }
+    }
     /// The KEK this manager would wrap a data key under for `source`.
     pub fn kek(&self, source: KekSource) -> Result<Kek, CustodyError> {
         match source {
@@ -101,14 +111,15 @@ pub fn unseal(cluster: &Cluster, keys: &Keys) -> Result<Option<DataKey>, Custody
 }
 
 /// A record written in clear by an earlier version, sealed: a new data key wrapped under the
-/// seal key, and its secrets sealed (through [`SealedStore`] when it is committed). Returns the
+/// key-encryption key its settings call for ([`desired_kek`]), and its secrets sealed (through [`SealedStore`] when it is committed). Returns the
 /// data key and the record to commit.
 pub fn migrate(
     cluster: &Cluster,
     keys: &Keys,
     entropy: &SharedEntropy,
 ) -> Result<(DataKey, Cluster), CustodyError> {
-    let kek = keys.kek(KekSource::SealKey)?;
+    // A record of an autolocked cluster goes under its unlock key at once.
+    let kek = desired_kek(cluster, keys.seal.as_ref())?;
     let dek = seal_with(entropy, DataKey::generate)?;
     let mut c = cluster.clone();
     c.sealing = Some(sealing(&kek, &dek, &c.id, entropy)?);

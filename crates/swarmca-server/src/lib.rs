@@ -34,6 +34,8 @@ pub mod leadership;
 pub mod listener;
 mod manager;
 pub mod peer;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 mod rotation;
 mod rpc;
 pub mod selfcert;

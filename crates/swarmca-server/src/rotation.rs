@@ -103,7 +103,8 @@ impl Control {
         } else {
             let cert = normalize_pems(&req.ca_cert);
             let sign_cert: &[u8] = if req.ca_key.is_empty() { &[] } else { &cert };
-            RootCa::new(&cert, sign_cert, &req.ca_key, Duration::ZERO, &[], now)
+            let keys = self.server.inner.read_signer().external_keys();
+            RootCa::new_with(&cert, sign_cert, &req.ca_key, Duration::ZERO, &[], now, &*keys)
                 .map_err(|e| invalid(format!("invalid new root CA: {e}")))?;
             if certs_der(&cert).len() != 1 {
                 return Err(invalid("the new root CA must be exactly one certificate"));
@@ -176,8 +177,12 @@ impl Control {
         now: std::time::SystemTime,
     ) -> Result<Vec<u8>, ServerError> {
         let sign_cert: &[u8] = if current.ca_key.is_empty() { &[] } else { &current.ca_cert };
-        let current_ca = RootCa::new(&current.ca_cert, sign_cert, &current.ca_key, Duration::ZERO, &[], now)
-            .map_err(|e| ServerError::FailedPrecondition(format!("the current root CA is unusable: {e}")))?;
+        let keys = self.server.inner.read_signer().external_keys();
+        let current_ca =
+            RootCa::new_with(&current.ca_cert, sign_cert, &current.ca_key, Duration::ZERO, &[], now, &*keys)
+                .map_err(|e| {
+                    ServerError::FailedPrecondition(format!("the current root CA is unusable: {e}"))
+                })?;
         if current_ca.can_sign() {
             let cross = current_ca.cross_sign(new_cert).map_err(|e| invalid(e.to_string()))?;
             return Ok(normalize_pems(&cross));

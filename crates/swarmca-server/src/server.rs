@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// that a chain its checkers verified is not verified again. `None` (the default): every
     /// signature is checked.
     pub signature_cache: Option<swarmca_core::rootca::SignatureCache>,
+    /// What resolves a CA key stored as a reference (a `pkcs11:` URI) to the key held in a
+    /// token; `None` (the default): CA keys are PEM keys.
+    pub external_keys: Option<Arc<dyn swarmca_core::rootca::ExternalKeys>>,
 }
 
 impl ServerConfig {
@@ -67,6 +70,7 @@ impl ServerConfig {
             external_ca_timeout: EXTERNAL_REQUEST_TIMEOUT,
             root_reconcile_interval: DEFAULT_ROOT_RECONCILE_INTERVAL,
             signature_cache: None,
+            external_keys: None,
         }
     }
 }
@@ -147,7 +151,12 @@ impl CaServer {
     /// A stopped server. `initial_root` is what `GetRootCACertificate` serves before the first
     /// `run` (the manager's own trust root), if known.
     pub fn new(cfg: ServerConfig, deps: ServerDeps, initial_root: Option<RootCa>) -> CaServer {
-        let signer = SignerState::new(initial_root, cfg.external_ca_timeout, cfg.signature_cache.clone());
+        let signer = SignerState::new(
+            initial_root,
+            cfg.external_ca_timeout,
+            cfg.signature_cache.clone(),
+            cfg.external_keys.clone(),
+        );
         CaServer {
             inner: Arc::new(Inner {
                 cfg,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use subtle::ConstantTimeEq;
-use swarmca_core::rootca::{cluster_cert_expiry, RootCa, SignatureCache};
+use swarmca_core::rootca::{cluster_cert_expiry, ExternalKeys, NoExternalKeys, RootCa, SignatureCache};
 use swarmca_types::Cluster;
 use tracing::{error, info, warn};
 
@@ -32,6 +32,8 @@ pub(crate) struct SignerState {
     last_error: Option<String>,
     /// Given to every CA built here.
     signature_cache: Option<SignatureCache>,
+    /// Resolves CA keys held in a token.
+    external_keys: Arc<dyn ExternalKeys>,
 }
 
 /// A certificate chain and its private key (PEM). Never printed.
@@ -41,12 +43,17 @@ struct TlsIdentity {
 }
 
 impl SignerState {
+    /// What resolves CA keys held in a token (every CA with a key is built through it).
+    pub(crate) fn external_keys(&self) -> Arc<dyn ExternalKeys> {
+        self.external_keys.clone()
+    }
     /// A signer for `initial_root` (what a manager starts with, before it reads the cluster),
     /// without external CAs yet.
     pub(crate) fn new(
         initial_root: Option<RootCa>,
         timeout: Duration,
         signature_cache: Option<SignatureCache>,
+        external_keys: Option<Arc<dyn ExternalKeys>>,
     ) -> SignerState {
         let external_pool = initial_root.as_ref().map(|r| r.roots_der().to_vec()).unwrap_or_default();
         let external =
@@ -63,6 +70,7 @@ impl SignerState {
             last_seen_external_cas: None,
             last_error: None,
             signature_cache,
+            external_keys: external_keys.unwrap_or_else(|| Arc::new(NoExternalKeys)),
         }
     }
 
@@ -120,7 +128,9 @@ impl SignerState {
             Some(c) => ca.with_signature_cache(c.clone()),
             None => ca,
         };
-        match RootCa::from_api_reusing(signer.root.as_deref(), &api, expiry, now).map(cached) {
+        match RootCa::from_api_reusing_with(signer.root.as_deref(), &api, expiry, now, &*signer.external_keys)
+            .map(cached)
+        {
             Ok(root) => {
                 let mut pool = root.roots_der().to_vec();
                 if let Some(r) = &api.root_rotation {

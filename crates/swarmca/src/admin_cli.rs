@@ -288,7 +288,7 @@ pub async fn ca(data_dir: &Path, action: CaAction, detach: bool, quiet: bool) ->
         CaAction::Rotate { ca_cert, ca_key, external_ca, cert_expiry } => {
             let req = admin::RotateRootRequest {
                 ca_cert: ca_cert.as_deref().map(read_file).transpose()?.unwrap_or_default(),
-                ca_key: ca_key.as_deref().map(read_file).transpose()?.unwrap_or_default(),
+                ca_key: ca_key.as_deref().map(key_or_reference).transpose()?.unwrap_or_default(),
                 abort: false,
                 cert_expiry_secs: cert_expiry.map_or(0, |d| d.as_secs()),
                 set_external_cas: !external_ca.is_empty(),
@@ -464,6 +464,15 @@ pub async fn cluster(cmd: ClusterCommand) -> Result<(), Fatal> {
             Ok(())
         }
     }
+}
+
+/// A key argument: a `pkcs11:` URI as it is, otherwise the PEM file it names.
+pub fn key_or_reference(arg: &Path) -> Result<Vec<u8>, Fatal> {
+    let s = arg.to_string_lossy();
+    if s.starts_with("pkcs11:") {
+        return Ok(s.as_bytes().to_vec());
+    }
+    read_file(arg)
 }
 
 /// `swarmca unlock-key`.

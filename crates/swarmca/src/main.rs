@@ -86,7 +86,9 @@ enum Command {
         /// is created. Without --ca-key, certificates are signed by the external CA only.
         #[arg(long)]
         ca_cert: Option<PathBuf>,
-        /// The private key (PEM file) of --ca-cert, for local signing.
+        /// The private key of --ca-cert, for local signing: a PEM file, or a key held in a PKCS#11
+        /// token named by its RFC 7512 URI (`pkcs11:token=LABEL;object=LABEL`, with
+        /// --pkcs11-module).
         #[arg(long, requires = "ca_cert")]
         ca_key: Option<PathBuf>,
         /// During a root rotation, how often the next batch of (at most 30) nodes is asked to
@@ -124,6 +126,14 @@ enum Command {
         /// `swarmca unlock`.
         #[arg(long)]
         unlock_key_file: Option<PathBuf>,
+        /// A PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so) holding CA keys named by
+        /// `pkcs11:` URIs (--ca-key, `ca --rotate --ca-key`). Its user PIN is read from
+        /// --pkcs11-pin-file or SWARMCA_PKCS11_PIN, never from the command line.
+        #[arg(long)]
+        pkcs11_module: Option<PathBuf>,
+        /// A file holding the PKCS#11 user PIN (mode 0600).
+        #[arg(long, requires = "pkcs11_module")]
+        pkcs11_pin_file: Option<PathBuf>,
     },
     /// Join a swarm: fetch and verify the root CA against the token, send a CSR, wait for the
     /// certificate, and write swarm-node.crt, swarm-node.key and swarm-root-ca.crt.
@@ -193,8 +203,9 @@ enum Command {
         /// The new root CA certificate (PEM file), with --rotate.
         #[arg(long, requires = "rotate")]
         ca_cert: Option<PathBuf>,
-        /// The new root's private key (PEM file). Without it an --external-ca for the new root
-        /// (cacert=...) must sign.
+        /// The new root's private key: a PEM file, or a `pkcs11:` URI of a key in the token the
+        /// managers were started with (--pkcs11-module). Without it an --external-ca for the new
+        /// root (cacert=...) must sign.
         #[arg(long, requires = "ca_cert")]
         ca_key: Option<PathBuf>,
         /// Replace the external CA list in the same update (repeat for several):
@@ -511,8 +522,17 @@ async fn dispatch(cmd: Command) -> Result<(), Fatal> {
             leader_lease,
             seal_key_file,
             unlock_key_file,
+            pkcs11_module,
+            pkcs11_pin_file,
         } => {
-            let init = serve::InitOptions { cert_expiry, external_ca, ca_cert, ca_key };
+            let init = serve::InitOptions {
+                cert_expiry,
+                external_ca,
+                ca_cert,
+                ca_key,
+                pkcs11_module,
+                pkcs11_pin_file,
+            };
             let etcd = (!etcd.is_empty()).then_some(ha::EtcdArgs {
                 endpoints: etcd,
                 cacert: etcd_cacert,

@@ -40,6 +40,9 @@ impl InitOptions {
                 let cert = std::fs::read(path)
                     .map_err(|e| fatal!("cannot read --ca-cert {}: {e}", path.display()))?;
                 let key = match &self.ca_key {
+                    Some(k) if k.to_string_lossy().starts_with("pkcs11:") => {
+                        k.to_string_lossy().as_bytes().to_vec()
+                    }
                     Some(k) => {
                         std::fs::read(k).map_err(|e| fatal!("cannot read --ca-key {}: {e}", k.display()))?
                     }
@@ -72,8 +75,50 @@ pub struct InitOptions {
     pub external_ca: Vec<crate::ExternalCaArg>,
     /// A root certificate to use instead of a generated one.
     pub ca_cert: Option<std::path::PathBuf>,
-    /// Its key (absent: external signing only).
+    /// Its key (absent: external signing only): a PEM file, or a `pkcs11:` URI.
     pub ca_key: Option<std::path::PathBuf>,
+    /// The PKCS#11 module holding CA keys named by `pkcs11:` URIs.
+    pub pkcs11_module: Option<std::path::PathBuf>,
+    /// The file of its user PIN (else `$SWARMCA_PKCS11_PIN`).
+    pub pkcs11_pin_file: Option<std::path::PathBuf>,
+}
+
+/// The environment variable the PKCS#11 user PIN may be given in.
+pub const PKCS11_PIN_ENV: &str = "SWARMCA_PKCS11_PIN";
+
+impl InitOptions {
+    /// The PKCS#11 module, opened and ready to resolve `pkcs11:` keys, if one is configured.
+    fn external_keys(&self) -> Result<Option<Arc<dyn swarmca_core::rootca::ExternalKeys>>, Fatal> {
+        let Some(module) = &self.pkcs11_module else { return Ok(None) };
+        let pin = match &self.pkcs11_pin_file {
+            Some(f) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(f)
+                    .map_err(|e| fatal!("cannot read --pkcs11-pin-file {}: {e}", f.display()))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(fatal!(
+                        "--pkcs11-pin-file {} is readable by others; run `chmod 600 {}`",
+                        f.display(),
+                        f.display()
+                    ));
+                }
+                zeroize::Zeroizing::new(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| fatal!("cannot read --pkcs11-pin-file {}: {e}", f.display()))?,
+                )
+            }
+            None => zeroize::Zeroizing::new(std::env::var(PKCS11_PIN_ENV).map_err(|_| {
+                fatal!(
+                    "--pkcs11-module needs the token's user PIN: --pkcs11-pin-file FILE or ${PKCS11_PIN_ENV}"
+                )
+            })?),
+        };
+        let pin = zeroize::Zeroizing::new(pin.trim_end_matches(['\r', '\n']).to_string());
+        let keys = swarmca_server::pkcs11::Pkcs11Keys::open(module, pin).map_err(|e| fatal!("{e}"))?;
+        Ok(Some(Arc::new(keys)))
+    }
 }
 
 /// A store and the election of its managers.
@@ -148,7 +193,7 @@ pub async fn serve(
             Some(path) => files::read_seal_key(path)?,
             None => {
                 return Err(fatal!(
-                    "--seal-key-file is required with --etcd: every manager needs the same seal key to open the cluster's keys (make one with `swarmca seal-key generate > FILE`)"
+                    "--seal-key-file is required with --etcd: every manager needs the same seal key to open the cluster's keys (make one with `swarmca seal-key generate FILE`)"
                 ))
             }
         },
@@ -161,7 +206,12 @@ pub async fn serve(
             key
         }
     };
-    let mut keys = Keys { seal: Some(seal_key), unlock: unlock_key_given(unlock_key_file)? };
+    let external_keys = init.external_keys()?;
+    let mut keys = Keys {
+        seal: Some(seal_key),
+        unlock: unlock_key_given(unlock_key_file)?,
+        external: external_keys.clone(),
+    };
     let (store, election): StoreAndElection = match &etcd {
         Some(args) => {
             let store = ha::connect(args).await?;
@@ -292,9 +342,11 @@ pub async fn serve(
         Arc::new(SealedElection::new(election, id.data_key.clone(), keys.seal.clone(), entropy.clone()));
     files::write_atomic(&certs, NODE_CERT, &id.cert_pem, false)?;
 
-    let root_ca = RootCa::from_api(&id.root, id.expiry, clock.now())?;
+    let root_ca =
+        RootCa::from_api_reusing_with(None, &id.root, id.expiry, clock.now(), keys.external_keys())?;
     let mut config = ServerConfig::new(id.cluster_id.clone());
     config.root_reconcile_interval = rotation_interval.max(Duration::from_millis(100));
+    config.external_keys = external_keys;
     let server = CaServer::new(
         config,
         ServerDeps {

@@ -8,7 +8,10 @@
 
 use std::fmt;
 
+use std::sync::Arc;
+
 use ring::rand::SystemRandom;
+
 use ring::signature::{self, EcdsaKeyPair, RsaKeyPair};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::public_key::PublicKey;
@@ -134,9 +137,40 @@ fn parse_sec1(der: &[u8]) -> Result<(Option<Curve>, Vec<u8>), RootCaError> {
     Ok((curve, scalar.to_vec()))
 }
 
+/// A CA key kept outside this process (in a hardware security module): it signs, and its
+/// private part never leaves where it is kept. ECDSA P-256 with SHA-256 only.
+pub trait ExternalKey: Send + Sync {
+    /// The public key, the uncompressed EC point (the certificate's subjectPublicKey bits), when
+    /// the token tells it; without it, the CA's test signature shows whether the key matches.
+    fn public_key(&self) -> Option<Vec<u8>>;
+    /// An ECDSA-with-SHA-256 signature of `msg`, DER-encoded as X.509 carries it.
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// Resolves key references (an RFC 7512 `pkcs11:` URI, say) stored where a key's PEM would be.
+pub trait ExternalKeys: Send + Sync + fmt::Debug {
+    /// `None` when `reference` is not one this resolver knows (it is then read as a PEM key);
+    /// otherwise the key, or why it cannot be used.
+    fn resolve(&self, reference: &[u8]) -> Option<Result<Arc<dyn ExternalKey>, String>>;
+}
+
+/// No external keys: every key is a PEM key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoExternalKeys;
+
+impl ExternalKeys for NoExternalKeys {
+    fn resolve(&self, _: &[u8]) -> Option<Result<Arc<dyn ExternalKey>, String>> {
+        None
+    }
+}
+
+/// The scheme of key references (RFC 7512 PKCS#11 URIs).
+pub const PKCS11_SCHEME: &[u8] = b"pkcs11:";
+
 enum Kind {
     Ecdsa(EcdsaKeyPair),
     Rsa(RsaKeyPair, &'static dyn signature::RsaEncoding),
+    External(Arc<dyn ExternalKey>),
 }
 
 /// A CA signing key that matches its certificate.
@@ -157,6 +191,26 @@ impl fmt::Debug for CaKey {
 impl CaKey {
     /// Parses `key_pem` and checks that it belongs to `cert`.
     pub(crate) fn new(key_pem: &[u8], cert: &X509Certificate<'_>) -> Result<Self, RootCaError> {
+        CaKey::new_with(key_pem, cert, &NoExternalKeys)
+    }
+
+    /// [`CaKey::new`], with key references resolved by `keys`.
+    pub(crate) fn new_with(
+        key_pem: &[u8],
+        cert: &X509Certificate<'_>,
+        keys: &dyn ExternalKeys,
+    ) -> Result<Self, RootCaError> {
+        match keys.resolve(key_pem) {
+            Some(Ok(ext)) => return CaKey::external(ext, cert),
+            Some(Err(why)) => return Err(RootCaError::MalformedPrivateKey(why)),
+            None if key_pem.starts_with(PKCS11_SCHEME) => {
+                return Err(RootCaError::MalformedPrivateKey(
+                    "the key is held in a PKCS#11 token, and this manager has no PKCS#11 module configured"
+                        .into(),
+                ))
+            }
+            None => {}
+        }
         let parsed = parse_key_pem(key_pem)?;
         let spki = cert.public_key();
         let public = spki.subject_public_key.data.to_vec();
@@ -233,6 +287,23 @@ impl CaKey {
 }
 
 impl CaKey {
+    /// A key held outside: it must be the P-256 key of `cert`.
+    fn external(ext: Arc<dyn ExternalKey>, cert: &X509Certificate<'_>) -> Result<Self, RootCaError> {
+        let spki = cert.public_key();
+        let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+        let p256 = curve.and_then(|o| Curve::from_oid(o.as_bytes())) == Some(Curve::P256);
+        if !matches!(spki.parsed(), Ok(PublicKey::EC(_))) || !p256 {
+            return Err(RootCaError::UnsupportedKeyAlgorithm(
+                "a CA key held in a token must be ECDSA P-256".into(),
+            ));
+        }
+        let public = spki.subject_public_key.data.to_vec();
+        if ext.public_key().is_some_and(|p| p != public) {
+            return Err(RootCaError::KeyMismatch);
+        }
+        Ok(Self { kind: Kind::External(ext), public, alg: &rcgen::PKCS_ECDSA_P256_SHA256 })
+    }
+
     /// Signs `msg` with *ring*; ECDSA nonces and RSA blinding come from `SystemRandom`.
     pub(crate) fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
         let rng = SystemRandom::new();
@@ -246,6 +317,7 @@ impl CaKey {
                 kp.sign(*encoding, &rng, msg, &mut sig).map_err(|_| "RSA signing failed".to_string())?;
                 Ok(sig)
             }
+            Kind::External(k) => k.sign(msg),
         }
     }
 

@@ -27,6 +27,7 @@ pub use self::generate::*;
 use self::issue::*;
 pub use self::issued::IssuedCertError;
 use self::key::CaKey;
+pub use self::key::{ExternalKey, ExternalKeys, NoExternalKeys, PKCS11_SCHEME};
 pub use self::params::*;
 use self::remember::RememberingAlg;
 pub use self::remember::SignatureCache;
@@ -98,6 +99,28 @@ impl RootCa {
         intermediates_pem: &[u8],
         now: SystemTime,
     ) -> Result<RootCa, RootCaError> {
+        RootCa::new_with(
+            roots_pem,
+            sign_cert_pem,
+            sign_key_pem,
+            expiry,
+            intermediates_pem,
+            now,
+            &NoExternalKeys,
+        )
+    }
+
+    /// [`RootCa::new`], where `sign_key_pem` may also be a reference to a key held outside
+    /// (a `pkcs11:` URI) that `keys` resolves: the signer then signs through it (ECDSA P-256).
+    pub fn new_with(
+        roots_pem: &[u8],
+        sign_cert_pem: &[u8],
+        sign_key_pem: &[u8],
+        expiry: Duration,
+        intermediates_pem: &[u8],
+        now: SystemTime,
+        keys: &dyn ExternalKeys,
+    ) -> Result<RootCa, RootCaError> {
         let now_secs = unix_secs(now);
         let roots_der = chain::parse_certs_pem(roots_pem).map_err(RootCaError::MalformedCertificate)?;
         if roots_der.is_empty() {
@@ -167,7 +190,7 @@ impl RootCa {
                     "certificate signed by unknown authority or not valid now".into(),
                 ));
             }
-            let key = CaKey::new(sign_key_pem, &cert)?;
+            let key = CaKey::new_with(sign_key_pem, &cert, keys)?;
             if let Some(first) = intermediates.first() {
                 if first.subject().as_raw() != cert.subject().as_raw()
                     || first.public_key().raw != cert.public_key().raw
@@ -225,6 +248,30 @@ impl RootCa {
         intermediates_pem: &[u8],
         now: SystemTime,
     ) -> Result<RootCa, RootCaError> {
+        RootCa::new_reusing_with(
+            previous,
+            roots_pem,
+            sign_cert_pem,
+            sign_key_pem,
+            expiry,
+            intermediates_pem,
+            now,
+            &NoExternalKeys,
+        )
+    }
+
+    /// [`RootCa::new_reusing`] with key references resolved by `keys` (see [`RootCa::new_with`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_reusing_with(
+        previous: Option<&RootCa>,
+        roots_pem: &[u8],
+        sign_cert_pem: &[u8],
+        sign_key_pem: &[u8],
+        expiry: Duration,
+        intermediates_pem: &[u8],
+        now: SystemTime,
+        keys: &dyn ExternalKeys,
+    ) -> Result<RootCa, RootCaError> {
         if let Some(prev) = previous {
             let now_secs = unix_secs(now);
             if prev.valid_window.0 <= now_secs
@@ -234,7 +281,7 @@ impl RootCa {
                 return Ok(RootCa { expiry: effective_expiry(Some(expiry)), ..prev.clone() });
             }
         }
-        RootCa::new(roots_pem, sign_cert_pem, sign_key_pem, expiry, intermediates_pem, now)
+        RootCa::new_with(roots_pem, sign_cert_pem, sign_key_pem, expiry, intermediates_pem, now, keys)
     }
 
     /// SwarmKit `RootCAFromAPI`.
@@ -257,6 +304,17 @@ impl RootCa {
         expiry: Duration,
         now: SystemTime,
     ) -> Result<RootCa, RootCaError> {
+        RootCa::from_api_reusing_with(previous, api, expiry, now, &NoExternalKeys)
+    }
+
+    /// [`RootCa::from_api_reusing`] with key references resolved by `keys`.
+    pub fn from_api_reusing_with(
+        previous: Option<&RootCa>,
+        api: &swarmca_types::RootCa,
+        expiry: Duration,
+        now: SystemTime,
+        keys: &dyn ExternalKeys,
+    ) -> Result<RootCa, RootCaError> {
         let (mut sign_cert, key, intermediates): (&[u8], &[u8], &[u8]) = match &api.root_rotation {
             Some(r) => (&r.cross_signed_ca_cert, &r.ca_key, &r.cross_signed_ca_cert),
             None => (&api.ca_cert, &api.ca_key, &[]),
@@ -264,7 +322,7 @@ impl RootCa {
         if key.is_empty() {
             sign_cert = &[];
         }
-        RootCa::new_reusing(previous, &api.ca_cert, sign_cert, key, expiry, intermediates, now)
+        RootCa::new_reusing_with(previous, &api.ca_cert, sign_cert, key, expiry, intermediates, now, keys)
     }
 
     /// The roots PEM bundle, exactly as given.
@@ -546,3 +604,5 @@ fn parse_all(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, RootCaError> 
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_external;

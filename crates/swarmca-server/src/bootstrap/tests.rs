@@ -26,7 +26,11 @@ fn seal_key(byte: u8) -> Keys {
         swarmca_core::seal::SEAL_KEY_PREFIX,
         base64::engine::general_purpose::STANDARD_NO_PAD.encode([byte; 32])
     );
-    Keys { seal: Some(swarmca_core::seal::SealKey::parse(&text).unwrap()), unlock: None }
+    Keys {
+        seal: Some(swarmca_core::seal::SealKey::parse(&text).unwrap()),
+        unlock: None,
+        ..Default::default()
+    }
 }
 
 async fn start(
@@ -185,4 +189,20 @@ async fn a_cluster_stored_in_clear_by_an_earlier_version_is_sealed_on_start_and_
     // Once sealed, later starts open it and migrate nothing.
     let later = start(&store, now, Some((id.cert_pem, id.key_file))).await.unwrap();
     assert!(!later.migrated && later.data_key.same_as(&id.data_key));
+}
+
+#[tokio::test]
+async fn a_key_file_that_no_longer_opens_costs_the_certificate_not_the_node_id() {
+    let store = Arc::new(MemStore::new());
+    let now = SystemTime::now();
+    let first = start(&store, now, None).await.unwrap();
+    // Sealed under a key this cluster does not use any more (an unlock key rotated while the
+    // manager was down, say).
+    let stale = seal_key(7).kek(KekSource::SealKey).unwrap();
+    let file = stale.seal_node_key(&first.cluster_id, &first.key_pem, &mut OsEntropy).unwrap();
+    let again = start(&store, now, Some((first.cert_pem.clone(), file))).await.unwrap();
+    assert!(again.issued, "a new key and certificate");
+    assert_eq!(again.node_id, first.node_id, "for the same node");
+    assert_ne!(again.key_pem, first.key_pem);
+    assert_eq!(store.view(WatchFilter::All).await.unwrap().nodes.len(), 1, "no second manager node");
 }

@@ -55,7 +55,11 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let entropy = shared_entropy(OsEntropy);
-    let keys = Keys { seal: Some(seal_with(&entropy, SealKey::generate).unwrap()), unlock: None };
+    let keys = Keys {
+        seal: Some(seal_with(&entropy, SealKey::generate).unwrap()),
+        unlock: None,
+        ..Default::default()
+    };
     let dek = seal_with(&entropy, DataKey::generate).unwrap();
     let inner = Arc::new(MemStore::new());
     let sealed = SealedStore::new(inner.clone(), dek, keys.seal.clone(), entropy.clone());
@@ -132,20 +136,31 @@ async fn only_the_right_key_opens_the_data_key_and_each_refusal_says_what_to_do(
     c.sealing = Some(sealing(&seal_kek, &dek, "c1", &f.entropy).unwrap());
     assert!(unseal(&c, &f.keys).unwrap().unwrap().same_as(&dek));
 
-    let stranger = Keys { seal: Some(seal_with(&f.entropy, SealKey::generate).unwrap()), unlock: None };
+    let stranger = Keys {
+        seal: Some(seal_with(&f.entropy, SealKey::generate).unwrap()),
+        unlock: None,
+        ..Default::default()
+    };
     let e = unseal(&c, &stranger).unwrap_err();
     assert!(e.to_string().contains("wrong seal key"), "{e}");
     assert_eq!(unseal(&c, &Keys::default()).unwrap_err(), CustodyError::NoSealKey);
 
     // Autolock: wrapped under the unlock key, the seal key no longer opens it.
     let unlock = seal_with(&f.entropy, UnlockKey::generate).unwrap();
-    let holder = Keys { seal: f.keys.seal.clone(), unlock: Some(unlock.clone()) };
+    let holder = Keys { seal: f.keys.seal.clone(), unlock: Some(unlock.clone()), ..Default::default() };
     c.sealing = Some(sealing(&holder.kek(KekSource::UnlockKey).unwrap(), &dek, "c1", &f.entropy).unwrap());
     assert_eq!(unseal(&c, &f.keys).unwrap_err(), CustodyError::Locked);
     assert!(CustodyError::Locked.to_string().contains("swarmca unlock"));
-    let wrong = Keys { seal: None, unlock: Some(seal_with(&f.entropy, UnlockKey::generate).unwrap()) };
+    let wrong = Keys {
+        seal: None,
+        unlock: Some(seal_with(&f.entropy, UnlockKey::generate).unwrap()),
+        ..Default::default()
+    };
     assert!(unseal(&c, &wrong).unwrap_err().to_string().contains("wrong unlock key"));
-    assert!(unseal(&c, &Keys { seal: None, unlock: Some(unlock) }).unwrap().unwrap().same_as(&dek));
+    assert!(unseal(&c, &Keys { seal: None, unlock: Some(unlock), ..Default::default() })
+        .unwrap()
+        .unwrap()
+        .same_as(&dek));
 }
 
 #[tokio::test]
@@ -201,7 +216,7 @@ async fn autolock_wraps_the_data_key_under_the_unlock_key_and_each_change_rewrap
     let locked = raw().await;
     assert_eq!(kek_source(locked.sealing.as_ref().unwrap()), KekSource::UnlockKey);
     assert_eq!(unseal(&locked, &seal_only).unwrap_err(), CustodyError::Locked);
-    let holder = |k: &UnlockKey| Keys { seal: None, unlock: Some(k.clone()) };
+    let holder = |k: &UnlockKey| Keys { seal: None, unlock: Some(k.clone()), ..Default::default() };
     assert!(unseal(&locked, &holder(&first)).unwrap().unwrap().same_as(f.sealed.data_key()));
 
     // A write that changes nothing else keeps the wrapping as it is.

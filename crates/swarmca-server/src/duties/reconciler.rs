@@ -262,7 +262,8 @@ impl Reconciler {
         }
         let sign_cert: &[u8] = if rotation.ca_key.is_empty() { &[] } else { &rotation.ca_cert };
         let now = self.server.inner.deps.clock.now();
-        RootCa::new(&rotation.ca_cert, sign_cert, &rotation.ca_key, Duration::ZERO, &[], now)
+        let keys = self.server.inner.read_signer().external_keys();
+        RootCa::new_with(&rotation.ca_cert, sign_cert, &rotation.ca_key, Duration::ZERO, &[], now, &*keys)
             .map_err(|e| format!("invalid cluster root rotation object: {e}"))?;
         let d = digest(&rotation.ca_cert);
         let fips = cluster.fips;

@@ -102,7 +102,11 @@ mod starting {
     #[tokio::test]
     async fn a_locked_start_waits_for_the_right_key_answering_each_attempt() {
         let store = Arc::new(MemStore::new());
-        let mut keys = Keys { seal: Some(SealKey::generate(&mut OsEntropy).unwrap()), unlock: None };
+        let mut keys = Keys {
+            seal: Some(SealKey::generate(&mut OsEntropy).unwrap()),
+            unlock: None,
+            ..Default::default()
+        };
         let right = autolocked(&store, &keys).await;
         let (tx, mut attempts) = tokio::sync::mpsc::channel(1);
         let told = Arc::new(AtomicUsize::new(0));
@@ -150,11 +154,14 @@ mod starting {
     async fn a_wrong_key_given_at_start_is_refused_and_a_stop_ends_the_wait() {
         let store = Arc::new(MemStore::new());
         let seal = SealKey::generate(&mut OsEntropy).unwrap();
-        autolocked(&store, &Keys { seal: Some(seal.clone()), unlock: None }).await;
+        autolocked(&store, &Keys { seal: Some(seal.clone()), unlock: None, ..Default::default() }).await;
         let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(store.clone()));
         let (_tx, mut attempts) = tokio::sync::mpsc::channel(1);
-        let mut keys =
-            Keys { seal: Some(seal.clone()), unlock: Some(UnlockKey::generate(&mut OsEntropy).unwrap()) };
+        let mut keys = Keys {
+            seal: Some(seal.clone()),
+            unlock: Some(UnlockKey::generate(&mut OsEntropy).unwrap()),
+            ..Default::default()
+        };
         let r = Unlocking {
             store: &*store,
             election: &election,
@@ -170,7 +177,7 @@ mod starting {
             "{r:?}"
         );
 
-        let mut keys = Keys { seal: Some(seal), unlock: None };
+        let mut keys = Keys { seal: Some(seal), unlock: None, ..Default::default() };
         let r = Unlocking {
             store: &*store,
             election: &election,
