@@ -269,6 +269,19 @@ async fn new_node_certificate_bad_token() {
     }
 }
 
+/// Autolock on, with `key` as the manager unlock key.
+async fn autolock(f: &Fixture, key: &[u8]) {
+    f.update_cluster(|cl| {
+        cl.spec.as_mut().unwrap().encryption_config = Some(EncryptionConfig { auto_lock_managers: true });
+        cl.unlock_keys = vec![EncryptionKey {
+            subsystem: "swarm-manager".into(),
+            key: key.to_vec(),
+            ..Default::default()
+        }];
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn get_unlock_key() {
     let mut f = Fixture::start().await;
@@ -279,15 +292,7 @@ async fn get_unlock_key() {
     let v = swarmca_store::version_of(f.cluster().await.meta.as_ref());
     assert_eq!(r.version.unwrap().index, v);
 
-    f.update_cluster(|cl| {
-        cl.spec.as_mut().unwrap().encryption_config = Some(EncryptionConfig { auto_lock_managers: true });
-        cl.unlock_keys = vec![EncryptionKey {
-            subsystem: "swarm-manager".into(),
-            key: b"secret".to_vec(),
-            ..Default::default()
-        }];
-    })
-    .await;
+    autolock(&f, b"secret").await;
     let r = c.get_unlock_key(GetUnlockKeyRequest {}).await.unwrap().into_inner();
     assert_eq!(r.unlock_key, b"secret");
     let v = swarmca_store::version_of(f.cluster().await.meta.as_ref());
@@ -312,15 +317,7 @@ async fn a_demoted_manager_with_a_still_valid_certificate_gets_no_unlock_key() {
     // fetching the unlock key until its certificate expired.
     let mut f = Fixture::start().await;
     let addr = f.serve_tls().await;
-    f.update_cluster(|cl| {
-        cl.spec.as_mut().unwrap().encryption_config = Some(EncryptionConfig { auto_lock_managers: true });
-        cl.unlock_keys = vec![EncryptionKey {
-            subsystem: "swarm-manager".into(),
-            key: b"secret".to_vec(),
-            ..Default::default()
-        }];
-    })
-    .await;
+    autolock(&f, b"secret").await;
     let mut c = f.ca(addr, Some(&f.manager)).await;
     assert_eq!(c.get_unlock_key(GetUnlockKeyRequest {}).await.unwrap().into_inner().unlock_key, b"secret");
     // Demoted (desired role worker; the observed role follows at its next renewal).

@@ -89,6 +89,25 @@ impl Swarm {
         self.managers.insert(i, Server::spawn(&data, port.parse().unwrap(), &args));
     }
 
+    /// Fails if any value under the swarm's etcd prefix, as any etcd client reads it, holds
+    /// `key_pem` in any form, or any of the `raw` byte strings; returns every value, concatenated.
+    fn etcd_holds_no(&self, key_pem: &[u8], raw: &[&[u8]]) -> Vec<u8> {
+        let dump = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(swarmca_store::etcd::testing::raw_dump(&self.etcd.endpoints(), "/swarmca/"));
+        assert!(dump.len() > 5, "the swarm's objects are under the prefix: {} keys", dump.len());
+        for (k, v) in &dump {
+            if let Some(form) = swarmca_testkit::pki::find_key(v, key_pem) {
+                panic!("etcd key {} holds a CA key ({form})", String::from_utf8_lossy(k));
+            }
+            for r in raw {
+                let leaked = v.windows(r.len()).any(|w| w == *r);
+                assert!(!leaked, "etcd key {} holds a secret in clear", String::from_utf8_lossy(k));
+            }
+        }
+        dump.into_iter().flat_map(|(_, v)| v).collect()
+    }
+
     /// The index of the manager that leads, as `node ls` through manager `via` says.
     fn leader(&self, via: usize) -> Option<usize> {
         let ls = self.managers[via].admin_ok(&["node", "ls"]);
@@ -190,16 +209,7 @@ fn three_managers_on_one_etcd_each_serve_joins_and_exactly_one_leads() {
 
     // Nothing in etcd, as any etcd client reads it, holds the root CA key in any form, and
     // neither does any manager's data directory.
-    let dump = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(swarmca_store::etcd::testing::raw_dump(&swarm.etcd.endpoints(), "/swarmca/"));
-    assert!(dump.len() > 5, "the swarm's keys are under the prefix: {} keys", dump.len());
-    for (k, v) in &dump {
-        if let Some(form) = swarmca_testkit::pki::find_key(v, &swarm.root_key) {
-            panic!("etcd key {} holds the root CA key ({form})", String::from_utf8_lossy(k));
-        }
-    }
-    let all: Vec<u8> = dump.iter().flat_map(|(_, v)| v.clone()).collect();
+    let all = swarm.etcd_holds_no(&swarm.root_key, &[]);
     assert!(
         all.windows(b"SWARMCA SEALED CA KEY".len()).any(|w| w == b"SWARMCA SEALED CA KEY"),
         "the key is there, sealed"
@@ -435,4 +445,51 @@ fn with_autolock_a_restarted_manager_stays_locked_while_the_unlocked_one_serves(
     let o = join(&swarm.managers[1].addr, &token, &d);
     assert!(o.status.success(), "{}", text(&o.stderr));
     openssl_verify(&d);
+
+    // The unlock key rotated, then the root: etcd never holds a CA key or an unlock key in clear.
+    let new_key = swarm.managers[0].admin_ok(&["unlock-key", "--rotate", "-q"]).trim().to_string();
+    let unlock_raw: Vec<Vec<u8>> = [&key, &new_key]
+        .iter()
+        .map(|k| swarmca_core::seal::UnlockKey::parse(k).unwrap().bytes().to_vec())
+        .collect();
+    let secrets: Vec<&[u8]> =
+        unlock_raw.iter().map(Vec::as_slice).chain([key.as_bytes(), new_key.as_bytes()]).collect();
+    swarm.etcd_holds_no(&swarm.root_key, &secrets);
+    let g =
+        swarmca_core::rootca::generate_root("swarm-ca-2", std::time::SystemTime::now(), [8u8; 20]).unwrap();
+    let (cert2, key2) = (swarm.dir.path().join("root2.crt"), swarm.dir.path().join("root2.key"));
+    std::fs::write(&cert2, &g.cert_pem).unwrap();
+    std::fs::write(&key2, &g.key_pem).unwrap();
+    let o = swarm.managers[0].admin(&[
+        "ca",
+        "--rotate",
+        "--ca-cert",
+        cert2.to_str().unwrap(),
+        "--ca-key",
+        key2.to_str().unwrap(),
+        "-d",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    std::fs::remove_file(&key2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let workers = [swarm.dir.path().join("while-locked"), d];
+    loop {
+        for w in &workers {
+            let dir = w.to_str().unwrap();
+            let addr = &swarm.managers[0].addr;
+            let _ = crate::cli::run(&["renew", "--if-needed", "--cert-dir", dir, "--timeout", "10s", addr]);
+        }
+        let o = swarm.managers[0].admin(&["ca"]);
+        if !text(&o.stderr).contains("in progress") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rotation never completed: {}", text(&o.stderr));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let root = swarm.managers[1].admin_ok(&["ca", "-q"]);
+    assert_eq!(root.trim(), String::from_utf8_lossy(&g.cert_pem).trim(), "the rotation completed");
+    for k in [&swarm.root_key, &g.key_pem] {
+        swarm.etcd_holds_no(k, &secrets);
+        crate::custody::assert_no_key_under(swarm.dir.path(), k, &[]);
+    }
 }

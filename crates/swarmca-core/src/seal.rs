@@ -108,6 +108,28 @@ impl Secret {
         Ok(Secret(k))
     }
 
+    /// Reads `prefix` and 32 bytes in standard base64 (padding optional), surrounding
+    /// whitespace ignored; `what` and `missing_prefix` make the errors.
+    fn from_text(text: &str, prefix: &str, what: &str, missing_prefix: String) -> Result<Secret, SealError> {
+        use base64::Engine as _;
+        let rest = text.trim().strip_prefix(prefix).ok_or(SealError::BadKey(missing_prefix))?;
+        let raw = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(rest.trim_end_matches('='))
+                .map_err(|_| SealError::BadKey(format!("the {what} is not valid base64 after its prefix")))?,
+        );
+        Secret::from_slice(&raw)
+            .ok_or_else(|| SealError::BadKey(format!("a {what} has {KEY_LEN} bytes, not {}", raw.len())))
+    }
+
+    /// `prefix` and the bytes in standard base64 without padding.
+    fn to_text(&self, prefix: &str) -> Zeroizing<String> {
+        use base64::Engine as _;
+        let mut s = Zeroizing::new(String::from(prefix));
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode_string(self.0.as_ref(), &mut s);
+        s
+    }
+
     fn from_slice(b: &[u8]) -> Option<Secret> {
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
         if b.len() != KEY_LEN {
@@ -221,22 +243,40 @@ pub fn is_sealed(bytes: &[u8]) -> bool {
     bytes.starts_with(b"-----BEGIN SWARMCA ")
 }
 
-/// The cluster's data key: seals the secrets of the cluster record.
-#[derive(Clone)]
-pub struct DataKey(Secret);
+/// A key type over [`Secret`]: cloned, compared in constant time, drawn at random, and never
+/// printed (its `Debug` shows its name only).
+macro_rules! secret_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name(Secret);
 
-impl std::fmt::Debug for DataKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DataKey(..)")
-    }
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($name), "(..)"))
+            }
+        }
+
+        impl $name {
+            /// A new random key.
+            pub fn generate(entropy: &mut dyn Entropy) -> Result<$name, SealError> {
+                Secret::draw(entropy).map($name)
+            }
+
+            /// Whether two keys are the same (in constant time).
+            pub fn same_as(&self, other: &$name) -> bool {
+                bool::from(self.0 .0.as_ref().ct_eq(other.0 .0.as_ref()))
+            }
+        }
+    };
+}
+
+secret_type! {
+    /// The cluster's data key: seals the secrets of the cluster record.
+    DataKey
 }
 
 impl DataKey {
-    /// A new random data key.
-    pub fn generate(entropy: &mut dyn Entropy) -> Result<DataKey, SealError> {
-        Secret::draw(entropy).map(DataKey)
-    }
-
     /// Seals `plaintext` (a [`Purpose::CaKey`] or [`Purpose::UnlockKey`]) for `cluster_id`.
     pub fn seal(
         &self,
@@ -256,11 +296,6 @@ impl DataKey {
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, SealError> {
         self.0.open(purpose, cluster_id, sealed)
-    }
-
-    /// Whether two data keys are the same (in constant time).
-    pub fn same_as(&self, other: &DataKey) -> bool {
-        bool::from(self.0 .0.as_ref().ct_eq(other.0 .0.as_ref()))
     }
 }
 
@@ -347,22 +382,12 @@ impl Kek {
 /// in standard base64 without padding).
 pub const UNLOCK_KEY_PREFIX: &str = "SWMKEY-1-";
 
-/// A manager unlock key.
-#[derive(Clone)]
-pub struct UnlockKey(Secret);
-
-impl std::fmt::Debug for UnlockKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UnlockKey(..)")
-    }
+secret_type! {
+    /// A manager unlock key.
+    UnlockKey
 }
 
 impl UnlockKey {
-    /// A new random unlock key.
-    pub fn generate(entropy: &mut dyn Entropy) -> Result<UnlockKey, SealError> {
-        Secret::draw(entropy).map(UnlockKey)
-    }
-
     /// The key from its 32 raw bytes (as sealed in the cluster record).
     pub fn from_bytes(b: &[u8]) -> Result<UnlockKey, SealError> {
         Secret::from_slice(b)
@@ -372,83 +397,44 @@ impl UnlockKey {
 
     /// Parses the human-readable form (surrounding whitespace ignored).
     pub fn parse(text: &str) -> Result<UnlockKey, SealError> {
-        use base64::Engine as _;
-        let t = text.trim();
-        let Some(rest) = t.strip_prefix(UNLOCK_KEY_PREFIX) else {
-            return Err(SealError::BadKey(format!("an unlock key starts with {UNLOCK_KEY_PREFIX}")));
-        };
-        let raw =
-            Zeroizing::new(base64::engine::general_purpose::STANDARD_NO_PAD.decode(rest).map_err(|_| {
-                SealError::BadKey("the unlock key is not valid base64 after its prefix".into())
-            })?);
-        UnlockKey::from_bytes(&raw)
+        let missing = format!("an unlock key starts with {UNLOCK_KEY_PREFIX}");
+        Secret::from_text(text, UNLOCK_KEY_PREFIX, "unlock key", missing).map(UnlockKey)
     }
 
     /// The human-readable form.
     pub fn to_text(&self) -> Zeroizing<String> {
-        use base64::Engine as _;
-        let mut s = String::from(UNLOCK_KEY_PREFIX);
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode_string(self.0 .0.as_ref(), &mut s);
-        Zeroizing::new(s)
+        self.0.to_text(UNLOCK_KEY_PREFIX)
     }
 
     /// The raw bytes (to seal under the data key).
     pub fn bytes(&self) -> &[u8] {
         self.0 .0.as_ref()
     }
-
-    /// Whether two unlock keys are the same (in constant time).
-    pub fn same_as(&self, other: &UnlockKey) -> bool {
-        bool::from(self.0 .0.as_ref().ct_eq(other.0 .0.as_ref()))
-    }
 }
 
 /// Prefix of a seal key file's content.
 pub const SEAL_KEY_PREFIX: &str = "SWARMCA-SEAL-KEY-1-";
 
-/// A seal key: the secret, kept beside the store, that wraps the data key when autolock is off.
-#[derive(Clone)]
-pub struct SealKey(Secret);
-
-impl std::fmt::Debug for SealKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SealKey(..)")
-    }
+secret_type! {
+    /// A seal key: the secret, kept beside the store, that wraps the data key when autolock is off.
+    SealKey
 }
 
 impl SealKey {
-    /// A new random seal key.
-    pub fn generate(entropy: &mut dyn Entropy) -> Result<SealKey, SealError> {
-        Secret::draw(entropy).map(SealKey)
-    }
-
     /// Parses a key file's content: `SWARMCA-SEAL-KEY-1-` and 32 bytes in base64 (standard,
     /// padding optional), surrounding whitespace ignored.
     pub fn parse(text: &str) -> Result<SealKey, SealError> {
-        use base64::Engine as _;
-        let t = text.trim();
-        let Some(rest) = t.strip_prefix(SEAL_KEY_PREFIX) else {
-            return Err(SealError::BadKey(format!(
-                "a seal key file holds one line starting with {SEAL_KEY_PREFIX} (make one with `swarmca seal-key generate`)"
-            )));
-        };
-        let raw = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD_NO_PAD
-                .decode(rest.trim_end_matches('='))
-                .map_err(|_| SealError::BadKey("the seal key is not valid base64 after its prefix".into()))?,
+        let missing = format!(
+            "a seal key file holds one line starting with {SEAL_KEY_PREFIX} (make one with `swarmca seal-key generate`)"
         );
-        Secret::from_slice(&raw)
-            .map(SealKey)
-            .ok_or_else(|| SealError::BadKey(format!("a seal key has {KEY_LEN} bytes, not {}", raw.len())))
+        Secret::from_text(text, SEAL_KEY_PREFIX, "seal key", missing).map(SealKey)
     }
 
     /// The key file's content (one line, with its newline).
     pub fn to_text(&self) -> Zeroizing<String> {
-        use base64::Engine as _;
-        let mut s = String::from(SEAL_KEY_PREFIX);
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode_string(self.0 .0.as_ref(), &mut s);
+        let mut s = self.0.to_text(SEAL_KEY_PREFIX);
         s.push('\n');
-        Zeroizing::new(s)
+        s
     }
 }
 

@@ -81,8 +81,8 @@ pub struct Identity {
     pub node_id: String,
     /// Its certificate chain (PEM).
     pub cert_pem: Vec<u8>,
-    /// Its private key (PEM). Never printed.
-    pub key_pem: Vec<u8>,
+    /// Its private key (PEM). Never printed; wiped on drop.
+    pub key_pem: zeroize::Zeroizing<Vec<u8>>,
     /// The same key sealed for its file, under the key-encryption key.
     pub key_file: Vec<u8>,
     /// The key-encryption key the file is sealed under (the unlock key's, when autolocked).
@@ -209,7 +209,7 @@ impl Bootstrap<'_> {
             cluster_id,
             node_id,
             cert_pem: own.cert,
-            key_pem: own.key,
+            key_pem: own.key.into(),
             key_file,
             kek,
             data_key,
@@ -295,7 +295,7 @@ impl Bootstrap<'_> {
             cluster_id: cluster.id,
             node_id,
             cert_pem,
-            key_pem,
+            key_pem: key_pem.into(),
             key_file,
             kek,
             data_key,

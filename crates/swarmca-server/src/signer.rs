@@ -39,7 +39,7 @@ pub(crate) struct SignerState {
 /// A certificate chain and its private key (PEM). Never printed.
 struct TlsIdentity {
     cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
+    key_pem: zeroize::Zeroizing<Vec<u8>>,
 }
 
 impl SignerState {
@@ -82,7 +82,10 @@ impl SignerState {
         key_pem: &[u8],
     ) -> Result<(), ExternalCaError> {
         let tls = client_tls_config(&self.external_pool, Some((cert_pem, key_pem)))?;
-        self.tls_identity = Some(TlsIdentity { cert_pem: cert_pem.to_vec(), key_pem: key_pem.to_vec() });
+        self.tls_identity = Some(TlsIdentity {
+            cert_pem: cert_pem.to_vec(),
+            key_pem: zeroize::Zeroizing::new(key_pem.to_vec()),
+        });
         self.external.update_tls(tls);
         Ok(())
     }

@@ -170,32 +170,7 @@ impl RedbStore {
             Probe::Clean(t) => t,
             Probe::NeedsRecovery => return Err(corrupt(path, "not shut down cleanly; open it once first")),
         };
-        let fresh = sibling(path, "rewriting");
-        let _ = fs::remove_file(&fresh);
-        let made = (|| -> Result<(), redb::Error> {
-            let db = Builder::new().set_cache_size(CACHE_BYTES).create(&fresh)?;
-            let tx = db.begin_write()?;
-            {
-                let mut nodes = tx.open_table(NODES)?;
-                for (id, n) in &tables.nodes {
-                    nodes.insert(id.as_str(), n.encode_to_vec().as_slice())?;
-                }
-                let mut clusters = tx.open_table(CLUSTERS)?;
-                for (id, c) in &tables.clusters {
-                    clusters.insert(id.as_str(), c.encode_to_vec().as_slice())?;
-                }
-                let mut meta = tx.open_table(META)?;
-                meta.insert(META_FORMAT, FORMAT)?;
-                meta.insert(META_REVISION, tables.revision)?;
-            }
-            tx.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = made.map_err(|e| classify(path, e)).and_then(|()| owner_only(&fresh)) {
-            let _ = fs::remove_file(&fresh);
-            return Err(e);
-        }
-        replace(&fresh, path)
+        write_fresh(path, "rewriting", &tables)
     }
 
     /// The file this store lives in.
@@ -371,18 +346,29 @@ fn recover(path: &Path) -> Result<Tables, StoreError> {
 
 /// Creates an empty store in `path` by building it beside it and renaming it into place.
 fn create(path: &Path) -> Result<(), StoreError> {
-    let fresh = sibling(path, "creating");
-    // A leftover from a crash during an earlier creation: never a store anyone used.
+    write_fresh(path, "creating", &Tables::default())
+}
+
+/// Builds a store holding `tables` beside `path` (owner-only), then renames it over `path`.
+fn write_fresh(path: &Path, suffix: &str, tables: &Tables) -> Result<(), StoreError> {
+    let fresh = sibling(path, suffix);
+    // A leftover from a crash during an earlier attempt: never a store anyone used.
     let _ = fs::remove_file(&fresh);
     let made = (|| -> Result<(), redb::Error> {
         let db = Builder::new().set_cache_size(CACHE_BYTES).create(&fresh)?;
         let tx = db.begin_write()?;
-        tx.open_table(NODES)?;
-        tx.open_table(CLUSTERS)?;
         {
+            let mut nodes = tx.open_table(NODES)?;
+            for (id, n) in &tables.nodes {
+                nodes.insert(id.as_str(), n.encode_to_vec().as_slice())?;
+            }
+            let mut clusters = tx.open_table(CLUSTERS)?;
+            for (id, c) in &tables.clusters {
+                clusters.insert(id.as_str(), c.encode_to_vec().as_slice())?;
+            }
             let mut meta = tx.open_table(META)?;
             meta.insert(META_FORMAT, FORMAT)?;
-            meta.insert(META_REVISION, 0)?;
+            meta.insert(META_REVISION, tables.revision)?;
         }
         tx.commit()?;
         Ok(())

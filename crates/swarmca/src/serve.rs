@@ -411,10 +411,7 @@ pub async fn serve(
             cluster_id: id.cluster_id.clone(),
             node_id: id.node_id.clone(),
             certs_dir: certs.clone(),
-            key_file: std::sync::Mutex::new(KeyFile {
-                key_pem: zeroize::Zeroizing::new(id.key_pem.clone()),
-                kek: id.kek.clone(),
-            }),
+            key_file: std::sync::Mutex::new(KeyFile { key_pem: id.key_pem.clone(), kek: id.kek.clone() }),
             seal_key: keys.seal.clone(),
         }
         .run(stopped(stop_rx.clone())),

@@ -40,7 +40,8 @@ use crate::role::{Role, CA_ROLE};
 /// A local signer: the signing certificate and its matching key.
 struct Signer {
     cert_der: Vec<u8>,
-    key_pem: Vec<u8>,
+    /// The key's PEM (or its reference), wiped when the last clone of this signer goes.
+    key_pem: zeroize::Zeroizing<Vec<u8>>,
     key: Arc<CaKey>,
     /// Whether the signing certificate has a subject key identifier (Go copies it into
     /// the AKI of issued certificates, and omits the AKI otherwise).
@@ -207,8 +208,13 @@ impl RootCa {
             let key = Arc::new(key);
             let template =
                 leaf::LeafTemplate::new(&cert_der, &key).map_err(RootCaError::MalformedCertificate)?;
-            let signer =
-                Signer { cert_der: cert_der.clone(), key_pem: sign_key_pem.to_vec(), key, has_ski, template };
+            let signer = Signer {
+                cert_der: cert_der.clone(),
+                key_pem: zeroize::Zeroizing::new(sign_key_pem.to_vec()),
+                key,
+                has_ski,
+                template,
+            };
             check_signer(&signer)?;
             Some(Arc::new(signer))
         };

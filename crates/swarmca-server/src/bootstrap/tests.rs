@@ -73,7 +73,7 @@ async fn the_first_start_creates_the_cluster_and_later_ones_keep_a_current_certi
     assert_eq!(cluster.root_ca.unwrap().join_tokens.unwrap(), first.tokens);
 
     // Restarted with its files: the same identity, nothing issued.
-    let own = Some((first.cert_pem.clone(), first.key_pem.clone()));
+    let own = Some((first.cert_pem.clone(), first.key_pem.to_vec()));
     let again = start(&store, now, own).await.unwrap();
     assert!(!again.created && !again.issued);
     assert_eq!(
@@ -83,7 +83,7 @@ async fn the_first_start_creates_the_cluster_and_later_ones_keep_a_current_certi
 
     // Restarted late in its certificate's life: a new certificate, same node ID.
     let late = now + DEFAULT_NODE_CERT_EXPIRY * 2 / 3;
-    let own = Some((first.cert_pem.clone(), first.key_pem.clone()));
+    let own = Some((first.cert_pem.clone(), first.key_pem.to_vec()));
     let renewed = start(&store, late, own).await.unwrap();
     assert!(renewed.issued && !renewed.created);
     assert_eq!(renewed.node_id, first.node_id);
@@ -101,7 +101,7 @@ async fn a_certificate_of_another_cluster_is_refused_as_a_wrong_data_directory()
     let elsewhere = start(&Arc::new(MemStore::new()), now, None).await.unwrap();
     let store = Arc::new(MemStore::new());
     start(&store, now, None).await.unwrap();
-    let own = Some((elsewhere.cert_pem, elsewhere.key_pem));
+    let own = Some((elsewhere.cert_pem, elsewhere.key_pem.to_vec()));
     match start(&store, now, own).await {
         Err(BootstrapError::Refused(m)) => assert!(m.contains("wrong data directory"), "{m}"),
         other => panic!("expected a refusal, got {other:?}"),
@@ -167,7 +167,7 @@ async fn a_cluster_stored_in_clear_by_an_earlier_version_is_sealed_on_start_and_
     legacy.sealing = None;
     store.commit(vec![Op::UpdateCluster(legacy.clone())]).await.unwrap();
 
-    let id = start(&store, now, Some((first.cert_pem.clone(), first.key_pem.clone()))).await.unwrap();
+    let id = start(&store, now, Some((first.cert_pem.clone(), first.key_pem.to_vec()))).await.unwrap();
     assert!(id.migrated && !id.issued && !id.created);
     assert_eq!(
         (id.cluster_id.as_str(), id.node_id.as_str()),

@@ -93,6 +93,27 @@ mod starting {
         key
     }
 
+    /// A manager's start on `store` with `keys`, unlock keys from `attempts`, until `stop`.
+    async fn start(
+        store: &Arc<MemStore>,
+        keys: &mut Keys,
+        attempts: &mut tokio::sync::mpsc::Receiver<UnlockAttempt>,
+        stop: impl std::future::Future<Output = ()>,
+        locked: impl FnOnce(),
+    ) -> Result<crate::bootstrap::Identity, NotStarted> {
+        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(store.clone()));
+        Unlocking {
+            store: &**store,
+            election: &election,
+            clock: &SystemClock,
+            entropy: &entropy,
+            keys,
+            attempts,
+        }
+        .start(&NewCluster::default(), None, stop, locked, || {})
+        .await
+    }
+
     async fn attempt(tx: &tokio::sync::mpsc::Sender<UnlockAttempt>, key: UnlockKey) -> Result<(), String> {
         let (reply, outcome) = oneshot::channel();
         tx.send(UnlockAttempt { key, reply }).await.unwrap();
@@ -116,25 +137,10 @@ mod starting {
             let ok = attempt(&tx, right).await;
             (wrong, again, ok)
         });
-        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(store.clone()));
         let t = told.clone();
-        let id = Unlocking {
-            store: &*store,
-            election: &election,
-            clock: &SystemClock,
-            entropy: &entropy,
-            keys: &mut keys,
-            attempts: &mut attempts,
-        }
-        .start(
-            &NewCluster::default(),
-            None,
-            std::future::pending(),
-            move || {
-                t.fetch_add(1, Ordering::SeqCst);
-            },
-            || {},
-        )
+        let id = start(&store, &mut keys, &mut attempts, std::future::pending(), move || {
+            t.fetch_add(1, Ordering::SeqCst);
+        })
         .await
         .unwrap();
         let (wrong, again, ok) = giver.await.unwrap();
@@ -155,39 +161,20 @@ mod starting {
         let store = Arc::new(MemStore::new());
         let seal = SealKey::generate(&mut OsEntropy).unwrap();
         autolocked(&store, &Keys { seal: Some(seal.clone()), unlock: None, ..Default::default() }).await;
-        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(store.clone()));
         let (_tx, mut attempts) = tokio::sync::mpsc::channel(1);
         let mut keys = Keys {
             seal: Some(seal.clone()),
             unlock: Some(UnlockKey::generate(&mut OsEntropy).unwrap()),
             ..Default::default()
         };
-        let r = Unlocking {
-            store: &*store,
-            election: &election,
-            clock: &SystemClock,
-            entropy: &entropy,
-            keys: &mut keys,
-            attempts: &mut attempts,
-        }
-        .start(&NewCluster::default(), None, std::future::pending(), || {}, || {})
-        .await;
+        let r = start(&store, &mut keys, &mut attempts, std::future::pending(), || {}).await;
         assert!(
             matches!(r, Err(NotStarted::Refused(ref e)) if e.to_string().contains("wrong unlock key")),
             "{r:?}"
         );
 
         let mut keys = Keys { seal: Some(seal), unlock: None, ..Default::default() };
-        let r = Unlocking {
-            store: &*store,
-            election: &election,
-            clock: &SystemClock,
-            entropy: &entropy,
-            keys: &mut keys,
-            attempts: &mut attempts,
-        }
-        .start(&NewCluster::default(), None, async {}, || {}, || {})
-        .await;
+        let r = start(&store, &mut keys, &mut attempts, async {}, || {}).await;
         assert!(matches!(r, Err(NotStarted::Stopped)), "{r:?}");
     }
 }

@@ -48,6 +48,34 @@ fn reopen_restores_objects_versions_and_revision() {
 }
 
 #[test]
+fn a_rewrite_keeps_every_live_object_and_the_revision_in_an_owner_only_file() {
+    let dir = TempDir::new();
+    let path = dir.path().join("store.redb");
+    let before = {
+        let s = RedbStore::open(&path).unwrap();
+        let mut n = node("a");
+        n.certificate = Some(swarmca_types::Certificate { csr: vec![9; 27], ..Default::default() });
+        commit(&s, vec![Op::CreateNode(n), Op::CreateCluster(cluster("c"))]).unwrap();
+        let mut a = block_on(s.get_node("a")).unwrap().unwrap();
+        a.certificate = Some(swarmca_types::Certificate { csr: vec![1; 27], ..Default::default() });
+        commit(&s, vec![Op::UpdateNode(a)]).unwrap();
+        snapshot(&s)
+    };
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    RedbStore::rewrite(&path).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let s = RedbStore::open(&path).unwrap();
+    assert_eq!(snapshot(&s), before);
+    assert_eq!(s.revision(), 2);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+    // An open store cannot be rewritten under its holder.
+    assert!(RedbStore::rewrite(&path).is_err());
+}
+
+#[test]
 fn new_store_is_empty_at_revision_zero_and_leaves_no_temporary_file() {
     let dir = TempDir::new();
     let s = dir.store();
