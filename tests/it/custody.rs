@@ -208,6 +208,7 @@ fn a_store_written_in_clear_by_the_previous_format_is_sealed_on_start_and_keeps_
     s.wait_ready();
     let log = std::fs::read_to_string(&s.log).unwrap();
     assert!(log.contains("they are sealed now"), "{log}");
+    assert!(!data.join(".swarmca.redb.rewrite").exists(), "the store was rewritten and its mark cleared");
     // The same cluster: ID, root, tokens, nodes, this manager's identity.
     assert_eq!(cluster_id(&s), old_id);
     assert_eq!(s.admin_ok(&["ca", "-q"]).trim(), String::from_utf8_lossy(&g.cert_pem).trim());
@@ -229,6 +230,13 @@ fn a_store_written_in_clear_by_the_previous_format_is_sealed_on_start_and_keeps_
     let s = Server::spawn(&data, free_port(), &[]);
     s.wait_ready();
     assert!(!std::fs::read_to_string(&s.log).unwrap().contains("sealed now"));
+    assert!(s.terminate().success());
+    // A start that died after sealing but before the rewrite leaves its mark: the next start
+    // rewrites the file (and clears the mark).
+    std::fs::write(data.join(".swarmca.redb.rewrite"), b"").unwrap();
+    let s = Server::spawn(&data, free_port(), &[]);
+    s.wait_ready();
+    assert!(!data.join(".swarmca.redb.rewrite").exists());
     assert!(s.terminate().success());
 }
 

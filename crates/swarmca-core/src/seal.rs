@@ -13,7 +13,9 @@
 //! from the data key or the KEK with HKDF-SHA256, and every sealed value is bound by its
 //! associated data to the cluster it belongs to and to what it is (a sealed CA key cannot be
 //! passed off as an unlock key, nor moved to another cluster). Nonces are 96 random bits from
-//! the caller's [`Entropy`]; a key seals a few values in its life, far below the birthday bound.
+//! the caller's [`Entropy`]. Each write of the cluster record seals each of its few secrets
+//! again: even millions of writes stay far below the 2^32 messages a key may seal with random
+//! 96-bit nonces.
 //!
 //! A sealed value is a PEM block (`-----BEGIN SWARMCA SEALED CA KEY-----`, …) whose body is
 //! `version (1 byte) ‖ nonce (12) ‖ ciphertext ‖ tag (16)`, so it can sit in the byte fields
@@ -53,6 +55,16 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    /// What the value is, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Purpose::CaKey => "CA key",
+            Purpose::UnlockKey => "unlock key",
+            Purpose::DataKey => "data key",
+            Purpose::NodeKey => "node key",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Purpose::CaKey => "SWARMCA SEALED CA KEY",
@@ -183,7 +195,7 @@ impl Secret {
         cluster_id: &str,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let what = purpose_name(purpose);
+        let what = purpose.name();
         let block = match crate::pemutil::decode(sealed) {
             Some((b, _)) if b.label == purpose.label() => b,
             Some((b, _)) => {
@@ -214,15 +226,6 @@ impl Secret {
             .len();
         in_out.truncate(n);
         Ok(in_out)
-    }
-}
-
-fn purpose_name(p: Purpose) -> &'static str {
-    match p {
-        Purpose::CaKey => "CA key",
-        Purpose::UnlockKey => "unlock key",
-        Purpose::DataKey => "data key",
-        Purpose::NodeKey => "node key",
     }
 }
 

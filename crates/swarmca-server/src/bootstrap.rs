@@ -209,7 +209,7 @@ impl Bootstrap<'_> {
             cluster_id,
             node_id,
             cert_pem: own.cert,
-            key_pem: own.key.into(),
+            key_pem: own.key,
             key_file,
             kek,
             data_key,
@@ -272,7 +272,7 @@ impl Bootstrap<'_> {
             node_id = Some(facts.cn);
         }
         let (node_id, cert_pem, key_pem, issued) = match (keep, node_id) {
-            (Some((cert, key)), Some(id)) => (id, cert, key, false),
+            (Some((cert, key)), Some(id)) => (id, cert, zeroize::Zeroizing::new(key), false),
             (_, id) => {
                 let node_id = match id {
                     Some(id) => id,
@@ -295,7 +295,7 @@ impl Bootstrap<'_> {
             cluster_id: cluster.id,
             node_id,
             cert_pem,
-            key_pem: key_pem.into(),
+            key_pem,
             key_file,
             kek,
             data_key,
@@ -316,6 +316,13 @@ impl Bootstrap<'_> {
             if let Some(dek) = custody::unseal(&stored, self.keys)? {
                 let clear = custody::open_cluster(&stored, &dek)?;
                 return Ok((dek, clear, false));
+            }
+            // Sealed secrets without a wrapped data key (a record rewritten by a version that
+            // does not know the field, or damaged): sealing again would lose them for good.
+            if custody::has_sealed_secrets(&stored) {
+                return Err(refused(
+                    "the cluster record holds sealed keys but no wrapped data key (written by an older swarmca, or damaged); restore it from a backup",
+                ));
             }
             let (dek, record) = custody::migrate(&stored, self.keys, self.entropy)?;
             let sealed = custody::seal_cluster(&record, &dek, self.entropy)?;
@@ -371,7 +378,7 @@ impl Bootstrap<'_> {
                 "the cluster root CA has no key here and no external CA is configured for it; cannot issue this manager's certificate",
             ));
         };
-        Ok(OwnCert { cert, key, csr })
+        Ok(OwnCert { cert, key: zeroize::Zeroizing::new(key), csr })
     }
 
     fn serial(&self) -> Result<[u8; 20], BootstrapError> {
@@ -406,7 +413,7 @@ pub fn new_key_and_csr() -> Result<(Vec<u8>, Vec<u8>), rcgen::Error> {
 /// A certificate issued to this manager, with its new key and the CSR it was made from.
 struct OwnCert {
     cert: Vec<u8>,
-    key: Vec<u8>,
+    key: zeroize::Zeroizing<Vec<u8>>,
     csr: Vec<u8>,
 }
 

@@ -164,18 +164,35 @@ pub fn seal_cluster(c: &Cluster, dek: &DataKey, entropy: &SharedEntropy) -> Resu
     Ok(out)
 }
 
-/// `c` with its secrets opened with `dek`. A secret still in clear (written by an earlier
-/// version, before the record was sealed) is taken as it is; the next write seals it.
+/// `c` with its secrets opened with `dek`. A secret in clear in a sealed record is refused: it
+/// can only have been put there by someone writing the store directly, and taking it (an
+/// unlock key of their choosing, say, that the next write would wrap the data key under)
+/// would hand them the keys. A record of the earlier, clear format is sealed by [`migrate`]
+/// before anything reads it through a [`SealedStore`].
 pub fn open_cluster(c: &Cluster, dek: &DataKey) -> Result<Cluster, SealError> {
     let mut out = c.clone();
     let id = out.id.clone();
     for (purpose, field) in secrets(&mut out) {
-        if is_sealed(field) {
-            let clear = dek.open(purpose, &id, field)?;
-            *field = clear.to_vec();
+        if field.is_empty() {
+            continue;
         }
+        if !is_sealed(field) {
+            return Err(SealError::Format {
+                what: purpose.name(),
+                detail: "found in clear in a sealed cluster record (written around swarmca?)".into(),
+            });
+        }
+        let clear = dek.open(purpose, &id, field)?;
+        field.clear();
+        field.extend_from_slice(&clear);
     }
     Ok(out)
+}
+
+/// Whether any secret of `c` is sealed (a record that must have a wrapped data key).
+pub fn has_sealed_secrets(c: &Cluster) -> bool {
+    let mut c = c.clone();
+    secrets(&mut c).iter().any(|(_, f)| is_sealed(f))
 }
 
 /// The key-encryption key a (clear) cluster record's data key belongs under: the unlock key
@@ -233,9 +250,18 @@ impl SealedStore {
         let mut out = seal_cluster(c, &self.dek, &self.entropy).map_err(|e| refuse(e.into()))?;
         let kek = desired_kek(c, self.seal_key.as_ref()).map_err(refuse)?;
         let current = out.sealing.as_ref().filter(|s| kek_source(s) == kek.source());
-        let wrapped_right = current
-            .is_some_and(|s| kek.unwrap(&s.wrapped_data_key, &c.id).is_ok_and(|k| k.same_as(&self.dek)));
-        if !wrapped_right {
+        let unwrapped = current.map(|s| kek.unwrap(&s.wrapped_data_key, &c.id));
+        // Another data key under the same KEK: the record was re-keyed by someone else, and
+        // wrapping ours over it would make the secrets sealed under theirs unreadable.
+        if let Some(Ok(k)) = &unwrapped {
+            if !k.same_as(&self.dek) {
+                return Err(StoreError::Corrupt(format!(
+                    "cluster {}: its data key changed under this manager; restart it",
+                    c.id
+                )));
+            }
+        }
+        if unwrapped.is_none_or(|r| r.is_err()) {
             out.sealing = Some(sealing(&kek, &self.dek, &c.id, &self.entropy).map_err(|e| refuse(e.into()))?);
         }
         Ok(out)

@@ -10,9 +10,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
@@ -77,8 +79,7 @@ fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
 
 /// The keys of one PKCS#11 module, logged in with the user PIN.
 pub struct Pkcs11Keys {
-    ctx: Pkcs11,
-    pin: Zeroizing<String>,
+    finder: Arc<Finder>,
     /// Keys already found, by URI: one session each, kept open.
     found: Mutex<HashMap<Vec<u8>, Arc<Pkcs11Key>>>,
 }
@@ -89,6 +90,15 @@ impl std::fmt::Debug for Pkcs11Keys {
     }
 }
 
+/// The module, the PIN, and whether the token has refused that PIN already.
+struct Finder {
+    ctx: Pkcs11,
+    pin: Zeroizing<String>,
+    /// Set once the token refuses the PIN: it is never offered again (tokens lock their PIN
+    /// after a few failures, and every retry would count).
+    pin_refused: AtomicBool,
+}
+
 impl Pkcs11Keys {
     /// Loads and initializes the module at `module` (e.g. /usr/lib/softhsm/libsofthsm2.so).
     pub fn open(module: &Path, pin: Zeroizing<String>) -> Result<Pkcs11Keys, String> {
@@ -96,11 +106,20 @@ impl Pkcs11Keys {
             .map_err(|e| format!("cannot load the PKCS#11 module {}: {e}", module.display()))?;
         ctx.initialize(CInitializeArgs::OsThreads)
             .map_err(|e| format!("cannot initialize the PKCS#11 module {}: {e}", module.display()))?;
-        Ok(Pkcs11Keys { ctx, pin, found: Mutex::new(HashMap::new()) })
+        let finder = Finder { ctx, pin, pin_refused: AtomicBool::new(false) };
+        Ok(Pkcs11Keys { finder: Arc::new(finder), found: Mutex::new(HashMap::new()) })
     }
+}
 
-    fn find(&self, uri: &str) -> Result<Arc<Pkcs11Key>, String> {
-        let want = parse_uri(uri)?;
+impl Finder {
+    /// A logged-in session on the token `want` names, and its key there.
+    fn session_and_key(&self, want: &KeyUri) -> Result<(Session, ObjectHandle), String> {
+        if self.pin_refused.load(Ordering::SeqCst) {
+            return Err(
+                "the token refused the PIN before; it is not offered again (restart with the right PIN)"
+                    .into(),
+            );
+        }
         let slots =
             self.ctx.get_slots_with_token().map_err(|e| format!("PKCS#11: cannot list tokens: {e}"))?;
         let slot = slots
@@ -116,26 +135,40 @@ impl Pkcs11Keys {
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) => {}
             // Another session of this process already logged in to the token.
-            Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => return Err(format!("PKCS#11: login to the token refused (wrong PIN?): {e}")),
-        }
-        let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::KeyType(KeyType::EC)];
-        if let Some(o) = &want.object {
-            template.push(Attribute::Label(o.as_bytes().to_vec()));
-        }
-        if let Some(id) = &want.id {
-            template.push(Attribute::Id(id.clone()));
-        }
-        let handles = session.find_objects(&template).map_err(|e| format!("PKCS#11: search failed: {e}"))?;
-        let key = match handles.as_slice() {
-            [one] => *one,
-            [] => return Err(format!("no EC private key {} in the token", describe(&want))),
-            _ => {
-                return Err(format!("several EC private keys match {}; add id= to the URI", describe(&want)))
+            Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e @ cryptoki::error::Error::Pkcs11(RvError::PinIncorrect | RvError::PinLocked, _)) => {
+                self.pin_refused.store(true, Ordering::SeqCst);
+                return Err(format!("PKCS#11: the token refused the PIN: {e}"));
             }
-        };
+            Err(e) => return Err(format!("PKCS#11: login to the token failed: {e}")),
+        }
+        let key = find_one(&session, ObjectClass::PRIVATE_KEY, want)?
+            .ok_or_else(|| format!("no EC private key {} in the token", describe(want)))?;
+        Ok((session, key))
+    }
+
+    fn find(self: &Arc<Self>, uri: &str) -> Result<Arc<Pkcs11Key>, String> {
+        let want = parse_uri(uri)?;
+        let (session, key) = self.session_and_key(&want)?;
         let public = public_point(&session, &want)?;
-        Ok(Arc::new(Pkcs11Key { session: Mutex::new(session), key, public }))
+        Ok(Arc::new(Pkcs11Key { finder: self.clone(), want, state: Mutex::new((session, key)), public }))
+    }
+}
+
+/// The one EC object of `class` that `want` names (`None` when there is none).
+fn find_one(session: &Session, class: ObjectClass, want: &KeyUri) -> Result<Option<ObjectHandle>, String> {
+    let mut template = vec![Attribute::Class(class), Attribute::KeyType(KeyType::EC)];
+    if let Some(o) = &want.object {
+        template.push(Attribute::Label(o.as_bytes().to_vec()));
+    }
+    if let Some(id) = &want.id {
+        template.push(Attribute::Id(id.clone()));
+    }
+    let handles = session.find_objects(&template).map_err(|e| format!("PKCS#11: search failed: {e}"))?;
+    match handles.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ => Err(format!("several EC keys match {} in the token; add id= to the URI", describe(want))),
     }
 }
 
@@ -151,18 +184,7 @@ fn describe(k: &KeyUri) -> String {
 /// around the uncompressed point), or empty when the token keeps none (the CA's test signature
 /// then proves the key belongs to the certificate).
 fn public_point(session: &Session, want: &KeyUri) -> Result<Vec<u8>, String> {
-    let mut template = vec![Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::KeyType(KeyType::EC)];
-    if let Some(o) = &want.object {
-        template.push(Attribute::Label(o.as_bytes().to_vec()));
-    }
-    if let Some(id) = &want.id {
-        template.push(Attribute::Id(id.clone()));
-    }
-    let Some(h) =
-        session.find_objects(&template).map_err(|e| format!("PKCS#11: search failed: {e}"))?.first().copied()
-    else {
-        return Ok(Vec::new());
-    };
+    let Some(h) = find_one(session, ObjectClass::PUBLIC_KEY, want)? else { return Ok(Vec::new()) };
     let attrs = session
         .get_attributes(h, &[AttributeType::EcPoint])
         .map_err(|e| format!("PKCS#11: cannot read the public key: {e}"))?;
@@ -183,25 +205,27 @@ impl ExternalKeys for Pkcs11Keys {
         if !reference.starts_with(PKCS11_SCHEME) {
             return None;
         }
-        let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = found.get(reference) {
+        if let Some(k) = self.found.lock().unwrap_or_else(|e| e.into_inner()).get(reference) {
             return Some(Ok(k.clone() as Arc<dyn ExternalKey>));
         }
         let uri = match std::str::from_utf8(reference) {
             Ok(u) => u.trim(),
             Err(_) => return Some(Err("the PKCS#11 URI is not UTF-8".into())),
         };
-        Some(self.find(uri).map(|k| {
-            found.insert(reference.to_vec(), k.clone());
+        // Found outside the lock: a slow token does not hold up other keys' lookups.
+        Some(self.finder.find(uri).map(|k| {
+            self.found.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.to_vec(), k.clone());
             k as Arc<dyn ExternalKey>
         }))
     }
 }
 
-/// One key in a token, with the session it signs through.
+/// One key in a token, with the session it signs through (opened again, and logged in again,
+/// when the token drops it: a restarted HSM, a token pulled and put back).
 pub struct Pkcs11Key {
-    session: Mutex<Session>,
-    key: ObjectHandle,
+    finder: Arc<Finder>,
+    want: KeyUri,
+    state: Mutex<(Session, ObjectHandle)>,
     public: Vec<u8>,
 }
 
@@ -212,10 +236,28 @@ impl ExternalKey for Pkcs11Key {
 
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
         let digest = ring::digest::digest(&ring::digest::SHA256, msg);
-        let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
-        let raw = session
-            .sign(&Mechanism::Ecdsa, self.key, digest.as_ref())
-            .map_err(|e| format!("the token refused to sign: {e}"))?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let first = state.0.sign(&Mechanism::Ecdsa, state.1, digest.as_ref());
+        let raw = match first {
+            Ok(raw) => raw,
+            Err(cryptoki::error::Error::Pkcs11(
+                RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::UserNotLoggedIn
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid,
+                _,
+            )) => {
+                *state = self.finder.session_and_key(&self.want)?;
+                state
+                    .0
+                    .sign(&Mechanism::Ecdsa, state.1, digest.as_ref())
+                    .map_err(|e| format!("the token refused to sign: {e}"))?
+            }
+            Err(e) => return Err(format!("the token refused to sign: {e}")),
+        };
         ecdsa_der(&raw)
     }
 }

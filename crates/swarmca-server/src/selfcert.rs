@@ -54,7 +54,7 @@ pub struct KeyFile {
 /// A renewal of this manager's certificate in flight: the CSR sent and its key.
 struct Renewal {
     csr: Vec<u8>,
-    key_pem: Vec<u8>,
+    key_pem: Zeroizing<Vec<u8>>,
 }
 
 /// The roots client certificates are verified against: the cluster root, and the new root
@@ -70,56 +70,83 @@ fn trust_pem(c: &Cluster) -> Vec<u8> {
 }
 
 impl SelfCert {
-    /// Runs until `stop` resolves. Failures are logged; the listener keeps its credentials.
+    /// Runs until `stop` resolves. Failures are logged; the listener keeps its credentials. A
+    /// watch that closes (a store reconnect, an event that does not open) is followed again
+    /// after a pause, so the key file keeps following the cluster's key-encryption key.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
+        let mut trust = Vec::new();
+        let mut root_file = Vec::new();
+        let mut renewal: Option<Renewal> = None;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => return,
+                followed = self.follow(&mut trust, &mut root_file, &mut renewal) => {
+                    if followed {
+                        pause = Duration::from_millis(200);
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                () = &mut stop => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Follows the cluster and this manager's node until a watch ends; whether it got as far as
+    /// watching.
+    async fn follow(
+        &self,
+        trust: &mut Vec<u8>,
+        root_file: &mut Vec<u8>,
+        renewal: &mut Option<Renewal>,
+    ) -> bool {
         let (snap, mut clusters) =
             match self.store.view_and_watch(WatchFilter::Cluster(self.cluster_id.clone())).await {
                 Ok(x) => x,
-                Err(e) => return error!(error = %e, "cannot follow the cluster; TLS trust roots stay fixed"),
+                Err(e) => {
+                    warn!(error = %e, "cannot follow the cluster; trying again");
+                    return false;
+                }
             };
-        let (node_snap, mut nodes) = match self
-            .store
-            .view_and_watch(WatchFilter::Node(self.node_id.clone()))
-            .await
-        {
-            Ok(x) => x,
-            Err(e) => {
-                return error!(error = %e, "cannot follow this manager's node; it will not follow root rotations")
-            }
-        };
-        let mut trust = Vec::new();
-        let mut root_file = Vec::new();
+        let (node_snap, mut nodes) =
+            match self.store.view_and_watch(WatchFilter::Node(self.node_id.clone())).await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "cannot follow this manager's node; trying again");
+                    return false;
+                }
+            };
         if let Some(c) = snap.clusters.first() {
-            self.on_cluster(c, &mut trust, &mut root_file);
+            self.on_cluster(c, trust, root_file);
         }
-        let mut renewal: Option<Renewal> = None;
         if let Some(n) = node_snap.nodes.into_iter().next() {
-            self.on_node(n, &mut renewal).await;
-        }
-        enum Next {
-            Stop,
-            Cluster(Option<Event>),
-            Node(Option<Event>),
+            self.on_node(n, renewal).await;
         }
         loop {
-            let next = tokio::select! {
+            tokio::select! {
                 biased;
-                () = &mut stop => Next::Stop,
-                ev = clusters.next() => Next::Cluster(ev),
-                ev = nodes.next() => Next::Node(ev),
-            };
-            match next {
-                Next::Stop => return,
-                Next::Cluster(Some(Event::UpdateCluster(c) | Event::CreateCluster(c))) => {
-                    self.on_cluster(&c, &mut trust, &mut root_file)
-                }
-                Next::Node(Some(Event::UpdateNode(n) | Event::CreateNode(n))) => {
-                    self.on_node(n, &mut renewal).await
-                }
-                Next::Cluster(None) => return warn!("cluster watch closed"),
-                Next::Node(None) => return warn!("node watch closed"),
-                Next::Cluster(Some(_)) | Next::Node(Some(_)) => {}
+                ev = clusters.next() => match ev {
+                    Some(Event::UpdateCluster(c) | Event::CreateCluster(c)) => self.on_cluster(&c, trust, root_file),
+                    Some(_) => {}
+                    None => {
+                        warn!("cluster watch closed; following it again");
+                        return true;
+                    }
+                },
+                ev = nodes.next() => match ev {
+                    Some(Event::UpdateNode(n) | Event::CreateNode(n)) => self.on_node(n, renewal).await,
+                    Some(_) => {}
+                    None => {
+                        warn!("node watch closed; following it again");
+                        return true;
+                    }
+                },
             }
         }
     }
@@ -210,7 +237,7 @@ impl SelfCert {
             }
             node.certificate = Some(swarmca_core::policy::renew_request(&node, csr.clone()));
             match self.store.commit(vec![Op::UpdateNode(node.clone())]).await {
-                Ok(_) => return Some(Renewal { csr, key_pem }),
+                Ok(_) => return Some(Renewal { csr, key_pem: Zeroizing::new(key_pem.clone()) }),
                 Err(StoreError::SequenceConflict) => match self.store.get_node(&self.node_id).await {
                     Ok(Some(n)) => node = n,
                     _ => return None,

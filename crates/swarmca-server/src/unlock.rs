@@ -9,7 +9,7 @@
 //! up to 30 s), so the socket cannot be used to try keys fast. Once unlocked, [`AdminGate::open`]
 //! puts the manager's [`Control`] behind the gate and every call goes through to it.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use swarmca_core::seal::UnlockKey;
@@ -49,15 +49,13 @@ pub struct AdminGate {
 struct Gate {
     control: OnceLock<Control>,
     attempts: mpsc::Sender<UnlockAttempt>,
-    /// Wrong keys in a row.
-    failures: Mutex<u32>,
 }
 
 impl AdminGate {
     /// A closed gate, and the stream of unlock keys given to it.
     pub fn new() -> (AdminGate, mpsc::Receiver<UnlockAttempt>) {
         let (tx, rx) = mpsc::channel(1);
-        let gate = Gate { control: OnceLock::new(), attempts: tx, failures: Mutex::new(0) };
+        let gate = Gate { control: OnceLock::new(), attempts: tx };
         (AdminGate { inner: Arc::new(gate) }, rx)
     }
 
@@ -70,8 +68,9 @@ impl AdminGate {
         self.inner.control.get().ok_or_else(|| Status::failed_precondition(LOCKED))
     }
 
-    /// How long the answer to the `n`th wrong key in a row is held back.
-    fn penalty(n: u32) -> Duration {
+    /// How long the answer to the `n`th wrong key in a row is held back (and the next key with
+    /// it: keys are tried one at a time).
+    pub(crate) fn penalty(n: u32) -> Duration {
         Duration::from_secs(1u64 << n.saturating_sub(1).min(5)).min(MAX_PENALTY)
     }
 }
@@ -123,22 +122,12 @@ impl AdminGate {
         let text = zeroize::Zeroizing::new(req.into_inner().unlock_key);
         let key = UnlockKey::parse(&text).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (reply, outcome) = oneshot::channel();
-        let gone = || Status::unavailable("this manager is shutting down");
-        self.inner.attempts.send(UnlockAttempt { key, reply }).await.map_err(|_| gone())?;
-        match outcome.await.map_err(|_| gone())? {
-            Ok(()) => {
-                *self.inner.failures.lock().unwrap_or_else(|e| e.into_inner()) = 0;
-                Ok(Response::new(admin::UnlockResponse { message: "manager unlocked".into() }))
-            }
-            Err(why) => {
-                let n = {
-                    let mut f = self.inner.failures.lock().unwrap_or_else(|e| e.into_inner());
-                    *f = f.saturating_add(1);
-                    *f
-                };
-                tokio::time::sleep(AdminGate::penalty(n)).await;
-                Err(Status::permission_denied(why))
-            }
+        // The manager stopped taking keys: it is unlocked (and starting) or shutting down.
+        let closed = || Status::unavailable("this manager is no longer waiting for an unlock key");
+        self.inner.attempts.send(UnlockAttempt { key, reply }).await.map_err(|_| closed())?;
+        match outcome.await.map_err(|_| closed())? {
+            Ok(()) => Ok(Response::new(admin::UnlockResponse { message: "manager unlocked".into() })),
+            Err(why) => Err(Status::permission_denied(why)),
         }
     }
 }
@@ -182,6 +171,7 @@ impl Unlocking<'_> {
         tokio::pin!(stop);
         let mut locked = Some(locked);
         let mut pending: Option<oneshot::Sender<Result<(), String>>> = None;
+        let mut failures = 0u32;
         loop {
             let boot = Bootstrap {
                 store: self.store,
@@ -190,12 +180,20 @@ impl Unlocking<'_> {
                 entropy: self.entropy,
                 keys: &*self.keys,
             };
-            let refusal = match boot.start(init, own.clone(), &waiting).await {
+            let started = tokio::select! {
+                r = boot.start(init, own.clone(), &waiting) => r,
+                () = &mut stop => return Err(NotStarted::Stopped),
+            };
+            let refusal = match started {
                 Ok(id) => {
                     if let Some(p) = pending.take() {
                         info!("unlocked");
                         let _ = p.send(Ok(()));
                     }
+                    // Keys queued meanwhile are not tried: their senders hear that the manager
+                    // no longer waits for one.
+                    self.attempts.close();
+                    while self.attempts.try_recv().is_ok() {}
                     return Ok(id);
                 }
                 Err(BootstrapError::Custody(e @ (CustodyError::Locked | CustodyError::WrongKey(_)))) => e,
@@ -205,6 +203,13 @@ impl Unlocking<'_> {
                 // A key given on the control socket: its giver hears why, and may try again.
                 (e, Some(p)) => {
                     warn!(error = %e, "unlock refused");
+                    // Held back, and the next key with it: wrong keys cannot be tried fast,
+                    // however many callers send them.
+                    failures = failures.saturating_add(1);
+                    tokio::select! {
+                        () = tokio::time::sleep(AdminGate::penalty(failures)) => {}
+                        () = &mut stop => return Err(NotStarted::Stopped),
+                    }
                     let _ = p.send(Err(e.to_string()));
                 }
                 // A wrong key given at start (or a wrong seal key): nothing to wait for.

@@ -514,7 +514,7 @@ pub async fn unlock(data_dir: &Path, key_file: Option<&Path>) -> Result<(), Fata
     };
     let mut c = client(data_dir).await?;
     let r = c
-        .unlock(admin::UnlockRequest { unlock_key: key.trim().to_string() })
+        .unlock(admin::UnlockRequest { unlock_key: key.trim().to_owned() })
         .await
         .map_err(rpc_err)?
         .into_inner();

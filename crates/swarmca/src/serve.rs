@@ -32,6 +32,9 @@ use swarmca_server::selfcert::{KeyFile, SelfCert};
 /// The store file inside the data directory.
 pub const STORE_FILE: &str = "swarmca.redb";
 
+/// Present while the store file must still be rewritten after its keys were sealed.
+const REWRITE_MARK: &str = ".swarmca.redb.rewrite";
+
 impl InitOptions {
     /// The files and flags read into what the server crate creates a cluster with.
     fn to_new_cluster(&self) -> Result<NewCluster, Fatal> {
@@ -259,6 +262,20 @@ pub async fn serve(
         }
     };
 
+    // A store of the earlier, clear format is rewritten once its keys are sealed (its free
+    // pages may still hold them). The mark is set before sealing and cleared after the
+    // rewrite, so a crash in between rewrites at the next start.
+    let rewrite_mark = data_dir.join(REWRITE_MARK);
+    if etcd.is_none() {
+        let snap = store
+            .view(swarmca_store::WatchFilter::All)
+            .await
+            .map_err(|e| fatal!("cannot read the store: {e}"))?;
+        if snap.clusters.iter().any(|c| c.sealing.is_none()) {
+            files::write_atomic(data_dir, REWRITE_MARK, b"", false)?;
+        }
+    }
+
     let own = match (certs.join(NODE_CERT).exists(), certs.join(NODE_KEY).exists()) {
         (true, true) => Some((files::read(&certs, NODE_CERT)?, files::read(&certs, NODE_KEY)?)),
         _ => None,
@@ -322,12 +339,14 @@ pub async fn serve(
     }
     files::write_atomic(&certs, ROOT_CERT, &id.root.ca_cert, false)?;
     files::write_atomic(&certs, NODE_KEY, &id.key_file, true)?;
-    let (store, election) = if id.migrated && etcd.is_none() {
+    let (store, election) = if etcd.is_none() && rewrite_mark.exists() {
         // The clear keys the earlier version wrote may linger in the file's free pages: the
         // store is rewritten with its live objects only.
         drop((store, election));
         let path = data_dir.join(STORE_FILE);
         RedbStore::rewrite(&path).map_err(|e| fatal!("cannot rewrite the store {}: {e}", path.display()))?;
+        std::fs::remove_file(&rewrite_mark)
+            .map_err(|e| fatal!("cannot remove {}: {e}", rewrite_mark.display()))?;
         open_embedded(data_dir)?
     } else {
         (store, election)

@@ -206,3 +206,22 @@ async fn a_key_file_that_no_longer_opens_costs_the_certificate_not_the_node_id()
     assert_ne!(again.key_pem, first.key_pem);
     assert_eq!(store.view(WatchFilter::All).await.unwrap().nodes.len(), 1, "no second manager node");
 }
+
+#[tokio::test]
+async fn a_record_with_sealed_keys_but_no_wrapped_data_key_is_refused_not_sealed_again() {
+    let store = Arc::new(MemStore::new());
+    let now = SystemTime::now();
+    let first = start(&store, now, None).await.unwrap();
+    let mut c = store.get_cluster(&first.cluster_id).await.unwrap().unwrap();
+    c.sealing = None; // as a version that does not know the field would write it back
+    store.commit(vec![Op::UpdateCluster(c)]).await.unwrap();
+    match start(&store, now, None).await {
+        Err(BootstrapError::Refused(m)) => assert!(m.contains("no wrapped data key"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let raw = store.get_cluster(&first.cluster_id).await.unwrap().unwrap();
+    assert!(
+        raw.sealing.is_none() && raw.root_ca.unwrap().ca_key.starts_with(b"-----BEGIN SWARMCA SEALED"),
+        "untouched"
+    );
+}

@@ -249,3 +249,49 @@ async fn autolock_wraps_the_data_key_under_the_unlock_key_and_each_change_rewrap
     assert!(e.to_string().contains("seal key"), "{e}");
     assert_eq!(raw().await, before);
 }
+
+#[tokio::test]
+async fn an_unlock_key_planted_in_clear_by_a_store_writer_is_refused_not_wrapped_under() {
+    let f = fixture();
+    f.sealed.commit(vec![Op::CreateCluster(cluster("c1"))]).await.unwrap();
+    // Someone writing the store directly: autolock on, with an unlock key of their choosing.
+    let planted = seal_with(&f.entropy, UnlockKey::generate).unwrap();
+    let raw = f.inner.get_cluster("c1").await.unwrap().unwrap();
+    let mut forged = with_autolock(raw, true, &planted);
+    forged.meta = None;
+    let v = swarmca_store::version_of(f.inner.get_cluster("c1").await.unwrap().unwrap().meta.as_ref());
+    forged.meta = Some(swarmca_types::Meta {
+        version: Some(swarmca_types::Version { index: v }),
+        ..Default::default()
+    });
+    f.inner.commit(vec![Op::UpdateCluster(forged)]).await.unwrap();
+    // Every read through the sealed store refuses the record, so no write wraps under it.
+    let e = f.sealed.get_cluster("c1").await.unwrap_err();
+    assert!(e.to_string().contains("in clear"), "{e}");
+    assert!(matches!(f.sealed.view(WatchFilter::All).await, Err(StoreError::Corrupt(_))));
+    let stored = f.inner.get_cluster("c1").await.unwrap().unwrap();
+    let holder = Keys { unlock: Some(planted), ..Default::default() };
+    assert!(unseal(&stored, &holder).is_err(), "the data key is not under the planted key");
+}
+
+#[tokio::test]
+async fn a_record_re_keyed_by_someone_else_is_not_overwritten_with_our_data_key() {
+    let f = fixture();
+    f.sealed.commit(vec![Op::CreateCluster(cluster("c1"))]).await.unwrap();
+    let c = f.sealed.get_cluster("c1").await.unwrap().unwrap();
+    // Another manager's store with another data key wrapped under the same seal key.
+    let theirs = SealedStore::new(
+        f.inner.clone(),
+        seal_with(&f.entropy, DataKey::generate).unwrap(),
+        f.keys.seal.clone(),
+        f.entropy.clone(),
+    );
+    let mut rekeyed = c.clone();
+    rekeyed.sealing = None;
+    theirs.commit(vec![Op::UpdateCluster(rekeyed)]).await.unwrap();
+    let mut ours = c;
+    ours.meta = f.inner.get_cluster("c1").await.unwrap().unwrap().meta;
+    ours.sealing = f.inner.get_cluster("c1").await.unwrap().unwrap().sealing;
+    let e = f.sealed.commit(vec![Op::UpdateCluster(ours)]).await.unwrap_err();
+    assert!(e.to_string().contains("data key changed"), "{e}");
+}
