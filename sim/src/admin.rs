@@ -63,6 +63,10 @@ pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
                 let r = control.set_role(&id, role).await;
                 shared.log.push(format!("admin: set role of {id} to {} -> {}", role.ou(), r.is_ok()));
             }
+            (7, _) if autolock && thread_rng().gen_bool(0.25) => {
+                let r = control.unlock_key(true).await;
+                shared.log.push(format!("admin: unlock key rotated -> {}", r.is_ok()));
+            }
             (7, _) if thread_rng().gen_bool(0.5) => {
                 // Flips it: every other change turns autolock off with an unlock key left.
                 autolock = !autolock;

@@ -168,14 +168,33 @@ impl Mirror {
 /// secrets opened (the unlock key the managers answer with is the clear one).
 fn note_sealed_cluster(m: &mut Mirror, shared: &Shared, c: &Cluster) {
     checkers::i13_sealed_at_rest::on_cluster_write(shared, c);
-    let dek = lock(&shared.data_key).clone();
-    match dek.map(|k| swarmca_server::custody::open_cluster(c, &k)) {
-        Some(Ok(clear)) => m.note_cluster(now(), &clear),
-        Some(Err(e)) => {
-            shared.violation("I13", format!("cluster secrets do not open with its data key: {e}"))
+    let Some(dek) = lock(&shared.data_key).clone() else {
+        return m.note_cluster(now(), c);
+    };
+    let clear = match swarmca_server::custody::open_cluster(c, &dek) {
+        Ok(clear) => clear,
+        Err(e) => {
+            return shared.violation("I13", format!("cluster secrets do not open with its data key: {e}"))
         }
-        None => m.note_cluster(now(), c),
+    };
+    // Autolocked: the current unlock key opens the data key (an older one does not, I13 above
+    // checks the wrapping's kind).
+    let autolocked = swarmca_core::cluster::autolock_on(&clear);
+    if let Some(u) = swarmca_core::cluster::unlock_key(&clear).filter(|_| autolocked) {
+        let opens = swarmca_core::seal::UnlockKey::from_bytes(u).ok().is_some_and(|u| {
+            let kek = swarmca_core::seal::Kek::from_unlock_key(&u);
+            c.sealing
+                .as_ref()
+                .is_some_and(|s| kek.unwrap(&s.wrapped_data_key, &c.id).is_ok_and(|d| d.same_as(&dek)))
+        });
+        if !opens {
+            shared.violation(
+                "I13",
+                "autolock on, but the current unlock key does not open the data key".into(),
+            );
+        }
     }
+    m.note_cluster(now(), &clear)
 }
 
 pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {

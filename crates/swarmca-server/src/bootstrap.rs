@@ -64,7 +64,7 @@ fn refused(msg: impl Into<String>) -> BootstrapError {
 }
 
 /// What a first manager creates the cluster with.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct NewCluster {
     /// Node certificate validity (default: [`DEFAULT_NODE_CERT_EXPIRY`]).
     pub cert_expiry: Option<Duration>,
@@ -73,6 +73,17 @@ pub struct NewCluster {
     /// A root to use instead of a generated one: certificate PEM, and key PEM (empty: the key is
     /// not held, signing is external only).
     pub root: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for NewCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The root's key is never printed.
+        f.debug_struct("NewCluster")
+            .field("cert_expiry", &self.cert_expiry)
+            .field("external_cas", &self.external_cas.len())
+            .field("root_given", &self.root.is_some())
+            .finish()
+    }
 }
 
 /// This manager's identity in the cluster it serves.

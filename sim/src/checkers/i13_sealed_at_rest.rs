@@ -1,8 +1,8 @@
 //! I13: no private key is ever stored in clear. Every write of the cluster record that reaches
 //! the store (the managers write through the production `SealedStore`) holds its root CA key,
 //! a rotation's new key and the unlock key sealed, or empty (a root whose key is held only by
-//! the external CA). The first write, made by the harness as `swarmca serve` creates a
-//! cluster, is checked too.
+//! the external CA), with its data key wrapped under the unlock key exactly while autolock is on.
+//! The first write, made by the harness as `swarmca serve` creates a cluster, is checked too.
 
 use swarmca_core::seal::is_sealed;
 use swarmca_types::Cluster;
@@ -22,8 +22,22 @@ pub fn on_cluster_write(shared: &Shared, c: &Cluster) {
     if c.unlock_keys.iter().any(|k| !k.key.is_empty() && !is_sealed(&k.key)) {
         clear.push("unlock key");
     }
-    if c.sealing.as_ref().is_none_or(|s| s.wrapped_data_key.is_empty()) {
-        clear.push("(no wrapped data key)");
+    match c.sealing.as_ref().filter(|s| !s.wrapped_data_key.is_empty()) {
+        None => clear.push("(no wrapped data key)"),
+        // With autolock on and an unlock key set, only the unlock key may open the data key.
+        Some(s) => {
+            let autolocked =
+                swarmca_core::cluster::autolock_on(c) && swarmca_core::cluster::unlock_key(c).is_some();
+            let under_unlock =
+                swarmca_server::custody::kek_source(s) == swarmca_core::seal::KekSource::UnlockKey;
+            if autolocked != under_unlock {
+                clear.push(if autolocked {
+                    "(autolock on, but the data key is not under the unlock key)"
+                } else {
+                    "(autolock off, but the data key is under the unlock key)"
+                });
+            }
+        }
     }
     if !clear.is_empty() {
         shared.violation(
