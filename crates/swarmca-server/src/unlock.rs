@@ -49,13 +49,15 @@ pub struct AdminGate {
 struct Gate {
     control: OnceLock<Control>,
     attempts: mpsc::Sender<UnlockAttempt>,
+    /// Unlocked, and not serving yet.
+    starting: std::sync::atomic::AtomicBool,
 }
 
 impl AdminGate {
     /// A closed gate, and the stream of unlock keys given to it.
     pub fn new() -> (AdminGate, mpsc::Receiver<UnlockAttempt>) {
         let (tx, rx) = mpsc::channel(1);
-        let gate = Gate { control: OnceLock::new(), attempts: tx };
+        let gate = Gate { control: OnceLock::new(), attempts: tx, starting: Default::default() };
         (AdminGate { inner: Arc::new(gate) }, rx)
     }
 
@@ -64,8 +66,20 @@ impl AdminGate {
         let _ = self.inner.control.set(control);
     }
 
+    /// The keys are open and the manager is starting: calls are answered "starting", not
+    /// "locked", until [`AdminGate::open`].
+    pub fn unlocked(&self) {
+        self.inner.starting.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     fn control(&self) -> Result<&Control, Status> {
-        self.inner.control.get().ok_or_else(|| Status::failed_precondition(LOCKED))
+        self.inner.control.get().ok_or_else(|| {
+            if self.inner.starting.load(std::sync::atomic::Ordering::SeqCst) {
+                Status::unavailable("this manager is unlocked and starting; try again in a moment")
+            } else {
+                Status::failed_precondition(LOCKED)
+            }
+        })
     }
 
     /// How long the answer to the `n`th wrong key in a row is held back (and the next key with

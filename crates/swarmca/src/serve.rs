@@ -317,7 +317,10 @@ pub async fn serve(
         NotStarted::Refused(e) => fatal!("{e}"),
     });
     let id = match started {
-        Ok(x) => x,
+        Ok(x) => {
+            gate.unlocked();
+            x
+        }
         Err(f) => {
             let _ = stop_tx.send(true);
             signal_task.abort();

@@ -17,6 +17,11 @@ async fn a_locked_manager_answers_every_admin_call_with_how_to_unlock_it() {
     assert_eq!(e.code(), Code::FailedPrecondition);
     let e = gate.unlock_key(Request::new(admin::UnlockKeyRequest { rotate: true })).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "not even the unlock key is handed out");
+    // Unlocked but not serving yet: "starting", not "locked".
+    gate.unlocked();
+    let e = gate.list_nodes(Request::new(admin::ListNodesRequest {})).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("starting"), "{}", e.message());
 }
 
 #[tokio::test]
