@@ -109,6 +109,12 @@ pub enum SealError {
     BadKey(String),
 }
 
+impl From<crate::entropy::EntropyError> for SealError {
+    fn from(e: crate::entropy::EntropyError) -> Self {
+        SealError::Entropy(e.to_string())
+    }
+}
+
 /// 32 secret bytes, wiped on drop, never printed.
 #[derive(Clone)]
 struct Secret(Zeroizing<[u8; KEY_LEN]>);

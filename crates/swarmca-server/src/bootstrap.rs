@@ -191,7 +191,7 @@ impl Bootstrap<'_> {
         };
         let cluster_id = self.new_id()?;
         let d = digest(&ca_cert);
-        let tokens = with_entropy(self.entropy, |e| {
+        let tokens = with_entropy::<_, swarmca_core::entropy::EntropyError>(self.entropy, |e| {
             Ok(JoinTokens {
                 worker: generate_join_token(&d, false, e)?,
                 manager: generate_join_token(&d, false, e)?,
@@ -206,12 +206,12 @@ impl Bootstrap<'_> {
         let mut cluster =
             swarmca_core::cluster::new_cluster(&cluster_id, &ca_cert, &ca_key, tokens, Some(ca_config));
         let kek = self.keys.kek(KekSource::SealKey)?;
-        let data_key = custody::seal_with(self.entropy, DataKey::generate)?;
+        let data_key = with_entropy(self.entropy, DataKey::generate)?;
         cluster.sealing = Some(custody::sealing(&kek, &data_key, &cluster_id, self.entropy)?);
         let root = cluster.root_ca.clone().unwrap_or_default();
         let node_id = self.new_id()?;
         let own = self.issue(&root, &init.external_cas, expiry, &node_id, &cluster_id).await?;
-        let key_file = custody::seal_with(self.entropy, |e| kek.seal_node_key(&cluster_id, &own.key, e))?;
+        let key_file = with_entropy(self.entropy, |e| kek.seal_node_key(&cluster_id, &own.key, e))?;
         let node = manager_node(&node_id, own.csr, own.cert.clone());
         let sealed = custody::seal_cluster(&cluster, &data_key, self.entropy)?;
         store.commit(vec![Op::CreateCluster(sealed), Op::CreateNode(node)]).await?;
@@ -301,7 +301,7 @@ impl Bootstrap<'_> {
                 (node_id, own.cert, own.key, true)
             }
         };
-        let key_file = custody::seal_with(self.entropy, |e| kek.seal_node_key(&cluster.id, &key_pem, e))?;
+        let key_file = with_entropy(self.entropy, |e| kek.seal_node_key(&cluster.id, &key_pem, e))?;
         Ok(Identity {
             cluster_id: cluster.id,
             node_id,

@@ -15,7 +15,7 @@ use swarmca_store::{BoxFuture, Event, Op, Snapshot, Store, StoreError, Watch, Wa
 use swarmca_types::sealing::KekSource as ApiKekSource;
 use swarmca_types::{Cluster, Sealing};
 
-use crate::env::SharedEntropy;
+use crate::env::{with_entropy, SharedEntropy};
 use crate::leadership::{Election, Term};
 
 /// Why this manager cannot open the cluster's keys.
@@ -83,7 +83,7 @@ pub fn sealing(
     cluster_id: &str,
     entropy: &SharedEntropy,
 ) -> Result<Sealing, SealError> {
-    let wrapped = seal_with(entropy, |e| kek.wrap(dek, cluster_id, e))?;
+    let wrapped = with_entropy(entropy, |e| kek.wrap(dek, cluster_id, e))?;
     let kek = match kek.source() {
         KekSource::SealKey => ApiKekSource::SealKey,
         KekSource::UnlockKey => ApiKekSource::UnlockKey,
@@ -120,19 +120,10 @@ pub fn migrate(
 ) -> Result<(DataKey, Cluster), CustodyError> {
     // A record of an autolocked cluster goes under its unlock key at once.
     let kek = desired_kek(cluster, keys.seal.as_ref())?;
-    let dek = seal_with(entropy, DataKey::generate)?;
+    let dek = with_entropy(entropy, DataKey::generate)?;
     let mut c = cluster.clone();
     c.sealing = Some(sealing(&kek, &dek, &c.id, entropy)?);
     Ok((dek, c))
-}
-
-/// Runs a sealing step with exclusive access to the shared entropy.
-pub(crate) fn seal_with<T>(
-    entropy: &SharedEntropy,
-    f: impl FnOnce(&mut dyn swarmca_core::entropy::Entropy) -> Result<T, SealError>,
-) -> Result<T, SealError> {
-    let mut g = entropy.lock().map_err(|_| SealError::Entropy("entropy lock poisoned".into()))?;
-    f(&mut *g)
 }
 
 /// Every secret field of a cluster record, with its purpose.
@@ -156,7 +147,7 @@ pub fn seal_cluster(c: &Cluster, dek: &DataKey, entropy: &SharedEntropy) -> Resu
     let id = out.id.clone();
     for (purpose, field) in secrets(&mut out) {
         if !field.is_empty() && !is_sealed(field) {
-            let sealed = seal_with(entropy, |e| dek.seal(purpose, &id, field, e))?;
+            let sealed = with_entropy(entropy, |e| dek.seal(purpose, &id, field, e))?;
             zeroize::Zeroize::zeroize(field);
             *field = sealed;
         }

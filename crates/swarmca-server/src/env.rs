@@ -49,11 +49,12 @@ pub(crate) fn draw<const N: usize>(e: &SharedEntropy) -> Result<[u8; N], Entropy
     Ok(buf)
 }
 
-/// Runs `f` with exclusive access to the shared entropy.
-pub(crate) fn with_entropy<T>(
+/// Runs `f` with exclusive access to the shared entropy; a poisoned lock is an entropy error,
+/// in whatever error type `f` returns.
+pub(crate) fn with_entropy<T, E: From<EntropyError>>(
     e: &SharedEntropy,
-    f: impl FnOnce(&mut dyn Entropy) -> Result<T, EntropyError>,
-) -> Result<T, EntropyError> {
+    f: impl FnOnce(&mut dyn Entropy) -> Result<T, E>,
+) -> Result<T, E> {
     let mut g = e.lock().map_err(|_| EntropyError("entropy lock poisoned".into()))?;
     f(&mut *g)
 }

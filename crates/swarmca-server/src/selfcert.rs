@@ -197,7 +197,7 @@ impl SelfCert {
     /// Seals `key_pem` under `kek` and writes it as this manager's key file.
     fn write_key(&self, kek: &Kek, key_pem: &[u8]) -> Result<(), files::FileError> {
         let entropy = &self.server.inner.deps.entropy;
-        let sealed = crate::custody::seal_with(entropy, |e| kek.seal_node_key(&self.cluster_id, key_pem, e))
+        let sealed = crate::env::with_entropy(entropy, |e| kek.seal_node_key(&self.cluster_id, key_pem, e))
             .map_err(|e| files::FileError(format!("cannot seal this manager's key: {e}")))?;
         files::write_atomic(&self.certs_dir, NODE_KEY, &sealed, true)
     }

@@ -56,11 +56,11 @@ struct Fixture {
 fn fixture() -> Fixture {
     let entropy = shared_entropy(OsEntropy);
     let keys = Keys {
-        seal: Some(seal_with(&entropy, SealKey::generate).unwrap()),
+        seal: Some(with_entropy(&entropy, SealKey::generate).unwrap()),
         unlock: None,
         ..Default::default()
     };
-    let dek = seal_with(&entropy, DataKey::generate).unwrap();
+    let dek = with_entropy(&entropy, DataKey::generate).unwrap();
     let inner = Arc::new(MemStore::new());
     let sealed = SealedStore::new(inner.clone(), dek, keys.seal.clone(), entropy.clone());
     Fixture { inner, sealed, keys, entropy }
@@ -137,7 +137,7 @@ async fn only_the_right_key_opens_the_data_key_and_each_refusal_says_what_to_do(
     assert!(unseal(&c, &f.keys).unwrap().unwrap().same_as(&dek));
 
     let stranger = Keys {
-        seal: Some(seal_with(&f.entropy, SealKey::generate).unwrap()),
+        seal: Some(with_entropy(&f.entropy, SealKey::generate).unwrap()),
         unlock: None,
         ..Default::default()
     };
@@ -146,14 +146,14 @@ async fn only_the_right_key_opens_the_data_key_and_each_refusal_says_what_to_do(
     assert_eq!(unseal(&c, &Keys::default()).unwrap_err(), CustodyError::NoSealKey);
 
     // Autolock: wrapped under the unlock key, the seal key no longer opens it.
-    let unlock = seal_with(&f.entropy, UnlockKey::generate).unwrap();
+    let unlock = with_entropy(&f.entropy, UnlockKey::generate).unwrap();
     let holder = Keys { seal: f.keys.seal.clone(), unlock: Some(unlock.clone()), ..Default::default() };
     c.sealing = Some(sealing(&holder.kek(KekSource::UnlockKey).unwrap(), &dek, "c1", &f.entropy).unwrap());
     assert_eq!(unseal(&c, &f.keys).unwrap_err(), CustodyError::Locked);
     assert!(CustodyError::Locked.to_string().contains("swarmca unlock"));
     let wrong = Keys {
         seal: None,
-        unlock: Some(seal_with(&f.entropy, UnlockKey::generate).unwrap()),
+        unlock: Some(with_entropy(&f.entropy, UnlockKey::generate).unwrap()),
         ..Default::default()
     };
     assert!(unseal(&c, &wrong).unwrap_err().to_string().contains("wrong unlock key"));
@@ -169,7 +169,7 @@ async fn a_value_sealed_under_another_data_key_is_refused_not_returned_sealed() 
     f.sealed.commit(vec![Op::CreateCluster(cluster("c1"))]).await.unwrap();
     let other = SealedStore::new(
         f.inner.clone(),
-        seal_with(&f.entropy, DataKey::generate).unwrap(),
+        with_entropy(&f.entropy, DataKey::generate).unwrap(),
         f.keys.seal.clone(),
         f.entropy.clone(),
     );
@@ -178,7 +178,7 @@ async fn a_value_sealed_under_another_data_key_is_refused_not_returned_sealed() 
     // A watcher holding the wrong key is cut off rather than handed sealed bytes as a key.
     let (_, mut watch) = f.sealed.view_and_watch(WatchFilter::All).await.unwrap();
     let inner_watch = f.inner.view_and_watch(WatchFilter::All).await.unwrap().1;
-    let dek = seal_with(&f.entropy, DataKey::generate).unwrap();
+    let dek = with_entropy(&f.entropy, DataKey::generate).unwrap();
     let mut wrong = inner_watch.map(Arc::new(move |e: Arc<Event>| match &*e {
         Event::UpdateCluster(c) => open_cluster(c, &dek).ok().map(|c| Arc::new(Event::UpdateCluster(c))),
         _ => Some(e),
@@ -210,7 +210,7 @@ async fn autolock_wraps_the_data_key_under_the_unlock_key_and_each_change_rewrap
     assert_eq!(kek_source(raw().await.sealing.as_ref().unwrap()), KekSource::SealKey);
 
     // Autolock on: only the unlock key opens the data key now.
-    let first = seal_with(&f.entropy, UnlockKey::generate).unwrap();
+    let first = with_entropy(&f.entropy, UnlockKey::generate).unwrap();
     let c = f.sealed.get_cluster("c1").await.unwrap().unwrap();
     f.sealed.commit(vec![Op::UpdateCluster(with_autolock(c, true, &first))]).await.unwrap();
     let locked = raw().await;
@@ -225,7 +225,7 @@ async fn autolock_wraps_the_data_key_under_the_unlock_key_and_each_change_rewrap
     assert_eq!(raw().await.sealing, locked.sealing);
 
     // The unlock key rotated: the old one opens nothing any more.
-    let second = seal_with(&f.entropy, UnlockKey::generate).unwrap();
+    let second = with_entropy(&f.entropy, UnlockKey::generate).unwrap();
     let c = f.sealed.get_cluster("c1").await.unwrap().unwrap();
     f.sealed.commit(vec![Op::UpdateCluster(with_autolock(c, true, &second))]).await.unwrap();
     let rotated = raw().await;
@@ -255,7 +255,7 @@ async fn an_unlock_key_planted_in_clear_by_a_store_writer_is_refused_not_wrapped
     let f = fixture();
     f.sealed.commit(vec![Op::CreateCluster(cluster("c1"))]).await.unwrap();
     // Someone writing the store directly: autolock on, with an unlock key of their choosing.
-    let planted = seal_with(&f.entropy, UnlockKey::generate).unwrap();
+    let planted = with_entropy(&f.entropy, UnlockKey::generate).unwrap();
     let raw = f.inner.get_cluster("c1").await.unwrap().unwrap();
     let mut forged = with_autolock(raw, true, &planted);
     forged.meta = None;
@@ -282,7 +282,7 @@ async fn a_record_re_keyed_by_someone_else_is_not_overwritten_with_our_data_key(
     // Another manager's store with another data key wrapped under the same seal key.
     let theirs = SealedStore::new(
         f.inner.clone(),
-        seal_with(&f.entropy, DataKey::generate).unwrap(),
+        with_entropy(&f.entropy, DataKey::generate).unwrap(),
         f.keys.seal.clone(),
         f.entropy.clone(),
     );

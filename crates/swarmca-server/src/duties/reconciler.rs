@@ -267,13 +267,14 @@ impl Reconciler {
             .map_err(|e| format!("invalid cluster root rotation object: {e}"))?;
         let d = digest(&rotation.ca_cert);
         let fips = cluster.fips;
-        let tokens = with_entropy(&self.server.inner.deps.entropy, |e| {
-            Ok(JoinTokens {
-                worker: generate_join_token(&d, fips, e)?,
-                manager: generate_join_token(&d, fips, e)?,
+        let tokens =
+            with_entropy::<_, swarmca_core::entropy::EntropyError>(&self.server.inner.deps.entropy, |e| {
+                Ok(JoinTokens {
+                    worker: generate_join_token(&d, fips, e)?,
+                    manager: generate_join_token(&d, fips, e)?,
+                })
             })
-        })
-        .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?;
         cluster.root_ca = Some(ApiRootCa {
             ca_key: rotation.ca_key.clone(),
             ca_cert: rotation.ca_cert.clone(),
