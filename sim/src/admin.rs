@@ -143,3 +143,57 @@ pub async fn remove_dead_nodes(shared: Arc<Shared>, control: Control, store: Arc
         }
     }
 }
+
+/// The operator unlocking managers that restarted locked: a while after a manager says it is
+/// locked (at once once healing starts), through its control socket, with the cluster's current
+/// unlock key — sometimes after a wrong one (refused, and slowed down). Runs until the run ends:
+/// a locked manager left alone would stay out of service.
+pub async fn unlocker(shared: Arc<Shared>, world: Arc<crate::world::World>, store: Arc<dyn Store>) {
+    use swarmca_proto::admin::{admin_server::Admin, UnlockRequest};
+    while !shared.done() {
+        let pause = if shared.healing() { 1000 } else { thread_rng().gen_range(1000..15_000) };
+        madsim::time::sleep(Duration::from_millis(pause)).await;
+        let locked: Vec<usize> = lock(&shared.locked).iter().copied().collect();
+        for i in locked {
+            let Some(gate) = world.managers.get(i).and_then(|m| lock(&m.gate).clone()) else { continue };
+            // The key as the operator has it: the cluster's current one (any key opens a
+            // cluster whose autolock was turned off meanwhile).
+            let current = match store.view(WatchFilter::All).await {
+                Ok(s) => {
+                    s.clusters.first().and_then(|c| swarmca_core::cluster::unlock_key(c).map(<[u8]>::to_vec))
+                }
+                Err(_) => continue,
+            };
+            let right = match current.map(|k| swarmca_core::seal::UnlockKey::from_bytes(&k)) {
+                Some(Ok(k)) => k,
+                _ => match swarmca_core::seal::UnlockKey::generate(&mut swarmca_server::OsEntropy) {
+                    Ok(k) => k,
+                    Err(_) => continue,
+                },
+            };
+            if !shared.healing() && thread_rng().gen_bool(0.3) {
+                let wrong = match swarmca_core::seal::UnlockKey::generate(&mut swarmca_server::OsEntropy) {
+                    Ok(k) => k,
+                    Err(_) => continue,
+                };
+                let r = gate
+                    .unlock(tonic::Request::new(UnlockRequest { unlock_key: wrong.to_text().to_string() }))
+                    .await;
+                shared.log.push(format!(
+                    "admin: unlock manager-{i} with a wrong key -> {:?}",
+                    r.as_ref().map(|_| ()).map_err(|e| e.code())
+                ));
+                if r.is_err() {
+                    shared.coverage.hit("unlock.refused");
+                }
+            }
+            let r = gate
+                .unlock(tonic::Request::new(UnlockRequest { unlock_key: right.to_text().to_string() }))
+                .await;
+            shared.log.push(format!(
+                "admin: unlock manager-{i} -> {:?}",
+                r.as_ref().map(|_| ()).map_err(|e| (e.code(), e.message().to_string()))
+            ));
+        }
+    }
+}

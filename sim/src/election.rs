@@ -295,6 +295,11 @@ impl SimElection {
 impl Election for SimElection {
     fn campaign<'a>(&'a self, candidate: &'a str) -> BoxFuture<'a, Result<Box<dyn Term>, StoreError>> {
         Box::pin(async move {
+            if self.central.shared.is_locked(self.index) {
+                self.central
+                    .shared
+                    .violation("I14", format!("manager-{} campaigns while locked", self.index));
+            }
             self.reachable()?;
             let lease = self.lease(candidate);
             loop {

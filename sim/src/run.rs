@@ -152,15 +152,8 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     let extca_node = external.then(|| {
         crate::extca::start(shared.clone(), extca.clone(), root.cert_pem.clone(), root.key_pem.clone())
     });
-    let world = Arc::new(World::build(
-        shared.clone(),
-        store.clone(),
-        root_ca.clone(),
-        creds,
-        mirror.clone(),
-        data_key.clone(),
-        keys.seal.clone(),
-    ));
+    let world =
+        Arc::new(World::build(shared.clone(), store.clone(), creds, mirror.clone(), keys.seal.clone()));
     madsim::task::spawn(world.clone().check_terms());
     // Every manager campaigns from its start; the election names the first leader.
     let first = world.await_leader(Duration::from_secs(10)).await;
@@ -173,15 +166,12 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     }
     // The admin works through its own (never running) server object: Control only needs the
     // store, a clock and entropy.
+    let admin_store: Arc<dyn swarmca_store::Store> =
+        Arc::new(custody::SealedStore::new(store.clone(), data_key, keys.seal.clone(), entropy.clone()));
     let admin_server = CaServer::new(
         ServerConfig::new(cluster_id.clone()),
         ServerDeps {
-            store: Arc::new(custody::SealedStore::new(
-                store.clone(),
-                data_key,
-                keys.seal.clone(),
-                entropy.clone(),
-            )),
+            store: admin_store.clone(),
             clock: Arc::new(SkewedClock(Arc::default())),
             entropy: shared_entropy(OsEntropy),
             peers: Arc::new(SimPeers),
@@ -190,6 +180,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     );
     let control = Control::new(admin_server, None);
     madsim::task::spawn(crate::admin::run(shared.clone(), control.clone(), store.clone()));
+    madsim::task::spawn(crate::admin::unlocker(shared.clone(), world.clone(), admin_store));
     let ext = extca_node.map(|id| crate::nemesis::ExtCa { node: id, control: extca.clone() });
     madsim::task::spawn(crate::nemesis::run(world.clone(), client_nodes.clone(), ext.clone()));
 

@@ -119,6 +119,15 @@ pub struct Shared {
     wakers: Mutex<std::collections::BTreeMap<String, Arc<tokio::sync::Notify>>>,
     /// Woken when healing starts.
     pub heal_notify: tokio::sync::Notify,
+    /// Managers that are locked now: started, and waiting for the unlock key.
+    pub locked: Mutex<std::collections::BTreeSet<usize>>,
+    /// Whether the cluster, as last written, has autolock on.
+    pub autolocked: AtomicBool,
+    /// Node IDs the managers started as (their own certificates, issued at their start).
+    pub manager_nodes: Mutex<std::collections::BTreeSet<String>>,
+    /// Nodes written with an issued manager certificate outside issuance (a manager's start
+    /// writes its own so): each must be a manager's own node (I4, at the end).
+    pub own_cert_writes: Mutex<Vec<String>>,
 }
 
 /// A verify-only CA and the chains verified against it.
@@ -161,7 +170,16 @@ impl Shared {
             signatures: Default::default(),
             wakers: Mutex::default(),
             heal_notify: tokio::sync::Notify::new(),
+            locked: Mutex::default(),
+            autolocked: AtomicBool::new(false),
+            manager_nodes: Mutex::default(),
+            own_cert_writes: Mutex::default(),
         }
+    }
+
+    /// Whether manager `i` is locked now.
+    pub fn is_locked(&self, i: usize) -> bool {
+        lock(&self.locked).contains(&i)
     }
 
     /// Verifies `chain` against the roots in `bundle` at the simulated time; the node ID on

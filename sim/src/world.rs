@@ -10,12 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use madsim::runtime::{Handle, NodeHandle};
-use swarmca_core::rootca::RootCa;
-use swarmca_core::seal::{DataKey, SealKey};
+use swarmca_core::seal::SealKey;
 use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
-use swarmca_server::custody::{SealedElection, SealedStore};
-use swarmca_server::{shared_entropy, CaServer, Clock, OsEntropy, Role, ServerConfig, ServerDeps};
+use swarmca_server::bootstrap::{BootstrapError, NewCluster};
+use swarmca_server::custody::Keys;
+use swarmca_server::launch::{Launch, Launched};
+use swarmca_server::unlock::{AdminGate, NotStarted, Unlocking};
+use swarmca_server::{shared_entropy, CaServer, Clock, OsEntropy, Role, ServerConfig};
 
 use crate::checkers::i12_terms::Terms;
 use crate::election::{Central, SimElection};
@@ -51,6 +53,8 @@ pub struct ManagerNode {
     pub addr: SocketAddr,
     /// The manager of the node's current incarnation (replaced on restart).
     pub manager: Arc<Mutex<Option<swarmca_server::Manager>>>,
+    /// The control socket of the node's current incarnation: the locked one takes unlock keys.
+    pub gate: Arc<Mutex<Option<AdminGate>>>,
     pub skew_ms: Arc<AtomicI64>,
     /// The manager's link to the store and the election (cut by a manager↔store partition).
     pub store: Arc<ManagerStore>,
@@ -65,6 +69,159 @@ pub enum Health {
     Up,
     Paused,
     Dead,
+}
+
+/// One manager node's life, run again from the start at each (re)start of the node: what
+/// `swarmca serve` does, through the same server-crate code — [`Unlocking::start`] (locked
+/// while the cluster is autolocked, until the admin gives the unlock key on the control
+/// socket), then [`Launch::build`], then the manager and its gRPC services. What survives a
+/// restart is the node's "disk": its certificate and (sealed) key file.
+#[derive(Clone)]
+struct Incarnation {
+    i: usize,
+    shared: Arc<Shared>,
+    slot: Arc<Mutex<Option<swarmca_server::Manager>>>,
+    gate: Arc<Mutex<Option<AdminGate>>>,
+    /// The manager's certificate and key file, as it last wrote them.
+    disk: Arc<Mutex<Option<(Vec<u8>, Vec<u8>)>>>,
+    skew: Arc<AtomicI64>,
+    link: Arc<ManagerStore>,
+    central: Arc<Central>,
+    terms: Arc<Terms>,
+    mirror: Arc<Mutex<Mirror>>,
+    seal_key: Option<SealKey>,
+    /// The node ID its certificate names (kept across re-issues; empty after it was removed,
+    /// until it joins anew).
+    expected_node: Arc<Mutex<String>>,
+}
+
+impl Incarnation {
+    async fn run(self) {
+        let i = self.i;
+        let shared = self.shared.clone();
+        let entropy = shared_entropy(OsEntropy);
+        let clock: Arc<dyn Clock> = Arc::new(SkewedClock(self.skew.clone()));
+        let store: Arc<dyn swarmca_store::Store> = self.link.clone();
+        let election: Arc<dyn swarmca_server::Election> =
+            Arc::new(SimElection { central: self.central.clone(), link: self.link.clone(), index: i });
+        let mut keys = Keys { seal: self.seal_key.clone(), unlock: None, external: None };
+        let autolocked_at_start = shared.autolocked.load(Ordering::SeqCst);
+        let mut went_locked = false;
+        let id = loop {
+            let (gate, mut attempts) = AdminGate::new();
+            *lock(&self.gate) = Some(gate.clone());
+            let own = lock(&self.disk).clone();
+            let s2 = shared.clone();
+            let started = Unlocking {
+                store: &*store,
+                election: &*election,
+                clock: &*clock,
+                entropy: &entropy,
+                keys: &mut keys,
+                attempts: &mut attempts,
+            }
+            .start(
+                &NewCluster::default(),
+                own,
+                std::future::pending(),
+                || {
+                    lock(&s2.locked).insert(i);
+                    s2.coverage.hit("manager.locked");
+                    s2.log.push(format!("manager-{i}: locked"));
+                },
+                || {},
+            )
+            .await;
+            went_locked |= shared.is_locked(i);
+            match started {
+                Ok(id) => {
+                    gate.unlocked();
+                    break (id, gate);
+                }
+                Err(NotStarted::Refused(BootstrapError::Removed(why))) => {
+                    // Removed or demoted by the admin: the operator moves its certificates
+                    // away and it joins as a new manager node.
+                    shared.coverage.hit("manager.removed_rejoins");
+                    shared.log.push(format!("manager-{i}: {why}; joins anew"));
+                    *lock(&self.disk) = None;
+                    lock(&self.expected_node).clear();
+                }
+                Err(e) => {
+                    // Every fault the harness injects heals: a start must wait it out, not
+                    // give up (`swarmca serve` would exit and leave the manager down).
+                    shared.violation("I14", format!("manager-{i}: start refused: {e:?}"));
+                    madsim::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        };
+        let (id, gate) = id;
+        let was_locked = lock(&shared.locked).remove(&i);
+        if was_locked {
+            shared.coverage.hit("manager.unlocked");
+            shared.log.push(format!("manager-{i}: unlocked"));
+        }
+        // Autolock on all along, and no key given: the start must have been locked.
+        let autolocked = autolocked_at_start && shared.autolocked.load(Ordering::SeqCst);
+        if autolocked && !went_locked {
+            shared.violation(
+                "I14",
+                format!("manager-{i} restarted while autolock was on, and started without the unlock key"),
+            );
+        }
+        {
+            let mut expected = lock(&self.expected_node);
+            if expected.is_empty() {
+                *expected = id.node_id.clone();
+            } else if *expected != id.node_id {
+                shared.violation(
+                    "I14",
+                    format!("manager-{i} restarted as node {}, not {expected}", id.node_id),
+                );
+            }
+        }
+        lock(&shared.manager_nodes).insert(id.node_id.clone());
+        crate::checkers::i13_sealed_at_rest::on_key_file(
+            &shared,
+            i,
+            &id.cluster_id,
+            &id.key_file,
+            self.seal_key.as_ref(),
+            autolocked,
+        );
+        *lock(&self.disk) = Some((id.cert_pem.clone(), id.key_file.clone()));
+        if id.issued {
+            shared.coverage.hit("manager.reissued");
+        }
+        let mut cfg = ServerConfig::new(id.cluster_id.clone());
+        cfg.retry_interval = shared.opts.retry_interval;
+        cfg.max_parallel_signing = 4;
+        cfg.signature_cache = Some(shared.signatures.clone());
+        let (terms, mirror) = (self.terms.clone(), self.mirror.clone());
+        let launched = Launch {
+            id: &id,
+            store,
+            election,
+            keys: &keys,
+            config: cfg,
+            clock,
+            entropy,
+            peers: Arc::new(SimPeers),
+            observer: Some((RETRY_PAUSE, Arc::new(move |ev| terms.on_event(i, ev, &mirror)))),
+        }
+        .build();
+        let Launched { server, manager, control, .. } = match launched {
+            Ok(l) => l,
+            Err(e) => return shared.violation("I14", format!("manager-{i}: cannot be put together: {e}")),
+        };
+        *lock(&self.slot) = Some(manager.clone());
+        gate.open(control);
+        madsim::task::spawn(async move { manager.run().await });
+        let _ = tonic::transport::Server::builder()
+            .add_service(CaService::new(server.clone()))
+            .add_service(NodeCaService::new(server))
+            .serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT))
+            .await;
+    }
 }
 
 /// All managers and the election.
@@ -90,14 +247,13 @@ pub fn manager_ip(i: usize) -> IpAddr {
 }
 
 impl World {
-    /// Creates the manager nodes; each runs a `Manager` from the start.
+    /// Creates the manager nodes; each starts a `Manager` as `swarmca serve` does (see
+    /// [`Incarnation`]).
     pub fn build(
         shared: Arc<Shared>,
         store: Arc<FaultyStore>,
-        root: RootCa,
         creds: Vec<Creds>,
         mirror: Arc<Mutex<Mirror>>,
-        data_key: DataKey,
         seal_key: Option<SealKey>,
     ) -> World {
         let h = Handle::current();
@@ -106,69 +262,36 @@ impl World {
         madsim::task::spawn(central.clone().run());
         let mut managers = Vec::new();
         for i in 0..shared.opts.managers {
-            let slot: Arc<Mutex<Option<swarmca_server::Manager>>> = Arc::default();
-            let skew = Arc::new(AtomicI64::new(0));
-            let ip = manager_ip(i);
-            let link = Arc::new(ManagerStore::new(store.clone(), i));
-            let (slot2, skew2, link2, shared2, root2) =
-                (slot.clone(), skew.clone(), link.clone(), shared.clone(), root.clone());
-            let (central2, terms2, mirror2, dek2) =
-                (central.clone(), terms.clone(), mirror.clone(), data_key.clone());
-            let seal2 = seal_key.clone();
             let (node_id, cert, key) = creds.get(i).cloned().unwrap_or_default();
+            let inc = Incarnation {
+                i,
+                shared: shared.clone(),
+                slot: Arc::default(),
+                gate: Arc::default(),
+                disk: Arc::new(Mutex::new(Some((cert, key)))),
+                skew: Arc::new(AtomicI64::new(0)),
+                link: Arc::new(ManagerStore::new(store.clone(), i)),
+                central: central.clone(),
+                terms: terms.clone(),
+                mirror: mirror.clone(),
+                seal_key: seal_key.clone(),
+                expected_node: Arc::new(Mutex::new(node_id)),
+            };
+            let ip = manager_ip(i);
+            let starter = inc.clone();
             let node = h
                 .create_node()
                 .name(format!("manager-{i}"))
                 .ip(ip)
-                .init(move || {
-                    let mut cfg = ServerConfig::new(shared2.cluster_id.clone());
-                    cfg.retry_interval = shared2.opts.retry_interval;
-                    cfg.max_parallel_signing = 4;
-                    cfg.signature_cache = Some(shared2.signatures.clone());
-                    // The production layering: the manager's store link and its election, both
-                    // sealing the cluster's secrets on the way in.
-                    let entropy = shared_entropy(OsEntropy);
-                    let deps = ServerDeps {
-                        store: Arc::new(SealedStore::new(
-                            link2.clone(),
-                            dek2.clone(),
-                            seal2.clone(),
-                            entropy.clone(),
-                        )),
-                        clock: Arc::new(SkewedClock(skew2.clone())),
-                        entropy: entropy.clone(),
-                        peers: Arc::new(SimPeers),
-                    };
-                    let server = CaServer::new(cfg, deps, Some(root2.clone()));
-                    if let Err(e) = server.update_tls_credentials(&cert, &key) {
-                        panic!("manager credentials: {e}");
-                    }
-                    let election = Arc::new(SealedElection::new(
-                        Arc::new(SimElection { central: central2.clone(), link: link2.clone(), index: i }),
-                        dek2.clone(),
-                        seal2.clone(),
-                        entropy,
-                    ));
-                    let (terms, mirror) = (terms2.clone(), mirror2.clone());
-                    let manager = swarmca_server::Manager::new(server.clone(), election, node_id.clone())
-                        .with_observer(RETRY_PAUSE, Arc::new(move |ev| terms.on_event(i, ev, &mirror)));
-                    *lock(&slot2) = Some(manager.clone());
-                    async move {
-                        madsim::task::spawn(async move { manager.run().await });
-                        let _ = tonic::transport::Server::builder()
-                            .add_service(CaService::new(server.clone()))
-                            .add_service(NodeCaService::new(server))
-                            .serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT))
-                            .await;
-                    }
-                })
+                .init(move || starter.clone().run())
                 .build();
             managers.push(ManagerNode {
                 node,
                 addr: SocketAddr::new(ip, PORT),
-                manager: slot,
-                skew_ms: skew,
-                store: link,
+                manager: inc.slot,
+                gate: inc.gate,
+                skew_ms: inc.skew,
+                store: inc.link,
             });
         }
         let n = managers.len();
@@ -225,8 +348,10 @@ impl World {
         let t = crate::shared::now();
         let mut late = Vec::new();
         for i in 0..self.managers.len() {
+            // A locked manager waits for the operator (I14 judges it).
             let ready = self.health(i) != Health::Up
                 || self.store_cut(i)
+                || self.shared.is_locked(i)
                 || self.is_leading(i)
                 || self.server(i).is_some_and(|s| s.join_tokens().is_some());
             let mut serving = lock(&self.serving);
@@ -276,6 +401,7 @@ impl World {
     pub fn kill(&self, i: usize) {
         if let Some(m) = self.managers.get(i) {
             Handle::current().kill(m.node.id());
+            lock(&self.shared.locked).remove(&i);
             self.set_health(i, Health::Dead);
             self.terms.killed(i);
         }

@@ -29,7 +29,7 @@ use swarmca_types::{
 use tracing::{info, warn};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use swarmca_core::seal::{is_sealed, DataKey, Kek, KekSource, SealError};
+use swarmca_core::seal::{is_sealed, DataKey, Kek, KekSource, Purpose, SealError, UnlockKey};
 
 use crate::custody::{self, CustodyError, Keys};
 use crate::env::{draw, with_entropy, Clock, SharedEntropy};
@@ -51,6 +51,32 @@ pub enum BootstrapError {
     /// The cluster's keys cannot be opened with what this manager holds (locked, wrong key).
     #[error("{0}")]
     Custody(#[from] CustodyError),
+    /// This manager's node was removed from the cluster or demoted: it cannot serve as a
+    /// manager under that identity again.
+    #[error("{0}")]
+    Removed(String),
+    /// Something this start needs did not answer (the external CA that signs this manager's
+    /// certificate); trying again later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl BootstrapError {
+    /// Whether trying the start again later may succeed: the store or the external CA did not
+    /// answer, or another manager wrote the same record meanwhile.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BootstrapError::Store(e) => matches!(
+                e,
+                StoreError::Unavailable(_)
+                    | StoreError::SequenceConflict
+                    | StoreError::Exists
+                    | StoreError::Fenced
+            ),
+            BootstrapError::Unavailable(_) => true,
+            BootstrapError::Refused(_) | BootstrapError::Custody(_) | BootstrapError::Removed(_) => false,
+        }
+    }
 }
 
 impl From<SealError> for BootstrapError {
@@ -94,10 +120,9 @@ pub struct Identity {
     pub cert_pem: Vec<u8>,
     /// Its private key (PEM). Never printed; wiped on drop.
     pub key_pem: zeroize::Zeroizing<Vec<u8>>,
-    /// The same key sealed for its file, under the key-encryption key.
+    /// The same key sealed for its file, under the cluster's data key (which is wrapped under
+    /// the unlock key while autolocked: the file opens only for whoever can open the cluster).
     pub key_file: Vec<u8>,
-    /// The key-encryption key the file is sealed under (the unlock key's, when autolocked).
-    pub kek: Kek,
     /// The cluster's data key: what the store's secrets are sealed under.
     pub data_key: DataKey,
     /// Whether this start sealed a record written in clear by an earlier version.
@@ -210,8 +235,8 @@ impl Bootstrap<'_> {
         cluster.sealing = Some(custody::sealing(&kek, &data_key, &cluster_id, self.entropy)?);
         let root = cluster.root_ca.clone().unwrap_or_default();
         let node_id = self.new_id()?;
-        let own = self.issue(&root, &init.external_cas, expiry, &node_id, &cluster_id).await?;
-        let key_file = with_entropy(self.entropy, |e| kek.seal_node_key(&cluster_id, &own.key, e))?;
+        let own = self.issue(&root, &init.external_cas, expiry, &node_id, &cluster_id, None).await?;
+        let key_file = seal_own_key(&data_key, &cluster_id, &own.key, self.entropy)?;
         let node = manager_node(&node_id, own.csr, own.cert.clone());
         let sealed = custody::seal_cluster(&cluster, &data_key, self.entropy)?;
         store.commit(vec![Op::CreateCluster(sealed), Op::CreateNode(node)]).await?;
@@ -222,7 +247,6 @@ impl Bootstrap<'_> {
             cert_pem: own.cert,
             key_pem: own.key,
             key_file,
-            kek,
             data_key,
             migrated: false,
             tokens: root.join_tokens.clone().unwrap_or_default(),
@@ -242,14 +266,20 @@ impl Bootstrap<'_> {
         own: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<Identity, BootstrapError> {
         let (data_key, cluster, migrated) = self.open(stored).await?;
-        // What this manager's key file belongs under, as the record's settings say (the unlock
-        // key while autolock is on: it is in the opened record).
-        let kek = custody::desired_kek(&cluster, self.keys.seal.as_ref())?;
-        // A key file that does not open (sealed under an unlock key rotated since) costs the
-        // key and certificate, not the node ID the certificate names.
+        // The key file is sealed under the data key; one written by an earlier version of this
+        // format is under a key-encryption key: the seal key, or the cluster's unlock key.
+        let mut keks = Vec::new();
+        keks.extend(self.keys.seal.as_ref().map(Kek::from_seal_key));
+        keks.extend(
+            swarmca_core::cluster::unlock_key(&cluster)
+                .and_then(|k| UnlockKey::from_bytes(k).ok())
+                .map(|k| Kek::from_unlock_key(&k)),
+        );
+        // A key file that does not open costs the key and certificate, not the node ID the
+        // certificate names.
         let mut key_lost = false;
         let own = match own {
-            Some((cert, key)) => match open_own_key(&kek, &cluster.id, key) {
+            Some((cert, key)) => match open_own_key(&data_key, &keks, &cluster.id, key) {
                 Ok(key) => Some((cert, key)),
                 Err(e) => {
                     warn!(error = %e, "cannot open this manager's key file; it gets a new key and certificate");
@@ -265,6 +295,7 @@ impl Bootstrap<'_> {
         let now = self.clock.now();
         let mut keep = None;
         let mut node_id = None;
+        let own_files = own.clone();
         if let Some((cert, key)) = own {
             let facts = cert_facts(&cert, now)
                 .ok_or_else(|| refused("this manager's certificate file is not a valid node certificate"))?;
@@ -280,6 +311,7 @@ impl Bootstrap<'_> {
             if verifies && !facts.past_half_life && !key_lost {
                 keep = Some((cert, key));
             }
+            self.still_a_manager(&cluster, &facts.cn).await?;
             node_id = Some(facts.cn);
         }
         let (node_id, cert_pem, key_pem, issued) = match (keep, node_id) {
@@ -291,7 +323,11 @@ impl Bootstrap<'_> {
                 };
                 warn!(node = %node_id, "issuing a new certificate for this manager (missing, stale, or from another root)");
                 let external = swarmca_core::cluster::external_cas(&cluster);
-                let own = self.issue(&root, &external, expiry, &node_id, &cluster.id).await?;
+                // The certificate and key it has, however stale, are its client identity for
+                // an external CA that asks for one (as SwarmKit's managers present theirs).
+                let client = own_files.as_ref().filter(|(_, k)| !k.is_empty());
+                let client = client.map(|(c, k)| (c.as_slice(), k.as_slice()));
+                let own = self.issue(&root, &external, expiry, &node_id, &cluster.id, client).await?;
                 let node = manager_node(&node_id, own.csr, own.cert.clone());
                 let op = match self.store.get_node(&node_id).await? {
                     Some(old) => Op::UpdateNode(Node { meta: old.meta, ..node }),
@@ -301,14 +337,13 @@ impl Bootstrap<'_> {
                 (node_id, own.cert, own.key, true)
             }
         };
-        let key_file = with_entropy(self.entropy, |e| kek.seal_node_key(&cluster.id, &key_pem, e))?;
+        let key_file = seal_own_key(&data_key, &cluster.id, &key_pem, self.entropy)?;
         Ok(Identity {
             cluster_id: cluster.id,
             node_id,
             cert_pem,
             key_pem,
             key_file,
-            kek,
             data_key,
             migrated,
             tokens,
@@ -317,6 +352,28 @@ impl Bootstrap<'_> {
             created: false,
             issued,
         })
+    }
+
+    /// Refuses a node the operator removed (its certificates are blacklisted) or demoted: it
+    /// must not come back as a manager by reissuing its own certificate.
+    async fn still_a_manager(&self, cluster: &Cluster, node_id: &str) -> Result<(), BootstrapError> {
+        const ANEW: &str = "move its certificates directory away and start it again to join as a new node";
+        if cluster.blacklisted_certificates.contains_key(node_id) {
+            return Err(BootstrapError::Removed(format!(
+                "this manager's node {node_id} was removed from the cluster; {ANEW}"
+            )));
+        }
+        let demoted = self
+            .store
+            .get_node(node_id)
+            .await?
+            .is_some_and(|n| n.spec.as_ref().map(|s| s.desired_role) != Some(Role::Manager.to_proto()));
+        if demoted {
+            return Err(BootstrapError::Removed(format!(
+                "this manager's node {node_id} was demoted to a worker; promote it again (`swarmca node promote {node_id}`), or {ANEW}"
+            )));
+        }
+        Ok(())
     }
 
     /// The stored record opened: its data key unwrapped with this manager's keys, and its
@@ -362,6 +419,7 @@ impl Bootstrap<'_> {
         expiry: Duration,
         node_id: &str,
         cluster_id: &str,
+        client: Option<(&[u8], &[u8])>,
     ) -> Result<OwnCert, BootstrapError> {
         let now = self.clock.now();
         let ca = RootCa::from_api_reusing_with(None, root, expiry, now, self.keys.external_keys())
@@ -370,12 +428,14 @@ impl Bootstrap<'_> {
             .map_err(|e| refused(format!("cannot make a key and certificate request: {e}")))?;
         let urls = filter_external_ca_urls(&root.ca_cert, &root.ca_cert, external);
         let cert = if !urls.is_empty() {
-            let tls = client_tls_config(&certs_der(&root.ca_cert), None)
+            let tls = client_tls_config(&certs_der(&root.ca_cert), client)
                 .map_err(|e| refused(format!("no TLS configuration for the external CA: {e}")))?;
             let ext = ExternalCa::new(urls, Vec::new(), Some(tls), OWN_CERT_TIMEOUT);
             let req = SignRequest::node(&csr, node_id, Role::Manager, cluster_id);
             let cert = ext.sign(&req).await.map_err(|e| {
-                refused(format!("the external CA did not sign this manager's certificate: {e}"))
+                BootstrapError::Unavailable(format!(
+                    "the external CA did not sign this manager's certificate: {e}"
+                ))
             })?;
             ca.check_issued(&cert, &csr, node_id, Role::Manager, cluster_id, now).map_err(|e| {
                 refused(format!("the external CA returned an unusable certificate for this manager: {e}"))
@@ -401,14 +461,34 @@ impl Bootstrap<'_> {
     }
 }
 
-/// The clear PEM of a manager's key file: opened under `kek`, or taken as it is when an earlier
+/// A manager's key sealed for its file.
+pub fn seal_own_key(
+    dek: &DataKey,
+    cluster_id: &str,
+    key_pem: &[u8],
+    entropy: &SharedEntropy,
+) -> Result<Vec<u8>, SealError> {
+    with_entropy(entropy, |e| dek.seal(Purpose::NodeKey, cluster_id, key_pem, e))
+}
+
+/// The clear PEM of a manager's key file: opened under the data key (or one of `keks`, for a
+/// file sealed by an earlier version of this format), or taken as it is when an earlier
 /// version wrote it in clear.
-fn open_own_key(kek: &Kek, cluster_id: &str, file: Vec<u8>) -> Result<Vec<u8>, SealError> {
-    if is_sealed(&file) {
-        Ok(kek.open_node_key(cluster_id, &file)?.to_vec())
-    } else {
-        Ok(file)
+fn open_own_key(dek: &DataKey, keks: &[Kek], cluster_id: &str, file: Vec<u8>) -> Result<Vec<u8>, SealError> {
+    if !is_sealed(&file) {
+        return Ok(file);
     }
+    let mut last = match dek.open(Purpose::NodeKey, cluster_id, &file) {
+        Ok(key) => return Ok(key.to_vec()),
+        Err(e) => e,
+    };
+    for kek in keks {
+        match kek.open_node_key(cluster_id, &file) {
+            Ok(key) => return Ok(key.to_vec()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// A new P-256 key and a certificate request for it with an empty subject (the CA sets the

@@ -19,7 +19,8 @@
 // ARCHITECTURE.md): the environment and its seams (env, signal, error, peer, tls, leadership,
 // external, custody), the signer (signer), shared state (server), issuance decisions (issuers), the RPC
 // front (rpc), a term's duties (duties), a manager's life (manager), the control API (control,
-// rotation, admin), the locked control socket (unlock).
+// rotation, admin), a manager put together (launch), the locked control socket and a manager's
+// start (unlock).
 mod admin;
 pub mod bootstrap;
 pub mod control;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod external;
 pub mod files;
 mod issuers;
+pub mod launch;
 pub mod leadership;
 pub mod listener;
 mod manager;

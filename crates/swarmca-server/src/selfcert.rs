@@ -15,7 +15,7 @@ use swarmca_types::issuance_status::State;
 use swarmca_types::{Cluster, NodeTlsInfo};
 use tracing::{error, info, warn};
 
-use swarmca_core::seal::{Kek, SealKey};
+use swarmca_core::seal::DataKey;
 use zeroize::Zeroizing;
 
 use crate::files::{self, NODE_CERT, NODE_KEY, ROOT_CERT};
@@ -39,16 +39,16 @@ pub struct SelfCert {
     pub certs_dir: PathBuf,
     /// This manager's key, and what its file is sealed under.
     pub key_file: std::sync::Mutex<KeyFile>,
-    /// The seal key: what the key file is sealed under while autolock is off.
-    pub seal_key: Option<SealKey>,
 }
 
-/// This manager's private key and the KEK its file is sealed under now.
+/// This manager's private key and what its file is sealed under: the cluster's data key,
+/// which opens for whoever can open the cluster (with the seal key, or the unlock key while
+/// autolocked), so the file needs no resealing when autolock or the unlock key change.
 pub struct KeyFile {
     /// The clear key (PEM), wiped on drop.
     pub key_pem: Zeroizing<Vec<u8>>,
-    /// The KEK of the file as written.
-    pub kek: Kek,
+    /// The cluster's data key.
+    pub data_key: DataKey,
 }
 
 /// A renewal of this manager's certificate in flight: the CSR sent and its key.
@@ -162,7 +162,6 @@ impl SelfCert {
                 Err(e) => warn!(error = %e.0, "new trust roots unusable; keeping the previous ones"),
             }
         }
-        self.reseal_key_file(c);
         let root = c.root_ca.clone().unwrap_or_default().ca_cert;
         if root != *root_file {
             if let Err(e) = files::write_atomic(&self.certs_dir, ROOT_CERT, &root, false) {
@@ -172,32 +171,10 @@ impl SelfCert {
         }
     }
 
-    /// Seals the key file again when the cluster's KEK changed (autolock turned on or off, the
-    /// unlock key rotated): a file left under the old unlock key would not open with the new.
-    fn reseal_key_file(&self, c: &Cluster) {
-        let want = match crate::custody::desired_kek(c, self.seal_key.as_ref()) {
-            Ok(k) => k,
-            Err(e) => return warn!(error = %e, "cannot tell what this manager's key file belongs under"),
-        };
-        let mut kf = self.key_file.lock().unwrap_or_else(|e| e.into_inner());
-        if want.same_as(&kf.kek) {
-            return;
-        }
-        match self.write_key(&want, &kf.key_pem) {
-            Ok(()) => {
-                info!(under = ?want.source(), "this manager's key file is sealed under the cluster's new key-encryption key");
-                kf.kek = want;
-            }
-            Err(e) => {
-                error!(error = %e.0, "cannot seal this manager's key file again; it opens only with the previous key")
-            }
-        }
-    }
-
-    /// Seals `key_pem` under `kek` and writes it as this manager's key file.
-    fn write_key(&self, kek: &Kek, key_pem: &[u8]) -> Result<(), files::FileError> {
+    /// Seals `key_pem` under the cluster's data key and writes it as this manager's key file.
+    fn write_key(&self, dek: &DataKey, key_pem: &[u8]) -> Result<(), files::FileError> {
         let entropy = &self.server.inner.deps.entropy;
-        let sealed = crate::env::with_entropy(entropy, |e| kek.seal_node_key(&self.cluster_id, key_pem, e))
+        let sealed = crate::bootstrap::seal_own_key(dek, &self.cluster_id, key_pem, entropy)
             .map_err(|e| files::FileError(format!("cannot seal this manager's key: {e}")))?;
         files::write_atomic(&self.certs_dir, NODE_KEY, &sealed, true)
     }
@@ -264,7 +241,7 @@ impl SelfCert {
         }
         let written = {
             let mut kf = self.key_file.lock().unwrap_or_else(|e| e.into_inner());
-            let w = self.write_key(&kf.kek, key_pem);
+            let w = self.write_key(&kf.data_key, key_pem);
             if w.is_ok() {
                 kf.key_pem = Zeroizing::new(key_pem.to_vec());
             }

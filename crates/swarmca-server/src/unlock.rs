@@ -28,6 +28,13 @@ use tracing::{info, warn};
 /// What a locked manager answers to every admin call but `Unlock`.
 pub const LOCKED: &str = "this manager is locked: autolock is on; run `swarmca unlock`";
 
+/// The longest a start waits before trying an unreachable store or external CA again: it
+/// serves soon after they are back.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
+
+/// How often a locked manager looks whether it still is (autolock turned off elsewhere).
+const LOCKED_RECHECK: Duration = Duration::from_secs(30);
+
 /// The longest a wrong key's answer is held back.
 const MAX_PENALTY: Duration = Duration::from_secs(30);
 
@@ -37,7 +44,17 @@ pub struct UnlockAttempt {
     /// The key given.
     pub key: UnlockKey,
     /// The outcome.
-    pub reply: oneshot::Sender<Result<(), String>>,
+    pub reply: oneshot::Sender<Result<(), Refusal>>,
+}
+
+/// Why an unlock key given on the control socket did not unlock the manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The key does not open the cluster's keys.
+    WrongKey(String),
+    /// The manager could not finish its start (the store or the external CA did not answer);
+    /// it keeps trying with the key.
+    NotNow(String),
 }
 
 /// The admin service of a manager that may be locked.
@@ -141,7 +158,8 @@ impl AdminGate {
         self.inner.attempts.send(UnlockAttempt { key, reply }).await.map_err(|_| closed())?;
         match outcome.await.map_err(|_| closed())? {
             Ok(()) => Ok(Response::new(admin::UnlockResponse { message: "manager unlocked".into() })),
-            Err(why) => Err(Status::permission_denied(why)),
+            Err(Refusal::WrongKey(why)) => Err(Status::permission_denied(why)),
+            Err(Refusal::NotNow(why)) => Err(Status::unavailable(why)),
         }
     }
 }
@@ -184,8 +202,13 @@ impl Unlocking<'_> {
     ) -> Result<Identity, NotStarted> {
         tokio::pin!(stop);
         let mut locked = Some(locked);
-        let mut pending: Option<oneshot::Sender<Result<(), String>>> = None;
+        let mut pending: Option<oneshot::Sender<Result<(), Refusal>>> = None;
+        // The unlock key held came from the control socket (not given at start).
+        let mut socket_key = false;
         let mut failures = 0u32;
+        let mut retries = 0u32;
+        // No one can give keys any more (the control socket is gone).
+        let mut closed = false;
         loop {
             let boot = Bootstrap {
                 store: self.store,
@@ -200,8 +223,10 @@ impl Unlocking<'_> {
             };
             let refusal = match started {
                 Ok(id) => {
-                    if let Some(p) = pending.take() {
+                    if socket_key {
                         info!("unlocked");
+                    }
+                    if let Some(p) = pending.take() {
                         let _ = p.send(Ok(()));
                     }
                     // Keys queued meanwhile are not tried: their senders hear that the manager
@@ -211,8 +236,40 @@ impl Unlocking<'_> {
                     return Ok(id);
                 }
                 Err(BootstrapError::Custody(e @ (CustodyError::Locked | CustodyError::WrongKey(_)))) => e,
+                Err(e) if e.is_transient() => {
+                    // The store or the external CA did not answer: tried again, more and more
+                    // slowly, until it does (or the manager is stopped).
+                    retries = retries.saturating_add(1);
+                    let wait = AdminGate::penalty(retries).min(MAX_RETRY_WAIT);
+                    warn!(error = %e, retry_in = ?wait, "cannot start yet; trying again");
+                    if let Some(p) = pending.take() {
+                        // Its giver hears why; the key is kept and tried again.
+                        let _ = p.send(Err(Refusal::NotNow(format!(
+                            "{e}; this manager keeps trying with the key given"
+                        ))));
+                    }
+                    // A key given meanwhile is taken, and tried when the wait is over.
+                    let until = tokio::time::sleep(wait);
+                    tokio::pin!(until);
+                    loop {
+                        tokio::select! {
+                            () = &mut until => break,
+                            a = self.attempts.recv(), if pending.is_none() && !closed => match a {
+                                Some(a) => {
+                                    self.keys.unlock = Some(a.key);
+                                    socket_key = true;
+                                    pending = Some(a.reply);
+                                }
+                                None => closed = true,
+                            },
+                            () = &mut stop => return Err(NotStarted::Stopped),
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => return Err(NotStarted::Refused(e)),
             };
+            retries = 0;
             match (refusal, pending.take()) {
                 // A key given on the control socket: its giver hears why, and may try again.
                 (e, Some(p)) => {
@@ -224,8 +281,10 @@ impl Unlocking<'_> {
                         () = tokio::time::sleep(AdminGate::penalty(failures)) => {}
                         () = &mut stop => return Err(NotStarted::Stopped),
                     }
-                    let _ = p.send(Err(e.to_string()));
+                    let _ = p.send(Err(Refusal::WrongKey(e.to_string())));
                 }
+                // A key from the socket, found wrong after a retry: its giver heard already.
+                (e, None) if socket_key => warn!(error = %e, "unlock refused"),
                 // A wrong key given at start (or a wrong seal key): nothing to wait for.
                 (e @ CustodyError::WrongKey(_), None) => {
                     return Err(NotStarted::Refused(BootstrapError::Custody(e)))
@@ -233,18 +292,23 @@ impl Unlocking<'_> {
                 (_, None) => {}
             }
             self.keys.unlock = None;
+            socket_key = false;
             if let Some(tell) = locked.take() {
                 warn!("{LOCKED}");
                 tell();
             }
+            // Looked at again now and then without a key: autolock may have been turned off
+            // through another manager meanwhile.
             tokio::select! {
-                a = self.attempts.recv() => match a {
+                a = self.attempts.recv(), if !closed => match a {
                     Some(a) => {
                         self.keys.unlock = Some(a.key);
+                        socket_key = true;
                         pending = Some(a.reply);
                     }
                     None => return Err(NotStarted::Stopped),
                 },
+                () = tokio::time::sleep(LOCKED_RECHECK) => {}
                 () = &mut stop => return Err(NotStarted::Stopped),
             }
         }

@@ -6,17 +6,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use swarmca_core::rootca::RootCa;
 use swarmca_core::seal::UnlockKey;
 use swarmca_proto::admin::admin_server::AdminServer;
 use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
 use swarmca_server::bootstrap::{BootstrapError, NewCluster};
-use swarmca_server::custody::{CustodyError, Keys, SealedElection, SealedStore};
+use swarmca_server::custody::{CustodyError, Keys};
+use swarmca_server::launch::{Launch, Launched};
 use swarmca_server::unlock::{AdminGate, NotStarted, Unlocking};
 use swarmca_server::{
-    shared_entropy, CaServer, Clock, Control, Election, Manager, OsEntropy, ServerConfig, ServerDeps, Solo,
-    SystemClock, TlsPeerCertificates,
+    shared_entropy, Election, OsEntropy, ServerConfig, Solo, SystemClock, TlsPeerCertificates,
 };
 use swarmca_store::{RedbStore, Store};
 use tokio::sync::watch;
@@ -209,11 +208,10 @@ pub async fn serve(
             key
         }
     };
-    let external_keys = init.external_keys()?;
     let mut keys = Keys {
         seal: Some(seal_key),
         unlock: unlock_key_given(unlock_key_file)?,
-        external: external_keys.clone(),
+        external: init.external_keys()?,
     };
     let (store, election): StoreAndElection = match &etcd {
         Some(args) => {
@@ -310,7 +308,9 @@ pub async fn serve(
     .await
     .map_err(|e| match e {
         NotStarted::Stopped => fatal!(""),
-        NotStarted::Refused(BootstrapError::Refused(m)) => fatal!("{m} (certificates in {})", certs.display()),
+        NotStarted::Refused(BootstrapError::Refused(m) | BootstrapError::Removed(m)) => {
+            fatal!("{m} (certificates in {})", certs.display())
+        }
         NotStarted::Refused(BootstrapError::Custody(e @ CustodyError::WrongKey(_))) if given => {
             fatal!("{e} (the key given with --unlock-key-file or ${UNLOCK_KEY_ENV})")
         }
@@ -357,32 +357,22 @@ pub async fn serve(
     if id.migrated {
         println!("The cluster's keys were stored in clear by an earlier version; they are sealed now. Backups made before this start still hold them in clear.");
     }
-    // From here on, every read opens the cluster's secrets and every write seals them.
-    let store: Arc<dyn Store> =
-        Arc::new(SealedStore::new(store, id.data_key.clone(), keys.seal.clone(), entropy.clone()));
-    let election: Arc<dyn Election> =
-        Arc::new(SealedElection::new(election, id.data_key.clone(), keys.seal.clone(), entropy.clone()));
     files::write_atomic(&certs, NODE_CERT, &id.cert_pem, false)?;
-
-    let root_ca =
-        RootCa::from_api_reusing_with(None, &id.root, id.expiry, clock.now(), keys.external_keys())?;
     let mut config = ServerConfig::new(id.cluster_id.clone());
     config.root_reconcile_interval = rotation_interval.max(Duration::from_millis(100));
-    config.external_keys = external_keys;
-    let server = CaServer::new(
+    let Launched { store, server, manager, control } = Launch {
+        id: &id,
+        store,
+        election,
+        keys: &keys,
         config,
-        ServerDeps {
-            store: store.clone(),
-            clock: Arc::new(clock),
-            entropy,
-            peers: Arc::new(TlsPeerCertificates),
-        },
-        Some(root_ca),
-    );
-    server
-        .update_tls_credentials(&id.cert_pem, &id.key_pem)
-        .map_err(|e| fatal!("this manager's credentials are unusable for the external CA client: {e}"))?;
-    let manager = Manager::new(server.clone(), election, id.node_id.clone());
+        clock: Arc::new(clock),
+        entropy,
+        peers: Arc::new(TlsPeerCertificates),
+        observer: None,
+    }
+    .build()
+    .map_err(|e| fatal!("{e}"))?;
     let mut run = {
         let m = manager.clone();
         tokio::spawn(async move { m.run().await })
@@ -412,13 +402,7 @@ pub async fn serve(
         id.tokens.manager
     );
 
-    gate.open({
-        let manager = manager.clone();
-        Control::new(server.clone(), Some(id.node_id.clone())).with_leader_lookup(Arc::new(move || {
-            let manager = manager.clone();
-            Box::pin(async move { manager.leader().await })
-        }))
-    });
+    gate.open(control);
     let mut trust = id.root.ca_cert.clone();
     if let Some(r) = &id.root.root_rotation {
         trust.push(b'\n');
@@ -433,8 +417,10 @@ pub async fn serve(
             cluster_id: id.cluster_id.clone(),
             node_id: id.node_id.clone(),
             certs_dir: certs.clone(),
-            key_file: std::sync::Mutex::new(KeyFile { key_pem: id.key_pem.clone(), kek: id.kek.clone() }),
-            seal_key: keys.seal.clone(),
+            key_file: std::sync::Mutex::new(KeyFile {
+                key_pem: id.key_pem.clone(),
+                data_key: id.data_key.clone(),
+            }),
         }
         .run(stopped(stop_rx.clone())),
     );

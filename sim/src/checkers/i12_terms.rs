@@ -88,6 +88,9 @@ impl Terms {
 
     /// What manager `i`'s `Manager` reported.
     pub fn on_event(&self, i: usize, ev: &ManagerEvent, mirror: &Mutex<Mirror>) {
+        if self.shared.is_locked(i) {
+            self.shared.violation("I14", format!("manager-{i} is locked, yet its manager runs: {ev:?}"));
+        }
         match ev {
             ManagerEvent::Elected(t) => {
                 self.shared.log.push(format!("manager-{i}: leader duties of term {t} start"));

@@ -50,3 +50,28 @@ pub fn on_cluster_write(shared: &Shared, c: &Cluster) {
         );
     }
 }
+
+/// A manager's key file as it writes it at its start: sealed, never clear; and while autolock
+/// is on (`autolocked`: on before and after the start), not openable with the seal key — a
+/// thief with the seal key and the manager's files could otherwise ask another manager for
+/// the unlock key.
+pub fn on_key_file(
+    shared: &Shared,
+    i: usize,
+    cluster_id: &str,
+    file: &[u8],
+    seal: Option<&swarmca_core::seal::SealKey>,
+    autolocked: bool,
+) {
+    if !is_sealed(file) {
+        return shared.violation("I13", format!("manager-{i} wrote its key file in clear"));
+    }
+    let opens_with_seal_key = seal
+        .is_some_and(|k| swarmca_core::seal::Kek::from_seal_key(k).open_node_key(cluster_id, file).is_ok());
+    if autolocked && opens_with_seal_key {
+        shared.violation(
+            "I13",
+            format!("manager-{i} sealed its key file under the seal key while autolock is on"),
+        );
+    }
+}

@@ -9,9 +9,25 @@
 //! RENEW, no certificate bytes, CN = node ID and the node's *current* role.
 
 use super::{state, WriteCtx};
+use crate::shared::lock;
 
 /// NodeSpec.Membership ACCEPTED.
 const ACCEPTED: i32 = 1;
+
+/// NodeRole MANAGER.
+const MANAGER: i32 = 1;
+
+/// At the end: every node written with a manager certificate outside issuance is a node a
+/// manager started as.
+pub fn check_own_certificates(shared: &crate::shared::Shared) {
+    let managers = lock(&shared.manager_nodes).clone();
+    for id in lock(&shared.own_cert_writes).iter().filter(|id| !managers.contains(*id)) {
+        shared.violation(
+            "I4",
+            format!("node {id}: an issued manager certificate written outside issuance, and no manager started as it"),
+        );
+    }
+}
 
 pub fn check(ctx: &WriteCtx<'_>) {
     let Some(nc) = ctx.new.certificate.as_ref() else {
@@ -19,6 +35,14 @@ pub fn check(ctx: &WriteCtx<'_>) {
         return;
     };
     let to = state(ctx.new);
+    // A manager's start writes its own node with an issued manager certificate (its first
+    // start, or a new certificate when its own is stale): judged at the end, against the
+    // nodes the managers started as.
+    let settled = ctx.prev.is_none_or(|p| !matches!(state(p), 1 | 2));
+    if to == 3 && settled && nc.role == MANAGER && !nc.certificate.is_empty() && ctx.new_certificate() {
+        lock(&ctx.shared.own_cert_writes).push(ctx.new.id.clone());
+        return;
+    }
     requests(ctx, nc, to);
     if to == 3 && nc.certificate.is_empty() {
         ctx.shared.violation("I4", format!("node {}: ISSUED without a certificate", ctx.new.id));

@@ -1,4 +1,4 @@
-//! One checker per invariant (I1–I10, plus I11: fencing, I12: leader terms, I13: keys sealed at rest). Per-write checkers run on every
+//! One checker per invariant (I1–I10, plus I11: fencing, I12: leader terms, I13: keys sealed at rest, I14: locked managers). Per-write checkers run on every
 //! store write the mirror sees; the final checkers run once the liveness phase is over, over
 //! everything recorded.
 
@@ -68,6 +68,7 @@ pub fn on_node_write(m: &mut Mirror, ctx: &WriteCtx<'_>) {
 pub fn finish(m: &Mirror, shared: &Shared) {
     i3_blacklist::check_renewals(shared);
     i3_blacklist::check_unlock_answers(m, shared);
+    i4_certificates_change_only_by_issuance::check_own_certificates(shared);
     i5_liveness::check(m, shared);
     i7_token_decides_role::check(m, shared);
     i8_rotation::check_final(m, shared);

@@ -129,10 +129,16 @@ async fn the_cluster_is_stored_sealed_and_opens_only_with_its_seal_key() {
     assert!(stored.ca_key.starts_with(b"-----BEGIN SWARMCA SEALED CA KEY-----"));
     assert!(!contains(&stored.ca_key, &clear_key[30..60]));
     assert!(raw.sealing.as_ref().is_some_and(|s| !s.wrapped_data_key.is_empty()));
-    // The manager's own key, for its file: sealed, and what opens it is the KEK.
+    // The manager's own key, for its file: sealed under the data key, not the seal key itself.
     assert!(first.key_file.starts_with(b"-----BEGIN SWARMCA SEALED NODE KEY-----"));
+    let opened = first.data_key.open(Purpose::NodeKey, &first.cluster_id, &first.key_file).unwrap();
+    assert_eq!(opened.as_slice(), first.key_pem.as_slice());
     let kek = seal_key(9).kek(KekSource::SealKey).unwrap();
-    assert_eq!(&*kek.open_node_key(&first.cluster_id, &first.key_file).unwrap(), first.key_pem.as_slice());
+    assert!(kek.open_node_key(&first.cluster_id, &first.key_file).is_err());
+    // A file an earlier version of this format sealed under the seal key still opens.
+    let older = kek.seal_node_key(&first.cluster_id, &first.key_pem, &mut OsEntropy).unwrap();
+    let reopened = start(&store, now, Some((first.cert_pem.clone(), older))).await.unwrap();
+    assert!(!reopened.issued && reopened.key_pem.as_slice() == first.key_pem.as_slice());
 
     // Restarted with its sealed files: the same identity, nothing issued or migrated.
     let again = start(&store, now, Some((first.cert_pem.clone(), first.key_file.clone()))).await.unwrap();
@@ -224,4 +230,43 @@ async fn a_record_with_sealed_keys_but_no_wrapped_data_key_is_refused_not_sealed
         raw.sealing.is_none() && raw.root_ca.unwrap().ca_key.starts_with(b"-----BEGIN SWARMCA SEALED"),
         "untouched"
     );
+}
+
+#[tokio::test]
+async fn a_manager_removed_or_demoted_meanwhile_does_not_reissue_itself_back_in() {
+    let store = Arc::new(MemStore::new());
+    let now = SystemTime::now();
+    let first = start(&store, now, None).await.unwrap();
+    let files = || Some((first.cert_pem.clone(), first.key_file.clone()));
+
+    // Demoted while it was down: refused, with how to go on; nothing written.
+    let mut node = store.get_node(&first.node_id).await.unwrap().unwrap();
+    node.spec.as_mut().unwrap().desired_role = Role::Worker.to_proto();
+    store.commit(vec![Op::UpdateNode(node)]).await.unwrap();
+    let before = store.view(WatchFilter::All).await.unwrap();
+    match start(&store, now, files()).await {
+        Err(e @ BootstrapError::Removed(_)) => {
+            let m = e.to_string();
+            assert!(m.contains("demoted") && m.contains("swarmca node promote"), "{m}");
+            assert!(!e.is_transient());
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Late in its certificate's life too (where it would otherwise reissue itself).
+    let late = now + DEFAULT_NODE_CERT_EXPIRY * 2 / 3;
+    assert!(matches!(start(&store, late, files()).await, Err(BootstrapError::Removed(_))));
+    assert_eq!(store.view(WatchFilter::All).await.unwrap().nodes, before.nodes, "nothing written");
+
+    // Removed (blacklisted, its node gone): refused; a manager without files joins anew.
+    let node = store.get_node(&first.node_id).await.unwrap().unwrap();
+    let mut c = store.get_cluster(&first.cluster_id).await.unwrap().unwrap();
+    c.blacklisted_certificates.insert(first.node_id.clone(), Default::default());
+    store.commit(vec![Op::UpdateCluster(c), Op::DeleteNode(node)]).await.unwrap();
+    match start(&store, late, files()).await {
+        Err(BootstrapError::Removed(m)) => assert!(m.contains("was removed"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(store.get_node(&first.node_id).await.unwrap().is_none(), "not created again");
+    let anew = start(&store, now, None).await.unwrap();
+    assert!(anew.issued && anew.node_id != first.node_id);
 }

@@ -3,7 +3,7 @@
 use swarmca_proto::admin::{self, admin_server::Admin};
 use tonic::{Code, Request};
 
-use super::{AdminGate, LOCKED};
+use super::{AdminGate, Refusal, LOCKED};
 
 const KEY: &str = "SWMKEY-1-+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/v7+/s";
 
@@ -40,7 +40,14 @@ async fn the_key_goes_to_the_manager_and_its_verdict_comes_back() {
     let manager = tokio::spawn(async move {
         // The first key is wrong, the second right.
         let a = attempts.recv().await.unwrap();
-        a.reply.send(Err("wrong unlock key: it does not open this cluster's keys".into())).unwrap();
+        a.reply
+            .send(Err(Refusal::WrongKey("wrong unlock key: it does not open this cluster's keys".into())))
+            .unwrap();
+        // The second could not be checked yet.
+        let a = attempts.recv().await.unwrap();
+        a.reply
+            .send(Err(Refusal::NotNow("store unavailable: cut off; this manager keeps trying".into())))
+            .unwrap();
         let a = attempts.recv().await.unwrap();
         assert_eq!(a.key.to_text().as_str(), KEY);
         a.reply.send(Ok(())).unwrap();
@@ -48,6 +55,8 @@ async fn the_key_goes_to_the_manager_and_its_verdict_comes_back() {
     let e = gate.unlock(Request::new(admin::UnlockRequest { unlock_key: KEY.into() })).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("wrong unlock key"));
+    let e = gate.unlock(Request::new(admin::UnlockRequest { unlock_key: KEY.into() })).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "not a wrong key: try again");
     let ok =
         gate.unlock(Request::new(admin::UnlockRequest { unlock_key: format!(" {KEY}\n") })).await.unwrap();
     assert_eq!(ok.into_inner().message, "manager unlocked");
@@ -70,7 +79,7 @@ mod starting {
 
     use crate::bootstrap::{Bootstrap, NewCluster};
     use crate::custody::{Keys, SealedStore};
-    use crate::unlock::{NotStarted, UnlockAttempt, Unlocking};
+    use crate::unlock::{NotStarted, Refusal, UnlockAttempt, Unlocking};
     use crate::{shared_entropy, OsEntropy, Solo, SystemClock};
 
     /// A cluster created, then autolocked through the sealed store; its unlock key.
@@ -115,7 +124,7 @@ mod starting {
         .await
     }
 
-    async fn attempt(tx: &tokio::sync::mpsc::Sender<UnlockAttempt>, key: UnlockKey) -> Result<(), String> {
+    async fn attempt(tx: &tokio::sync::mpsc::Sender<UnlockAttempt>, key: UnlockKey) -> Result<(), Refusal> {
         let (reply, outcome) = oneshot::channel();
         tx.send(UnlockAttempt { key, reply }).await.unwrap();
         outcome.await.unwrap()
@@ -148,15 +157,34 @@ mod starting {
         let (wrong, again, ok) = giver.await.unwrap();
         // Two wrong keys in a row: 1 s, then 2 s before each answer (and the next key).
         assert!(began.elapsed() >= std::time::Duration::from_secs(3), "{:?}", began.elapsed());
-        assert!(wrong.unwrap_err().contains("wrong unlock key"));
+        assert!(
+            matches!(wrong, Err(Refusal::WrongKey(ref m)) if m.contains("wrong unlock key")),
+            "{wrong:?}"
+        );
         assert!(again.is_err());
         assert_eq!(ok, Ok(()));
         assert_eq!(told.load(Ordering::SeqCst), 1, "told once that it is locked");
         assert!(!id.created && keys.unlock.is_some(), "the key that opened it is kept");
-        assert_eq!(
-            id.kek.source(),
-            swarmca_core::seal::KekSource::UnlockKey,
-            "its key file goes under the unlock key"
+        // Its key file opens with the data key only the unlock key opens.
+        let file_key =
+            id.data_key.open(swarmca_core::seal::Purpose::NodeKey, &id.cluster_id, &id.key_file).unwrap();
+        assert_eq!(file_key.as_slice(), id.key_pem.as_slice());
+        let seal_kek = swarmca_core::seal::Kek::from_seal_key(keys.seal.as_ref().unwrap());
+        assert!(
+            seal_kek
+                .unwrap(
+                    &store
+                        .get_cluster(&id.cluster_id)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .sealing
+                        .unwrap()
+                        .wrapped_data_key,
+                    &id.cluster_id
+                )
+                .is_err(),
+            "the seal key does not open the data key"
         );
     }
 
@@ -180,5 +208,125 @@ mod starting {
         let mut keys = Keys { seal: Some(seal), unlock: None, ..Default::default() };
         let r = start(&store, &mut keys, &mut attempts, async {}, || {}).await;
         assert!(matches!(r, Err(NotStarted::Stopped)), "{r:?}");
+    }
+
+    /// A store that is unreachable while `down` is set.
+    struct Flaky {
+        inner: Arc<MemStore>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), swarmca_store::StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(swarmca_store::StoreError::Unavailable("cut off".into()));
+            }
+            Ok(())
+        }
+    }
+
+    impl Store for Flaky {
+        fn view(
+            &self,
+            filter: swarmca_store::WatchFilter,
+        ) -> swarmca_store::BoxFuture<'_, Result<swarmca_store::Snapshot, swarmca_store::StoreError>>
+        {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.view(filter).await
+            })
+        }
+        fn get_node<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> swarmca_store::BoxFuture<'a, Result<Option<swarmca_types::Node>, swarmca_store::StoreError>>
+        {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.get_node(id).await
+            })
+        }
+        fn get_cluster<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> swarmca_store::BoxFuture<'a, Result<Option<swarmca_types::Cluster>, swarmca_store::StoreError>>
+        {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.get_cluster(id).await
+            })
+        }
+        fn commit(
+            &self,
+            ops: Vec<Op>,
+        ) -> swarmca_store::BoxFuture<'_, Result<u64, swarmca_store::StoreError>> {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.commit(ops).await
+            })
+        }
+        fn view_and_watch(
+            &self,
+            filter: swarmca_store::WatchFilter,
+        ) -> swarmca_store::BoxFuture<
+            '_,
+            Result<(swarmca_store::Snapshot, swarmca_store::Watch), swarmca_store::StoreError>,
+        > {
+            Box::pin(async move {
+                self.check()?;
+                self.inner.view_and_watch(filter).await
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_is_tried_again_and_a_key_given_meanwhile_is_kept_not_counted_wrong() {
+        let mem = Arc::new(MemStore::new());
+        let seal = SealKey::generate(&mut OsEntropy).unwrap();
+        let right =
+            autolocked(&mem, &Keys { seal: Some(seal.clone()), unlock: None, ..Default::default() }).await;
+        let store = Arc::new(Flaky { inner: mem.clone(), down: true.into() });
+        let (tx, mut attempts) = tokio::sync::mpsc::channel(1);
+        let mut keys = Keys { seal: Some(seal), unlock: None, ..Default::default() };
+        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(mem.clone()));
+        let told = Arc::new(AtomicUsize::new(0));
+        let (s, t) = (store.clone(), told.clone());
+        let giver = tokio::spawn(async move {
+            // Unreachable: not known to be locked. A key given now cannot be checked: its giver
+            // hears so, and the manager keeps it.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let unchecked = attempt(&tx, right).await;
+            assert_eq!(t.load(Ordering::SeqCst), 0, "not known to be locked while unreachable");
+            s.down.store(false, Ordering::SeqCst);
+            unchecked
+        });
+        let id = Unlocking {
+            store: &*store,
+            election: &election,
+            clock: &SystemClock,
+            entropy: &entropy,
+            keys: &mut keys,
+            attempts: &mut attempts,
+        }
+        .start(
+            &NewCluster::default(),
+            None,
+            std::future::pending(),
+            || {
+                told.fetch_add(1, Ordering::SeqCst);
+            },
+            || {},
+        )
+        .await
+        .unwrap();
+        match giver.await.unwrap() {
+            Err(Refusal::NotNow(m)) => {
+                assert!(m.contains("store unavailable") && m.contains("keeps trying"), "{m}")
+            }
+            other => panic!("expected 'not now', got {other:?}"),
+        }
+        // Reachable again: the kept key opened it, without a second attempt.
+        assert_eq!(told.load(Ordering::SeqCst), 0);
+        assert!(!id.created && keys.unlock.is_some());
     }
 }
