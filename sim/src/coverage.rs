@@ -21,6 +21,8 @@ pub const REQUIRED: &[&str] = &[
     "election.resigned",
     "fault.restart_while_cut_off",
     "manager.locked",
+    "blacklist.pruned",
+    "role.reached_certificate",
     "manager.unlocked",
     "unlock.refused",
     "fault.duplicate_join",

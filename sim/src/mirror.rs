@@ -49,6 +49,10 @@ pub struct Mirror {
     pub recent_roots: Vec<u8>,
     /// When the rotation target (or its absence) last changed.
     pub rotation_changed_at: Duration,
+    /// The role of the last certificate issued to each node.
+    pub issued_role: BTreeMap<String, i32>,
+    /// The latest NotAfter (Unix seconds) of every certificate issued to each node.
+    pub not_after: BTreeMap<String, i64>,
 }
 
 impl Mirror {
@@ -228,6 +232,7 @@ pub fn start(store: &MemStore, shared: Arc<Shared>) -> Arc<Mutex<Mirror>> {
 /// its root (what the dispatcher pushes to agents).
 fn record_cluster(shared: &Shared, c: &Cluster, initial: bool) {
     *lock(&shared.cluster_root) = c.root_ca.as_ref().map(|r| r.ca_cert.clone()).unwrap_or_default();
+    *lock(&shared.blacklisted) = c.blacklisted_certificates.keys().cloned().collect();
     let t = c.root_ca.as_ref().and_then(|r| r.join_tokens.clone()).unwrap_or_default();
     for (manager, token) in [(false, t.worker), (true, t.manager)] {
         if shared.current_token(manager).as_deref() != Some(token.as_str()) {
@@ -269,6 +274,10 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
                 WriteCtx { shared, prev: prev.as_ref(), new: &n, cluster: cluster.as_ref(), now: now() };
             checkers::on_node_write(m, &ctx);
             note_history(m, &n);
+            if let Some(f) = n.certificate.as_ref().and_then(|c| shared.facts.cert_pem(&c.certificate)) {
+                let e = m.not_after.entry(n.id.clone()).or_insert(f.not_after);
+                *e = (*e).max(f.not_after);
+            }
             shared.dispatch(&n.id, Some((n.role, state)));
             m.nodes.insert(n.id.clone(), n);
         }
@@ -289,6 +298,7 @@ fn apply(m: &mut Mirror, shared: &Shared, ev: Event) {
             record_cluster(shared, &c, false);
             m.note_roots(&c);
             checkers::i8_rotation::on_cluster_write(m, shared, &c);
+            checkers::i16_certificate_lives::on_cluster_write(m, shared, &c);
             m.cluster = Some(c);
         }
     }

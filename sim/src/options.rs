@@ -97,6 +97,9 @@ impl FaultKind {
     }
 }
 
+/// The most clients a run may have (their addresses are drawn from 10.1.0.0/16).
+pub const MAX_CLIENTS: usize = 1000;
+
 /// The options of one simulated run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimOptions {
@@ -168,6 +171,12 @@ pub struct SimOptions {
     /// Manager↔store partitions: one manager (the leader or a follower) cannot reach the store
     /// for a while; a leader cut off past its lease loses the leadership.
     pub store_partitions: bool,
+    /// A scale seed (see [`SimOptions::with_scale`]).
+    pub scale: bool,
+    /// A time seed (see [`SimOptions::with_time`]).
+    pub time: bool,
+    /// The node certificate validity the cluster is created with (None: the default, 90 days).
+    pub node_cert_expiry: Option<Duration>,
 }
 
 impl SimOptions {
@@ -207,7 +216,38 @@ impl SimOptions {
             // Drawn last: the options above stay what they were for every seed.
             root_rotation: r.chance(0.25),
             store_partitions: r.chance(0.5),
+            scale: false,
+            time: false,
+            node_cert_expiry: None,
         }
+        .with_scale(&mut r)
+        .with_time(&mut r)
+    }
+
+    /// One seed in twenty that is not a scale seed is a time seed: a safety phase of 6–24
+    /// simulated hours, certificates valid for 1–4 hours (the admin changes it among 1, 2, 4
+    /// and 8 hours), and faults and admin actions ten times rarer, so that certificates expire,
+    /// renew at the end of their lives and removed nodes' blacklist entries are pruned.
+    fn with_time(mut self, r: &mut SplitMix64) -> SimOptions {
+        if !self.scale && r.chance(0.05) {
+            self.time = true;
+            self.safety = Duration::from_secs(r.range(6, 24) * 3600);
+            self.node_cert_expiry = Some(Duration::from_secs(r.range(1, 4) * 3600));
+            self.fault_interval *= 10;
+            self.admin_interval *= 10;
+        }
+        self
+    }
+
+    /// One seed in ten is a scale seed: 40–300 clients, so that every per-batch limit of the
+    /// server (a rotation's 30 nodes per tick, the signing jobs in parallel) is exceeded
+    /// several times over. Drawn after every other option, which stay what they were.
+    fn with_scale(mut self, r: &mut SplitMix64) -> SimOptions {
+        if r.chance(0.1) {
+            self.scale = true;
+            self.clients = r.range(40, 300) as usize;
+        }
+        self
     }
 
     /// The replayable one-line form of a scenario (see [`SimOptions::from_scenario`]).
@@ -252,7 +292,7 @@ impl SimOptions {
             o.managers = v.clamp(1, 9) as usize;
         }
         if let Some(v) = num("clients")? {
-            o.clients = v.clamp(1, 200) as usize;
+            o.clients = v.clamp(1, MAX_CLIENTS as u64) as usize;
         }
         if let Some(v) = num("safety")? {
             o.safety = Duration::from_secs(v);
@@ -302,6 +342,9 @@ impl SimOptions {
             schedule: None,
             root_rotation: true,
             store_partitions: true,
+            scale: false,
+            time: false,
+            node_cert_expiry: None,
             ..SimOptions::from_seed(seed)
         }
     }
@@ -370,7 +413,10 @@ mod tests {
         assert!(distinct > 5 && distinct < 45, "seeds vary the manager count: {distinct}/50");
         for s in 0..200 {
             let o = SimOptions::from_seed(s);
-            assert!((3..=5).contains(&o.managers) && (20..=28).contains(&o.clients));
+            let clients = if o.scale { 40..=300 } else { 20..=28 };
+            assert!((3..=5).contains(&o.managers) && clients.contains(&o.clients), "{o:?}");
+            assert!(!(o.scale && o.time));
+            assert_eq!(o.time, o.node_cert_expiry.is_some());
             assert!(o.p_conflict <= 0.3 && o.p_store_error <= 0.05);
         }
     }

@@ -86,7 +86,13 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         Vec::new()
     };
     let key = if external && opts.external_only { Vec::new() } else { root.key_pem.clone() };
-    let ca_config = swarmca_types::CaConfig { external_cas, ..Default::default() };
+    let ca_config = swarmca_types::CaConfig {
+        external_cas,
+        node_cert_expiry: opts
+            .node_cert_expiry
+            .and_then(|d| swarmca_types::prost_types::Duration::try_from(d).ok()),
+        ..Default::default()
+    };
     let mut cluster =
         swarmca_core::cluster::new_cluster(&cluster_id, &root.cert_pem, &key, tokens, Some(ca_config));
     // Sealed as `swarmca serve` seals it: a data key wrapped under the managers' seal key (as
@@ -211,11 +217,14 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     loop {
         let waiting = checkers::i5_liveness::waiting(&lock(&mirror), &shared);
         let rotating = checkers::i8_rotation::rotating(&lock(&mirror));
-        if (waiting.is_empty() && !rotating) || madsim::time::TimeHandle::current().elapsed() >= deadline {
+        let roles = checkers::i15_convergence::behind(&lock(&mirror), &shared);
+        let converged = waiting.is_empty() && !rotating && roles.is_empty();
+        if converged || madsim::time::TimeHandle::current().elapsed() >= deadline {
             break;
         }
         madsim::time::sleep(Duration::from_secs(1)).await;
     }
+    checkers::i15_convergence::check(&lock(&mirror), &shared);
     // Every manager up serves the current root and tokens (followers keep following the store).
     let until = madsim::time::TimeHandle::current().elapsed() + Duration::from_secs(30);
     loop {

@@ -123,6 +123,8 @@ pub struct Shared {
     pub locked: Mutex<std::collections::BTreeSet<usize>>,
     /// Whether the cluster, as last written, has autolock on.
     pub autolocked: AtomicBool,
+    /// The node IDs in the cluster's blacklist, as of the last committed write.
+    pub blacklisted: Mutex<std::collections::BTreeSet<String>>,
     /// Node IDs the managers started as (their own certificates, issued at their start).
     pub manager_nodes: Mutex<std::collections::BTreeSet<String>>,
     /// Nodes written with an issued manager certificate outside issuance (a manager's start
@@ -172,6 +174,7 @@ impl Shared {
             heal_notify: tokio::sync::Notify::new(),
             locked: Mutex::default(),
             autolocked: AtomicBool::new(false),
+            blacklisted: Mutex::default(),
             manager_nodes: Mutex::default(),
             own_cert_writes: Mutex::default(),
         }

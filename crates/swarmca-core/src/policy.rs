@@ -34,6 +34,35 @@ pub fn renew_request(node: &Node, csr: Vec<u8>) -> Certificate {
     }
 }
 
+/// NotAfter (seconds since the Unix epoch) of the first certificate of a PEM bundle.
+pub fn leaf_not_after(pem: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(&p.contents).ok()?;
+    Some(c.validity().not_after.timestamp())
+}
+
+/// Notes on `node` that it was issued `cert_pem`: [`Node::certificates_valid_until`] becomes
+/// the later of what it was and the certificate's NotAfter.
+pub fn note_issued(node: &mut Node, cert_pem: &[u8]) {
+    let Some(not_after) = leaf_not_after(cert_pem) else { return };
+    let before = node.certificates_valid_until.as_ref().map_or(i64::MIN, |t| t.seconds);
+    if not_after > before {
+        node.certificates_valid_until =
+            Some(swarmca_types::prost_types::Timestamp { seconds: not_after, nanos: 0 });
+    }
+}
+
+/// How long a removed node's blacklist entry must last (seconds since the Unix epoch): until
+/// every certificate it was ever issued has expired, as far as the node record tells (its
+/// current certificate, and what [`note_issued`] recorded). `None` when nothing tells: such an
+/// entry never expires.
+pub fn blacklist_until(node: &Node) -> Option<i64> {
+    let current = node.certificate.as_ref().and_then(|c| leaf_not_after(&c.certificate));
+    let recorded = node.certificates_valid_until.as_ref().map(|t| t.seconds);
+    current.max(recorded)
+}
+
 /// The issuance state of `node`'s certificate (0, UNKNOWN, when it has none).
 pub fn issuance_state(node: &Node) -> i32 {
     node.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state)

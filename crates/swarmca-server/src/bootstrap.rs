@@ -330,7 +330,17 @@ impl Bootstrap<'_> {
                 let own = self.issue(&root, &external, expiry, &node_id, &cluster.id, client).await?;
                 let node = manager_node(&node_id, own.csr, own.cert.clone());
                 let op = match self.store.get_node(&node_id).await? {
-                    Some(old) => Op::UpdateNode(Node { meta: old.meta, ..node }),
+                    Some(old) => {
+                        // What the earlier certificates were valid until is kept (the removal
+                        // of this node must outlive them too).
+                        let mut n = Node {
+                            meta: old.meta,
+                            certificates_valid_until: old.certificates_valid_until,
+                            ..node
+                        };
+                        swarmca_core::policy::note_issued(&mut n, &own.cert);
+                        Op::UpdateNode(n)
+                    }
                     None => Op::CreateNode(node),
                 };
                 self.store.commit(vec![op]).await?;
@@ -510,7 +520,7 @@ struct OwnCert {
 
 /// The node of a manager holding `cert`, issued for `csr`.
 fn manager_node(node_id: &str, csr: Vec<u8>, cert: Vec<u8>) -> Node {
-    Node {
+    let mut node = Node {
         id: node_id.to_string(),
         role: Role::Manager.to_proto(),
         spec: Some(NodeSpec {
@@ -526,7 +536,10 @@ fn manager_node(node_id: &str, csr: Vec<u8>, cert: Vec<u8>) -> Node {
             cn: node_id.to_string(),
         }),
         ..Default::default()
-    }
+    };
+    let issued = node.certificate.as_ref().map(|c| c.certificate.clone()).unwrap_or_default();
+    swarmca_core::policy::note_issued(&mut node, &issued);
+    node
 }
 
 /// What a manager's own certificate says.

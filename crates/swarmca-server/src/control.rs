@@ -4,7 +4,7 @@
 //! service on the control socket and by the simulator's admin actor.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use swarmca_core::cluster::{autolock_on, UNLOCK_SUBSYSTEM};
 use swarmca_core::policy::issuance_state;
@@ -172,14 +172,13 @@ impl Control {
                 return Err(precondition(format!("node {id} is a manager; demote it first or use --force")));
             }
             let mut cluster = self.server.cluster().await?;
-            let expiry = cert_not_after(&node).unwrap_or_else(|| {
-                let now = self.server.inner.deps.clock.now();
-                now + self.cert_expiry(&cluster)
-            });
-            cluster.blacklisted_certificates.insert(
-                node.id.clone(),
-                BlacklistedCertificate { expiry: Some(prost_types::Timestamp::from(expiry)) },
-            );
+            // Until every certificate the node was ever issued has expired: an earlier one can
+            // outlive the current one (the validity was shortened since), and a node in the
+            // middle of a renewal stores none. Unknown (a node recorded by an earlier version
+            // in the middle of a renewal): the entry never expires, as in SwarmKit.
+            let expiry = swarmca_core::policy::blacklist_until(&node)
+                .map(|s| prost_types::Timestamp { seconds: s, nanos: 0 });
+            cluster.blacklisted_certificates.insert(node.id.clone(), BlacklistedCertificate { expiry });
             let info = self.info(&node, false, &IssuerView::default(), None);
             match self.store().commit(vec![Op::UpdateCluster(cluster), Op::DeleteNode(node)]).await {
                 Ok(_) => {
@@ -453,11 +452,4 @@ fn leaf_summary(pem: &[u8]) -> Option<LeafSummary> {
         fingerprint: digest_string(&p.contents),
         issuer,
     })
-}
-
-/// NotAfter of the node's current certificate.
-fn cert_not_after(n: &Node) -> Option<SystemTime> {
-    let s = leaf_summary(&n.certificate.as_ref()?.certificate)?;
-    let secs = u64::try_from(s.not_after).ok()?;
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }

@@ -243,8 +243,10 @@ mod sim_main {
                         }
                     };
                     println!(
-                        "seed {seed:>6} {} events={:<6} issued={:<4} failed={:<3} joins={:<4} renewals={:<4} sim={:>5.0}s wall={:>5}ms hash={}{det}",
+                        "seed {seed:>6} {} {:<5} clients={:<3} events={:<6} issued={:<4} failed={:<3} joins={:<4} renewals={:<4} sim={:>5.0}s wall={:>5}ms hash={}{det}",
                         if bad { "FAIL" } else { "ok  " },
+                        if opts.scale { "scale" } else if opts.time { "time" } else { "" },
+                        opts.clients,
                         rep.log_lines,
                         rep.issued,
                         rep.failed,

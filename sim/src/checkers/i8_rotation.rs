@@ -6,6 +6,8 @@
 //! * a node is marked ROTATE only from ISSUED, FAILED or UNKNOWN, with its certificate and
 //!   request untouched, while a rotation is in progress, and never once it reported the
 //!   rotation target as its issuer;
+//! * a rotation completes only once every node holding a certificate reports the target as
+//!   its issuer;
 //! * a completed rotation leaves the target as root with its digest and fresh join tokens for
 //!   it;
 //! * a rotation in progress when the faults heal completes within the liveness budget.
@@ -92,6 +94,32 @@ pub fn on_cluster_write(m: &mut Mirror, shared: &Shared, c: &Cluster) {
     let root = c.root_ca.clone().unwrap_or_default();
     if after.is_some() || root.ca_cert != done {
         return; // restarted towards another root, or aborted
+    }
+    // Complete only once every node reports the new root as its issuer (what SwarmKit's
+    // reconciler waits for): a node that holds a certificate and still reports another issuer
+    // would be cut off from a cluster that no longer trusts the old root. A node created since
+    // the last look, with no certificate yet, is signed by the new root anyway.
+    if let Ok((subject, spki)) = issuer_info_of_cert_pem(&done) {
+        let left: Vec<&str> = m
+            .nodes
+            .values()
+            .filter(|n| n.certificate.as_ref().is_some_and(|c| !c.certificate.is_empty()))
+            .filter(|n| {
+                let t = n.description.as_ref().and_then(|d| d.tls_info.as_ref());
+                !t.is_some_and(|t| t.cert_issuer_subject == subject && t.cert_issuer_public_key == spki)
+            })
+            .map(|n| n.id.as_str())
+            .collect();
+        if !left.is_empty() {
+            shared.violation(
+                "I8",
+                format!(
+                    "root rotation completed while {} node(s) still report another issuer: {}",
+                    left.len(),
+                    left.join(", ")
+                ),
+            );
+        }
     }
     shared.coverage.hit("rotation.completed");
     shared.rotations_completed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

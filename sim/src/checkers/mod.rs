@@ -1,4 +1,4 @@
-//! One checker per invariant (I1–I10, plus I11: fencing, I12: leader terms, I13: keys sealed at rest, I14: locked managers). Per-write checkers run on every
+//! One checker per invariant (I1–I10, plus I11: fencing, I12: leader terms, I13: keys sealed at rest, I14: locked managers, I15: convergence, I16: certificate lives). Per-write checkers run on every
 //! store write the mirror sees; the final checkers run once the liveness phase is over, over
 //! everything recorded.
 
@@ -14,6 +14,8 @@ pub mod i10_status_matches_store;
 pub mod i11_fencing;
 pub mod i12_terms;
 pub mod i13_sealed_at_rest;
+pub mod i15_convergence;
+pub mod i16_certificate_lives;
 pub mod i1_key_matches_csr;
 pub mod i2_certificate_contents;
 pub mod i3_blacklist;
@@ -62,6 +64,7 @@ pub fn on_node_write(m: &mut Mirror, ctx: &WriteCtx<'_>) {
     i6_recoverable_never_fails::check(m, ctx);
     i8_rotation::check_write(m, ctx);
     i9_unique_serials::check(m, ctx);
+    i15_convergence::on_write(m, ctx);
 }
 
 /// Runs every final checker.

@@ -135,9 +135,16 @@ impl Client {
     /// removed: unlike SwarmKit, which checks only the forwarder against the blacklist (spec
     /// §8.4), the forwarded identity is checked too, and the call is a join without a token.
     pub(super) async fn forwarding_for_removed(&self, creds: &Creds) {
-        let removed = lock(&self.shared.removed).last().map(|(id, _)| id.clone());
+        // A node still blacklisted: once every certificate it was issued has expired its entry
+        // is pruned, and it is then an unknown node like any other.
+        let blacklisted = |id: &str| lock(&self.shared.blacklisted).contains(id);
+        let removed =
+            lock(&self.shared.removed).iter().rev().map(|(id, _)| id.clone()).find(|id| blacklisted(id));
         let Some(removed) = removed else { return };
         let Some(r) = self.forward(creds, &removed).await else { return };
+        if !blacklisted(&removed) {
+            return; // pruned meanwhile
+        }
         self.expect_tokenless(
             format!("manager {} forwarding for removed node {removed}", creds.node_id),
             &r,

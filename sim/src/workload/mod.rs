@@ -20,9 +20,10 @@ mod util;
 pub use util::exp_delay;
 use util::*;
 
-/// Address of client `i`.
+/// Address of client `i` (up to [`crate::options::MAX_CLIENTS`]), in 10.1.0.0/16.
 pub fn client_ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 0, 1, (i + 1) as u8))
+    let n = i + 1;
+    IpAddr::V4(Ipv4Addr::new(10, 1, (n / 250) as u8, (n % 250 + 1) as u8))
 }
 
 /// A client's credentials and the root bundle it trusts (I8: the chain always verifies
@@ -481,6 +482,19 @@ impl Client {
         forced.min(now() + Duration::from_secs_f64((at - unix_now).max(0.0)))
     }
 
+    /// I16: the certificate a node holds when it renews has not expired.
+    fn check_not_expired(&self, creds: &Creds) {
+        let leaf = creds.chain.first().and_then(|l| self.shared.facts.cert(l));
+        if let Some(c) = leaf {
+            crate::checkers::i16_certificate_lives::check_held(
+                &self.shared,
+                self.idx,
+                &creds.node_id,
+                c.not_after,
+            );
+        }
+    }
+
     /// Whether SwarmKit's dispatcher would tell the node to renew now: its role is not its
     /// certificate's any more, or the CA marked its certificate ROTATE (a root rotation).
     fn told_to_renew(&self, creds: &Creds) -> bool {
@@ -544,6 +558,7 @@ impl Client {
                         if now() >= until {
                             self.shared.coverage.hit("renew.on_schedule");
                         }
+                        self.check_not_expired(&c);
                         // Removed managers keep trying too: the blacklist must stop them.
                         self.unlock_key(&c).await;
                         self.renew(c).await
@@ -554,11 +569,9 @@ impl Client {
                 lock(&self.shared.held).remove(&self.idx);
             }
         }
-        // Liveness phase: no new joins; a node that holds a certificate follows root
-        // rotations (renews when asked to) until the run is judged.
-        if !self.shared.opts.root_rotation {
-            return;
-        }
+        // Liveness phase: no new joins; a node that holds a certificate follows role changes
+        // and root rotations (renews when the dispatcher would tell it to, again 20 s after a
+        // renewal that did not get it there) until the run is judged.
         let completed = || self.shared.rotations_completed.load(std::sync::atomic::Ordering::SeqCst);
         let mut seen = completed();
         while let Some(c) = creds.take() {
@@ -569,6 +582,9 @@ impl Client {
             let rotating = self.shared.rotation_in_progress.load(std::sync::atomic::Ordering::SeqCst);
             creds = if rotating && self.asked_to_rotate(&c).await && !self.shared.finishing() {
                 self.shared.coverage.hit("rotation.node_followed");
+                self.renew(c).await
+            } else if now() >= told_gap && self.told_to_renew(&c) && !self.shared.finishing() {
+                told_gap = now() + Duration::from_secs(20);
                 self.renew(c).await
             } else if completed() != seen && !self.shared.finishing() {
                 // A rotation completed: now and then a node renews once more, as a periodic

@@ -48,7 +48,7 @@ pub(crate) enum Input {
     /// The cluster's RootCA object (on every run start and cluster update).
     Root(ApiRootCa),
     /// A node was created or updated.
-    Node(Node),
+    Node(Box<Node>),
     /// A node was deleted.
     Deleted(String),
 }
@@ -98,7 +98,7 @@ pub(crate) async fn run(
                         ticker.reset();
                     }
                 }
-                Some(Input::Node(n)) => r.update_node(n),
+                Some(Input::Node(n)) => r.update_node(*n),
                 Some(Input::Deleted(id)) => r.delete_node(&id),
             },
             _ = ticker.tick() => r.tick().await,

@@ -159,7 +159,7 @@ pub(crate) async fn run_loop(
             ev = watch.next() => match ev {
                 None => break Err(ServerError::WatchClosed),
                 Some(Event::CreateNode(n)) | Some(Event::UpdateNode(n)) => {
-                    let _ = rec_tx.send(reconciler::Input::Node(n.clone()));
+                    let _ = rec_tx.send(reconciler::Input::Node(Box::new(n.clone())));
                     lp.consider(n)
                 }
                 Some(Event::DeleteNode(n)) => {
@@ -504,6 +504,7 @@ async fn write_result(
                 if let Some(c) = upd.certificate.as_mut() {
                     c.certificate = pem.clone();
                 }
+                swarmca_core::policy::note_issued(&mut upd, pem);
                 (Outcome::Issued, IssuanceStatus { state: State::Issued as i32, err: String::new() })
             }
             Err(why) => (Outcome::Failed, IssuanceStatus { state: State::Failed as i32, err: why.clone() }),
