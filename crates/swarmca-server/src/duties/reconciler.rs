@@ -300,3 +300,6 @@ impl Reconciler {
 fn target_digest(root: &ApiRootCa) -> String {
     root.root_rotation.as_ref().map_or_else(String::new, |r| digest_string(&r.ca_cert))
 }
+
+#[cfg(test)]
+mod tests;
