@@ -15,7 +15,7 @@ use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
 use swarmca_server::bootstrap::{BootstrapError, NewCluster};
 use swarmca_server::custody::Keys;
-use swarmca_server::launch::{Launch, Launched};
+use swarmca_server::launch::{Launch, Launched, MAX_REQUEST_BYTES};
 use swarmca_server::unlock::{AdminGate, NotStarted, Unlocking};
 use swarmca_server::{shared_entropy, CaServer, Clock, OsEntropy, Role, ServerConfig};
 
@@ -217,8 +217,8 @@ impl Incarnation {
         gate.open(control);
         madsim::task::spawn(async move { manager.run().await });
         let _ = tonic::transport::Server::builder()
-            .add_service(CaService::new(server.clone()))
-            .add_service(NodeCaService::new(server))
+            .add_service(CaService::new(server.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+            .add_service(NodeCaService::new(server).max_decoding_message_size(MAX_REQUEST_BYTES))
             .serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT))
             .await;
     }

@@ -350,3 +350,25 @@ async fn role_from_token_only_and_role_survives_in_certificate() {
     assert_eq!(s.certificate.unwrap().role, NodeRole::Worker as i32);
     assert_eq!(f.node(&r.node_id).await.unwrap().role, Role::Worker.to_proto());
 }
+
+/// Not in SwarmKit (tonic's default accepts 4 MiB): a request far bigger than any certificate
+/// request is refused before it is decoded, and nothing is stored.
+#[tokio::test]
+async fn an_oversized_request_is_refused_and_stores_nothing() {
+    let mut f = Fixture::start().await;
+    let addr = f.serve_tls().await;
+    let mut c = f.node_ca(addr, None).await;
+    let (csr, _) = new_csr();
+    let mut big = csr.clone();
+    big.resize(swarmca_server::launch::MAX_REQUEST_BYTES + 1, b'A');
+    let before =
+        swarmca_store::Store::view(&f.store, swarmca_store::WatchFilter::All).await.unwrap().nodes.len();
+    let e = c.issue_node_certificate(join_req(&big, &f.worker_token)).await.unwrap_err();
+    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    let after =
+        swarmca_store::Store::view(&f.store, swarmca_store::WatchFilter::All).await.unwrap().nodes.len();
+    assert_eq!(before, after, "nothing stored");
+    // A real CSR still joins on the same connection's server.
+    let r = c.issue_node_certificate(join_req(&csr, &f.worker_token)).await.unwrap().into_inner();
+    assert_eq!(wait_final(&mut c, &r.node_id).await.status.unwrap().state, State::Issued as i32);
+}

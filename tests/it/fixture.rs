@@ -11,9 +11,7 @@ use swarmca_core::role::Role;
 use swarmca_core::rootca::{digest, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY};
 use swarmca_core::token::generate_join_token;
 use swarmca_proto::ca_client::CaClient;
-use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_client::NodeCaClient;
-use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
 use swarmca_server::peer::{CallInfo, PeerCertificates};
 use swarmca_server::tls::{client_tls_config, server_tls_config};
 use swarmca_server::{
@@ -246,11 +244,18 @@ impl Fixture {
         let addr = incoming.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let tls = server_tls_config(&self.server_creds.cert_pem, &self.server_creds.key_pem, &self.root_pem);
+        // Mounted as a manager mounts them (request size limit included).
+        let limit = swarmca_server::launch::MAX_REQUEST_BYTES;
         let router = tonic::transport::Server::builder()
             .tls_config(tls)
             .unwrap()
-            .add_service(CaService::new(self.server.clone()))
-            .add_service(NodeCaService::new(self.server.clone()));
+            .add_service(
+                swarmca_proto::ca_server::CaServer::new(self.server.clone()).max_decoding_message_size(limit),
+            )
+            .add_service(
+                swarmca_proto::node_ca_server::NodeCaServer::new(self.server.clone())
+                    .max_decoding_message_size(limit),
+            );
         tokio::spawn(async move {
             let _ = router
                 .serve_with_incoming_shutdown(incoming, async {

@@ -19,6 +19,12 @@ use crate::manager::{Manager, Observer};
 use crate::peer::PeerCertificates;
 use crate::server::{CaServer, ServerConfig, ServerDeps};
 
+/// The largest request a manager decodes. A certificate request is a few KiB (an RSA-4096 CSR
+/// in PEM is under 2 KiB); a bigger message is refused (`OutOfRange`) instead of buffered up to
+/// tonic's default of 4 MiB. Every server mounting the `CA` and `NodeCA` services sets it
+/// (`max_decoding_message_size`).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Why a manager could not be put together from its identity.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

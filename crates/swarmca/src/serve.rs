@@ -12,7 +12,7 @@ use swarmca_proto::ca_server::CaServer as CaService;
 use swarmca_proto::node_ca_server::NodeCaServer as NodeCaService;
 use swarmca_server::bootstrap::{BootstrapError, NewCluster};
 use swarmca_server::custody::{CustodyError, Keys};
-use swarmca_server::launch::{Launch, Launched};
+use swarmca_server::launch::{Launch, Launched, MAX_REQUEST_BYTES};
 use swarmca_server::unlock::{AdminGate, NotStarted, Unlocking};
 use swarmca_server::{
     shared_entropy, Election, OsEntropy, ServerConfig, Solo, SystemClock, TlsPeerCertificates,
@@ -425,8 +425,8 @@ pub async fn serve(
         .run(stopped(stop_rx.clone())),
     );
     let grpc = tonic::transport::Server::builder()
-        .add_service(CaService::new(server.clone()))
-        .add_service(NodeCaService::new(server.clone()))
+        .add_service(CaService::new(server.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(NodeCaService::new(server.clone()).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(listener::incoming(tcp, tls.server_config()?), stopped(stop_rx));
     let served = grpc.await;
     let _ = stop_tx.send(true);
