@@ -185,7 +185,7 @@ pub async fn unlocker(shared: Arc<Shared>, world: Arc<crate::world::World>, stor
                     "admin: unlock manager-{i} with a wrong key -> {:?}",
                     r.as_ref().map(|_| ()).map_err(|e| e.code())
                 ));
-                if r.is_err() {
+                if r.as_ref().is_err_and(|e| e.code() == tonic::Code::PermissionDenied) {
                     shared.coverage.hit("unlock.refused");
                 }
             }

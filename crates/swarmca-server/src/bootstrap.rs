@@ -55,8 +55,9 @@ pub enum BootstrapError {
     /// manager under that identity again.
     #[error("{0}")]
     Removed(String),
-    /// Something this start needs did not answer (the external CA that signs this manager's
-    /// certificate); trying again later may succeed.
+    /// Something this start needs did not answer, or refused this attempt (the external CA
+    /// that signs this manager's certificate: every attempt sends a new key and request);
+    /// trying again later may succeed.
     #[error("{0}")]
     Unavailable(String),
 }
@@ -438,8 +439,18 @@ impl Bootstrap<'_> {
             .map_err(|e| refused(format!("cannot make a key and certificate request: {e}")))?;
         let urls = filter_external_ca_urls(&root.ca_cert, &root.ca_cert, external);
         let cert = if !urls.is_empty() {
-            let tls = client_tls_config(&certs_der(&root.ca_cert), client)
-                .map_err(|e| refused(format!("no TLS configuration for the external CA: {e}")))?;
+            let roots = certs_der(&root.ca_cert);
+            // A certificate and key that do not go together (a crash between writing the two
+            // files) are no identity to present: the request goes without one.
+            let tls = match client_tls_config(&roots, client) {
+                Ok(tls) => tls,
+                Err(e) if client.is_some() => {
+                    warn!(error = %e, "this manager's certificate and key cannot be presented to the external CA; asking without a client certificate");
+                    client_tls_config(&roots, None)
+                        .map_err(|e| refused(format!("no TLS configuration for the external CA: {e}")))?
+                }
+                Err(e) => return Err(refused(format!("no TLS configuration for the external CA: {e}"))),
+            };
             let ext = ExternalCa::new(urls, Vec::new(), Some(tls), OWN_CERT_TIMEOUT);
             let req = SignRequest::node(&csr, node_id, Role::Manager, cluster_id);
             let cert = ext.sign(&req).await.map_err(|e| {
@@ -447,8 +458,11 @@ impl Bootstrap<'_> {
                     "the external CA did not sign this manager's certificate: {e}"
                 ))
             })?;
+            // Like a refusal, tried again (with a new key and request) until the CA signs.
             ca.check_issued(&cert, &csr, node_id, Role::Manager, cluster_id, now).map_err(|e| {
-                refused(format!("the external CA returned an unusable certificate for this manager: {e}"))
+                BootstrapError::Unavailable(format!(
+                    "the external CA returned an unusable certificate for this manager: {e}"
+                ))
             })?;
             cert
         } else if ca.can_sign() {

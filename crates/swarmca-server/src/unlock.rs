@@ -254,7 +254,9 @@ impl Unlocking<'_> {
                     loop {
                         tokio::select! {
                             () = &mut until => break,
-                            a = self.attempts.recv(), if pending.is_none() && !closed => match a {
+                            // Only while no key is held: one given at start, or one already
+                            // told "keeps trying", is not replaced by another.
+                            a = self.attempts.recv(), if pending.is_none() && !closed && self.keys.unlock.is_none() => match a {
                                 Some(a) => {
                                     self.keys.unlock = Some(a.key);
                                     socket_key = true;
@@ -297,10 +299,14 @@ impl Unlocking<'_> {
                 warn!("{LOCKED}");
                 tell();
             }
+            // Nobody can give a key any more (the control socket is gone): shutting down.
+            if closed {
+                return Err(NotStarted::Stopped);
+            }
             // Looked at again now and then without a key: autolock may have been turned off
             // through another manager meanwhile.
             tokio::select! {
-                a = self.attempts.recv(), if !closed => match a {
+                a = self.attempts.recv() => match a {
                     Some(a) => {
                         self.keys.unlock = Some(a.key);
                         socket_key = true;
