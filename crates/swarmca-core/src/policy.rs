@@ -98,4 +98,45 @@ mod tests {
         }
         assert!(!is_final_state(42));
     }
+
+    /// A signed leaf for `node1`, valid for `expiry` from `t0`.
+    fn leaf(
+        root: &crate::rootca::GeneratedRoot,
+        t0: std::time::SystemTime,
+        expiry: std::time::Duration,
+    ) -> Vec<u8> {
+        let ca = crate::rootca::RootCa::new(&root.cert_pem, &root.cert_pem, &root.key_pem, expiry, b"", t0)
+            .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::default().serialize_request(&key).unwrap().pem().unwrap();
+        ca.sign_csr(csr.as_bytes(), "node1", crate::role::Role::Worker, "org", t0, [1; 20]).unwrap()
+    }
+
+    #[test]
+    fn a_removed_nodes_blacklist_lasts_until_its_longest_lived_certificate_expires() {
+        use std::time::{Duration, UNIX_EPOCH};
+        const HOUR: Duration = Duration::from_secs(3600);
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_017);
+        let root = crate::rootca::generate_root("swarm-ca", t0, [0x42; 20]).unwrap();
+        let (long, short) = (leaf(&root, t0, 8 * HOUR), leaf(&root, t0, HOUR));
+        // NotAfter = now (to the minute) − 1 h backdate + 1 h + expiry.
+        let na = leaf_not_after(&long).unwrap();
+        assert!((na - (1_700_000_017 + 8 * 3600)).abs() <= 30, "{na}");
+        let mut node = Node::default();
+        assert_eq!(blacklist_until(&node), None, "nothing known: the entry never expires");
+        note_issued(&mut node, &long);
+        // The validity was shortened since: the later certificate expires first.
+        note_issued(&mut node, &short);
+        node.certificate = Some(Certificate { certificate: short.clone(), ..Default::default() });
+        assert_eq!(blacklist_until(&node), leaf_not_after(&long));
+        // In the middle of a renewal (no certificate stored), what was recorded still counts.
+        node.certificate = Some(Certificate::default());
+        assert_eq!(blacklist_until(&node), leaf_not_after(&long));
+        // A node recorded before this was kept: its current certificate.
+        let old = Node {
+            certificate: Some(Certificate { certificate: short.clone(), ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(blacklist_until(&old), leaf_not_after(&short));
+    }
 }

@@ -442,15 +442,15 @@ impl Bootstrap<'_> {
             let roots = certs_der(&root.ca_cert);
             // A certificate and key that do not go together (a crash between writing the two
             // files) are no identity to present: the request goes without one.
-            let tls = match client_tls_config(&roots, client) {
-                Ok(tls) => tls,
-                Err(e) if client.is_some() => {
-                    warn!(error = %e, "this manager's certificate and key cannot be presented to the external CA; asking without a client certificate");
-                    client_tls_config(&roots, None)
-                        .map_err(|e| refused(format!("no TLS configuration for the external CA: {e}")))?
-                }
-                Err(e) => return Err(refused(format!("no TLS configuration for the external CA: {e}"))),
-            };
+            let tls = client_tls_config(&roots, client)
+                .or_else(|e| match client {
+                    Some(_) => {
+                        warn!(error = %e, "this manager's certificate and key cannot be presented to the external CA; asking without a client certificate");
+                        client_tls_config(&roots, None)
+                    }
+                    None => Err(e),
+                })
+                .map_err(|e| refused(format!("no TLS configuration for the external CA: {e}")))?;
             let ext = ExternalCa::new(urls, Vec::new(), Some(tls), OWN_CERT_TIMEOUT);
             let req = SignRequest::node(&csr, node_id, Role::Manager, cluster_id);
             let cert = ext.sign(&req).await.map_err(|e| {

@@ -54,9 +54,7 @@ pub fn check_unfenced(shared: &Shared, before: &[Before], ops: &[Op]) {
         match (op, before) {
             (Op::UpdateNode(n), Before::Node(from)) => {
                 let to = super::state(n);
-                let cert = n.certificate.as_ref();
-                let own = to == 3 && cert.is_some_and(|c| c.role == 1 && !c.certificate.is_empty());
-                if own && *from != to && !matches!(*from, 1 | 2) {
+                if *from != to && super::own_certificate_write(Some(*from), n) {
                     // A manager's start writes its own node so (I4 checks, at the end, that it
                     // is the node a manager started as).
                     crate::shared::lock(&shared.own_cert_writes).push(n.id.clone());

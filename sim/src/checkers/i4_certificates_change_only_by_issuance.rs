@@ -14,9 +14,6 @@ use crate::shared::lock;
 /// NodeSpec.Membership ACCEPTED.
 const ACCEPTED: i32 = 1;
 
-/// NodeRole MANAGER.
-const MANAGER: i32 = 1;
-
 /// At the end: every node written with a manager certificate outside issuance is a node a
 /// manager started as.
 pub fn check_own_certificates(shared: &crate::shared::Shared) {
@@ -38,8 +35,7 @@ pub fn check(ctx: &WriteCtx<'_>) {
     // A manager's start writes its own node with an issued manager certificate (its first
     // start, or a new certificate when its own is stale): judged at the end, against the
     // nodes the managers started as.
-    let settled = ctx.prev.is_none_or(|p| !matches!(state(p), 1 | 2));
-    if to == 3 && settled && nc.role == MANAGER && !nc.certificate.is_empty() && ctx.new_certificate() {
+    if super::own_certificate_write(ctx.prev.map(state), ctx.new) && ctx.new_certificate() {
         lock(&ctx.shared.own_cert_writes).push(ctx.new.id.clone());
         return;
     }

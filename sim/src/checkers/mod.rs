@@ -51,6 +51,19 @@ impl WriteCtx<'_> {
     }
 }
 
+/// Whether writing `new` over a node in state `from` (None: a creation) is what a manager's
+/// start writes of its own node: an issued manager certificate over a node that was not asking
+/// for one. I4 and I11 let these pass and record them in `Shared::own_cert_writes`; I4 checks
+/// at the end that each is a node a manager started as.
+pub fn own_certificate_write(from: Option<i32>, new: &Node) -> bool {
+    let manager_issued = state(new) == 3
+        && new.certificate.as_ref().is_some_and(|c| c.role == MANAGER_ROLE && !c.certificate.is_empty());
+    manager_issued && from.is_none_or(|f| !matches!(f, 1 | 2))
+}
+
+/// NodeRole MANAGER.
+const MANAGER_ROLE: i32 = 1;
+
 pub fn state(n: &Node) -> i32 {
     n.certificate.as_ref().and_then(|c| c.status.as_ref()).map_or(0, |s| s.state)
 }

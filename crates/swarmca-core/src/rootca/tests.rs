@@ -1109,34 +1109,3 @@ fn remembered_signatures_never_change_a_verdict() {
     assert!(ca.verify_peer(&tampered, t0()).is_err());
     assert_eq!(ca.verify_peer(&chain, t0() + ROOT_CA_VALIDITY).unwrap_err(), VerifyError::Expired);
 }
-
-#[test]
-fn a_removed_nodes_blacklist_lasts_until_its_longest_lived_certificate_expires() {
-    use crate::policy::{blacklist_until, leaf_not_after, note_issued};
-    let root = gen_root("swarm-ca");
-    let sign = |expiry: Duration| {
-        signing_ca(&root, expiry)
-            .sign_csr(&p256_csr(), "node1", crate::role::Role::Worker, "org", t0(), [1; 20])
-            .unwrap()
-    };
-    let (long, short) = (sign(8 * HOUR), sign(HOUR));
-    // NotAfter = now (to the minute) − 1 h backdate + 1 h + expiry.
-    let na = leaf_not_after(&long).unwrap();
-    assert!((na - secs(t0() + 8 * HOUR)).abs() <= 30, "{na}");
-    let mut node = swarmca_types::Node::default();
-    assert_eq!(blacklist_until(&node), None, "nothing known: the entry never expires");
-    note_issued(&mut node, &long);
-    // The validity was shortened since: the later certificate expires first.
-    note_issued(&mut node, &short);
-    node.certificate = Some(swarmca_types::Certificate { certificate: short.clone(), ..Default::default() });
-    assert_eq!(blacklist_until(&node), leaf_not_after(&long));
-    // In the middle of a renewal (no certificate stored), what was recorded still counts.
-    node.certificate = Some(swarmca_types::Certificate::default());
-    assert_eq!(blacklist_until(&node), leaf_not_after(&long));
-    // A node recorded before this was kept: its current certificate.
-    let old = swarmca_types::Node {
-        certificate: Some(swarmca_types::Certificate { certificate: short.clone(), ..Default::default() }),
-        ..Default::default()
-    };
-    assert_eq!(blacklist_until(&old), leaf_not_after(&short));
-}
