@@ -13,6 +13,23 @@ use swarmca_store::{Store, WatchFilter};
 use crate::shared::{lock, now, Shared};
 use crate::workload::exp_delay;
 
+/// Records the removal of node `id` — answered `ok`, or not answered but applied all the same
+/// (an answer the store lost): the store tells (the node blacklisted), read until it answers.
+async fn note_removal(shared: &Shared, store: &dyn Store, id: &str, ok: bool) {
+    let removed = ok
+        || loop {
+            match store.view(WatchFilter::All).await {
+                Ok(s) => {
+                    break s.clusters.first().is_some_and(|c| c.blacklisted_certificates.contains_key(id))
+                }
+                Err(_) => madsim::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+    if removed {
+        lock(&shared.removed).push((id.to_string(), now()));
+    }
+}
+
 /// Runs until healing starts.
 pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
     let mut autolock = false;
@@ -50,9 +67,7 @@ pub async fn run(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
                     madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(1000..8000))).await;
                 }
                 let r = control.remove_node(&id, true).await;
-                if r.is_ok() {
-                    lock(&shared.removed).push((id.clone(), now()));
-                }
+                note_removal(&shared, &*store, &id, r.is_ok()).await;
                 shared.log.push(format!(
                     "admin: remove {id} -> {:?}",
                     r.as_ref().map(|_| ()).map_err(|e| e.to_string())
@@ -138,9 +153,7 @@ pub async fn remove_dead_nodes(shared: Arc<Shared>, control: Control, store: Arc
         let held: std::collections::BTreeSet<String> = lock(&shared.held).values().cloned().collect();
         for n in snap.nodes.iter().filter(|n| !held.contains(&n.id)) {
             let r = control.remove_node(&n.id, true).await;
-            if r.is_ok() {
-                lock(&shared.removed).push((n.id.clone(), now()));
-            }
+            note_removal(&shared, &*store, &n.id, r.is_ok()).await;
             shared.log.push(format!("admin: remove dead node {} -> {}", n.id, r.is_ok()));
         }
     }

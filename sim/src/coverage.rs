@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 pub const REQUIRED: &[&str] = &[
     "fault.store_conflict_injected",
     "fault.store_error_injected",
+    "fault.store_answer_lost",
+    "fault.manager_replaced",
     "fault.leader_graceful",
     "fault.leader_kill",
     "fault.leader_pause",

@@ -184,7 +184,9 @@ fn note_sealed_cluster(m: &mut Mirror, shared: &Shared, c: &Cluster) {
     // Autolocked: the current unlock key opens the data key (an older one does not, I13 above
     // checks the wrapping's kind).
     let autolocked = swarmca_core::cluster::autolock_on(&clear);
-    shared.autolocked.store(autolocked, std::sync::atomic::Ordering::SeqCst);
+    if shared.autolocked.swap(autolocked, std::sync::atomic::Ordering::SeqCst) != autolocked {
+        shared.autolock_flips.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
     if let Some(u) = swarmca_core::cluster::unlock_key(&clear).filter(|_| autolocked) {
         let opens = swarmca_core::seal::UnlockKey::from_bytes(u).ok().is_some_and(|u| {
             let kek = swarmca_core::seal::Kek::from_unlock_key(&u);

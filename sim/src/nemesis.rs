@@ -189,6 +189,13 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
             madsim::task::spawn(async move {
                 madsim::time::sleep(down).await;
                 if w.health(old) == Health::Dead {
+                    // Now and then the machine is replaced: a new manager, with an empty data
+                    // directory, takes the dead one's place.
+                    if thread_rng().gen_bool(0.2) {
+                        w.shared.coverage.hit("fault.manager_replaced");
+                        w.shared.log.push(format!("nemesis: manager-{old} replaced by a new machine"));
+                        w.replace(old);
+                    }
                     w.shared.log.push(format!("nemesis: restart manager-{old}"));
                     w.restart(old).await;
                 }

@@ -225,6 +225,23 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         madsim::time::sleep(Duration::from_secs(1)).await;
     }
     checkers::i15_convergence::check(&lock(&mirror), &shared);
+    // Every manager up is unlocked: the operator gives the key at once while the faults heal,
+    // and a right key must get through (I14).
+    let until = madsim::time::TimeHandle::current().elapsed() + Duration::from_secs(30);
+    loop {
+        let locked: Vec<usize> = world.up().into_iter().filter(|i| shared.is_locked(*i)).collect();
+        if locked.is_empty() {
+            break;
+        }
+        if madsim::time::TimeHandle::current().elapsed() >= until {
+            shared.violation(
+                "I14",
+                format!("30 s after convergence, managers {locked:?} are still locked though the operator gives the key"),
+            );
+            break;
+        }
+        madsim::time::sleep(Duration::from_secs(1)).await;
+    }
     // Every manager up serves the current root and tokens (followers keep following the store).
     let until = madsim::time::TimeHandle::current().elapsed() + Duration::from_secs(30);
     loop {

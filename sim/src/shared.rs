@@ -127,9 +127,13 @@ pub struct Shared {
     pub blacklisted: Mutex<std::collections::BTreeSet<String>>,
     /// Node IDs the managers started as (their own certificates, issued at their start).
     pub manager_nodes: Mutex<std::collections::BTreeSet<String>>,
-    /// Nodes written with an issued manager certificate outside issuance (a manager's start
-    /// writes its own so): each must be a manager's own node (I4, at the end).
-    pub own_cert_writes: Mutex<Vec<String>>,
+    /// Nodes written with an issued manager certificate outside issuance, outside any leader's
+    /// fence (a manager's start writes its own so), and the certificate's digest: I4 lets only
+    /// these pass, and at the end each must be a manager's own node.
+    pub own_cert_writes: Mutex<Vec<(String, String)>>,
+    /// How many times autolock was turned on or off (a start that saw it change may rightly
+    /// start unlocked, I14).
+    pub autolock_flips: std::sync::atomic::AtomicU64,
 }
 
 /// A verify-only CA and the chains verified against it.
@@ -177,6 +181,7 @@ impl Shared {
             blacklisted: Mutex::default(),
             manager_nodes: Mutex::default(),
             own_cert_writes: Mutex::default(),
+            autolock_flips: Default::default(),
         }
     }
 

@@ -130,7 +130,8 @@ impl Store for FencedWriter {
 impl FaultyStore {
     /// A commit, with faults; `fence` = (current term, the writer's term) for a leader's writes.
     async fn commit_as(&self, ops: Vec<Op>, fence: Option<(&AtomicU64, u64)>) -> Result<u64, StoreError> {
-        {
+        let mut lose_answer = false;
+        let applied = {
             let opts = &self.shared.opts;
             crate::checkers::i8_rotation::check_commit(&self.shared, &ops);
             if self.faults() {
@@ -146,7 +147,11 @@ impl FaultyStore {
                     let ms = thread_rng().gen_range(1..2000);
                     madsim::time::sleep(Duration::from_millis(ms)).await;
                 }
-                if error {
+                // Half the injected errors come after the commit was applied: its answer is
+                // lost, as etcd's can be (a timeout, a leader change while it commits).
+                if error && thread_rng().gen_bool(0.5) {
+                    lose_answer = true;
+                } else if error {
                     self.shared.coverage.hit("fault.store_error_injected");
                     self.shared.log.push("store: injected transient error");
                     return Err(StoreError::Unavailable("injected transient store error".into()));
@@ -177,17 +182,35 @@ impl FaultyStore {
                     ));
                     return Err(StoreError::Fenced);
                 }
-                Some(_) => {}
                 None => {
                     let before = crate::checkers::i11_fencing::states_before(&self.inner, &ops);
+                    let own = crate::checkers::own_certificate_writes(&self.inner, &ops, false);
                     let applied = self.inner.commit_sync(ops.clone());
                     if applied.is_ok() {
+                        crate::checkers::note_own_certificate_writes(&self.shared, own);
                         crate::checkers::i11_fencing::check_unfenced(&self.shared, &before, &ops);
                     }
-                    return applied;
+                    applied
+                }
+                Some(_) => {
+                    let own = crate::checkers::own_certificate_writes(&self.inner, &ops, true);
+                    let applied = self.inner.commit_sync(ops);
+                    if applied.is_ok() {
+                        crate::checkers::note_own_certificate_writes(&self.shared, own);
+                    }
+                    applied
                 }
             }
-            self.inner.commit_sync(ops)
+        };
+        match applied {
+            Ok(v) if lose_answer => {
+                self.shared.coverage.hit("fault.store_answer_lost");
+                self.shared.log.push(format!("store: commit v{v} applied, its answer lost (injected)"));
+                Err(StoreError::Unavailable(
+                    "injected: the commit was applied but its answer was lost".into(),
+                ))
+            }
+            other => other,
         }
     }
 }

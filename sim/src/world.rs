@@ -58,6 +58,9 @@ pub struct ManagerNode {
     pub skew_ms: Arc<AtomicI64>,
     /// The manager's link to the store and the election (cut by a manager↔store partition).
     pub store: Arc<ManagerStore>,
+    /// Its certificate and key file (see [`Incarnation`]), and the node ID it names.
+    disk: Arc<Mutex<Option<(Vec<u8>, Vec<u8>)>>>,
+    expected_node: Arc<Mutex<String>>,
 }
 
 /// A manager's own identity: node ID, certificate PEM, key PEM.
@@ -106,6 +109,7 @@ impl Incarnation {
             Arc::new(SimElection { central: self.central.clone(), link: self.link.clone(), index: i });
         let mut keys = Keys { seal: self.seal_key.clone(), unlock: None, external: None };
         let autolocked_at_start = shared.autolocked.load(Ordering::SeqCst);
+        let flips_at_start = shared.autolock_flips.load(Ordering::SeqCst);
         let mut went_locked = false;
         let id = loop {
             let (gate, mut attempts) = AdminGate::new();
@@ -160,8 +164,10 @@ impl Incarnation {
             shared.coverage.hit("manager.unlocked");
             shared.log.push(format!("manager-{i}: unlocked"));
         }
-        // Autolock on all along, and no key given: the start must have been locked.
-        let autolocked = autolocked_at_start && shared.autolocked.load(Ordering::SeqCst);
+        // Autolock on all along (not turned off and on again meanwhile), and no key given:
+        // the start must have been locked.
+        let autolocked =
+            autolocked_at_start && shared.autolock_flips.load(Ordering::SeqCst) == flips_at_start;
         if autolocked && !went_locked {
             shared.violation(
                 "I14",
@@ -180,14 +186,7 @@ impl Incarnation {
             }
         }
         lock(&shared.manager_nodes).insert(id.node_id.clone());
-        crate::checkers::i13_sealed_at_rest::on_key_file(
-            &shared,
-            i,
-            &id.cluster_id,
-            &id.key_file,
-            self.seal_key.as_ref(),
-            autolocked,
-        );
+        crate::checkers::i13_sealed_at_rest::on_key_file(&shared, i, &id, self.seal_key.as_ref());
         *lock(&self.disk) = Some((id.cert_pem.clone(), id.key_file.clone()));
         if id.issued {
             shared.coverage.hit("manager.reissued");
@@ -292,6 +291,8 @@ impl World {
                 gate: inc.gate,
                 skew_ms: inc.skew,
                 store: inc.link,
+                disk: inc.disk,
+                expected_node: inc.expected_node,
             });
         }
         let n = managers.len();
@@ -419,6 +420,18 @@ impl World {
             Handle::current().restart(m.node.id());
             self.set_health(i, Health::Up);
             madsim::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Replaces dead manager `i`'s machine: its next start has an empty data directory, so it
+    /// joins as a new manager node (its old node stays in the store, as a dead manager's does).
+    pub fn replace(&self, i: usize) {
+        if self.health(i) != Health::Dead {
+            return;
+        }
+        if let Some(m) = self.managers.get(i) {
+            *lock(&m.disk) = None;
+            lock(&m.expected_node).clear();
         }
     }
 

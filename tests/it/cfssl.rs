@@ -7,7 +7,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use swarmca_core::pem::certs_der;
 use swarmca_core::role::Role;
+use swarmca_server::SignRequest;
+use swarmca_store::Store as _;
 use swarmca_types::issuance_status::State;
 
 use crate::external::{
@@ -399,4 +402,64 @@ fn binary_rotates_to_a_cfssl_root() {
         assert_eq!(std::fs::read(dir.join("swarm-root-ca.crt")).unwrap(), g.cert_pem);
     }
     assert!(s.terminate().success());
+}
+
+#[tokio::test]
+async fn a_new_manager_with_no_certificate_gets_one_through_the_leader_when_cfssl_wants_client_certificates()
+{
+    if !cfssl_available(
+        "a_new_manager_with_no_certificate_gets_one_through_the_leader_when_cfssl_wants_client_certificates",
+    ) {
+        return;
+    }
+    let (f, _cfssl) = cfssl_fixture(|f| Cfssl::start(&f.root_pem, &f.root_key_pem)).await;
+    // Why: cfssl asks for a client certificate, and a new manager has none to present.
+    let url = f.store.view(swarmca_store::WatchFilter::All).await.unwrap().clusters[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.ca_config.as_ref())
+        .map(|c| c.external_cas[0].url.clone())
+        .unwrap();
+    let bare = swarmca_server::ExternalCa::new(
+        vec![url],
+        Vec::new(),
+        Some(swarmca_server::external::client_tls_config(&certs_der(&f.root_pem), None).unwrap()),
+        Duration::from_secs(5),
+    );
+    let (csr, _) = swarmca_server::bootstrap::new_key_and_csr().unwrap();
+    let direct = bare.sign(&SignRequest::node(&csr, "newmanager", Role::Manager, &f.cluster_id)).await;
+    assert!(direct.is_err(), "cfssl signed for a client without a certificate: {direct:?}");
+
+    // The new manager's start (another manager of the same store, no files) asks the leader.
+    let store: std::sync::Arc<dyn swarmca_store::Store> = std::sync::Arc::new(f.store.clone());
+    let election = swarmca_server::Solo::new(store.clone());
+    let entropy = swarmca_server::shared_entropy(swarmca_server::OsEntropy);
+    let keys = swarmca_server::custody::Keys {
+        seal: Some(swarmca_core::seal::SealKey::generate(&mut swarmca_server::OsEntropy).unwrap()),
+        ..Default::default()
+    };
+    let boot = swarmca_server::bootstrap::Bootstrap {
+        store: &*store,
+        election: &election,
+        clock: &swarmca_server::SystemClock,
+        entropy: &entropy,
+        keys: &keys,
+        new_node_id: Some("newmanager"),
+    };
+    let id = tokio::time::timeout(
+        Duration::from_secs(60),
+        boot.start(&swarmca_server::bootstrap::NewCluster::default(), None, || {}),
+    )
+    .await
+    .expect("the start did not finish within 60 s")
+    .unwrap();
+    assert_eq!((id.node_id.as_str(), id.issued), ("newmanager", true));
+    let (cn, ous, os, _) = crate::conformance::subject_of(&id.cert_pem);
+    assert_eq!((cn.as_str(), os), ("newmanager", vec![f.cluster_id.clone()]));
+    assert_eq!(ous, vec!["swarm-manager".to_string()]);
+    f.root.verify_peer(&certs_der(&id.cert_pem), SystemTime::now()).unwrap();
+    // Signed by cfssl through the leader's issuance: the node is stored ISSUED with it.
+    let node = f.store.get_node("newmanager").await.unwrap().unwrap();
+    assert_eq!(state_of(&node), State::Issued as i32);
+    assert_eq!(node.certificate.unwrap().certificate, id.cert_pem);
 }

@@ -19,7 +19,7 @@ use swarmca_core::rootca::{
     cluster_cert_expiry, digest, generate_root, RootCa, DEFAULT_NODE_CERT_EXPIRY, DEFAULT_ROOT_CN,
 };
 use swarmca_core::token::generate_join_token;
-use swarmca_store::{Op, Store, StoreError, WatchFilter};
+use swarmca_store::{Event, Op, Store, StoreError, WatchFilter};
 use swarmca_types::issuance_status::State;
 use swarmca_types::node_spec::Membership;
 use swarmca_types::{
@@ -38,6 +38,11 @@ use crate::leadership::Election;
 
 /// How long a manager waits for an external CA to sign its own certificate.
 const OWN_CERT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a manager without a certificate waits for the cluster's leader to have its own
+/// certificate signed (see [`Bootstrap::issue_through_leader`]) before the attempt ends and is
+/// tried again.
+const THROUGH_LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a manager cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +164,11 @@ pub struct Bootstrap<'a> {
     pub entropy: &'a SharedEntropy,
     /// The keys this manager was given to open the cluster's data key.
     pub keys: &'a Keys,
+    /// The node ID this manager takes when it has none yet (no certificate naming one). A
+    /// caller that retries a start draws it once and passes it to every attempt: a commit
+    /// whose answer was lost (it may have been applied) is then found again, not left behind
+    /// as the node of a manager that does not exist. `None`: drawn here.
+    pub new_node_id: Option<&'a str>,
 }
 
 impl Bootstrap<'_> {
@@ -235,7 +245,7 @@ impl Bootstrap<'_> {
         let data_key = with_entropy(self.entropy, DataKey::generate)?;
         cluster.sealing = Some(custody::sealing(&kek, &data_key, &cluster_id, self.entropy)?);
         let root = cluster.root_ca.clone().unwrap_or_default();
-        let node_id = self.new_id()?;
+        let node_id = self.fresh_node_id()?;
         let own = self.issue(&root, &init.external_cas, expiry, &node_id, &cluster_id, None).await?;
         let key_file = seal_own_key(&data_key, &cluster_id, &own.key, self.entropy)?;
         let node = manager_node(&node_id, own.csr, own.cert.clone());
@@ -320,7 +330,7 @@ impl Bootstrap<'_> {
             (_, id) => {
                 let node_id = match id {
                     Some(id) => id,
-                    None => self.new_id()?,
+                    None => self.fresh_node_id()?,
                 };
                 warn!(node = %node_id, "issuing a new certificate for this manager (missing, stale, or from another root)");
                 let external = swarmca_core::cluster::external_cas(&cluster);
@@ -328,23 +338,18 @@ impl Bootstrap<'_> {
                 // an external CA that asks for one (as SwarmKit's managers present theirs).
                 let client = own_files.as_ref().filter(|(_, k)| !k.is_empty());
                 let client = client.map(|(c, k)| (c.as_slice(), k.as_slice()));
-                let own = self.issue(&root, &external, expiry, &node_id, &cluster.id, client).await?;
-                let node = manager_node(&node_id, own.csr, own.cert.clone());
-                let op = match self.store.get_node(&node_id).await? {
-                    Some(old) => {
-                        // What the earlier certificates were valid until is kept (the removal
-                        // of this node must outlive them too).
-                        let mut n = Node {
-                            meta: old.meta,
-                            certificates_valid_until: old.certificates_valid_until,
-                            ..node
-                        };
-                        swarmca_core::policy::note_issued(&mut n, &own.cert);
-                        Op::UpdateNode(n)
-                    }
-                    None => Op::CreateNode(node),
+                let own = if client.is_none()
+                    && !filter_external_ca_urls(&root.ca_cert, &root.ca_cert, &external).is_empty()
+                {
+                    // Nothing to present to an external CA that may ask for a client
+                    // certificate: the leader asks it, with its own (as SwarmKit's new managers
+                    // join through a running manager).
+                    self.issue_through_leader(&root, expiry, &node_id, &cluster.id).await?
+                } else {
+                    let own = self.issue(&root, &external, expiry, &node_id, &cluster.id, client).await?;
+                    self.store_own_node(&cluster.id, &node_id, own.csr.clone(), &own.cert).await?;
+                    own
                 };
-                self.store.commit(vec![op]).await?;
                 (node_id, own.cert, own.key, true)
             }
         };
@@ -368,23 +373,49 @@ impl Bootstrap<'_> {
     /// Refuses a node the operator removed (its certificates are blacklisted) or demoted: it
     /// must not come back as a manager by reissuing its own certificate.
     async fn still_a_manager(&self, cluster: &Cluster, node_id: &str) -> Result<(), BootstrapError> {
-        const ANEW: &str = "move its certificates directory away and start it again to join as a new node";
-        if cluster.blacklisted_certificates.contains_key(node_id) {
-            return Err(BootstrapError::Removed(format!(
-                "this manager's node {node_id} was removed from the cluster; {ANEW}"
-            )));
-        }
-        let demoted = self
+        let node = self.store.get_node(node_id).await?;
+        not_removed_or_demoted(cluster, node.as_ref(), node_id)
+    }
+
+    /// Stores this manager's node with the certificate just issued to it — unless the node was
+    /// removed or demoted while the certificate was being issued (which may take a while,
+    /// through an external CA): the node and the cluster are read again, and the write is
+    /// fenced on the node's version, so a removal landing between the two fails the write
+    /// and the next attempt sees it.
+    async fn store_own_node(
+        &self,
+        cluster_id: &str,
+        node_id: &str,
+        csr: Vec<u8>,
+        cert: &[u8],
+    ) -> Result<(), BootstrapError> {
+        let old = self.store.get_node(node_id).await?;
+        let cluster = self
             .store
-            .get_node(node_id)
+            .get_cluster(cluster_id)
             .await?
-            .is_some_and(|n| n.spec.as_ref().map(|s| s.desired_role) != Some(Role::Manager.to_proto()));
-        if demoted {
-            return Err(BootstrapError::Removed(format!(
-                "this manager's node {node_id} was demoted to a worker; promote it again (`swarmca node promote {node_id}`), or {ANEW}"
-            )));
+            .ok_or_else(|| refused("the cluster vanished while this manager's certificate was issued"))?;
+        not_removed_or_demoted(&cluster, old.as_ref(), node_id)?;
+        let node = manager_node(node_id, csr, cert.to_vec());
+        let op = match old {
+            Some(old) => {
+                // What the earlier certificates were valid until is kept (the removal of this
+                // node must outlive them too).
+                let mut n =
+                    Node { meta: old.meta, certificates_valid_until: old.certificates_valid_until, ..node };
+                swarmca_core::policy::note_issued(&mut n, cert);
+                Op::UpdateNode(n)
+            }
+            None => Op::CreateNode(node),
+        };
+        match self.store.commit(vec![op]).await {
+            Ok(_) => Ok(()),
+            // Changed or deleted since it was read: looked at again on the next attempt.
+            Err(StoreError::NotExist | StoreError::Exists) => Err(BootstrapError::Unavailable(format!(
+                "this manager's node {node_id} changed while its certificate was issued; trying again"
+            ))),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
     /// The stored record opened: its data key unwrapped with this manager's keys, and its
@@ -421,6 +452,96 @@ impl Bootstrap<'_> {
         }
     }
 
+    /// A manager certificate for `node_id` with a new key, asked of the cluster's leader as a
+    /// node asks for one: the node written with a certificate request (PENDING, as a join with
+    /// the manager token makes it, or RENEW when the node exists), then signed by the leader's
+    /// issuance — through the external CA with the leader's client identity. Waits at most
+    /// [`THROUGH_LEADER_TIMEOUT`]; every failure is worth another attempt (a new key and
+    /// request), but a removal or demotion of the node, which the next attempt sees.
+    async fn issue_through_leader(
+        &self,
+        root: &ApiRootCa,
+        expiry: Duration,
+        node_id: &str,
+        cluster_id: &str,
+    ) -> Result<OwnCert, BootstrapError> {
+        let unavailable = |m: String| BootstrapError::Unavailable(m);
+        let ca =
+            RootCa::from_api_reusing_with(None, root, expiry, self.clock.now(), self.keys.external_keys())
+                .map_err(|e| refused(format!("the cluster root CA is unusable: {e}")))?;
+        let (csr, key) = new_key_and_csr()
+            .map_err(|e| refused(format!("cannot make a key and certificate request: {e}")))?;
+        // Watched before the request is written: no answer is missed.
+        let (_, mut watch) = self.store.view_and_watch(WatchFilter::Node(node_id.to_string())).await?;
+        let old = self.store.get_node(node_id).await?;
+        let cluster =
+            self.store.get_cluster(cluster_id).await?.ok_or_else(|| {
+                refused("the cluster vanished while this manager's certificate was asked for")
+            })?;
+        not_removed_or_demoted(&cluster, old.as_ref(), node_id)?;
+        let op = match old {
+            Some(mut n) => {
+                n.certificate = Some(swarmca_core::policy::renew_request(&n, csr.clone()));
+                Op::UpdateNode(n)
+            }
+            None => Op::CreateNode(Node {
+                vxlanudp_port: cluster.vxlanudp_port,
+                ..pending_manager_node(node_id, &csr)
+            }),
+        };
+        match self.store.commit(vec![op]).await {
+            Ok(_) => {}
+            Err(StoreError::NotExist | StoreError::Exists) => {
+                return Err(unavailable(format!(
+                    "this manager's node {node_id} changed while its certificate was asked for; trying again"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        info!(node = %node_id, "this manager has no certificate to present to the external CA: the cluster's leader asks it for one; waiting");
+        let answer = async {
+            loop {
+                let n = match watch.next().await {
+                    Some(Event::CreateNode(n) | Event::UpdateNode(n)) => n,
+                    Some(Event::DeleteNode(_)) => {
+                        return Err(unavailable(format!(
+                            "this manager's node {node_id} was deleted while it waited for its certificate"
+                        )))
+                    }
+                    Some(_) => continue,
+                    None => {
+                        return Err(unavailable("the store stopped reporting this manager's node".into()))
+                    }
+                };
+                let c = n.certificate.unwrap_or_default();
+                if c.csr != csr {
+                    return Err(unavailable(
+                        "this manager's certificate request was replaced; trying again".into(),
+                    ));
+                }
+                let status = c.status.unwrap_or_default();
+                if status.state == State::Issued as i32 && !c.certificate.is_empty() {
+                    return Ok(c.certificate);
+                }
+                if status.state == State::Failed as i32 {
+                    return Err(unavailable(format!(
+                        "the cluster's CA did not sign this manager's certificate: {}",
+                        status.err
+                    )));
+                }
+            }
+        };
+        let cert = tokio::time::timeout(THROUGH_LEADER_TIMEOUT, answer).await.map_err(|_| {
+            unavailable(format!(
+                "no leader had this manager's certificate signed within {} s; is another manager of this cluster running, and its external CA answering?",
+                THROUGH_LEADER_TIMEOUT.as_secs()
+            ))
+        })??;
+        ca.check_issued(&cert, &csr, node_id, Role::Manager, cluster_id, self.clock.now())
+            .map_err(|e| unavailable(format!("the certificate issued for this manager is unusable: {e}")))?;
+        Ok(OwnCert { cert, key: zeroize::Zeroizing::new(key), csr })
+    }
+
     /// A manager certificate for `node_id` with a new key: through the cluster's external CAs
     /// when one is configured for this root, otherwise signed by the root key.
     async fn issue(
@@ -453,10 +574,17 @@ impl Bootstrap<'_> {
                 .map_err(|e| refused(format!("no TLS configuration for the external CA: {e}")))?;
             let ext = ExternalCa::new(urls, Vec::new(), Some(tls), OWN_CERT_TIMEOUT);
             let req = SignRequest::node(&csr, node_id, Role::Manager, cluster_id);
+            // Tried again, however the CA answered: a refusal is often mended on the CA's side
+            // (its signing profile, its client list), and the manager then starts without
+            // being restarted. The message says which kind of failure it is.
             let cert = ext.sign(&req).await.map_err(|e| {
-                BootstrapError::Unavailable(format!(
-                    "the external CA did not sign this manager's certificate: {e}"
-                ))
+                BootstrapError::Unavailable(if e.is_recoverable() {
+                    format!("the external CA did not answer this manager's certificate request: {e}")
+                } else {
+                    format!(
+                        "the external CA refused this manager's certificate request: {e}; check its signing configuration (this manager keeps asking)"
+                    )
+                })
             })?;
             // Like a refusal, tried again (with a new key and request) until the CA signs.
             ca.check_issued(&cert, &csr, node_id, Role::Manager, cluster_id, now).map_err(|e| {
@@ -480,9 +608,37 @@ impl Bootstrap<'_> {
         draw(self.entropy).map_err(|e| refused(format!("entropy: {e}")))
     }
 
+    fn fresh_node_id(&self) -> Result<String, BootstrapError> {
+        match self.new_node_id {
+            Some(id) => Ok(id.to_string()),
+            None => self.new_id(),
+        }
+    }
+
     fn new_id(&self) -> Result<String, BootstrapError> {
         with_entropy(self.entropy, swarmca_core::id::new_id).map_err(|e| refused(format!("entropy: {e}")))
     }
+}
+
+/// Refuses `node_id` when `cluster` blacklists it (removed) or its stored `node` is no longer
+/// meant to be a manager (demoted).
+fn not_removed_or_demoted(
+    cluster: &Cluster,
+    node: Option<&Node>,
+    node_id: &str,
+) -> Result<(), BootstrapError> {
+    const ANEW: &str = "move its certificates directory away and start it again to join as a new node";
+    if cluster.blacklisted_certificates.contains_key(node_id) {
+        return Err(BootstrapError::Removed(format!(
+            "this manager's node {node_id} was removed from the cluster; {ANEW}"
+        )));
+    }
+    if node.is_some_and(|n| n.spec.as_ref().map(|s| s.desired_role) != Some(Role::Manager.to_proto())) {
+        return Err(BootstrapError::Removed(format!(
+            "this manager's node {node_id} was demoted to a worker; promote it again (`swarmca node promote {node_id}`), or {ANEW}"
+        )));
+    }
+    Ok(())
 }
 
 /// A manager's key sealed for its file.
@@ -554,6 +710,28 @@ fn manager_node(node_id: &str, csr: Vec<u8>, cert: Vec<u8>) -> Node {
     let issued = node.certificate.as_ref().map(|c| c.certificate.clone()).unwrap_or_default();
     swarmca_core::policy::note_issued(&mut node, &issued);
     node
+}
+
+/// The node of a new manager asking for its certificate: what a join with the manager token
+/// writes (PENDING, accepted, the node ID as CN).
+fn pending_manager_node(node_id: &str, csr: &[u8]) -> Node {
+    Node {
+        id: node_id.to_string(),
+        role: Role::Manager.to_proto(),
+        spec: Some(NodeSpec {
+            desired_role: Role::Manager.to_proto(),
+            membership: Membership::Accepted as i32,
+            ..Default::default()
+        }),
+        certificate: Some(Certificate {
+            role: Role::Manager.to_proto(),
+            csr: csr.to_vec(),
+            status: Some(IssuanceStatus { state: State::Pending as i32, err: String::new() }),
+            certificate: Vec::new(),
+            cn: node_id.to_string(),
+        }),
+        ..Default::default()
+    }
 }
 
 /// What a manager's own certificate says.

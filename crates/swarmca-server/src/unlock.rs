@@ -209,6 +209,10 @@ impl Unlocking<'_> {
         let mut retries = 0u32;
         // No one can give keys any more (the control socket is gone).
         let mut closed = false;
+        // Drawn once: an attempt whose commit was applied though its answer was lost is found
+        // again by the next attempt, under the same ID.
+        let new_node_id = crate::env::with_entropy(self.entropy, swarmca_core::id::new_id)
+            .map_err(|e| NotStarted::Refused(BootstrapError::Refused(format!("entropy: {e}"))))?;
         loop {
             let boot = Bootstrap {
                 store: self.store,
@@ -216,6 +220,7 @@ impl Unlocking<'_> {
                 clock: self.clock,
                 entropy: self.entropy,
                 keys: &*self.keys,
+                new_node_id: Some(&new_node_id),
             };
             let started = tokio::select! {
                 r = boot.start(init, own.clone(), &waiting) => r,
@@ -273,25 +278,27 @@ impl Unlocking<'_> {
             };
             retries = 0;
             match (refusal, pending.take()) {
-                // A key given on the control socket: its giver hears why, and may try again.
-                (e, Some(p)) => {
+                // A key given on the control socket: its giver hears why (unless it heard
+                // already, "not now", when the key was found wrong only after a retry), and
+                // may try again.
+                (e, p) if socket_key => {
                     warn!(error = %e, "unlock refused");
                     // Held back, and the next key with it: wrong keys cannot be tried fast,
-                    // however many callers send them.
+                    // however many callers send them, in whatever order with outages.
                     failures = failures.saturating_add(1);
                     tokio::select! {
                         () = tokio::time::sleep(AdminGate::penalty(failures)) => {}
                         () = &mut stop => return Err(NotStarted::Stopped),
                     }
-                    let _ = p.send(Err(Refusal::WrongKey(e.to_string())));
+                    if let Some(p) = p {
+                        let _ = p.send(Err(Refusal::WrongKey(e.to_string())));
+                    }
                 }
-                // A key from the socket, found wrong after a retry: its giver heard already.
-                (e, None) if socket_key => warn!(error = %e, "unlock refused"),
                 // A wrong key given at start (or a wrong seal key): nothing to wait for.
-                (e @ CustodyError::WrongKey(_), None) => {
+                (e @ CustodyError::WrongKey(_), _) => {
                     return Err(NotStarted::Refused(BootstrapError::Custody(e)))
                 }
-                (_, None) => {}
+                _ => {}
             }
             self.keys.unlock = None;
             socket_key = false;

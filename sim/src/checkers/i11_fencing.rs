@@ -55,9 +55,8 @@ pub fn check_unfenced(shared: &Shared, before: &[Before], ops: &[Op]) {
             (Op::UpdateNode(n), Before::Node(from)) => {
                 let to = super::state(n);
                 if *from != to && super::own_certificate_write(Some(*from), n) {
-                    // A manager's start writes its own node so (I4 checks, at the end, that it
-                    // is the node a manager started as).
-                    crate::shared::lock(&shared.own_cert_writes).push(n.id.clone());
+                    // A manager's start writes its own node so (noted by the store; I4 checks,
+                    // at the end, that it is the node a manager started as).
                     continue;
                 }
                 if matches!(to, 3..=5) && *from != to {

@@ -51,27 +51,29 @@ pub fn on_cluster_write(shared: &Shared, c: &Cluster) {
     }
 }
 
-/// A manager's key file as it writes it at its start: sealed, never clear; and while autolock
-/// is on (`autolocked`: on before and after the start), not openable with the seal key — a
-/// thief with the seal key and the manager's files could otherwise ask another manager for
-/// the unlock key.
+/// A manager's key file as it writes it at its start: sealed, never clear; sealed under the
+/// cluster's data key (which the store holds wrapped under the unlock key while autolock is
+/// on, checked above), so it opens for whoever can open the cluster and nobody else — never
+/// under the seal key itself, which would let a thief with the seal key and the manager's
+/// files present its certificate and ask another manager for the unlock key.
 pub fn on_key_file(
     shared: &Shared,
     i: usize,
-    cluster_id: &str,
-    file: &[u8],
+    id: &swarmca_server::bootstrap::Identity,
     seal: Option<&swarmca_core::seal::SealKey>,
-    autolocked: bool,
 ) {
+    let file = id.key_file.as_slice();
     if !is_sealed(file) {
         return shared.violation("I13", format!("manager-{i} wrote its key file in clear"));
     }
-    let opens_with_seal_key = seal
-        .is_some_and(|k| swarmca_core::seal::Kek::from_seal_key(k).open_node_key(cluster_id, file).is_ok());
-    if autolocked && opens_with_seal_key {
-        shared.violation(
-            "I13",
-            format!("manager-{i} sealed its key file under the seal key while autolock is on"),
-        );
+    let opens = |p: swarmca_core::seal::Purpose| id.data_key.open(p, &id.cluster_id, file);
+    match opens(swarmca_core::seal::Purpose::NodeKey) {
+        Ok(key) if key.as_slice() == id.key_pem.as_slice() => {}
+        Ok(_) => shared.violation("I13", format!("manager-{i}'s key file holds another key than it uses")),
+        Err(_) => shared.violation("I13", format!("manager-{i}'s key file is not sealed under the data key")),
+    }
+    let kek = seal.map(swarmca_core::seal::Kek::from_seal_key);
+    if kek.is_some_and(|k| k.open_node_key(&id.cluster_id, file).is_ok()) {
+        shared.violation("I13", format!("manager-{i} sealed its key file under the seal key"));
     }
 }

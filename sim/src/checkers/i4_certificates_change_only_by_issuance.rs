@@ -18,7 +18,7 @@ const ACCEPTED: i32 = 1;
 /// manager started as.
 pub fn check_own_certificates(shared: &crate::shared::Shared) {
     let managers = lock(&shared.manager_nodes).clone();
-    for id in lock(&shared.own_cert_writes).iter().filter(|id| !managers.contains(*id)) {
+    for (id, _) in lock(&shared.own_cert_writes).iter().filter(|(id, _)| !managers.contains(id)) {
         shared.violation(
             "I4",
             format!("node {id}: an issued manager certificate written outside issuance, and no manager started as it"),
@@ -33,10 +33,13 @@ pub fn check(ctx: &WriteCtx<'_>) {
     };
     let to = state(ctx.new);
     // A manager's start writes its own node with an issued manager certificate (its first
-    // start, or a new certificate when its own is stale): judged at the end, against the
-    // nodes the managers started as.
-    if super::own_certificate_write(ctx.prev.map(state), ctx.new) && ctx.new_certificate() {
-        lock(&ctx.shared.own_cert_writes).push(ctx.new.id.clone());
+    // start, or a new certificate when its own is stale), outside any leader's fence: the
+    // store noted each such write; judged at the end against the nodes the managers started
+    // as. The same shape written any other way (by a leader) is judged as issuance below.
+    if super::own_certificate_write(ctx.prev.map(state), ctx.new)
+        && ctx.new_certificate()
+        && lock(&ctx.shared.own_cert_writes).contains(&super::own_write_key(ctx.new))
+    {
         return;
     }
     requests(ctx, nc, to);

@@ -53,12 +53,65 @@ impl WriteCtx<'_> {
 
 /// Whether writing `new` over a node in state `from` (None: a creation) is what a manager's
 /// start writes of its own node: an issued manager certificate over a node that was not asking
-/// for one. I4 and I11 let these pass and record them in `Shared::own_cert_writes`; I4 checks
-/// at the end that each is a node a manager started as.
+/// for one. The store records those it sees written outside any leader's fence (and the
+/// cluster's creation, which writes the first manager's node) in `Shared::own_cert_writes`
+/// ([`note_own_certificate_writes`]); I4 lets only those pass, and checks at the end that each
+/// is a node a manager started as.
 pub fn own_certificate_write(from: Option<i32>, new: &Node) -> bool {
     let manager_issued = state(new) == 3
         && new.certificate.as_ref().is_some_and(|c| c.role == MANAGER_ROLE && !c.certificate.is_empty());
     manager_issued && from.is_none_or(|f| !matches!(f, 1 | 2))
+}
+
+/// The key a manager's own-certificate write is recorded under: node ID and certificate digest.
+pub fn own_write_key(n: &Node) -> (String, String) {
+    let cert = n.certificate.as_ref().map_or(&[][..], |c| c.certificate.as_slice());
+    (n.id.clone(), swarmca_core::rootca::digest_string(cert))
+}
+
+/// The own-certificate writes of a commit about to be applied to `inner` (call before
+/// applying; record them with [`note_own_certificate_writes`] once applied): a write that puts
+/// a new issued manager certificate on a node not asking for one. A leader's (`fenced`) commit
+/// has none, but for the cluster's creation (the first manager's start, under the term it
+/// created the cluster in).
+pub fn own_certificate_writes(
+    inner: &swarmca_store::MemStore,
+    ops: &[swarmca_store::Op],
+    fenced: bool,
+) -> Vec<(String, String)> {
+    use swarmca_store::Op;
+    if fenced && !ops.iter().any(|op| matches!(op, Op::CreateCluster(_))) {
+        return Vec::new();
+    }
+    let cert = |n: &Node| n.certificate.as_ref().map(|c| c.certificate.clone()).unwrap_or_default();
+    let mut found = Vec::new();
+    for op in ops {
+        let (Op::CreateNode(n) | Op::UpdateNode(n)) = op else { continue };
+        let prev = match op {
+            Op::UpdateNode(_) => inner
+                .view_and_watch_sync(swarmca_store::WatchFilter::Node(n.id.clone()))
+                .0
+                .nodes
+                .into_iter()
+                .next(),
+            _ => None,
+        };
+        let from = match op {
+            Op::UpdateNode(_) => Some(prev.as_ref().map_or(-1, state)),
+            _ => None,
+        };
+        if own_certificate_write(from, n) && prev.as_ref().map(cert) != Some(cert(n)) {
+            found.push(own_write_key(n));
+        }
+    }
+    found
+}
+
+/// Records own-certificate writes (from [`own_certificate_writes`]) of a commit that was applied.
+pub fn note_own_certificate_writes(shared: &Shared, writes: Vec<(String, String)>) {
+    if !writes.is_empty() {
+        crate::shared::lock(&shared.own_cert_writes).extend(writes);
+    }
 }
 
 /// NodeRole MANAGER.

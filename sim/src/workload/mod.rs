@@ -436,7 +436,11 @@ impl Client {
     /// chain verifies against the bundle it holds, so the CA must still trust it — a root
     /// rotation may complete only once every node moved to the new root.
     fn refused(&self, creds: &Creds, code: Code) -> Option<Creds> {
-        if lock(&self.shared.removed).iter().any(|(id, _)| *id == creds.node_id) {
+        // Removed: as the admin was told, or as the store holds it (a removal whose answer
+        // was lost, before the admin found out).
+        if lock(&self.shared.removed).iter().any(|(id, _)| *id == creds.node_id)
+            || lock(&self.shared.blacklisted).contains(&creds.node_id)
+        {
             self.shared.coverage.hit("branch.blacklist_refused");
             lock(&self.shared.held).remove(&self.idx);
             return None;

@@ -50,7 +50,14 @@ async fn start_with(
     let election = Solo::new(store.clone());
     let entropy = shared_entropy(OsEntropy);
     let clock = At(now);
-    let boot = Bootstrap { store: &**store, election: &election, clock: &clock, entropy: &entropy, keys };
+    let boot = Bootstrap {
+        store: &**store,
+        election: &election,
+        clock: &clock,
+        entropy: &entropy,
+        keys,
+        new_node_id: None,
+    };
     boot.start(&NewCluster::default(), own, || {}).await
 }
 
@@ -269,4 +276,197 @@ async fn a_manager_removed_or_demoted_meanwhile_does_not_reissue_itself_back_in(
     assert!(store.get_node(&first.node_id).await.unwrap().is_none(), "not created again");
     let anew = start(&store, now, None).await.unwrap();
     assert!(anew.issued && anew.node_id != first.node_id);
+}
+
+/// When, during a manager's start, the operator removes its node.
+#[derive(Clone, Copy, PartialEq)]
+enum RemovedAt {
+    /// Right after the start first read the node (and found it a manager).
+    AfterFirstRead,
+    /// Right before the start's write of the node lands.
+    BeforeWrite,
+}
+
+/// A store on which the node `victim` is removed (blacklisted and deleted, as `swarmca node
+/// rm` does) once, at `at`.
+struct RemovedMidway {
+    inner: Arc<MemStore>,
+    victim: String,
+    cluster_id: String,
+    at: RemovedAt,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl RemovedMidway {
+    async fn fire(&self, at: RemovedAt) {
+        if self.at != at || !self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let node = self.inner.get_node(&self.victim).await.unwrap().unwrap();
+        let mut c = self.inner.get_cluster(&self.cluster_id).await.unwrap().unwrap();
+        c.blacklisted_certificates.insert(self.victim.clone(), Default::default());
+        self.inner.commit(vec![Op::UpdateCluster(c), Op::DeleteNode(node)]).await.unwrap();
+    }
+}
+
+impl Store for RemovedMidway {
+    fn view(
+        &self,
+        filter: WatchFilter,
+    ) -> swarmca_store::BoxFuture<'_, Result<swarmca_store::Snapshot, StoreError>> {
+        self.inner.view(filter)
+    }
+    fn get_node<'a>(&'a self, id: &'a str) -> swarmca_store::BoxFuture<'a, Result<Option<Node>, StoreError>> {
+        Box::pin(async move {
+            let n = self.inner.get_node(id).await?;
+            if id == self.victim {
+                self.fire(RemovedAt::AfterFirstRead).await;
+            }
+            Ok(n)
+        })
+    }
+    fn get_cluster<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> swarmca_store::BoxFuture<'a, Result<Option<Cluster>, StoreError>> {
+        self.inner.get_cluster(id)
+    }
+    fn commit(&self, ops: Vec<Op>) -> swarmca_store::BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let touches = ops
+                .iter()
+                .any(|op| matches!(op, Op::UpdateNode(n) | Op::CreateNode(n) if n.id == self.victim));
+            if touches {
+                self.fire(RemovedAt::BeforeWrite).await;
+            }
+            self.inner.commit(ops).await
+        })
+    }
+    fn view_and_watch(
+        &self,
+        filter: WatchFilter,
+    ) -> swarmca_store::BoxFuture<'_, Result<(swarmca_store::Snapshot, swarmca_store::Watch), StoreError>>
+    {
+        self.inner.view_and_watch(filter)
+    }
+}
+
+#[tokio::test]
+async fn a_removal_landing_while_a_manager_reissues_itself_is_not_undone() {
+    for at in [RemovedAt::AfterFirstRead, RemovedAt::BeforeWrite] {
+        let mem = Arc::new(MemStore::new());
+        let now = SystemTime::now();
+        let first = start(&mem, now, None).await.unwrap();
+        let store = Arc::new(RemovedMidway {
+            inner: mem.clone(),
+            victim: first.node_id.clone(),
+            cluster_id: first.cluster_id.clone(),
+            at,
+            armed: true.into(),
+        });
+        // Late in its certificate's life: the start reissues it, and the removal lands meanwhile.
+        let late = now + DEFAULT_NODE_CERT_EXPIRY * 2 / 3;
+        let files = Some((first.cert_pem.clone(), first.key_file.clone()));
+        let keys = seal_key(9);
+        let (election, entropy, clock) = (Solo::new(mem.clone()), shared_entropy(OsEntropy), At(late));
+        let boot = Bootstrap {
+            store: &*store,
+            election: &election,
+            clock: &clock,
+            entropy: &entropy,
+            keys: &keys,
+            new_node_id: None,
+        };
+        let r = boot.start(&NewCluster::default(), files.clone(), || {}).await;
+        assert!(
+            mem.get_node(&first.node_id).await.unwrap().is_none(),
+            "the removed node is not written back"
+        );
+        match (at, r) {
+            (RemovedAt::AfterFirstRead, Err(BootstrapError::Removed(m))) => {
+                assert!(m.contains("was removed"), "{m}")
+            }
+            // The write lost the race: tried again, and then refused.
+            (RemovedAt::BeforeWrite, Err(e)) if e.is_transient() => {
+                let again = boot.start(&NewCluster::default(), files, || {}).await;
+                assert!(matches!(again, Err(BootstrapError::Removed(_))), "{again:?}");
+            }
+            (_, other) => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+/// A store whose answer to the next commit is lost: the commit is applied, and the caller hears
+/// "unavailable" (as when etcd's answer does not come back).
+struct LostAnswer {
+    inner: Arc<MemStore>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Store for LostAnswer {
+    fn view(
+        &self,
+        filter: WatchFilter,
+    ) -> swarmca_store::BoxFuture<'_, Result<swarmca_store::Snapshot, StoreError>> {
+        self.inner.view(filter)
+    }
+    fn get_node<'a>(&'a self, id: &'a str) -> swarmca_store::BoxFuture<'a, Result<Option<Node>, StoreError>> {
+        self.inner.get_node(id)
+    }
+    fn get_cluster<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> swarmca_store::BoxFuture<'a, Result<Option<Cluster>, StoreError>> {
+        self.inner.get_cluster(id)
+    }
+    fn commit(&self, ops: Vec<Op>) -> swarmca_store::BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let v = self.inner.commit(ops).await?;
+            if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the answer was lost".into()));
+            }
+            Ok(v)
+        })
+    }
+    fn view_and_watch(
+        &self,
+        filter: WatchFilter,
+    ) -> swarmca_store::BoxFuture<'_, Result<(swarmca_store::Snapshot, swarmca_store::Watch), StoreError>>
+    {
+        self.inner.view_and_watch(filter)
+    }
+}
+
+#[tokio::test]
+async fn a_start_retried_after_a_lost_commit_answer_finds_its_node_again() {
+    let now = SystemTime::now();
+    let keys = seal_key(9);
+    let entropy = shared_entropy(OsEntropy);
+    let clock = At(now);
+    // The cluster's creation, and a second manager's first start.
+    for existing in [false, true] {
+        let mem = Arc::new(MemStore::new());
+        if existing {
+            start(&mem, now, None).await.unwrap();
+        }
+        let before = mem.view(WatchFilter::All).await.unwrap().nodes.len();
+        let store = Arc::new(LostAnswer { inner: mem.clone(), armed: true.into() });
+        let election = Solo::new(store.clone());
+        let boot = Bootstrap {
+            store: &*store,
+            election: &election,
+            clock: &clock,
+            entropy: &entropy,
+            keys: &keys,
+            new_node_id: Some("drawn-once"),
+        };
+        let lost = boot.start(&NewCluster::default(), None, || {}).await;
+        assert!(matches!(&lost, Err(e) if e.is_transient()), "{lost:?}");
+        let id = boot.start(&NewCluster::default(), None, || {}).await.unwrap();
+        assert_eq!(id.node_id, "drawn-once");
+        let nodes = mem.view(WatchFilter::All).await.unwrap().nodes;
+        assert_eq!(nodes.len(), before + 1, "one node for the new manager, none left behind");
+        let node = mem.get_node("drawn-once").await.unwrap().unwrap();
+        assert_eq!(node.certificate.unwrap().certificate, id.cert_pem, "it holds the certificate kept");
+    }
 }

@@ -86,8 +86,14 @@ mod starting {
     async fn autolocked(store: &Arc<MemStore>, keys: &Keys) -> UnlockKey {
         let entropy = shared_entropy(OsEntropy);
         let election = Solo::new(store.clone());
-        let boot =
-            Bootstrap { store: &**store, election: &election, clock: &SystemClock, entropy: &entropy, keys };
+        let boot = Bootstrap {
+            store: &**store,
+            election: &election,
+            clock: &SystemClock,
+            entropy: &entropy,
+            keys,
+            new_node_id: None,
+        };
         let id = boot.start(&NewCluster::default(), None, || {}).await.unwrap();
         let sealed = SealedStore::new(store.clone(), id.data_key, keys.seal.clone(), entropy.clone());
         let mut c = sealed.get_cluster(&id.cluster_id).await.unwrap().unwrap();
@@ -210,10 +216,12 @@ mod starting {
         assert!(matches!(r, Err(NotStarted::Stopped)), "{r:?}");
     }
 
-    /// A store that is unreachable while `down` is set.
+    /// A store that is unreachable while `down` is set, and whose answer to the next commit is
+    /// lost (the commit applied, the caller told "unavailable") while `lose` is set.
     struct Flaky {
         inner: Arc<MemStore>,
         down: std::sync::atomic::AtomicBool,
+        lose: std::sync::atomic::AtomicBool,
     }
 
     impl Flaky {
@@ -262,7 +270,11 @@ mod starting {
         ) -> swarmca_store::BoxFuture<'_, Result<u64, swarmca_store::StoreError>> {
             Box::pin(async move {
                 self.check()?;
-                self.inner.commit(ops).await
+                let v = self.inner.commit(ops).await?;
+                if self.lose.swap(false, Ordering::SeqCst) {
+                    return Err(swarmca_store::StoreError::Unavailable("the answer was lost".into()));
+                }
+                Ok(v)
             })
         }
         fn view_and_watch(
@@ -285,7 +297,7 @@ mod starting {
         let seal = SealKey::generate(&mut OsEntropy).unwrap();
         let right =
             autolocked(&mem, &Keys { seal: Some(seal.clone()), unlock: None, ..Default::default() }).await;
-        let store = Arc::new(Flaky { inner: mem.clone(), down: true.into() });
+        let store = Arc::new(Flaky { inner: mem.clone(), down: true.into(), lose: false.into() });
         let (tx, mut attempts) = tokio::sync::mpsc::channel(1);
         let mut keys = Keys { seal: Some(seal), unlock: None, ..Default::default() };
         let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(mem.clone()));
@@ -328,5 +340,76 @@ mod starting {
         // Reachable again: the kept key opened it, without a second attempt.
         assert_eq!(told.load(Ordering::SeqCst), 0);
         assert!(!id.created && keys.unlock.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_start_whose_commit_answer_was_lost_is_retried_under_the_same_node_id() {
+        let mem = Arc::new(MemStore::new());
+        let store = Arc::new(Flaky { inner: mem.clone(), down: false.into(), lose: true.into() });
+        let (_tx, mut attempts) = tokio::sync::mpsc::channel(1);
+        let mut keys = Keys {
+            seal: Some(SealKey::generate(&mut OsEntropy).unwrap()),
+            unlock: None,
+            ..Default::default()
+        };
+        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(store.clone()));
+        // The cluster's creation is applied, its answer lost; the retry finds the cluster, and
+        // the node the lost commit made is this manager's, not an orphan beside a new one.
+        let id = Unlocking {
+            store: &*store,
+            election: &election,
+            clock: &SystemClock,
+            entropy: &entropy,
+            keys: &mut keys,
+            attempts: &mut attempts,
+        }
+        .start(&NewCluster::default(), None, std::future::pending(), || {}, || {})
+        .await
+        .unwrap();
+        assert!(!id.created, "the second attempt found the cluster the first one made");
+        let nodes = mem.view(swarmca_store::WatchFilter::All).await.unwrap().nodes;
+        assert_eq!(nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), [id.node_id.as_str()]);
+    }
+
+    #[tokio::test]
+    async fn a_key_found_wrong_only_after_a_retry_still_holds_back_the_next_one() {
+        let mem = Arc::new(MemStore::new());
+        let seal = SealKey::generate(&mut OsEntropy).unwrap();
+        let right =
+            autolocked(&mem, &Keys { seal: Some(seal.clone()), unlock: None, ..Default::default() }).await;
+        let store = Arc::new(Flaky { inner: mem.clone(), down: true.into(), lose: false.into() });
+        let (tx, mut attempts) = tokio::sync::mpsc::channel(1);
+        let mut keys = Keys { seal: Some(seal), unlock: None, ..Default::default() };
+        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(mem.clone()));
+        let s = store.clone();
+        let giver = tokio::spawn(async move {
+            // A wrong key while the store is unreachable: "not now", kept.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let wrong = UnlockKey::generate(&mut OsEntropy).unwrap();
+            let unchecked = attempt(&tx, wrong).await;
+            assert!(matches!(unchecked, Err(Refusal::NotNow(_))), "{unchecked:?}");
+            // Back: the manager's next attempt, at the end of its 2 s wait, finds the key wrong.
+            // The next key is taken only after the wrong key's penalty (1 s) on top.
+            s.down.store(false, Ordering::SeqCst);
+            let t0 = std::time::Instant::now();
+            assert_eq!(attempt(&tx, right).await, Ok(()));
+            t0.elapsed()
+        });
+        Unlocking {
+            store: &*store,
+            election: &election,
+            clock: &SystemClock,
+            entropy: &entropy,
+            keys: &mut keys,
+            attempts: &mut attempts,
+        }
+        .start(&NewCluster::default(), None, std::future::pending(), || {}, || {})
+        .await
+        .unwrap();
+        let waited = giver.await.unwrap();
+        assert!(
+            waited >= std::time::Duration::from_millis(2900),
+            "the retry wait (2 s) and the wrong key's penalty (1 s); waited {waited:?}"
+        );
     }
 }
