@@ -225,19 +225,34 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         madsim::time::sleep(Duration::from_secs(1)).await;
     }
     checkers::i15_convergence::check(&lock(&mirror), &shared);
-    // Every manager up is unlocked: the operator gives the key at once while the faults heal,
-    // and a right key must get through (I14).
-    let until = madsim::time::TimeHandle::current().elapsed() + Duration::from_secs(30);
+    // Every manager up has finished its start, unlocked: the operator gives the key at once
+    // while the faults heal, and a right key must get through (I14). A start may take another
+    // attempt: up to a wrong key's penalty (30 s), an external CA's deadline (5 s) and a wait
+    // for the leader to have the manager's certificate signed (30 s), and the pause between.
+    let until = madsim::time::TimeHandle::current().elapsed() + Duration::from_secs(120);
     loop {
-        let locked: Vec<usize> = world.up().into_iter().filter(|i| shared.is_locked(*i)).collect();
-        if locked.is_empty() {
+        let up = world.up();
+        let locked: Vec<usize> = up.iter().copied().filter(|i| shared.is_locked(*i)).collect();
+        let starting: Vec<usize> =
+            up.iter().copied().filter(|i| !shared.is_locked(*i) && !world.started(*i)).collect();
+        if locked.is_empty() && starting.is_empty() {
             break;
         }
         if madsim::time::TimeHandle::current().elapsed() >= until {
-            shared.violation(
-                "I14",
-                format!("30 s after convergence, managers {locked:?} are still locked though the operator gives the key"),
-            );
+            if !locked.is_empty() {
+                shared.violation(
+                    "I14",
+                    format!("120 s after convergence, managers {locked:?} are still locked though the operator gives the key"),
+                );
+            }
+            if !starting.is_empty() {
+                shared.violation(
+                    "I14",
+                    format!(
+                        "120 s after convergence, managers {starting:?} have still not finished starting"
+                    ),
+                );
+            }
             break;
         }
         madsim::time::sleep(Duration::from_secs(1)).await;

@@ -311,6 +311,11 @@ impl World {
         self.managers.get(i).and_then(|m| lock(&m.manager).clone())
     }
 
+    /// Whether manager `i`'s current incarnation finished its start (it runs a `Manager`).
+    pub fn started(&self, i: usize) -> bool {
+        self.manager(i).is_some()
+    }
+
     pub fn server(&self, i: usize) -> Option<CaServer> {
         self.manager(i).map(|m| m.server().clone())
     }
@@ -349,10 +354,12 @@ impl World {
         let t = crate::shared::now();
         let mut late = Vec::new();
         for i in 0..self.managers.len() {
-            // A locked manager waits for the operator (I14 judges it).
+            // A locked manager waits for the operator, and a start may wait for the external
+            // CA or the leader: I14 judges starts.
             let ready = self.health(i) != Health::Up
                 || self.store_cut(i)
                 || self.shared.is_locked(i)
+                || !self.started(i)
                 || self.is_leading(i)
                 || self.server(i).is_some_and(|s| s.join_tokens().is_some());
             let mut serving = lock(&self.serving);
@@ -402,6 +409,7 @@ impl World {
     pub fn kill(&self, i: usize) {
         if let Some(m) = self.managers.get(i) {
             Handle::current().kill(m.node.id());
+            *lock(&m.manager) = None;
             lock(&self.shared.locked).remove(&i);
             self.set_health(i, Health::Dead);
             self.terms.killed(i);

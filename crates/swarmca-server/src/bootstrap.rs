@@ -42,7 +42,7 @@ const OWN_CERT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a manager without a certificate waits for the cluster's leader to have its own
 /// certificate signed (see [`Bootstrap::issue_through_leader`]) before the attempt ends and is
 /// tried again.
-const THROUGH_LEADER_TIMEOUT: Duration = Duration::from_secs(60);
+const THROUGH_LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a manager cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -338,17 +338,29 @@ impl Bootstrap<'_> {
                 // an external CA that asks for one (as SwarmKit's managers present theirs).
                 let client = own_files.as_ref().filter(|(_, k)| !k.is_empty());
                 let client = client.map(|(c, k)| (c.as_slice(), k.as_slice()));
-                let own = if client.is_none()
-                    && !filter_external_ca_urls(&root.ca_cert, &root.ca_cert, &external).is_empty()
-                {
-                    // Nothing to present to an external CA that may ask for a client
-                    // certificate: the leader asks it, with its own (as SwarmKit's new managers
+                let through_leader =
+                    !filter_external_ca_urls(signing_root(&root), &root.ca_cert, &external).is_empty();
+                let own = match self.issue(&root, &external, expiry, &node_id, &cluster.id, client).await {
+                    Ok(own) => {
+                        self.store_own_node(&cluster.id, &node_id, own.csr.clone(), &own.cert).await?;
+                        own
+                    }
+                    // Asked directly, the external CA did not sign: it may want a client
+                    // certificate this manager cannot present (none, or an expired one). The
+                    // leader asks it instead, presenting its own (as SwarmKit's new managers
                     // join through a running manager).
-                    self.issue_through_leader(&root, expiry, &node_id, &cluster.id).await?
-                } else {
-                    let own = self.issue(&root, &external, expiry, &node_id, &cluster.id, client).await?;
-                    self.store_own_node(&cluster.id, &node_id, own.csr.clone(), &own.cert).await?;
-                    own
+                    Err(BootstrapError::Unavailable(direct)) if through_leader => {
+                        warn!(error = %direct, "asking the cluster's leader to have this manager's certificate signed instead");
+                        self.issue_through_leader(&root, expiry, &node_id, &cluster.id).await.map_err(
+                            |e| match e {
+                                BootstrapError::Unavailable(m) => {
+                                    BootstrapError::Unavailable(format!("{direct}; through the leader: {m}"))
+                                }
+                                e => e,
+                            },
+                        )?
+                    }
+                    Err(e) => return Err(e),
                 };
                 (node_id, own.cert, own.key, true)
             }
@@ -453,7 +465,7 @@ impl Bootstrap<'_> {
     }
 
     /// A manager certificate for `node_id` with a new key, asked of the cluster's leader as a
-    /// node asks for one: the node written with a certificate request (PENDING, as a join with
+    /// node asks for one (when the external CA did not sign for this manager directly): the node written with a certificate request (PENDING, as a join with
     /// the manager token makes it, or RENEW when the node exists), then signed by the leader's
     /// issuance — through the external CA with the leader's client identity. Waits at most
     /// [`THROUGH_LEADER_TIMEOUT`]; every failure is worth another attempt (a new key and
@@ -471,9 +483,9 @@ impl Bootstrap<'_> {
                 .map_err(|e| refused(format!("the cluster root CA is unusable: {e}")))?;
         let (csr, key) = new_key_and_csr()
             .map_err(|e| refused(format!("cannot make a key and certificate request: {e}")))?;
-        // Watched before the request is written: no answer is missed.
-        let (_, mut watch) = self.store.view_and_watch(WatchFilter::Node(node_id.to_string())).await?;
-        let old = self.store.get_node(node_id).await?;
+        // The node as of the watch's start: no answer to the request is missed.
+        let (snap, mut watch) = self.store.view_and_watch(WatchFilter::Node(node_id.to_string())).await?;
+        let old = snap.nodes.into_iter().find(|n| n.id == node_id);
         let cluster =
             self.store.get_cluster(cluster_id).await?.ok_or_else(|| {
                 refused("the cluster vanished while this manager's certificate was asked for")
@@ -481,6 +493,12 @@ impl Bootstrap<'_> {
         not_removed_or_demoted(&cluster, old.as_ref(), node_id)?;
         let op = match old {
             Some(mut n) => {
+                // A renewal is signed for the node's current role.
+                if n.role != Role::Manager.to_proto() {
+                    return Err(unavailable(format!(
+                        "this manager's node {node_id} is not a manager yet (its role change is pending); trying again"
+                    )));
+                }
                 n.certificate = Some(swarmca_core::policy::renew_request(&n, csr.clone()));
                 Op::UpdateNode(n)
             }
@@ -498,8 +516,11 @@ impl Bootstrap<'_> {
             }
             Err(e) => return Err(e.into()),
         }
-        info!(node = %node_id, "this manager has no certificate to present to the external CA: the cluster's leader asks it for one; waiting");
+        info!(node = %node_id, "the cluster's leader asks the external CA for this manager's certificate; waiting");
         let answer = async {
+            // Writes made before this request (an earlier attempt's, answered late) are passed
+            // over; once the request is seen, another request means it was replaced.
+            let mut seen = false;
             loop {
                 let n = match watch.next().await {
                     Some(Event::CreateNode(n) | Event::UpdateNode(n)) => n,
@@ -513,14 +534,23 @@ impl Bootstrap<'_> {
                         return Err(unavailable("the store stopped reporting this manager's node".into()))
                     }
                 };
-                let c = n.certificate.unwrap_or_default();
+                let c = n.certificate.clone().unwrap_or_default();
                 if c.csr != csr {
-                    return Err(unavailable(
-                        "this manager's certificate request was replaced; trying again".into(),
-                    ));
+                    if seen {
+                        return Err(unavailable(
+                            "this manager's certificate request was replaced; trying again".into(),
+                        ));
+                    }
+                    continue;
                 }
+                seen = true;
                 let status = c.status.unwrap_or_default();
                 if status.state == State::Issued as i32 && !c.certificate.is_empty() {
+                    // Removed or demoted while it waited: the certificate is not used.
+                    let cluster = self.store.get_cluster(cluster_id).await?.ok_or_else(|| {
+                        refused("the cluster vanished while this manager's certificate was asked for")
+                    })?;
+                    not_removed_or_demoted(&cluster, Some(&n), node_id)?;
                     return Ok(c.certificate);
                 }
                 if status.state == State::Failed as i32 {
@@ -558,9 +588,14 @@ impl Bootstrap<'_> {
             .map_err(|e| refused(format!("the cluster root CA is unusable: {e}")))?;
         let (csr, key) = new_key_and_csr()
             .map_err(|e| refused(format!("cannot make a key and certificate request: {e}")))?;
-        let urls = filter_external_ca_urls(&root.ca_cert, &root.ca_cert, external);
+        // During a root rotation, as the leader's signer does: the rotation target's key, or
+        // the external CAs listed for the target, with the cross-signed target appended.
+        let urls = filter_external_ca_urls(signing_root(root), &root.ca_cert, external);
         let cert = if !urls.is_empty() {
-            let roots = certs_der(&root.ca_cert);
+            let mut roots = certs_der(&root.ca_cert);
+            if let Some(r) = &root.root_rotation {
+                roots.extend(certs_der(&r.ca_cert));
+            }
             // A certificate and key that do not go together (a crash between writing the two
             // files) are no identity to present: the request goes without one.
             let tls = client_tls_config(&roots, client)
@@ -572,7 +607,7 @@ impl Bootstrap<'_> {
                     None => Err(e),
                 })
                 .map_err(|e| refused(format!("no TLS configuration for the external CA: {e}")))?;
-            let ext = ExternalCa::new(urls, Vec::new(), Some(tls), OWN_CERT_TIMEOUT);
+            let ext = ExternalCa::new(urls, ca.intermediates_pem().to_vec(), Some(tls), OWN_CERT_TIMEOUT);
             let req = SignRequest::node(&csr, node_id, Role::Manager, cluster_id);
             // Tried again, however the CA answered: a refusal is often mended on the CA's side
             // (its signing profile, its client list), and the manager then starts without
@@ -710,6 +745,11 @@ fn manager_node(node_id: &str, csr: Vec<u8>, cert: Vec<u8>) -> Node {
     let issued = node.certificate.as_ref().map(|c| c.certificate.clone()).unwrap_or_default();
     swarmca_core::policy::note_issued(&mut node, &issued);
     node
+}
+
+/// The root new certificates are issued from: the rotation target during a root rotation.
+fn signing_root(root: &ApiRootCa) -> &[u8] {
+    root.root_rotation.as_ref().map_or(&root.ca_cert, |r| &r.ca_cert)
 }
 
 /// The node of a new manager asking for its certificate: what a join with the manager token

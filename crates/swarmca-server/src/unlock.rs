@@ -28,6 +28,9 @@ use tracing::{info, warn};
 /// What a locked manager answers to every admin call but `Unlock`.
 pub const LOCKED: &str = "this manager is locked: autolock is on; run `swarmca unlock`";
 
+/// What a key given while another is being tried hears.
+const BUSY: &str = "this manager is already starting with an unlock key given earlier, and keeps trying with it (the store, the external CA or the leader it needs has not answered yet); try again later if it stays locked";
+
 /// The longest a start waits before trying an unreachable store or external CA again: it
 /// serves soon after they are back.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(5);
@@ -211,8 +214,11 @@ impl Unlocking<'_> {
         let mut closed = false;
         // Drawn once: an attempt whose commit was applied though its answer was lost is found
         // again by the next attempt, under the same ID.
-        let new_node_id = crate::env::with_entropy(self.entropy, swarmca_core::id::new_id)
-            .map_err(|e| NotStarted::Refused(BootstrapError::Refused(format!("entropy: {e}"))))?;
+        let draw = || {
+            crate::env::with_entropy(self.entropy, swarmca_core::id::new_id)
+                .map_err(|e| NotStarted::Refused(BootstrapError::Refused(format!("entropy: {e}"))))
+        };
+        let mut new_node_id = draw()?;
         loop {
             let boot = Bootstrap {
                 store: self.store,
@@ -222,9 +228,25 @@ impl Unlocking<'_> {
                 keys: &*self.keys,
                 new_node_id: Some(&new_node_id),
             };
-            let started = tokio::select! {
-                r = boot.start(init, own.clone(), &waiting) => r,
-                () = &mut stop => return Err(NotStarted::Stopped),
+            let holding = self.keys.unlock.is_some();
+            let started = {
+                let attempt = boot.start(init, own.clone(), &waiting);
+                tokio::pin!(attempt);
+                loop {
+                    tokio::select! {
+                        r = &mut attempt => break r,
+                        // A key given while a held key is being tried is answered at once: an
+                        // attempt may take a while (a wait for the leader), and the operator
+                        // unlocking several managers must not hang on this one.
+                        a = self.attempts.recv(), if holding && !closed => match a {
+                            Some(a) => {
+                                let _ = a.reply.send(Err(Refusal::NotNow(BUSY.into())));
+                            }
+                            None => closed = true,
+                        },
+                        () = &mut stop => return Err(NotStarted::Stopped),
+                    }
+                }
             };
             let refusal = match started {
                 Ok(id) => {
@@ -241,6 +263,14 @@ impl Unlocking<'_> {
                     return Ok(id);
                 }
                 Err(BootstrapError::Custody(e @ (CustodyError::Locked | CustodyError::WrongKey(_)))) => e,
+                // With no certificate, "removed" can only be the node an earlier attempt's
+                // commit made (its answer lost) under the ID drawn for this start, removed
+                // since: the manager joins under another.
+                Err(BootstrapError::Removed(why)) if own.is_none() => {
+                    warn!(%why, "the node an earlier attempt of this start made was removed; taking a new node ID");
+                    new_node_id = draw()?;
+                    continue;
+                }
                 Err(e) if e.is_transient() => {
                     // The store or the external CA did not answer: tried again, more and more
                     // slowly, until it does (or the manager is stopped).
@@ -259,13 +289,17 @@ impl Unlocking<'_> {
                     loop {
                         tokio::select! {
                             () = &mut until => break,
-                            // Only while no key is held: one given at start, or one already
-                            // told "keeps trying", is not replaced by another.
-                            a = self.attempts.recv(), if pending.is_none() && !closed && self.keys.unlock.is_none() => match a {
-                                Some(a) => {
+                            // Taken only while no key is held: one given at start, or one
+                            // already told "keeps trying", is not replaced by another; such a
+                            // key is answered at once.
+                            a = self.attempts.recv(), if !closed => match a {
+                                Some(a) if pending.is_none() && self.keys.unlock.is_none() => {
                                     self.keys.unlock = Some(a.key);
                                     socket_key = true;
                                     pending = Some(a.reply);
+                                }
+                                Some(a) => {
+                                    let _ = a.reply.send(Err(Refusal::NotNow(BUSY.into())));
                                 }
                                 None => closed = true,
                             },

@@ -470,3 +470,99 @@ async fn a_start_retried_after_a_lost_commit_answer_finds_its_node_again() {
         assert_eq!(node.certificate.unwrap().certificate, id.cert_pem, "it holds the certificate kept");
     }
 }
+
+/// Points the cluster's external CA at a closed loopback port: asked directly, it fails at once.
+async fn with_unreachable_external_ca(store: &MemStore, first: &Identity) {
+    let mut c = store.get_cluster(&first.cluster_id).await.unwrap().unwrap();
+    let ext = ApiExternalCa {
+        protocol: 0,
+        url: "https://127.0.0.1:1/api/v1/cfssl/sign".into(),
+        options: Default::default(),
+        ca_cert: first.root.ca_cert.clone(),
+    };
+    c.spec.get_or_insert_with(Default::default).ca_config.get_or_insert_with(Default::default).external_cas =
+        vec![ext];
+    store.commit(vec![Op::UpdateCluster(c)]).await.unwrap();
+}
+
+/// What the test's stand-in for the leader's issuance does with the first request it sees.
+#[derive(Clone, Copy, Debug)]
+enum Leader {
+    Signs,
+    Refuses,
+    DemotesAndSigns,
+}
+
+#[tokio::test]
+async fn a_manager_the_external_ca_does_not_sign_for_gets_its_certificate_through_the_leader() {
+    use swarmca_store::Event;
+    for how in [Leader::Signs, Leader::Refuses, Leader::DemotesAndSigns] {
+        let store = Arc::new(MemStore::new());
+        let now = SystemTime::now();
+        let first = start(&store, now, None).await.unwrap();
+        with_unreachable_external_ca(&store, &first).await;
+        // The leader: answers the first request written on node "fresh".
+        let (_, mut watch) = store.view_and_watch(WatchFilter::Node("fresh".into())).await.unwrap();
+        let (s, root, cluster_id) = (store.clone(), first.root.clone(), first.cluster_id.clone());
+        let leader = tokio::spawn(async move {
+            while let Some(ev) = watch.next().await {
+                let (Event::CreateNode(mut n) | Event::UpdateNode(mut n)) = ev else { continue };
+                let mut c = n.certificate.clone().unwrap();
+                if !matches!(
+                    State::try_from(c.status.clone().unwrap().state),
+                    Ok(State::Pending | State::Renew)
+                ) {
+                    continue;
+                }
+                assert_eq!(c.role, Role::Manager.to_proto(), "a manager certificate is asked for");
+                let ca = RootCa::from_api(&root, DEFAULT_NODE_CERT_EXPIRY, now).unwrap();
+                if let Leader::Refuses = how {
+                    c.status =
+                        Some(IssuanceStatus { state: State::Failed as i32, err: "no, says the CA".into() });
+                } else {
+                    c.certificate =
+                        ca.sign_csr(&c.csr, "fresh", Role::Manager, &cluster_id, now, [7; 20]).unwrap();
+                    c.status = Some(IssuanceStatus { state: State::Issued as i32, err: String::new() });
+                }
+                if let Leader::DemotesAndSigns = how {
+                    n.spec.as_mut().unwrap().desired_role = Role::Worker.to_proto();
+                }
+                n.certificate = Some(c);
+                s.commit(vec![Op::UpdateNode(n)]).await.unwrap();
+                return;
+            }
+        });
+        let (keys, election, entropy, clock) =
+            (seal_key(9), Solo::new(store.clone()), shared_entropy(OsEntropy), At(now));
+        let boot = Bootstrap {
+            store: &*store,
+            election: &election,
+            clock: &clock,
+            entropy: &entropy,
+            keys: &keys,
+            new_node_id: Some("fresh"),
+        };
+        let r = boot.start(&NewCluster::default(), None, || {}).await;
+        leader.await.unwrap();
+        match (how, r) {
+            (Leader::Signs, Ok(id)) => {
+                assert_eq!((id.node_id.as_str(), id.issued), ("fresh", true));
+                assert!(verifies(&id, now));
+                let node = store.get_node("fresh").await.unwrap().unwrap();
+                assert_eq!(
+                    node.certificate.unwrap().certificate,
+                    id.cert_pem,
+                    "the leader's issuance stored it"
+                );
+            }
+            (Leader::Refuses, Err(BootstrapError::Unavailable(m))) => {
+                assert!(m.contains("127.0.0.1:1") || m.contains("external CA"), "why direct failed: {m}");
+                assert!(m.contains("through the leader") && m.contains("no, says the CA"), "{m}");
+            }
+            (Leader::DemotesAndSigns, Err(BootstrapError::Removed(m))) => {
+                assert!(m.contains("demoted"), "{m}")
+            }
+            (how, other) => panic!("{how:?}: unexpected {other:?}"),
+        }
+    }
+}
