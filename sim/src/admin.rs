@@ -142,7 +142,12 @@ async fn rotate(shared: &Shared, control: &Control, maybe_abort: bool, started: 
 
 /// Liveness phase, with root rotations: the operator removes the nodes no client holds (failed
 /// joins, superseded nodes), which would otherwise block a rotation forever.
-pub async fn remove_dead_nodes(shared: Arc<Shared>, control: Control, store: Arc<dyn Store>) {
+pub async fn remove_dead_nodes(
+    shared: Arc<Shared>,
+    control: Control,
+    store: Arc<dyn Store>,
+    world: Arc<crate::world::World>,
+) {
     while !shared.done() && !shared.finishing() {
         madsim::time::sleep(Duration::from_secs(5)).await;
         let Ok(status) = control.rotation_status().await else { continue };
@@ -150,7 +155,9 @@ pub async fn remove_dead_nodes(shared: Arc<Shared>, control: Control, store: Arc
             continue;
         }
         let Ok(snap) = store.view(WatchFilter::All).await else { continue };
-        let held: std::collections::BTreeSet<String> = lock(&shared.held).values().cloned().collect();
+        // Nodes a client holds, and the managers' own (they renew themselves).
+        let mut held: std::collections::BTreeSet<String> = lock(&shared.held).values().cloned().collect();
+        held.extend(world.current_manager_nodes());
         for n in snap.nodes.iter().filter(|n| !held.contains(&n.id)) {
             let r = control.remove_node(&n.id, true).await;
             note_removal(&shared, &*store, &n.id, r.is_ok()).await;

@@ -10,6 +10,7 @@ pub const REQUIRED: &[&str] = &[
     "fault.store_error_injected",
     "fault.store_answer_lost",
     "fault.manager_replaced",
+    "manager.renewed_itself",
     "fault.leader_graceful",
     "fault.leader_kill",
     "fault.leader_pause",

@@ -191,10 +191,9 @@ async fn apply(world: &Arc<World>, clients: &[NodeId], ext: Option<&ExtCa>, f: F
                 if w.health(old) == Health::Dead {
                     // Now and then the machine is replaced: a new manager, with an empty data
                     // directory, takes the dead one's place.
-                    if thread_rng().gen_bool(0.2) {
+                    if thread_rng().gen_bool(0.2) && w.replace(old) {
                         w.shared.coverage.hit("fault.manager_replaced");
                         w.shared.log.push(format!("nemesis: manager-{old} replaced by a new machine"));
-                        w.replace(old);
                     }
                     w.shared.log.push(format!("nemesis: restart manager-{old}"));
                     w.restart(old).await;

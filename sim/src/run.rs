@@ -211,7 +211,12 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     shared.log.push("heal: faults off");
     crate::nemesis::heal(&world, &client_nodes, ext.as_ref()).await;
     if opts.root_rotation {
-        madsim::task::spawn(crate::admin::remove_dead_nodes(shared.clone(), control.clone(), store.clone()));
+        madsim::task::spawn(crate::admin::remove_dead_nodes(
+            shared.clone(),
+            control.clone(),
+            store.clone(),
+            world.clone(),
+        ));
     }
     let deadline = madsim::time::TimeHandle::current().elapsed() + opts.liveness_budget;
     loop {

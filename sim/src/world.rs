@@ -208,10 +208,36 @@ impl Incarnation {
             observer: Some((RETRY_PAUSE, Arc::new(move |ev| terms.on_event(i, ev, &mirror)))),
         }
         .build();
-        let Launched { server, manager, control, .. } = match launched {
+        let Launched { store, server, manager, control } = match launched {
             Ok(l) => l,
             Err(e) => return shared.violation("I14", format!("manager-{i}: cannot be put together: {e}")),
         };
+        // Its own certificate, renewed as it ages and when a root rotation asks (what `serve`
+        // runs beside the manager); the "disk" keeps what it writes.
+        let mut trust = id.root.ca_cert.clone();
+        if let Some(r) = &id.root.root_rotation {
+            trust.push(b'\n');
+            trust.extend_from_slice(&r.ca_cert);
+        }
+        let tls = match swarmca_server::listener::DynamicTls::new(&id.cert_pem, &id.key_pem, &trust) {
+            Ok(t) => t,
+            Err(e) => {
+                return shared.violation("I14", format!("manager-{i}: unusable own certificate: {e:?}"))
+            }
+        };
+        let selfcert = swarmca_server::selfcert::SelfCert {
+            store,
+            server: server.clone(),
+            tls,
+            cluster_id: id.cluster_id.clone(),
+            node_id: id.node_id.clone(),
+            files: Arc::new(SimDisk { disk: self.disk.clone(), shared: shared.clone(), i }),
+            key_file: Mutex::new(swarmca_server::selfcert::KeyFile {
+                key_pem: id.key_pem.clone(),
+                data_key: id.data_key.clone(),
+            }),
+        };
+        madsim::task::spawn(selfcert.run(std::future::pending()));
         *lock(&self.slot) = Some(manager.clone());
         gate.open(control);
         madsim::task::spawn(async move { manager.run().await });
@@ -220,6 +246,33 @@ impl Incarnation {
             .add_service(NodeCaService::new(server).max_decoding_message_size(MAX_REQUEST_BYTES))
             .serve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT))
             .await;
+    }
+}
+
+/// A manager's certificates directory: its "disk", which its next incarnation starts from.
+struct SimDisk {
+    disk: Arc<Mutex<Option<(Vec<u8>, Vec<u8>)>>>,
+    shared: Arc<Shared>,
+    i: usize,
+}
+
+impl swarmca_server::selfcert::OwnFiles for SimDisk {
+    fn write_root(&self, _pem: &[u8]) -> Result<(), swarmca_server::files::FileError> {
+        Ok(())
+    }
+
+    fn write_identity(
+        &self,
+        cert_pem: &[u8],
+        sealed_key: &[u8],
+    ) -> Result<(), swarmca_server::files::FileError> {
+        if !swarmca_core::seal::is_sealed(sealed_key) {
+            self.shared.violation("I13", format!("manager-{} wrote its renewed key file in clear", self.i));
+        }
+        self.shared.coverage.hit("manager.renewed_itself");
+        self.shared.log.push(format!("manager-{}: renewed its own certificate", self.i));
+        *lock(&self.disk) = Some((cert_pem.to_vec(), sealed_key.to_vec()));
+        Ok(())
     }
 }
 
@@ -309,6 +362,11 @@ impl World {
 
     fn manager(&self, i: usize) -> Option<swarmca_server::Manager> {
         self.managers.get(i).and_then(|m| lock(&m.manager).clone())
+    }
+
+    /// The node IDs the managers' certificates name now.
+    pub fn current_manager_nodes(&self) -> std::collections::BTreeSet<String> {
+        self.managers.iter().map(|m| lock(&m.expected_node).clone()).filter(|id| !id.is_empty()).collect()
     }
 
     /// Whether manager `i`'s current incarnation finished its start (it runs a `Manager`).
@@ -433,14 +491,22 @@ impl World {
 
     /// Replaces dead manager `i`'s machine: its next start has an empty data directory, so it
     /// joins as a new manager node (its old node stays in the store, as a dead manager's does).
-    pub fn replace(&self, i: usize) {
+    /// Not the last machine with a certificate: a cluster whose every manager lost its
+    /// certificates cannot be vouched for to an external CA that wants client certificates (a
+    /// documented limit, not a fault to wait out). Whether it was replaced.
+    pub fn replace(&self, i: usize) -> bool {
         if self.health(i) != Health::Dead {
-            return;
+            return false;
+        }
+        let others = self.managers.iter().enumerate().any(|(j, m)| j != i && lock(&m.disk).is_some());
+        if !others {
+            return false;
         }
         if let Some(m) = self.managers.get(i) {
             *lock(&m.disk) = None;
             lock(&m.expected_node).clear();
         }
+        true
     }
 
     pub fn pause(&self, i: usize) {

@@ -407,3 +407,91 @@ async fn a_manager_that_missed_a_token_rotation_refuses_the_old_token() {
     follower.issue_node_certificate(Request::new(join_req(&csr, &f.manager_token))).await.unwrap();
     assert_eq!(nodes().await, before + 2);
 }
+
+/// A manager's certificate files, kept in memory.
+#[derive(Default)]
+struct MemFiles(std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>);
+
+impl swarmca_server::selfcert::OwnFiles for MemFiles {
+    fn write_root(&self, _pem: &[u8]) -> Result<(), swarmca_server::files::FileError> {
+        Ok(())
+    }
+    fn write_identity(
+        &self,
+        cert_pem: &[u8],
+        sealed_key: &[u8],
+    ) -> Result<(), swarmca_server::files::FileError> {
+        self.0.lock().unwrap().push((cert_pem.to_vec(), sealed_key.to_vec()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_running_manager_renews_its_own_certificate_as_it_ages() {
+    use std::time::SystemTime;
+    use swarmca_core::role::Role;
+    use swarmca_core::seal::{DataKey, Purpose};
+    use swarmca_server::selfcert::{KeyFile, SelfCert};
+    let f = Fixture::with(Opts::default()).await;
+    // The manager's certificate is 85 days into its 90: past the latest point of its renewal.
+    let old = swarmca_testkit::pki::issue(
+        &f.root,
+        &f.manager.node_id,
+        Role::Manager,
+        &f.cluster_id,
+        SystemTime::now() - Duration::from_secs(85 * 24 * 3600),
+        serial(),
+    );
+    let mut n = f.store.get_node(&f.manager.node_id).await.unwrap().unwrap();
+    n.certificate.as_mut().unwrap().certificate = old.cert_pem.clone();
+    f.store.commit(vec![Op::UpdateNode(n)]).await.unwrap();
+    let files = Arc::new(MemFiles::default());
+    let data_key = DataKey::generate(&mut swarmca_server::OsEntropy).unwrap();
+    let tls = swarmca_server::listener::DynamicTls::new(&old.cert_pem, &old.key_pem, &f.root_pem).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(
+        SelfCert {
+            store: Arc::new(f.store.clone()),
+            server: f.server.clone(),
+            tls,
+            cluster_id: f.cluster_id.clone(),
+            node_id: f.manager.node_id.clone(),
+            files: files.clone(),
+            key_file: std::sync::Mutex::new(KeyFile {
+                key_pem: zeroize::Zeroizing::new(old.key_pem.clone()),
+                data_key: data_key.clone(),
+            }),
+        }
+        .run(async {
+            let _ = stopped.await;
+        }),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (cert, sealed) = loop {
+        if let Some(w) = files.0.lock().unwrap().last().cloned() {
+            break w;
+        }
+        assert!(std::time::Instant::now() < deadline, "no renewed certificate written within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let _ = stop.send(());
+    task.await.unwrap();
+    // A new manager certificate for the same node, from the cluster's root, valid for longer.
+    assert_ne!(cert, old.cert_pem);
+    f.root.verify_peer(&swarmca_core::pem::certs_der(&cert), SystemTime::now()).unwrap();
+    let (cn, ous, os, _) = crate::conformance::subject_of(&cert);
+    assert_eq!(
+        (cn, ous, os),
+        (f.manager.node_id.clone(), vec!["swarm-manager".to_string()], vec![f.cluster_id.clone()])
+    );
+    // Its key file is sealed under the data key and holds the key the certificate is for.
+    let key = data_key.open(Purpose::NodeKey, &f.cluster_id, &sealed).unwrap();
+    let pair = rcgen::KeyPair::from_pem(std::str::from_utf8(&key).unwrap()).unwrap();
+    let der = swarmca_core::pem::certs_der(&cert).remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(parsed.public_key().raw, rcgen::PublicKeyData::subject_public_key_info(&pair).as_slice());
+    // The node holds it, issued through the CA like any renewal, with its issuer reported.
+    let node = f.store.get_node(&f.manager.node_id).await.unwrap().unwrap();
+    assert_eq!(node.certificate.as_ref().unwrap().certificate, cert);
+    assert!(node.description.and_then(|d| d.tls_info).is_some_and(|t| !t.cert_issuer_public_key.is_empty()));
+}

@@ -1,11 +1,13 @@
 //! What `serve` does for its own identity while it runs: the listener's client trust roots
-//! follow the cluster root (plus the rotation target during a root rotation), and when the
-//! root-rotation reconciler marks this manager's node ROTATE, the manager renews its own
-//! certificate through the CA like any node (RENEW with a new CSR), then serves it.
+//! follow the cluster root (plus the rotation target during a root rotation), and the manager
+//! renews its own certificate through the CA like any node (RENEW with a new CSR), then serves
+//! it — when the root-rotation reconciler marks its node ROTATE, and as its certificate ages:
+//! at a random point between half and four fifths of its validity, as SwarmKit's nodes do, so
+//! that a long-running manager never serves (or presents to an external CA) an expired one.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use swarmca_core::pem::certs_der;
 use swarmca_core::policy::issuance_state;
@@ -35,8 +37,8 @@ pub struct SelfCert {
     pub cluster_id: String,
     /// This manager's node ID.
     pub node_id: String,
-    /// Where this manager's certificate files live.
-    pub certs_dir: PathBuf,
+    /// Where this manager's certificate files are written.
+    pub files: Arc<dyn OwnFiles>,
     /// This manager's key, and what its file is sealed under.
     pub key_file: std::sync::Mutex<KeyFile>,
 }
@@ -49,6 +51,51 @@ pub struct KeyFile {
     pub key_pem: Zeroizing<Vec<u8>>,
     /// The cluster's data key.
     pub data_key: DataKey,
+}
+
+/// Where a manager keeps its certificate files: [`CertsDir`] for `serve`; the simulator keeps
+/// them in memory, as its manager's disk.
+pub trait OwnFiles: Send + Sync {
+    /// Writes the cluster's root certificate (PEM).
+    fn write_root(&self, pem: &[u8]) -> Result<(), files::FileError>;
+    /// Writes this manager's key file (sealed) and then its certificate (PEM).
+    fn write_identity(&self, cert_pem: &[u8], sealed_key: &[u8]) -> Result<(), files::FileError>;
+}
+
+/// A manager's certificates directory: `swarm-root-ca.crt`, `swarm-node.key` (owner-only) and
+/// `swarm-node.crt`, each replaced atomically.
+pub struct CertsDir(pub PathBuf);
+
+impl OwnFiles for CertsDir {
+    fn write_root(&self, pem: &[u8]) -> Result<(), files::FileError> {
+        files::write_atomic(&self.0, ROOT_CERT, pem, false)
+    }
+
+    fn write_identity(&self, cert_pem: &[u8], sealed_key: &[u8]) -> Result<(), files::FileError> {
+        files::write_atomic(&self.0, NODE_KEY, sealed_key, true)?;
+        files::write_atomic(&self.0, NODE_CERT, cert_pem, false)
+    }
+}
+
+/// How long after a renewal that did not go through (refused, replaced, or not written) the
+/// manager tries again.
+const RETRY_RENEWAL: Duration = Duration::from_secs(60);
+
+/// How soon a renewal a root rotation asks for is tried again when it could not be requested.
+const RETRY_ROTATION: Duration = Duration::from_secs(5);
+
+/// When a certificate valid from `not_before` to `not_after` (seconds since the epoch) is
+/// renewed: at `share` (0 to 1) of the way between half and four fifths of its validity.
+pub fn renewal_time(not_before: i64, not_after: i64, share: f64) -> SystemTime {
+    let life = (not_after - not_before).max(0) as f64;
+    let at = not_before as f64 + life * (0.5 + 0.3 * share.clamp(0.0, 1.0));
+    SystemTime::UNIX_EPOCH + Duration::from_secs(at.max(0.0) as u64)
+}
+
+/// When the next scheduled renewal is due, and for which certificate.
+struct Schedule {
+    cert: Vec<u8>,
+    at: SystemTime,
 }
 
 /// A renewal of this manager's certificate in flight: the CSR sent and its key.
@@ -78,12 +125,13 @@ impl SelfCert {
         let mut trust = Vec::new();
         let mut root_file = Vec::new();
         let mut renewal: Option<Renewal> = None;
+        let mut schedule: Option<Schedule> = None;
         let mut pause = Duration::from_millis(200);
         loop {
             tokio::select! {
                 biased;
                 () = &mut stop => return,
-                followed = self.follow(&mut trust, &mut root_file, &mut renewal) => {
+                followed = self.follow(&mut trust, &mut root_file, &mut renewal, &mut schedule) => {
                     if followed {
                         pause = Duration::from_millis(200);
                     }
@@ -105,6 +153,7 @@ impl SelfCert {
         trust: &mut Vec<u8>,
         root_file: &mut Vec<u8>,
         renewal: &mut Option<Renewal>,
+        schedule: &mut Option<Schedule>,
     ) -> bool {
         let (snap, mut clusters) =
             match self.store.view_and_watch(WatchFilter::Cluster(self.cluster_id.clone())).await {
@@ -126,11 +175,18 @@ impl SelfCert {
             self.on_cluster(c, trust, root_file);
         }
         if let Some(n) = node_snap.nodes.into_iter().next() {
-            self.on_node(n, renewal).await;
+            self.on_node(n, renewal, schedule).await;
         }
         loop {
+            let due = schedule
+                .as_ref()
+                .filter(|_| renewal.is_none())
+                .map(|s| s.at.duration_since(self.server.inner.deps.clock.now()).unwrap_or(Duration::ZERO));
             tokio::select! {
                 biased;
+                () = tokio::time::sleep(due.unwrap_or(Duration::ZERO)), if due.is_some() => {
+                    self.renew_now(renewal, schedule).await;
+                }
                 ev = clusters.next() => match ev {
                     Some(Event::UpdateCluster(c) | Event::CreateCluster(c)) => self.on_cluster(&c, trust, root_file),
                     Some(_) => {}
@@ -140,7 +196,7 @@ impl SelfCert {
                     }
                 },
                 ev = nodes.next() => match ev {
-                    Some(Event::UpdateNode(n) | Event::CreateNode(n)) => self.on_node(n, renewal).await,
+                    Some(Event::UpdateNode(n) | Event::CreateNode(n)) => self.on_node(n, renewal, schedule).await,
                     Some(_) => {}
                     None => {
                         warn!("node watch closed; following it again");
@@ -164,22 +220,65 @@ impl SelfCert {
         }
         let root = c.root_ca.clone().unwrap_or_default().ca_cert;
         if root != *root_file {
-            if let Err(e) = files::write_atomic(&self.certs_dir, ROOT_CERT, &root, false) {
+            if let Err(e) = self.files.write_root(&root) {
                 warn!(error = %e.0, "cannot write the root CA file");
             }
             *root_file = root;
         }
     }
 
-    /// Seals `key_pem` under the cluster's data key and writes it as this manager's key file.
-    fn write_key(&self, dek: &DataKey, key_pem: &[u8]) -> Result<(), files::FileError> {
+    /// Seals `key_pem` under the cluster's data key and writes it with `cert_pem` as this
+    /// manager's certificate files.
+    fn write_identity(&self, dek: &DataKey, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), files::FileError> {
         let entropy = &self.server.inner.deps.entropy;
         let sealed = crate::bootstrap::seal_own_key(dek, &self.cluster_id, key_pem, entropy)
             .map_err(|e| files::FileError(format!("cannot seal this manager's key: {e}")))?;
-        files::write_atomic(&self.certs_dir, NODE_KEY, &sealed, true)
+        self.files.write_identity(cert_pem, &sealed)
     }
 
-    async fn on_node(&self, node: Node, renewal: &mut Option<Renewal>) {
+    /// The scheduled renewal is due: asks for it, or tries again a while later.
+    async fn renew_now(&self, renewal: &mut Option<Renewal>, schedule: &mut Option<Schedule>) {
+        let node = match self.store.get_node(&self.node_id).await {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                *schedule = None;
+                return warn!("this manager's node is gone; its certificate is not renewed");
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read this manager's node to renew its certificate; trying again");
+                return self.retry_later(schedule);
+            }
+        };
+        info!("renewing this manager's certificate (past half its validity)");
+        *renewal = self.request(node, true).await;
+        if renewal.is_none() {
+            self.retry_later(schedule);
+        }
+    }
+
+    fn retry_later(&self, schedule: &mut Option<Schedule>) {
+        if let Some(s) = schedule.as_mut() {
+            s.at = self.server.inner.deps.clock.now() + RETRY_RENEWAL;
+        }
+    }
+
+    /// The next scheduled renewal of `cert_pem`, unless it is the one already scheduled.
+    fn schedule_for(&self, cert_pem: &[u8], schedule: &mut Option<Schedule>) {
+        if schedule.as_ref().is_some_and(|s| s.cert == cert_pem) {
+            return;
+        }
+        let Some((nb, na)) = validity(cert_pem) else { return };
+        let share = crate::env::draw::<8>(&self.server.inner.deps.entropy)
+            .map(|b| u64::from_le_bytes(b) as f64 / u64::MAX as f64)
+            .unwrap_or(0.5);
+        let at = renewal_time(nb, na, share);
+        if let Ok(left) = at.duration_since(self.server.inner.deps.clock.now()) {
+            info!(in_secs = left.as_secs(), "this manager's certificate is renewed in");
+        }
+        *schedule = Some(Schedule { cert: cert_pem.to_vec(), at });
+    }
+
+    async fn on_node(&self, node: Node, renewal: &mut Option<Renewal>, schedule: &mut Option<Schedule>) {
         let state = issuance_state(&node);
         if let Some(r) = renewal.as_ref() {
             let cert = node.certificate.clone().unwrap_or_default();
@@ -194,22 +293,44 @@ impl SelfCert {
             } else if state == State::Failed as i32 {
                 error!(error = %cert.status.unwrap_or_default().err, "the CA refused this manager's new certificate");
                 *renewal = None;
+                self.retry_later(schedule);
                 return;
             } else {
                 return;
             }
         }
+        if renewal.is_none() && state == State::Issued as i32 {
+            if let Some(c) = node.certificate.as_ref().filter(|c| !c.certificate.is_empty()) {
+                self.schedule_for(&c.certificate, schedule);
+            }
+        }
         if state == State::Rotate as i32 {
             info!("root rotation: renewing this manager's certificate");
-            *renewal = self.request(node).await;
+            let cert = node.certificate.as_ref().map(|c| c.certificate.clone()).unwrap_or_default();
+            *renewal = self.request(node, false).await;
+            if renewal.is_none() {
+                // Not written (the store did not answer): asked again soon, not only when
+                // the node changes next.
+                let at = self.server.inner.deps.clock.now() + RETRY_ROTATION;
+                *schedule = Some(Schedule { cert, at });
+            }
         }
     }
 
-    /// Writes RENEW with a new CSR onto this manager's node.
-    async fn request(&self, mut node: Node) -> Option<Renewal> {
+    /// Writes RENEW with a new CSR onto this manager's node: when it is marked ROTATE, or when
+    /// `scheduled`, over any final state.
+    async fn request(&self, mut node: Node, scheduled: bool) -> Option<Renewal> {
         let (csr, key_pem) = crate::bootstrap::new_key_and_csr().ok()?;
         for _ in 0..8 {
-            if issuance_state(&node) != State::Rotate as i32 {
+            let state = issuance_state(&node);
+            let wanted =
+                state == State::Rotate as i32 || (scheduled && swarmca_core::policy::is_final_state(state));
+            if !wanted {
+                return None;
+            }
+            // A demoted manager's node asks for a worker certificate: not for this listener.
+            if node.role != swarmca_core::role::Role::Manager.to_proto() {
+                warn!("this manager's node is no longer a manager; its certificate is not renewed");
                 return None;
             }
             node.certificate = Some(swarmca_core::policy::renew_request(&node, csr.clone()));
@@ -241,13 +362,12 @@ impl SelfCert {
         }
         let written = {
             let mut kf = self.key_file.lock().unwrap_or_else(|e| e.into_inner());
-            let w = self.write_key(&kf.data_key, key_pem);
+            let w = self.write_identity(&kf.data_key, cert_pem, key_pem);
             if w.is_ok() {
                 kf.key_pem = Zeroizing::new(key_pem.to_vec());
             }
             w
-        }
-        .and_then(|()| files::write_atomic(&self.certs_dir, NODE_CERT, cert_pem, false));
+        };
         if let Err(e) = written {
             warn!(error = %e.0, "cannot write this manager's new certificate files");
         }
@@ -272,5 +392,29 @@ impl SelfCert {
                 Ok(_) => return,
             }
         }
+    }
+}
+
+/// NotBefore and NotAfter (seconds since the epoch) of the first certificate of `pem`.
+fn validity(pem: &[u8]) -> Option<(i64, i64)> {
+    use x509_parser::prelude::FromDer as _;
+    let der = certs_der(pem).into_iter().next()?;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(&der).ok()?;
+    Some((c.validity().not_before.timestamp(), c.validity().not_after.timestamp()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_renewal_falls_between_half_and_four_fifths_of_the_validity() {
+        let at = |share| {
+            super::renewal_time(1000, 2000, share)
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or(Duration::ZERO)
+        };
+        let secs: Vec<u64> = [0.0, 0.5, 1.0, -1.0, 2.0].into_iter().map(|s| at(s).as_secs()).collect();
+        assert_eq!(secs, [1500, 1650, 1800, 1500, 1800]);
     }
 }

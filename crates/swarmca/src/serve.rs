@@ -416,7 +416,7 @@ pub async fn serve(
             tls: tls.clone(),
             cluster_id: id.cluster_id.clone(),
             node_id: id.node_id.clone(),
-            certs_dir: certs.clone(),
+            files: Arc::new(swarmca_server::selfcert::CertsDir(certs.clone())),
             key_file: std::sync::Mutex::new(KeyFile {
                 key_pem: id.key_pem.clone(),
                 data_key: id.data_key.clone(),

@@ -565,7 +565,15 @@ impl Client {
                         self.check_not_expired(&c);
                         // Removed managers keep trying too: the blacklist must stop them.
                         self.unlock_key(&c).await;
-                        self.renew(c).await
+                        let before = c.chain.clone();
+                        let renewed = self.renew(c).await;
+                        if renewed.as_ref().is_some_and(|n| n.chain == before) {
+                            // Not renewed (no manager answered, or it refused): tried again a
+                            // little later, as SwarmKit's agent backs off, not at once.
+                            madsim::time::sleep(Duration::from_millis(thread_rng().gen_range(2000..8000)))
+                                .await;
+                        }
+                        renewed
                     }
                 }
             };
