@@ -233,6 +233,7 @@ impl Incarnation {
             node_id: id.node_id.clone(),
             files: Arc::new(SimDisk { disk: self.disk.clone(), shared: shared.clone(), i }),
             key_file: Mutex::new(swarmca_server::selfcert::KeyFile {
+                cert_pem: id.cert_pem.clone(),
                 key_pem: id.key_pem.clone(),
                 data_key: id.data_key.clone(),
             }),

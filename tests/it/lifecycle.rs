@@ -458,6 +458,7 @@ async fn a_running_manager_renews_its_own_certificate_as_it_ages() {
             node_id: f.manager.node_id.clone(),
             files: files.clone(),
             key_file: std::sync::Mutex::new(KeyFile {
+                cert_pem: old.cert_pem.clone(),
                 key_pem: zeroize::Zeroizing::new(old.key_pem.clone()),
                 data_key: data_key.clone(),
             }),
@@ -474,6 +475,9 @@ async fn a_running_manager_renews_its_own_certificate_as_it_ages() {
         assert!(std::time::Instant::now() < deadline, "no renewed certificate written within 20 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // Renewed once: the next renewal is scheduled from the new certificate, not at once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(files.0.lock().unwrap().len(), 1, "renewed again at once");
     let _ = stop.send(());
     task.await.unwrap();
     // A new manager certificate for the same node, from the cluster's root, valid for longer.

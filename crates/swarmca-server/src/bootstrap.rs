@@ -291,6 +291,13 @@ impl Bootstrap<'_> {
         let mut key_lost = false;
         let own = match own {
             Some((cert, key)) => match open_own_key(&data_key, &keks, &cluster.id, key) {
+                // A crash between writing the key file and the certificate file leaves a key
+                // for a certificate that was never written: no identity.
+                Ok(key) if !key_matches_cert(&cert, &key) => {
+                    warn!("this manager's key file does not go with its certificate file (a write cut short?); it gets a new key and certificate");
+                    key_lost = true;
+                    Some((cert, Vec::new()))
+                }
                 Ok(key) => Some((cert, key)),
                 Err(e) => {
                     warn!(error = %e, "cannot open this manager's key file; it gets a new key and certificate");
@@ -704,6 +711,20 @@ fn open_own_key(dek: &DataKey, keks: &[Kek], cluster_id: &str, file: Vec<u8>) ->
         }
     }
     Err(last)
+}
+
+/// Whether `key_pem` is the private key of the first certificate of `cert_pem` (false when
+/// either does not parse).
+fn key_matches_cert(cert_pem: &[u8], key_pem: &[u8]) -> bool {
+    let Some(der) = certs_der(cert_pem).into_iter().next() else { return false };
+    let Ok((_, cert)) = X509Certificate::from_der(&der) else { return false };
+    let Ok(key) = std::str::from_utf8(key_pem)
+        .map_err(|_| ())
+        .and_then(|k| rcgen::KeyPair::from_pem(k).map_err(|_| ()))
+    else {
+        return false;
+    };
+    rcgen::PublicKeyData::subject_public_key_info(&key) == cert.public_key().raw
 }
 
 /// A new P-256 key and a certificate request for it with an empty subject (the CA sets the

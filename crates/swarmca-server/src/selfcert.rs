@@ -43,10 +43,13 @@ pub struct SelfCert {
     pub key_file: std::sync::Mutex<KeyFile>,
 }
 
-/// This manager's private key and what its file is sealed under: the cluster's data key,
-/// which opens for whoever can open the cluster (with the seal key, or the unlock key while
-/// autolocked), so the file needs no resealing when autolock or the unlock key change.
+/// This manager's certificate and private key, and what its key file is sealed under: the
+/// cluster's data key, which opens for whoever can open the cluster (with the seal key, or the
+/// unlock key while autolocked), so the file needs no resealing when autolock or the unlock key
+/// change.
 pub struct KeyFile {
+    /// The certificate served (PEM): its age decides when it is renewed.
+    pub cert_pem: Vec<u8>,
     /// The clear key (PEM), wiped on drop.
     pub key_pem: Zeroizing<Vec<u8>>,
     /// The cluster's data key.
@@ -84,6 +87,11 @@ const RETRY_RENEWAL: Duration = Duration::from_secs(60);
 /// How soon a renewal a root rotation asks for is tried again when it could not be requested.
 const RETRY_ROTATION: Duration = Duration::from_secs(5);
 
+/// How long a renewal request may go unanswered before it is made again, with a new key (the
+/// leader keeps retrying an external CA that does not answer; this bounds what is lost when
+/// the answer never comes).
+const RENEWAL_WAIT: Duration = Duration::from_secs(600);
+
 /// When a certificate valid from `not_before` to `not_after` (seconds since the epoch) is
 /// renewed: at `share` (0 to 1) of the way between half and four fifths of its validity.
 pub fn renewal_time(not_before: i64, not_after: i64, share: f64) -> SystemTime {
@@ -92,16 +100,47 @@ pub fn renewal_time(not_before: i64, not_after: i64, share: f64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(at.max(0.0) as u64)
 }
 
-/// When the next scheduled renewal is due, and for which certificate.
+/// When the next renewal is due, and why.
 struct Schedule {
-    cert: Vec<u8>,
     at: SystemTime,
+    why: Why,
 }
 
-/// A renewal of this manager's certificate in flight: the CSR sent and its key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// The served certificate's age.
+    Age,
+    /// A root rotation asked, and the request could not be written.
+    Rotation,
+}
+
+/// A renewal of this manager's certificate in flight: the CSR sent and its key, whether an
+/// event carrying the request was seen (earlier events are passed over), and when it was asked.
 struct Renewal {
     csr: Vec<u8>,
     key_pem: Zeroizing<Vec<u8>>,
+    seen: bool,
+    asked: SystemTime,
+}
+
+/// Over which states of the node a renewal is requested.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Over {
+    /// ROTATE only: the rotation asked.
+    Rotate,
+    /// Any final state: a renewal as the certificate ages.
+    Final,
+    /// Any state: an earlier request of this manager went unanswered.
+    Any,
+}
+
+/// What became of a renewal request.
+enum Asked {
+    Yes(Renewal),
+    /// The node is not in a state to ask over (or no longer a manager's).
+    NotWanted,
+    /// It could not be written.
+    Failed,
 }
 
 /// The roots client certificates are verified against: the cluster root, and the new root
@@ -126,6 +165,7 @@ impl SelfCert {
         let mut root_file = Vec::new();
         let mut renewal: Option<Renewal> = None;
         let mut schedule: Option<Schedule> = None;
+        self.schedule_age(&mut schedule);
         let mut pause = Duration::from_millis(200);
         loop {
             tokio::select! {
@@ -178,10 +218,12 @@ impl SelfCert {
             self.on_node(n, renewal, schedule).await;
         }
         loop {
-            let due = schedule
-                .as_ref()
-                .filter(|_| renewal.is_none())
-                .map(|s| s.at.duration_since(self.server.inner.deps.clock.now()).unwrap_or(Duration::ZERO));
+            let due = match (renewal.as_ref(), schedule.as_ref()) {
+                (Some(r), _) => Some(r.asked + RENEWAL_WAIT),
+                (None, Some(s)) => Some(s.at),
+                (None, None) => None,
+            }
+            .map(|at| at.duration_since(self.server.inner.deps.clock.now()).unwrap_or(Duration::ZERO));
             tokio::select! {
                 biased;
                 () = tokio::time::sleep(due.unwrap_or(Duration::ZERO)), if due.is_some() => {
@@ -236,8 +278,16 @@ impl SelfCert {
         self.files.write_identity(cert_pem, &sealed)
     }
 
-    /// The scheduled renewal is due: asks for it, or tries again a while later.
+    /// A renewal is due (the certificate's age, a rotation's retry) or one went unanswered:
+    /// asks for it, or tries again a while later.
     async fn renew_now(&self, renewal: &mut Option<Renewal>, schedule: &mut Option<Schedule>) {
+        let unanswered = renewal.take().is_some();
+        if unanswered {
+            warn!(
+                after_secs = RENEWAL_WAIT.as_secs(),
+                "no answer to this manager's certificate renewal; asking again with a new key"
+            );
+        }
         let node = match self.store.get_node(&self.node_id).await {
             Ok(Some(n)) => n,
             Ok(None) => {
@@ -246,28 +296,45 @@ impl SelfCert {
             }
             Err(e) => {
                 warn!(error = %e, "cannot read this manager's node to renew its certificate; trying again");
-                return self.retry_later(schedule);
+                return self.retry_later(schedule, RETRY_RENEWAL);
             }
         };
-        info!("renewing this manager's certificate (past half its validity)");
-        *renewal = self.request(node, true).await;
-        if renewal.is_none() {
-            self.retry_later(schedule);
+        if !is_manager(&node) {
+            *schedule = None;
+            return warn!("this manager's node is no longer a manager; its certificate is not renewed");
+        }
+        let why = schedule.as_ref().map_or(Why::Age, |s| s.why);
+        let over = match (unanswered, why) {
+            (true, _) => Over::Any,
+            (false, Why::Rotation) => Over::Rotate,
+            (false, Why::Age) => Over::Final,
+        };
+        if over == Over::Final {
+            info!("renewing this manager's certificate (past half its validity)");
+        }
+        match self.request(node, over).await {
+            Asked::Yes(r) => *renewal = Some(r),
+            // The rotation's mark is gone (done, or asked already): back to the age schedule.
+            Asked::NotWanted if over == Over::Rotate => self.schedule_age(schedule),
+            Asked::NotWanted => self.retry_later(schedule, RETRY_RENEWAL),
+            Asked::Failed if over == Over::Rotate => self.retry_later(schedule, RETRY_ROTATION),
+            Asked::Failed => self.retry_later(schedule, RETRY_RENEWAL),
         }
     }
 
-    fn retry_later(&self, schedule: &mut Option<Schedule>) {
-        if let Some(s) = schedule.as_mut() {
-            s.at = self.server.inner.deps.clock.now() + RETRY_RENEWAL;
-        }
+    /// The next renewal `after` from now, for the same reason.
+    fn retry_later(&self, schedule: &mut Option<Schedule>, after: Duration) {
+        let why = schedule.as_ref().map_or(Why::Age, |s| s.why);
+        *schedule = Some(Schedule { at: self.server.inner.deps.clock.now() + after, why });
     }
 
-    /// The next scheduled renewal of `cert_pem`, unless it is the one already scheduled.
-    fn schedule_for(&self, cert_pem: &[u8], schedule: &mut Option<Schedule>) {
-        if schedule.as_ref().is_some_and(|s| s.cert == cert_pem) {
-            return;
-        }
-        let Some((nb, na)) = validity(cert_pem) else { return };
+    /// The renewal of the certificate served, as it ages.
+    fn schedule_age(&self, schedule: &mut Option<Schedule>) {
+        let cert = self.key_file.lock().unwrap_or_else(|e| e.into_inner()).cert_pem.clone();
+        let Some((nb, na)) = validity(&cert) else {
+            *schedule = None;
+            return warn!("this manager's certificate cannot be read; it is not renewed as it ages");
+        };
         let share = crate::env::draw::<8>(&self.server.inner.deps.entropy)
             .map(|b| u64::from_le_bytes(b) as f64 / u64::MAX as f64)
             .unwrap_or(0.5);
@@ -275,98 +342,124 @@ impl SelfCert {
         if let Ok(left) = at.duration_since(self.server.inner.deps.clock.now()) {
             info!(in_secs = left.as_secs(), "this manager's certificate is renewed in");
         }
-        *schedule = Some(Schedule { cert: cert_pem.to_vec(), at });
+        *schedule = Some(Schedule { at, why: Why::Age });
     }
 
     async fn on_node(&self, node: Node, renewal: &mut Option<Renewal>, schedule: &mut Option<Schedule>) {
         let state = issuance_state(&node);
-        if let Some(r) = renewal.as_ref() {
+        if let Some(r) = renewal.as_mut() {
             let cert = node.certificate.clone().unwrap_or_default();
             if cert.csr != r.csr {
-                // Someone else replaced the request (another renewal of this node): start over.
-                *renewal = None;
-            } else if state == State::Issued as i32 && !cert.certificate.is_empty() {
-                if let Some(r) = renewal.take() {
-                    self.install(&cert.certificate, &r.key_pem).await;
+                if r.seen {
+                    // Someone else replaced the request: asked again a while later.
+                    warn!("this manager's renewal request was replaced; asking again later");
+                    *renewal = None;
+                    self.retry_later(schedule, RETRY_RENEWAL);
                 }
+                // Otherwise a write from before the request, delivered after it: passed over.
                 return;
+            }
+            r.seen = true;
+            // Issued (ROTATE too: marked after an ISSUED this watch did not deliver).
+            let issued = !cert.certificate.is_empty()
+                && (state == State::Issued as i32 || state == State::Rotate as i32);
+            if issued {
+                let Some(r) = renewal.take() else { return };
+                if !is_manager(&node) {
+                    *schedule = None;
+                    return warn!(
+                        "this manager's node was demoted while it renewed; the new certificate is not used"
+                    );
+                }
+                if self.install(&cert.certificate, &r.key_pem).await {
+                    self.schedule_age(schedule);
+                } else {
+                    self.retry_later(schedule, RETRY_RENEWAL);
+                }
+                if state != State::Rotate as i32 {
+                    return;
+                }
             } else if state == State::Failed as i32 {
                 error!(error = %cert.status.unwrap_or_default().err, "the CA refused this manager's new certificate");
                 *renewal = None;
-                self.retry_later(schedule);
+                self.retry_later(schedule, RETRY_RENEWAL);
                 return;
             } else {
                 return;
             }
         }
-        if renewal.is_none() && state == State::Issued as i32 {
-            if let Some(c) = node.certificate.as_ref().filter(|c| !c.certificate.is_empty()) {
-                self.schedule_for(&c.certificate, schedule);
-            }
-        }
         if state == State::Rotate as i32 {
             info!("root rotation: renewing this manager's certificate");
-            let cert = node.certificate.as_ref().map(|c| c.certificate.clone()).unwrap_or_default();
-            *renewal = self.request(node, false).await;
-            if renewal.is_none() {
-                // Not written (the store did not answer): asked again soon, not only when
-                // the node changes next.
-                let at = self.server.inner.deps.clock.now() + RETRY_ROTATION;
-                *schedule = Some(Schedule { cert, at });
-            }
-        }
-    }
-
-    /// Writes RENEW with a new CSR onto this manager's node: when it is marked ROTATE, or when
-    /// `scheduled`, over any final state.
-    async fn request(&self, mut node: Node, scheduled: bool) -> Option<Renewal> {
-        let (csr, key_pem) = crate::bootstrap::new_key_and_csr().ok()?;
-        for _ in 0..8 {
-            let state = issuance_state(&node);
-            let wanted =
-                state == State::Rotate as i32 || (scheduled && swarmca_core::policy::is_final_state(state));
-            if !wanted {
-                return None;
-            }
-            // A demoted manager's node asks for a worker certificate: not for this listener.
-            if node.role != swarmca_core::role::Role::Manager.to_proto() {
-                warn!("this manager's node is no longer a manager; its certificate is not renewed");
-                return None;
-            }
-            node.certificate = Some(swarmca_core::policy::renew_request(&node, csr.clone()));
-            match self.store.commit(vec![Op::UpdateNode(node.clone())]).await {
-                Ok(_) => return Some(Renewal { csr, key_pem: Zeroizing::new(key_pem.clone()) }),
-                Err(StoreError::SequenceConflict) => match self.store.get_node(&self.node_id).await {
-                    Ok(Some(n)) => node = n,
-                    _ => return None,
-                },
-                Err(e) => {
-                    warn!(error = %e, "cannot request this manager's renewal");
-                    return None;
+            match self.request(node, Over::Rotate).await {
+                Asked::Yes(r) => *renewal = Some(r),
+                Asked::NotWanted => {}
+                // Not written (the store did not answer): asked again soon, not only when the
+                // node changes next.
+                Asked::Failed => {
+                    *schedule = Some(Schedule {
+                        at: self.server.inner.deps.clock.now() + RETRY_ROTATION,
+                        why: Why::Rotation,
+                    })
                 }
             }
         }
-        None
+    }
+
+    /// Writes RENEW with a new CSR onto this manager's node, over the states `over` allows.
+    async fn request(&self, mut node: Node, over: Over) -> Asked {
+        let Ok((csr, key_pem)) = crate::bootstrap::new_key_and_csr() else { return Asked::Failed };
+        for _ in 0..8 {
+            let state = issuance_state(&node);
+            let wanted = match over {
+                Over::Rotate => state == State::Rotate as i32,
+                Over::Final => swarmca_core::policy::is_final_state(state),
+                Over::Any => true,
+            };
+            // A demoted manager's node asks for a worker certificate: not for this listener.
+            if !wanted || !is_manager(&node) {
+                return Asked::NotWanted;
+            }
+            node.certificate = Some(swarmca_core::policy::renew_request(&node, csr.clone()));
+            match self.store.commit(vec![Op::UpdateNode(node.clone())]).await {
+                Ok(_) => {
+                    return Asked::Yes(Renewal {
+                        csr,
+                        key_pem: Zeroizing::new(key_pem.clone()),
+                        seen: false,
+                        asked: self.server.inner.deps.clock.now(),
+                    })
+                }
+                Err(StoreError::SequenceConflict) => match self.store.get_node(&self.node_id).await {
+                    Ok(Some(n)) => node = n,
+                    _ => return Asked::Failed,
+                },
+                Err(e) => {
+                    warn!(error = %e, "cannot request this manager's renewal");
+                    return Asked::Failed;
+                }
+            }
+        }
+        Asked::Failed
     }
 
     /// Checks and installs a newly issued certificate: files, listener, external CA client,
-    /// and the node's TLS info.
-    async fn install(&self, cert_pem: &[u8], key_pem: &[u8]) {
+    /// and the node's TLS info. Whether the listener serves it now.
+    async fn install(&self, cert_pem: &[u8], key_pem: &[u8]) -> bool {
         let chain = certs_der(cert_pem);
-        let Some(trust) = self.server.trust_roots() else { return };
+        let Some(trust) = self.server.trust_roots() else { return false };
         if let Err(e) = trust.verify_peer(&chain, self.server.inner.deps.clock.now()) {
-            return error!(error = %e, "this manager's new certificate does not verify; keeping the old one");
+            error!(error = %e, "this manager's new certificate does not verify; keeping the old one");
+            return false;
         }
         if let Err(e) = self.tls.set_identity(cert_pem, key_pem) {
-            return error!(error = %e.0, "this manager's new certificate is unusable; keeping the old one");
+            error!(error = %e.0, "this manager's new certificate is unusable; keeping the old one");
+            return false;
         }
         let written = {
             let mut kf = self.key_file.lock().unwrap_or_else(|e| e.into_inner());
-            let w = self.write_identity(&kf.data_key, cert_pem, key_pem);
-            if w.is_ok() {
-                kf.key_pem = Zeroizing::new(key_pem.to_vec());
-            }
-            w
+            kf.cert_pem = cert_pem.to_vec();
+            kf.key_pem = Zeroizing::new(key_pem.to_vec());
+            self.write_identity(&kf.data_key, cert_pem, key_pem)
         };
         if let Err(e) = written {
             warn!(error = %e.0, "cannot write this manager's new certificate files");
@@ -377,22 +470,32 @@ impl SelfCert {
         info!("this manager now serves its renewed certificate");
         let mut candidates: Vec<Vec<u8>> = trust.roots_der().to_vec();
         candidates.extend(chain.iter().skip(1).cloned());
-        let Some((subject, spki)) = leaf_issuer(&chain, &candidates) else { return };
+        let Some((subject, spki)) = leaf_issuer(&chain, &candidates) else { return true };
         let info = NodeTlsInfo {
             trust_root: Vec::new(),
             cert_issuer_subject: subject,
             cert_issuer_public_key: spki,
         };
         for _ in 0..8 {
-            let Ok(Some(mut n)) = self.store.get_node(&self.node_id).await else { return };
+            let Ok(Some(mut n)) = self.store.get_node(&self.node_id).await else { return true };
             n.description.get_or_insert_with(Default::default).tls_info = Some(info.clone());
             match self.store.commit(vec![Op::UpdateNode(n)]).await {
                 Err(StoreError::SequenceConflict) => tokio::time::sleep(Duration::from_millis(10)).await,
-                Err(e) => return warn!(error = %e, "cannot record this manager's certificate issuer"),
-                Ok(_) => return,
+                Err(e) => {
+                    warn!(error = %e, "cannot record this manager's certificate issuer");
+                    return true;
+                }
+                Ok(_) => return true,
             }
         }
+        true
     }
+}
+
+/// Whether `node` is a manager's, meant to stay one.
+fn is_manager(node: &Node) -> bool {
+    let manager = swarmca_core::role::Role::Manager.to_proto();
+    node.role == manager && node.spec.as_ref().is_some_and(|s| s.desired_role == manager)
 }
 
 /// NotBefore and NotAfter (seconds since the epoch) of the first certificate of `pem`.

@@ -418,6 +418,7 @@ pub async fn serve(
             node_id: id.node_id.clone(),
             files: Arc::new(swarmca_server::selfcert::CertsDir(certs.clone())),
             key_file: std::sync::Mutex::new(KeyFile {
+                cert_pem: id.cert_pem.clone(),
                 key_pem: id.key_pem.clone(),
                 data_key: id.data_key.clone(),
             }),

@@ -566,3 +566,19 @@ async fn a_manager_the_external_ca_does_not_sign_for_gets_its_certificate_throug
         }
     }
 }
+
+#[tokio::test]
+async fn a_key_file_written_without_its_certificate_costs_the_certificate_not_the_node_id() {
+    let store = Arc::new(MemStore::new());
+    let now = SystemTime::now();
+    let first = start(&store, now, None).await.unwrap();
+    // A renewal wrote its new key file, and the process died before the certificate file.
+    let (_, other_key) = new_key_and_csr().unwrap();
+    let file =
+        seal_own_key(&first.data_key, &first.cluster_id, &other_key, &shared_entropy(OsEntropy)).unwrap();
+    let again = start(&store, now, Some((first.cert_pem.clone(), file))).await.unwrap();
+    assert!(again.issued, "a new key and certificate");
+    assert_eq!(again.node_id, first.node_id);
+    assert!(key_matches_cert(&again.cert_pem, &again.key_pem));
+    assert!(!key_matches_cert(&first.cert_pem, &other_key));
+}
