@@ -214,11 +214,7 @@ impl Incarnation {
         };
         // Its own certificate, renewed as it ages and when a root rotation asks (what `serve`
         // runs beside the manager); the "disk" keeps what it writes.
-        let mut trust = id.root.ca_cert.clone();
-        if let Some(r) = &id.root.root_rotation {
-            trust.push(b'\n');
-            trust.extend_from_slice(&r.ca_cert);
-        }
+        let trust = swarmca_server::trust_pem(&id.root);
         let tls = match swarmca_server::listener::DynamicTls::new(&id.cert_pem, &id.key_pem, &trust) {
             Ok(t) => t,
             Err(e) => {

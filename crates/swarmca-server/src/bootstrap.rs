@@ -346,7 +346,8 @@ impl Bootstrap<'_> {
                 let client = own_files.as_ref().filter(|(_, k)| !k.is_empty());
                 let client = client.map(|(c, k)| (c.as_slice(), k.as_slice()));
                 let through_leader =
-                    !filter_external_ca_urls(signing_root(&root), &root.ca_cert, &external).is_empty();
+                    !filter_external_ca_urls(crate::issuers::signing_root(&root), &root.ca_cert, &external)
+                        .is_empty();
                 let own = match self.issue(&root, &external, expiry, &node_id, &cluster.id, client).await {
                     Ok(own) => {
                         self.store_own_node(&cluster.id, &node_id, own.csr.clone(), &own.cert).await?;
@@ -597,7 +598,7 @@ impl Bootstrap<'_> {
             .map_err(|e| refused(format!("cannot make a key and certificate request: {e}")))?;
         // During a root rotation, as the leader's signer does: the rotation target's key, or
         // the external CAs listed for the target, with the cross-signed target appended.
-        let urls = filter_external_ca_urls(signing_root(root), &root.ca_cert, external);
+        let urls = filter_external_ca_urls(crate::issuers::signing_root(root), &root.ca_cert, external);
         let cert = if !urls.is_empty() {
             let mut roots = certs_der(&root.ca_cert);
             if let Some(r) = &root.root_rotation {
@@ -746,36 +747,23 @@ struct OwnCert {
 
 /// The node of a manager holding `cert`, issued for `csr`.
 fn manager_node(node_id: &str, csr: Vec<u8>, cert: Vec<u8>) -> Node {
-    let mut node = Node {
-        id: node_id.to_string(),
-        role: Role::Manager.to_proto(),
-        spec: Some(NodeSpec {
-            desired_role: Role::Manager.to_proto(),
-            membership: Membership::Accepted as i32,
-            ..Default::default()
-        }),
-        certificate: Some(Certificate {
-            role: Role::Manager.to_proto(),
-            csr,
-            status: Some(IssuanceStatus { state: State::Issued as i32, err: String::new() }),
-            certificate: cert,
-            cn: node_id.to_string(),
-        }),
-        ..Default::default()
-    };
-    let issued = node.certificate.as_ref().map(|c| c.certificate.clone()).unwrap_or_default();
+    let mut node = manager_node_in(node_id, csr, State::Issued);
+    let issued = cert.clone();
+    if let Some(c) = node.certificate.as_mut() {
+        c.certificate = cert;
+    }
     swarmca_core::policy::note_issued(&mut node, &issued);
     node
-}
-
-/// The root new certificates are issued from: the rotation target during a root rotation.
-fn signing_root(root: &ApiRootCa) -> &[u8] {
-    root.root_rotation.as_ref().map_or(&root.ca_cert, |r| &r.ca_cert)
 }
 
 /// The node of a new manager asking for its certificate: what a join with the manager token
 /// writes (PENDING, accepted, the node ID as CN).
 fn pending_manager_node(node_id: &str, csr: &[u8]) -> Node {
+    manager_node_in(node_id, csr.to_vec(), State::Pending)
+}
+
+/// An accepted manager node whose certificate for `csr` is in `state`, with no bytes yet.
+fn manager_node_in(node_id: &str, csr: Vec<u8>, state: State) -> Node {
     Node {
         id: node_id.to_string(),
         role: Role::Manager.to_proto(),
@@ -786,8 +774,8 @@ fn pending_manager_node(node_id: &str, csr: &[u8]) -> Node {
         }),
         certificate: Some(Certificate {
             role: Role::Manager.to_proto(),
-            csr: csr.to_vec(),
-            status: Some(IssuanceStatus { state: State::Pending as i32, err: String::new() }),
+            csr,
+            status: Some(IssuanceStatus { state: state as i32, err: String::new() }),
             certificate: Vec::new(),
             cn: node_id.to_string(),
         }),

@@ -14,11 +14,27 @@ pub struct IssuerId {
     pub public_key: Vec<u8>,
 }
 
+/// The root new certificates are issued from: the rotation target during a rotation, else the
+/// current root.
+pub fn signing_root(root: &ApiRootCa) -> &[u8] {
+    root.root_rotation.as_ref().map_or(&root.ca_cert, |r| &r.ca_cert)
+}
+
+/// What this manager's listener verifies clients against: the cluster root, and the rotation
+/// target during a rotation.
+pub fn trust_pem(root: &ApiRootCa) -> Vec<u8> {
+    let mut pem = root.ca_cert.clone();
+    if let Some(r) = &root.root_rotation {
+        pem.push(b'\n');
+        pem.extend_from_slice(&r.ca_cert);
+    }
+    pem
+}
+
 /// The issuer nodes must report for `root`: the rotation target during a rotation, else the
 /// current root (first certificate of the bundle).
 pub fn desired_issuer(root: &ApiRootCa) -> Option<IssuerId> {
-    let pem = root.root_rotation.as_ref().map_or(&root.ca_cert, |r| &r.ca_cert);
-    let (subject, public_key) = issuer_info_of_cert_pem(pem).ok()?;
+    let (subject, public_key) = issuer_info_of_cert_pem(signing_root(root)).ok()?;
     Some(IssuerId { subject, public_key })
 }
 

@@ -31,6 +31,7 @@ pub mod error;
 pub mod external;
 pub mod files;
 mod issuers;
+pub use issuers::trust_pem;
 pub mod launch;
 pub mod leadership;
 pub mod listener;

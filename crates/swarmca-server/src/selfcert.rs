@@ -143,18 +143,6 @@ enum Asked {
     Failed,
 }
 
-/// The roots client certificates are verified against: the cluster root, and the new root
-/// during a rotation.
-fn trust_pem(c: &Cluster) -> Vec<u8> {
-    let root = c.root_ca.clone().unwrap_or_default();
-    let mut pem = root.ca_cert;
-    if let Some(r) = root.root_rotation {
-        pem.push(b'\n');
-        pem.extend_from_slice(&r.ca_cert);
-    }
-    pem
-}
-
 impl SelfCert {
     /// Runs until `stop` resolves. Failures are logged; the listener keeps its credentials. A
     /// watch that closes (a store reconnect, an event that does not open) is followed again
@@ -250,7 +238,7 @@ impl SelfCert {
     }
 
     fn on_cluster(&self, c: &Cluster, trust: &mut Vec<u8>, root_file: &mut Vec<u8>) {
-        let t = trust_pem(c);
+        let t = crate::issuers::trust_pem(&c.root_ca.clone().unwrap_or_default());
         if t != *trust {
             match self.tls.set_roots(&t) {
                 Ok(()) => {

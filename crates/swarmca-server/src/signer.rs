@@ -108,7 +108,7 @@ impl SignerState {
         let expiry = cluster_cert_expiry(cluster);
         let external_cas = swarmca_core::cluster::external_cas(cluster);
         // The root external CAs must sign for: the rotation target during a rotation.
-        let desired_cert = api.root_rotation.as_ref().map_or(&api.ca_cert, |r| &r.ca_cert);
+        let desired_cert = crate::issuers::signing_root(&api);
         let signer = self;
         let changed = !api.ca_cert.is_empty()
             && (signer.last_seen_expiry != Some(expiry)

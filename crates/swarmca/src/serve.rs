@@ -403,12 +403,7 @@ pub async fn serve(
     );
 
     gate.open(control);
-    let mut trust = id.root.ca_cert.clone();
-    if let Some(r) = &id.root.root_rotation {
-        trust.push(b'\n');
-        trust.extend_from_slice(&r.ca_cert);
-    }
-    let tls = DynamicTls::new(&id.cert_pem, &id.key_pem, &trust)?;
+    let tls = DynamicTls::new(&id.cert_pem, &id.key_pem, &swarmca_server::trust_pem(&id.root))?;
     let selfcert = tokio::spawn(
         SelfCert {
             store: store.clone(),

@@ -110,14 +110,14 @@ mod starting {
     }
 
     /// A manager's start on `store` with `keys`, unlock keys from `attempts`, until `stop`.
-    async fn start(
-        store: &Arc<MemStore>,
+    async fn start<S: Store>(
+        store: &Arc<S>,
         keys: &mut Keys,
         attempts: &mut tokio::sync::mpsc::Receiver<UnlockAttempt>,
         stop: impl std::future::Future<Output = ()>,
         locked: impl FnOnce(),
     ) -> Result<crate::bootstrap::Identity, NotStarted> {
-        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(store.clone()));
+        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(store.clone() as Arc<dyn Store>));
         Unlocking {
             store: &**store,
             election: &election,
@@ -352,20 +352,9 @@ mod starting {
             unlock: None,
             ..Default::default()
         };
-        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(store.clone()));
         // The cluster's creation is applied, its answer lost; the retry finds the cluster, and
         // the node the lost commit made is this manager's, not an orphan beside a new one.
-        let id = Unlocking {
-            store: &*store,
-            election: &election,
-            clock: &SystemClock,
-            entropy: &entropy,
-            keys: &mut keys,
-            attempts: &mut attempts,
-        }
-        .start(&NewCluster::default(), None, std::future::pending(), || {}, || {})
-        .await
-        .unwrap();
+        let id = start(&store, &mut keys, &mut attempts, std::future::pending(), || {}).await.unwrap();
         assert!(!id.created, "the second attempt found the cluster the first one made");
         let nodes = mem.view(swarmca_store::WatchFilter::All).await.unwrap().nodes;
         assert_eq!(nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), [id.node_id.as_str()]);
@@ -380,7 +369,6 @@ mod starting {
         let store = Arc::new(Flaky { inner: mem.clone(), down: true.into(), lose: false.into() });
         let (tx, mut attempts) = tokio::sync::mpsc::channel(1);
         let mut keys = Keys { seal: Some(seal), unlock: None, ..Default::default() };
-        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(mem.clone()));
         let s = store.clone();
         let giver = tokio::spawn(async move {
             // A wrong key while the store is unreachable: "not now", kept.
@@ -405,17 +393,7 @@ mod starting {
             }
             t0.elapsed()
         });
-        Unlocking {
-            store: &*store,
-            election: &election,
-            clock: &SystemClock,
-            entropy: &entropy,
-            keys: &mut keys,
-            attempts: &mut attempts,
-        }
-        .start(&NewCluster::default(), None, std::future::pending(), || {}, || {})
-        .await
-        .unwrap();
+        start(&store, &mut keys, &mut attempts, std::future::pending(), || {}).await.unwrap();
         let waited = giver.await.unwrap();
         assert!(
             waited >= std::time::Duration::from_millis(2900),
@@ -467,18 +445,9 @@ mod starting {
         });
         let (_tx, mut attempts) = tokio::sync::mpsc::channel(1);
         let mut keys = Keys { seal: Some(seal), unlock: None, ..Default::default() };
-        let election = Solo::new(store.clone());
-        let id = Unlocking {
-            store: &*store,
-            election: &election,
-            clock: &SystemClock,
-            entropy: &entropy,
-            keys: &mut keys,
-            attempts: &mut attempts,
-        }
-        .start(&NewCluster::default(), None, std::future::pending(), || {}, || {})
-        .await
-        .expect("a start with no certificate is not refused for a node it never got to use");
+        let id = start(&store, &mut keys, &mut attempts, std::future::pending(), || {})
+            .await
+            .expect("a start with no certificate is not refused for a node it never got to use");
         let removed = operator.await.unwrap();
         assert_ne!(id.node_id, removed, "it joined under another node ID");
         assert!(mem.get_node(&id.node_id).await.unwrap().is_some());
@@ -493,7 +462,6 @@ mod starting {
         let store = Arc::new(Flaky { inner: mem.clone(), down: true.into(), lose: false.into() });
         let (tx, mut attempts) = tokio::sync::mpsc::channel(1);
         let mut keys = Keys { seal: Some(seal), unlock: None, ..Default::default() };
-        let (entropy, election) = (shared_entropy(OsEntropy), Solo::new(mem.clone()));
         let s = store.clone();
         let giver = tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -507,17 +475,7 @@ mod starting {
             s.down.store(false, Ordering::SeqCst);
             second
         });
-        let id = Unlocking {
-            store: &*store,
-            election: &election,
-            clock: &SystemClock,
-            entropy: &entropy,
-            keys: &mut keys,
-            attempts: &mut attempts,
-        }
-        .start(&NewCluster::default(), None, std::future::pending(), || {}, || {})
-        .await
-        .unwrap();
+        let id = start(&store, &mut keys, &mut attempts, std::future::pending(), || {}).await.unwrap();
         match giver.await.unwrap() {
             Err(Refusal::NotNow(m)) => assert!(m.contains("already starting with an unlock key"), "{m}"),
             other => panic!("expected 'not now', got {other:?}"),
