@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use swarmca_core::entropy::{Entropy, EntropyError};
-use swarmca_core::rootca::{digest, generate_root, GeneratedRoot};
+use swarmca_core::rootca::{digest, generate_root, GeneratedRoot, RootCa, DEFAULT_NODE_CERT_EXPIRY};
 use swarmca_core::token::format_join_token;
 use swarmca_store::{BoxFuture, MemStore, Op, Snapshot, Store, StoreError, Watch, WatchFilter};
 use swarmca_types::issuance_status::State;
@@ -53,10 +53,14 @@ impl Entropy for SeededEntropy {
     }
 }
 
-/// What is made once per process: key generation is the slow part of a run. Keys come from
-/// *ring*'s OS randomness, so bytes differ between processes; no property depends on them.
+/// What is made once per process: key generation and parsing the root are the slow part of a
+/// run. Keys come from *ring*'s OS randomness, so bytes differ between processes; no property
+/// depends on them.
 pub(crate) struct Material {
     pub(crate) root: GeneratedRoot,
+    /// The root parsed and checked once, handed to every server so that a server's start
+    /// reuses it (as a restarted manager reuses the root it loaded) instead of parsing it again.
+    pub(crate) root_ca: RootCa,
     /// CSR PEMs: indexes 0..=2 are P-256, 3 is P-384 (all signable), 4 is Ed25519 (refused:
     /// FAILED), 5 is not a CSR at all (FAILED).
     pub(crate) csrs: Vec<Vec<u8>>,
@@ -88,7 +92,16 @@ pub(crate) fn material() -> &'static Material {
             csrs.push(csr.into_bytes());
         }
         csrs.push(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".to_vec());
-        Material { root, csrs }
+        let root_ca = RootCa::new(
+            &root.cert_pem,
+            &root.cert_pem,
+            &root.key_pem,
+            DEFAULT_NODE_CERT_EXPIRY,
+            b"",
+            fixed_now(),
+        )
+        .unwrap_or_else(|e| setup_failed("root CA", e));
+        Material { root, root_ca, csrs }
     })
 }
 
@@ -259,17 +272,43 @@ pub(crate) fn state_of(n: &Node) -> Option<State> {
 
 /// (SPKI DER, serial hex, CN) of the first certificate of a PEM bundle.
 pub(crate) fn cert_facts(pem: &[u8]) -> Option<(Vec<u8>, String, String)> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
-    let (_, c) = X509Certificate::from_der(&p.contents).ok()?;
-    let cn = c.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    Some((c.public_key().raw.to_vec(), hex_of(c.raw_serial()), cn))
+    static SEEN: Memo<Option<(Vec<u8>, String, String)>> = OnceLock::new();
+    memo(&SEEN, pem, |pem| {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+        let (_, c) = X509Certificate::from_der(&p.contents).ok()?;
+        let cn = c.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+        Some((c.public_key().raw.to_vec(), hex_of(c.raw_serial()), cn))
+    })
 }
 
 /// The SPKI DER of a PEM CSR.
 pub(crate) fn csr_key(pem: &[u8]) -> Option<Vec<u8>> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
-    let (_, c) = X509CertificationRequest::from_der(&p.contents).ok()?;
-    Some(c.certification_request_info.subject_pki.raw.to_vec())
+    static SEEN: Memo<Option<Vec<u8>>> = OnceLock::new();
+    memo(&SEEN, pem, |pem| {
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+        let (_, c) = X509CertificationRequest::from_der(&p.contents).ok()?;
+        Some(c.certification_request_info.subject_pki.raw.to_vec())
+    })
+}
+
+/// `f(input)`, remembered per process: the checks after every step read the same certificates
+/// and CSRs again and again, and parsing them was a large share of a run. The value is a pure
+/// function of the bytes, so remembering it changes no verdict; the table is emptied when it
+/// grows past a bound.
+type Memo<T> = OnceLock<Mutex<std::collections::HashMap<Vec<u8>, T>>>;
+
+fn memo<T: Clone>(table: &Memo<T>, input: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+    let table = table.get_or_init(Mutex::default);
+    if let Some(v) = table.lock().unwrap_or_else(|e| e.into_inner()).get(input) {
+        return v.clone();
+    }
+    let v = f(input);
+    let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+    if t.len() >= 4096 {
+        t.clear();
+    }
+    t.insert(input.to_vec(), v.clone());
+    v
 }
 
 /// The DER of every certificate of a PEM bundle.
@@ -353,20 +392,83 @@ pub(crate) fn new_server(store: &CheckedStore, peers: &SetPeers, seed: u64) -> C
         entropy: shared_entropy(SeededEntropy(seed)),
         peers: Arc::new(peers.clone()),
     };
-    CaServer::new(cfg, deps, None)
+    CaServer::new(cfg, deps, Some(material().root_ca.clone()))
 }
 
-/// A current-thread runtime with a timer (the signing loop's retry ticker needs one).
-pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap_or_else(|e| setup_failed("tokio runtime", e))
+/// The current-thread runtime (with a timer: the signing loop's retry ticker needs one) every
+/// input of this process runs on: built once, as building and dropping one per input cost more
+/// than most inputs. An input's tasks end with it (its servers stop, or are aborted).
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap_or_else(|e| setup_failed("tokio runtime", e))
+    })
 }
 
-/// Lets spawned tasks (signing jobs, run loops) make progress.
+/// Runs one input's future to its end on [`runtime`], as a task: a task that yields goes to the
+/// back of the run queue, while the future `block_on` polls itself would make the runtime poll
+/// its drivers at every yield. A panic (a finding) is passed on as it was.
+pub(crate) fn run_input<F>(input: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let rt = runtime();
+    match rt.block_on(rt.spawn(input)) {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("an input's task was cancelled: {e}"),
+    }
+}
+
+/// Stops `server` and waits for its run to end, so that none of its tasks outlives the input on
+/// the shared runtime; a server that does not stop is a finding.
+pub(crate) async fn end_server(
+    server: &CaServer,
+    run: tokio::task::JoinHandle<Result<(), swarmca_server::ServerError>>,
+) {
+    if server.is_running() {
+        match tokio::time::timeout(LIFECYCLE_BOUND, server.stop()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("stopping a server: {e}"),
+            Err(_) => panic!("a server did not stop"),
+        }
+    }
+    match tokio::time::timeout(LIFECYCLE_BOUND, run).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => panic!("a server's run task failed: {e}"),
+        Err(_) => panic!("a stopped server's run did not return"),
+    }
+}
+
+/// Bound on a server becoming ready or stopping (real time; normally microseconds).
+pub(crate) const LIFECYCLE_BOUND: Duration = Duration::from_secs(10);
+
+/// Lets spawned tasks (signing jobs, run loops) make progress: `n` times, this task goes to the
+/// back of the run queue, behind every task that is ready. Unlike `tokio::task::yield_now`,
+/// which defers the task until the runtime has polled its timer and IO drivers, this costs one
+/// scheduler tick (the drivers are still polled every few dozen ticks).
 pub(crate) async fn yield_times(n: usize) {
     for _ in 0..n {
-        tokio::task::yield_now().await;
+        Requeue(false).await;
+    }
+}
+
+/// Pending once, waking itself at once: back of the queue.
+struct Requeue(bool);
+
+impl std::future::Future for Requeue {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }

@@ -21,8 +21,9 @@ use tokio::task::JoinHandle;
 use tonic::Code;
 
 use super::harness::{
-    cert_facts, chain_der, csr, csr_key, initial_cluster, material, new_server, ready_now, runtime, state_of,
-    yield_times, CheckedStore, Interference, SeededEntropy, SetPeers, SyncReads, CLUSTER_ID,
+    cert_facts, chain_der, csr, csr_key, initial_cluster, material, new_server, ready_now, run_input,
+    state_of, yield_times, CheckedStore, Interference, SeededEntropy, SetPeers, SyncReads, CLUSTER_ID,
+    LIFECYCLE_BOUND,
 };
 use swarmca_server::CaServer;
 use swarmca_server::Control;
@@ -34,8 +35,6 @@ const MAX_STEPS: usize = 48;
 const PROPAGATION_YIELDS: usize = 256;
 /// Yields allowed for the signing loop to drain at the end.
 const SETTLE_YIELDS: usize = 4096;
-/// Bound on a server becoming ready or stopping (real time; normally microseconds).
-const LIFECYCLE_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Arbitrary, Debug)]
 enum Step {
@@ -121,7 +120,7 @@ pub(crate) fn run(data: &[u8]) -> Reached {
             Err(_) => break,
         }
     }
-    runtime().block_on(play(seed, steps))
+    run_input(play(seed, steps))
 }
 
 async fn play(seed: u64, steps: Vec<Step>) -> Reached {
@@ -159,15 +158,18 @@ async fn play(seed: u64, steps: Vec<Step>) -> Reached {
         }
     }
     w.check();
+    // Every server stops and every run returns, so nothing of this input outlives it.
+    for i in 0..w.servers.len() {
+        if w.servers.get(i).is_some_and(CaServer::is_running) {
+            w.stop(i).await;
+        }
+    }
     for r in w.runs.drain(..) {
-        if r.is_finished() {
-            if let Err(e) = r.await {
-                if e.is_panic() {
-                    std::panic::resume_unwind(e.into_panic());
-                }
-            }
-        } else {
-            r.abort();
+        match tokio::time::timeout(LIFECYCLE_BOUND, r).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Err(e)) => panic!("a server's run task failed: {e}"),
+            Err(_) => panic!("a stopped server's run did not return"),
         }
     }
     let rec = w.store.record();

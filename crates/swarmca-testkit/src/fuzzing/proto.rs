@@ -20,8 +20,8 @@ use swarmca_types::{
 use tonic::{Code, Request, Status};
 
 use super::harness::{
-    initial_cluster, material, new_server, runtime, yield_times, CheckedStore, SeededEntropy, SetPeers,
-    SyncReads, CLUSTER_ID,
+    end_server, initial_cluster, material, new_server, run_input, yield_times, CheckedStore, SeededEntropy,
+    SetPeers, SyncReads, CLUSTER_ID,
 };
 use swarmca_server::CaServer;
 use swarmca_server::Control;
@@ -46,7 +46,31 @@ fn decode<M: Message + Default + PartialEq + std::fmt::Debug>(bytes: &[u8]) -> O
 /// Runs one input.
 pub fn proto_requests(data: &[u8]) {
     let Some((&selector, body)) = data.split_first() else { return };
-    runtime().block_on(handle(selector % 14, body));
+    let selector = selector % 14;
+    // Most inputs do not decode: those are done (the round trip checked) before any server
+    // is set up.
+    if !decodes(selector, body) {
+        return;
+    }
+    let body = body.to_vec();
+    run_input(async move { handle(selector, &body).await });
+}
+
+/// Whether `body` decodes as the request `selector` picks (checking the round trip).
+fn decodes(selector: u8, body: &[u8]) -> bool {
+    match selector {
+        0 => decode::<IssueNodeCertificateRequest>(body).is_some(),
+        1 => decode::<NodeCertificateStatusRequest>(body).is_some(),
+        2 => decode::<GetRootCaCertificateRequest>(body).is_some(),
+        3 => decode::<GetUnlockKeyRequest>(body).is_some(),
+        4 => decode::<admin::JoinTokenRequest>(body).is_some(),
+        5 => decode::<admin::ListNodesRequest>(body).is_some(),
+        6..=9 => decode::<admin::NodeRequest>(body).is_some(),
+        10 => decode::<admin::RemoveNodeRequest>(body).is_some(),
+        11 => decode::<admin::ClusterInfoRequest>(body).is_some(),
+        12 => decode::<admin::UpdateClusterRequest>(body).is_some(),
+        _ => decode::<admin::UnlockKeyRequest>(body).is_some(),
+    }
 }
 
 fn node(id: &str, state: State, role: i32) -> Node {
@@ -65,10 +89,16 @@ fn node(id: &str, state: State, role: i32) -> Node {
     }
 }
 
+/// The cluster every input starts from (the same each time: made once).
+fn the_cluster() -> &'static swarmca_types::Cluster {
+    static C: std::sync::OnceLock<swarmca_types::Cluster> = std::sync::OnceLock::new();
+    C.get_or_init(|| initial_cluster(&mut SeededEntropy(1)))
+}
+
 async fn handle(selector: u8, body: &[u8]) {
     let _ = material();
     let store = CheckedStore::default();
-    let cluster = initial_cluster(&mut SeededEntropy(1));
+    let cluster = the_cluster().clone();
     let tokens = cluster.root_ca.clone().and_then(|r| r.join_tokens).unwrap_or_default();
     let setup = store.inner.commit_sync(vec![
         Op::CreateCluster(cluster),
@@ -88,7 +118,7 @@ async fn handle(selector: u8, body: &[u8]) {
     // rebuilds its signer view); it must keep running.
     yield_times(8).await;
     assert!(!run.is_finished(), "the follower loop ended after the request");
-    run.abort();
+    end_server(&server, run).await;
 }
 
 async fn dispatch(
