@@ -56,6 +56,8 @@ pub const REQUIRED: &[&str] = &[
     "rotation.batch_marked",
     "rotation.node_followed",
     "rotation.bundle_picked_up",
+    "renew.on_schedule",
+    "cert.cut_to_issuer_end",
 ];
 
 /// Hit counters of one run (or of a sweep, once merged).

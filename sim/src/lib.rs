@@ -8,7 +8,8 @@
 //! leases that decide who leads, [`workload`] the clients, [`admin`] the
 //! operator racing issuance, [`nemesis`] the faults; [`store`] wraps the store with injected
 //! conflicts and errors; [`mirror`] follows every store write into the [`log`] and the
-//! [`checkers`]; [`run`] is one seed: safety phase, heal, liveness phase, verdict.
+//! [`checkers`]; [`run`] is one seed: safety phase, heal, liveness phase, verdict; [`shrink`]
+//! cuts a failing seed down to a small scenario that still fails.
 
 #![cfg_attr(not(madsim), allow(unused))]
 // A test harness: a broken setup or an out-of-range pick is a harness bug and may panic.
@@ -40,6 +41,7 @@ pub mod prober;
 pub mod run;
 #[cfg(madsim)]
 pub mod shared;
+pub mod shrink;
 #[cfg(madsim)]
 pub mod store;
 #[cfg(madsim)]

@@ -17,7 +17,7 @@ use madsim::rand::{thread_rng, Rng};
 use madsim::task::NodeId;
 
 use crate::election::LEASE;
-use crate::shared::Shared;
+use crate::shared::{lock, Shared};
 use crate::store::Link;
 use crate::workload::exp_delay;
 use crate::world::{Health, World};
@@ -69,33 +69,50 @@ fn enabled(shared: &Shared, ext: bool) -> Vec<Fault> {
     v
 }
 
-/// Runs faults until healing starts.
+/// Runs faults until healing starts: at random (a delay drawn with mean `fault_interval`, then
+/// a kind among those the seed enables), or from an explicit schedule. Either way every fault
+/// injected is noted with the time it was due ([`Shared::faults`]), so that a seed's schedule
+/// can be replayed, cut down and replayed again (`swarmca-sim --shrink`).
+///
+/// A schedule makes the random draws the random nemesis makes (a delay before each fault, a
+/// kind at each, one more delay after the last) and ignores their values: given the schedule
+/// the random nemesis produced, the run is that seed's run, event for event. With faults left
+/// out, the rest of the run draws differently, as any other scenario.
 pub async fn run(world: Arc<World>, clients: Vec<NodeId>, ext: Option<ExtCa>) {
     let shared = world.shared.clone();
+    let faults = enabled(&shared, ext.is_some());
+    let kind_draw = |n: usize| if n > 0 { thread_rng().gen_range(0..n) } else { 0 };
     if let Some(schedule) = shared.opts.schedule.clone() {
+        if schedule.is_empty() {
+            return;
+        }
         for (at, f) in schedule {
+            let _ = exp_delay(shared.opts.fault_interval);
             let now = madsim::time::TimeHandle::current().elapsed();
-            let at = Duration::from_secs(at);
             if at > now {
                 madsim::time::sleep(at - now).await;
             }
             if shared.healing() {
-                break;
+                return;
             }
+            let _ = kind_draw(faults.len());
+            lock(&shared.faults).push((at, f));
             apply(&world, &clients, ext.as_ref(), f).await;
         }
+        madsim::time::sleep(exp_delay(shared.opts.fault_interval)).await;
         return;
     }
-    let faults = enabled(&shared, ext.is_some());
     if faults.is_empty() {
         return;
     }
     while !shared.healing() {
-        madsim::time::sleep(exp_delay(shared.opts.fault_interval)).await;
+        let at = madsim::time::TimeHandle::current().elapsed() + exp_delay(shared.opts.fault_interval);
+        madsim::time::sleep(at - madsim::time::TimeHandle::current().elapsed()).await;
         if shared.healing() {
             break;
         }
-        let f = faults[thread_rng().gen_range(0..faults.len())];
+        let f = faults[kind_draw(faults.len())];
+        lock(&shared.faults).push((at, f));
         apply(&world, &clients, ext.as_ref(), f).await;
     }
 }

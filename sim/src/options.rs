@@ -162,9 +162,11 @@ pub struct SimOptions {
     /// The external CA fails some CSRs recoverably, forever (HTTP 503 for ~6% of CSRs): other
     /// nodes must still be signed.
     pub extca_poison: bool,
-    /// An explicit fault schedule (second of the safety phase, fault) replacing the random
-    /// nemesis: a scenario as data, as proptest generates and shrinks it.
-    pub schedule: Option<Vec<(u64, FaultKind)>>,
+    /// An explicit fault schedule (time into the run, fault) replacing the random nemesis: a
+    /// scenario as data, as proptest generates and shrinks it, and as `--shrink` prints it. A
+    /// seed's own schedule (what its random nemesis injected, [`crate::run::Report::faults`])
+    /// replays that seed exactly: the schedule makes the same random draws the nemesis made.
+    pub schedule: Option<Vec<(Duration, FaultKind)>>,
     /// The admin actor rotates the root CA (start, restart towards another root, abort); a
     /// rotation in progress at heal must complete in the liveness phase.
     pub root_rotation: bool,
@@ -177,6 +179,10 @@ pub struct SimOptions {
     pub time: bool,
     /// The node certificate validity the cluster is created with (None: the default, 90 days).
     pub node_cert_expiry: Option<Duration>,
+    /// How long the cluster's first root has left when the run starts (None: its full 20
+    /// years). A root with weeks left is shorter than a 90-day leaf: what is signed under it
+    /// must end with it (I2), until a rotation brings a new root.
+    pub root_life: Option<Duration>,
 }
 
 impl SimOptions {
@@ -219,9 +225,20 @@ impl SimOptions {
             scale: false,
             time: false,
             node_cert_expiry: None,
+            root_life: None,
         }
         .with_scale(&mut r)
         .with_time(&mut r)
+        .with_root_life(&mut r)
+    }
+
+    /// Three seeds in ten start from a root with 7–60 days left, less than a default leaf's 90:
+    /// drawn after every other option, which stay what they were.
+    fn with_root_life(mut self, r: &mut SplitMix64) -> SimOptions {
+        if r.chance(0.3) {
+            self.root_life = Some(Duration::from_secs(r.range(7, 60) * 86_400));
+        }
+        self
     }
 
     /// One seed in twenty that is not a scale seed is a time seed: a safety phase of 6–24
@@ -253,7 +270,7 @@ impl SimOptions {
     /// The replayable one-line form of a scenario (see [`SimOptions::from_scenario`]).
     pub fn to_scenario(&self) -> String {
         let faults: Vec<String> =
-            self.schedule.iter().flatten().map(|(t, k)| format!("{t}:{}", k.name())).collect();
+            self.schedule.iter().flatten().map(|(t, k)| format!("{}:{}", seconds(*t), k.name())).collect();
         format!(
             "seed={},managers={},clients={},safety={},conflict={},store_err={},slow={},extca={},extca_only={},rotation={},faults={}",
             self.seed,
@@ -306,13 +323,37 @@ impl SimOptions {
         let mut faults = Vec::new();
         for f in kv.get("faults").copied().unwrap_or("").split(';').filter(|f| !f.is_empty()) {
             let (t, k) = f.split_once(':').ok_or_else(|| format!("fault {f:?}: expected SECONDS:KIND"))?;
-            let t = t.parse::<u64>().map_err(|e| format!("fault time {t:?}: {e}"))?;
+            let t = parse_seconds(t).ok_or_else(|| format!("fault time {t:?}: expected seconds"))?;
             let k = FaultKind::from_name(k).ok_or_else(|| format!("unknown fault {k:?}"))?;
             faults.push((t, k));
         }
         o.schedule = Some(faults);
         Ok(o)
     }
+}
+
+/// `d` in seconds, exact to the nanosecond, without trailing zeros (`12`, `12.5`,
+/// `12.000000301`).
+pub fn seconds(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        return d.as_secs().to_string();
+    }
+    let frac = format!("{:09}", d.subsec_nanos());
+    format!("{}.{}", d.as_secs(), frac.trim_end_matches('0'))
+}
+
+/// The inverse of [`seconds`]: whole seconds and up to nine decimals.
+pub fn parse_seconds(s: &str) -> Option<Duration> {
+    let (whole, frac) = match s.split_once('.') {
+        Some((_, "")) => return None,
+        Some(parts) => parts,
+        None => (s, ""),
+    };
+    if whole.is_empty() || frac.len() > 9 || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nanos = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse::<u32>().ok()? };
+    Some(Duration::new(whole.parse().ok()?, nanos))
 }
 
 impl SimOptions {
@@ -345,6 +386,7 @@ impl SimOptions {
             scale: false,
             time: false,
             node_cert_expiry: None,
+            root_life: Some(Duration::from_secs(30 * 86_400)),
             ..SimOptions::from_seed(seed)
         }
     }
@@ -358,7 +400,7 @@ impl fmt::Display for SimOptions {
              conflict={:.3} store_err={:.3} slow={:.3} faults~{}s graceful={} kill={} pause={} \
              clogs={} skew<={}s long_part={} dup_join={:.2} conc_renew={:.2} cancel_poll={:.2} \
              garbage_csr={:.2} bad_token={:.2} admin~{}s extca={} extca_only={} extca_faults={} \
-             rotation={} store_part={}",
+             rotation={} store_part={} root_life={}",
             self.managers,
             self.clients,
             self.safety.as_secs(),
@@ -387,6 +429,7 @@ impl fmt::Display for SimOptions {
             self.external_ca && self.extca_faults,
             self.root_rotation,
             self.store_partitions,
+            self.root_life.map_or("20y".to_string(), |d| format!("{}d", d.as_secs() / 86_400)),
         )
     }
 }
@@ -399,11 +442,20 @@ mod tests {
     fn scenarios_round_trip() {
         let mut o = SimOptions::from_seed(9);
         o.managers = 4;
-        o.schedule = Some(vec![(5, FaultKind::LeaderKill), (30, FaultKind::ExtCaRefuse)]);
+        o.schedule = Some(vec![
+            (Duration::from_secs(5), FaultKind::LeaderKill),
+            (Duration::new(30, 123_456_789), FaultKind::ExtCaRefuse),
+            (Duration::new(31, 500_000_000), FaultKind::Clog),
+        ]);
         let back = SimOptions::from_scenario(&o.to_scenario()).unwrap();
         assert_eq!(back.to_scenario(), o.to_scenario());
         assert_eq!(back.schedule, o.schedule);
+        assert!(o.to_scenario().contains("faults=5:leader_kill;30.123456789:extca_refuse;31.5:clog"));
         assert!(SimOptions::from_scenario("seed=1,faults=3:nope").is_err());
+        for bad in ["", ".5", "1.", "1.1234567891", "-1", "1e3", "1.x"] {
+            assert_eq!(parse_seconds(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_seconds("7.05"), Some(Duration::from_millis(7050)));
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct Report {
     pub failed: u64,
     pub joins: usize,
     pub renewals: usize,
+    /// The faults the nemesis injected, with the time each was due: with the seed, a scenario
+    /// that replays this run ([`SimOptions::schedule`]).
+    pub faults: Vec<(Duration, crate::options::FaultKind)>,
 }
 
 fn serial() -> [u8; 20] {
@@ -68,7 +71,12 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
 
     // The cluster, as `swarmca serve` would create it.
     let now = SystemTime::now();
-    let root = match generate_root("swarm-ca", now, serial()) {
+    // A root with `root_life` left was made 20 years minus that long ago.
+    let made = opts
+        .root_life
+        .and_then(|life| now.checked_sub(swarmca_core::rootca::ROOT_CA_VALIDITY.saturating_sub(life)))
+        .unwrap_or(now);
+    let root = match generate_root("swarm-ca", made, serial()) {
         Ok(r) => r,
         Err(e) => panic!("root generation failed: {e}"),
     };
@@ -301,6 +309,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
     let violations = lock(&shared.violations).clone();
     let joins = lock(&shared.joins).len();
     let renewals = lock(&shared.renewals).len();
+    let faults = lock(&shared.faults).clone();
     Report {
         seed,
         violations,
@@ -313,6 +322,7 @@ pub async fn run_with(opts: SimOptions, echo: bool) -> Report {
         failed: m.failed,
         joins,
         renewals,
+        faults,
     }
 }
 

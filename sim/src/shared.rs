@@ -70,6 +70,8 @@ pub struct Shared {
     /// GetUnlockKey answers: (node, the cluster version the answer names, the key given).
     pub unlock_answers: Mutex<Vec<(String, u64, Vec<u8>)>>,
     pub tokens: Mutex<Vec<TokenSpan>>,
+    /// Faults the nemesis injected, with the time each was due (a replayable schedule).
+    pub faults: Mutex<Vec<(Duration, crate::options::FaultKind)>>,
     /// Nodes removed by the admin, with the time.
     pub removed: Mutex<Vec<(String, Duration)>>,
     /// Safety-phase violations found by checkers while running.
@@ -157,6 +159,7 @@ impl Shared {
             unlock_calls: Mutex::default(),
             unlock_answers: Mutex::default(),
             tokens: Mutex::default(),
+            faults: Mutex::default(),
             removed: Mutex::default(),
             violations: Mutex::default(),
             held: Mutex::default(),

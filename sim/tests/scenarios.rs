@@ -28,6 +28,7 @@ fn scenario() -> impl Strategy<Value = SimOptions> {
     )
         .prop_map(|(seed, managers, clients, conflict, store_err, extca, only, mut faults)| {
             faults.sort_by_key(|(t, _)| *t);
+            let faults = faults.into_iter().map(|(t, k)| (Duration::from_secs(t), k)).collect();
             let mut o = SimOptions::from_seed(seed);
             o.managers = managers;
             o.clients = clients;

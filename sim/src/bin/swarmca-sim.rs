@@ -40,11 +40,12 @@ mod sim_main {
         madsim_check: bool,
         jobs: usize,
         scenario: Option<String>,
+        shrink: Option<u64>,
     }
 
     fn usage() -> ! {
         eprintln!(
-            "usage: swarmca-sim [--seeds N] [--first-seed S] [--seed S] [--determinism] [--long MINUTES] [--jobs J] [--verbose] [--no-coverage] [--madsim-check] [--scenario STR]"
+            "usage: swarmca-sim [--seeds N] [--first-seed S] [--seed S] [--determinism] [--long MINUTES] [--jobs J] [--verbose] [--no-coverage] [--madsim-check] [--scenario STR] [--shrink SEED]"
         );
         std::process::exit(2);
     }
@@ -61,6 +62,7 @@ mod sim_main {
             madsim_check: false,
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             scenario: None,
+            shrink: None,
         };
         let mut it = std::env::args().skip(1);
         let num = |v: Option<String>| v.and_then(|s| s.parse().ok()).unwrap_or_else(|| usage());
@@ -76,6 +78,7 @@ mod sim_main {
                 "--madsim-check" => a.madsim_check = true,
                 "--jobs" | "-j" => a.jobs = num(it.next()) as usize,
                 "--scenario" => a.scenario = Some(it.next().unwrap_or_else(|| usage())),
+                "--shrink" => a.shrink = Some(num(it.next())),
                 "--help" | "-h" => usage(),
                 _ => usage(),
             }
@@ -89,10 +92,24 @@ mod sim_main {
     fn run_one(seed: u64, echo: bool) -> Result<Report, String> {
         let opts = SimOptions::from_seed(seed);
         let limit = opts.safety + opts.liveness_budget + Duration::from_secs(900);
+        in_fresh_runtime(seed, limit, move || run_seed(echo))
+    }
+
+    /// Runs a scenario like [`run_one`] runs a seed.
+    fn run_scenario(opts: SimOptions, echo: bool) -> Result<Report, String> {
+        let limit = opts.safety + opts.liveness_budget + Duration::from_secs(900);
+        in_fresh_runtime(opts.seed, limit, move || run_with(opts, echo))
+    }
+
+    fn in_fresh_runtime<F, Fut>(seed: u64, limit: Duration, go: F) -> Result<Report, String>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Report>,
+    {
         let r = std::thread::spawn(move || {
             let mut rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
             rt.set_time_limit(limit);
-            rt.block_on(run_seed(echo))
+            rt.block_on(go())
         })
         .join();
         r.map_err(|e| {
@@ -101,6 +118,96 @@ mod sim_main {
                 .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "panic".into())
         })
+    }
+
+    /// `--shrink SEED`: runs the seed, then cuts its fault schedule and workload down to a
+    /// scenario that still breaks the same invariant, and prints it for `--scenario`.
+    fn shrink(seed: u64) -> i32 {
+        use swarmca_sim::shrink::{shrink, signature};
+        let started = Instant::now();
+        let opts = SimOptions::from_seed(seed);
+        println!("seed {seed}: {opts}");
+        let first = match run_one(seed, false) {
+            Ok(r) => r,
+            Err(e) => {
+                // The run's record (its fault schedule) is lost with the panic.
+                println!("seed {seed} crashed ({e}); --shrink needs a violation, not a crash");
+                return 2;
+            }
+        };
+        let wanted = signature(&first.violations, false);
+        if wanted.is_empty() {
+            println!("seed {seed} passes: nothing to shrink");
+            return 2;
+        }
+        println!("seed {seed} fails {wanted:?} with {} faults injected", first.faults.len());
+        for v in &first.violations {
+            println!("  {v}");
+        }
+        // The seed's own schedule replays the seed.
+        let full = SimOptions { schedule: Some(first.faults.clone()), ..opts.clone() };
+        match run_scenario(full.clone(), false) {
+            Ok(r) if r.log_hash == first.log_hash => {
+                println!("its fault schedule replays it exactly (hash {})", &r.log_hash[..16])
+            }
+            Ok(r) if !signature(&r.violations, false).iter().any(|v| wanted.contains(v)) => {
+                println!(
+                    "its fault schedule does not reproduce the failure (hash {}); cannot shrink",
+                    &r.log_hash[..16]
+                );
+                return 2;
+            }
+            Ok(r) => println!(
+                "its fault schedule fails the same way (hash {} differs from the seed's)",
+                &r.log_hash[..16]
+            ),
+            Err(e) => {
+                println!("its fault schedule crashes the run ({e}); cannot shrink");
+                return 2;
+            }
+        }
+        let mut fails = |o: &SimOptions| match run_scenario(o.clone(), false) {
+            Ok(r) => signature(&r.violations, false).iter().any(|v| wanted.contains(v)),
+            Err(_) => false,
+        };
+        let shrunk = shrink(&full, &first.faults, &mut fails, &mut |n| println!("  {n}"));
+        let o = shrunk.options;
+        let kept = o.schedule.as_ref().map_or(0, Vec::len);
+        // The scenario printed must fail on every replay, with the same event log.
+        let (a, b) = (run_scenario(o.clone(), false), run_scenario(o.clone(), false));
+        let (Ok(a), Ok(b)) = (a, b) else {
+            println!("the shrunk scenario crashed on replay");
+            return 1;
+        };
+        println!(
+            "shrunk in {} runs ({:.0} s): {kept} of {} faults, {} of {} clients, {} of {} managers, safety {} of {} s",
+            shrunk.runs,
+            started.elapsed().as_secs_f64(),
+            shrunk.original_faults,
+            o.clients,
+            opts.clients,
+            o.managers,
+            opts.managers,
+            o.safety.as_secs(),
+            opts.safety.as_secs(),
+        );
+        for v in &a.violations {
+            println!("  {v}");
+        }
+        let same = a.log_hash == b.log_hash && a.violations == b.violations;
+        println!(
+            "replayed twice: {} ({} events, hash {}{})",
+            if same { "identical" } else { "DIFFERENT" },
+            a.log_lines,
+            &a.log_hash[..16],
+            if same { String::new() } else { format!(" then {}", &b.log_hash[..16]) }
+        );
+        println!("  scripts/sim --scenario '{}' --verbose", o.to_scenario());
+        if same && !a.violations.is_empty() {
+            0
+        } else {
+            1
+        }
     }
 
     fn regression_seeds() -> Vec<u64> {
@@ -125,8 +232,11 @@ mod sim_main {
             madsim::runtime::Runtime::with_seed_and_config(0, madsim::Config::default()).block_on(warm_up())
         })
         .join();
+        if let Some(seed) = args.shrink {
+            return shrink(seed);
+        }
         if let Some(sc) = &args.scenario {
-            // Replay a scenario as data (what the proptest suite prints when it shrinks one).
+            // Replay a scenario as data (what --shrink and the proptest suite print).
             let opts = match SimOptions::from_scenario(sc) {
                 Ok(o) => o,
                 Err(e) => {
@@ -134,15 +244,7 @@ mod sim_main {
                     return 2;
                 }
             };
-            let echo = args.verbose;
-            let rep = std::thread::spawn(move || {
-                let seed = opts.seed;
-                let mut rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-                rt.set_time_limit(opts.safety + opts.liveness_budget + Duration::from_secs(900));
-                rt.block_on(run_with(opts, echo))
-            })
-            .join();
-            return match rep {
+            return match run_scenario(opts, args.verbose) {
                 Ok(r) if r.violations.is_empty() => {
                     println!("scenario ok: {} events, hash {}", r.log_lines, &r.log_hash[..16]);
                     0
@@ -151,10 +253,11 @@ mod sim_main {
                     for v in &r.violations {
                         println!("{v}");
                     }
+                    println!("scenario FAILED: {} events, hash {}", r.log_lines, &r.log_hash[..16]);
                     1
                 }
-                Err(_) => {
-                    println!("scenario CRASHED");
+                Err(e) => {
+                    println!("scenario CRASHED: {e}");
                     1
                 }
             };
@@ -256,6 +359,15 @@ mod sim_main {
                         took.as_millis(),
                         &rep.log_hash[..16],
                     );
+                    if args.single.is_some() {
+                        // The seed as data: its fault schedule, to edit or cut by hand.
+                        let o = SimOptions { schedule: Some(rep.faults.clone()), ..opts.clone() };
+                        println!(
+                            "  as a scenario ({} faults): --scenario '{}'",
+                            rep.faults.len(),
+                            o.to_scenario()
+                        );
+                    }
                     if bad {
                         failures += 1;
                         println!("  options: {opts}");

@@ -2,7 +2,8 @@
 //! carries exactly the SwarmKit SANs, has the configured validity (NotBefore ≈ now − 1 h,
 //! NotAfter − NotBefore = expiry + 1 h, where the expiry is the one the cluster asked for at
 //! most a minute before the write — or the fake external CA's own profile for what it
-//! signed), and chains to a root the cluster had. It is signed by the signer SwarmKit picks:
+//! signed; a leaf the expiry would take past its issuer's end is cut to it), never outlives
+//! what it chains through, and chains to a root the cluster had. It is signed by the signer SwarmKit picks:
 //! the external CA when the cluster lists one for the root being signed for, else locally
 //! (with the same minute of lag allowed).
 
@@ -104,8 +105,19 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
         }
         _ => {}
     }
+    // Nothing signed is valid beyond its issuer: not past the certificates it chains through,
+    // nor past the root it chains to. A leaf the expiry would take further is cut to that end.
+    let issuer_end = issuer_end(m, &chain);
+    if let Some(end) = issuer_end.filter(|end| na > *end) {
+        return Err(format!("valid until {na}, {} s beyond the end of its issuer ({end})", na - end));
+    }
     let allowed = if external { vec![PROFILE_EXPIRY] } else { m.expiries_between(window.0, window.1) };
-    let ok = allowed.iter().any(|e| lifetime == *e + Duration::from_secs(3600));
+    let cut = |e: &Duration| issuer_end.is_some_and(|end| na == end && nb + e.as_secs() as i64 + 3600 > end);
+    let whole = allowed.iter().any(|e| lifetime == *e + Duration::from_secs(3600));
+    let ok = whole || allowed.iter().any(cut);
+    if ok && !whole {
+        ctx.shared.coverage.hit("cert.cut_to_issuer_end");
+    }
     if !ok {
         let secs: Vec<u64> = allowed.iter().map(Duration::as_secs).collect();
         let by = if external { "the external CA's profile" } else { "the cluster's configuration" };
@@ -122,6 +134,36 @@ fn contents(m: &Mirror, ctx: &WriteCtx<'_>, pem: &[u8], role: i32) -> Result<(),
             .map_err(|e| format!("does not chain to any cluster root: {e}"))?;
     }
     Ok(())
+}
+
+/// The earliest NotAfter of what `chain`'s leaf chains through: the other certificates of the
+/// bundle, and the root the cluster had that issued the last of them.
+fn issuer_end(m: &Mirror, chain: &[Vec<u8>]) -> Option<i64> {
+    let parsed: Vec<X509Certificate<'_>> =
+        chain.iter().filter_map(|d| X509Certificate::from_der(d).ok().map(|(_, c)| c)).collect();
+    let top = parsed.last()?;
+    let mut ends: Vec<i64> = parsed.iter().skip(1).map(|c| c.validity().not_after.timestamp()).collect();
+    // Roots may share a name (a rotation to a root of the same name): the issuer is the one
+    // whose key identifier the top certificate names, when it names one.
+    let aki = top.extensions().iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0.to_vec()),
+        _ => None,
+    });
+    for p in x509_parser::pem::Pem::iter_from_buffer(&m.all_roots).flatten() {
+        let Ok((_, root)) = X509Certificate::from_der(&p.contents) else { continue };
+        let ski = root.extensions().iter().find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        });
+        let same_key = match (&aki, &ski) {
+            (Some(a), Some(s)) => a == s,
+            _ => true,
+        };
+        if root.subject().as_raw() == top.issuer().as_raw() && same_key {
+            ends.push(root.validity().not_after.timestamp());
+        }
+    }
+    ends.into_iter().min()
 }
 
 /// SwarmKit's leaf profile (docs/behaviour.md §4.4): X.509 v3; a positive serial of at most 20 bytes;

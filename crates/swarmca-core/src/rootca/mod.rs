@@ -382,7 +382,8 @@ impl RootCa {
     /// Only the CSR's public key is used. The certificate gets subject O=`org`,
     /// OU=`role.ou()`, CN=`cn` (in that order), DNS SANs `[role OU, cn]` plus `swarm-ca` for
     /// managers, NotBefore = `now` rounded to the nearest minute minus [`CERT_BACKDATE`],
-    /// NotAfter = NotBefore + expiry + backdate, the serial from `serial` with the top bit
+    /// NotAfter = NotBefore + expiry + backdate (cut to the earliest NotAfter of the signing
+    /// certificate, intermediates and roots: a leaf never outlives its issuer), the serial from `serial` with the top bit
     /// cleared, critical KeyUsage digitalSignature|keyEncipherment, EKU serverAuth+clientAuth,
     /// critical BasicConstraints CA:false, SHA-1 SKI and (when the signer has an SKI) AKI.
     ///
@@ -405,6 +406,14 @@ impl RootCa {
         }
         let not_before = backdated_start(now).map_err(SignError::Internal)?;
         let not_after = add(not_before, self.expiry + CERT_BACKDATE).map_err(SignError::Internal)?;
+        // A leaf never outlives what it chains through: its NotAfter is cut to the earliest
+        // NotAfter of the signing certificate, the intermediates and the roots (as step-ca cuts
+        // a leaf to its issuer's life). SwarmKit does not cut it, and hands out certificates that
+        // stop verifying before their NotAfter once the root nears its end.
+        let not_after = match time::OffsetDateTime::from_unix_timestamp(self.valid_window.1) {
+            Ok(end) if end < not_after => end,
+            _ => not_after,
+        };
         let der =
             issue(signer, csr.public_key_der(), org, role.ou(), cn, &hosts, not_before, not_after, serial)
                 .map_err(SignError::Internal)?;
@@ -612,3 +621,5 @@ fn parse_all(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, RootCaError> 
 mod tests;
 #[cfg(test)]
 mod tests_external;
+#[cfg(test)]
+mod tests_validity;
