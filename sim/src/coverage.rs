@@ -52,6 +52,7 @@ pub const REQUIRED: &[&str] = &[
     "rotation.started",
     "rotation.restarted",
     "rotation.aborted",
+    "rotation.abort_checked",
     "rotation.completed",
     "rotation.batch_marked",
     "rotation.node_followed",

@@ -323,12 +323,26 @@ mod sim_main {
         let mut failures = 0u64;
         let mut ran = 0u64;
         let mut sim_secs = 0f64;
+        // Per kind of seed: seeds, wall time, simulated time, failures.
+        let mut kinds: BTreeMap<&'static str, (u64, Duration, f64, u64)> = BTreeMap::new();
         for (seed, first, second, took) in rx {
             let opts = SimOptions::from_seed(seed);
+            let kind = if opts.scale {
+                "scale"
+            } else if opts.time {
+                "time"
+            } else {
+                "default"
+            };
+            let k = kinds.entry(kind).or_default();
+            k.0 += 1;
+            k.1 += took;
+            k.3 += u64::from(!matches!(&first, Ok(r) if r.violations.is_empty()));
             match first {
                 Ok(rep) => {
                     ran += 1;
                     sim_secs += rep.sim_time.as_secs_f64();
+                    k.2 += rep.sim_time.as_secs_f64();
                     for (k, v) in &rep.coverage {
                         *total.entry(k).or_default() += v;
                     }
@@ -406,6 +420,16 @@ mod sim_main {
         for (k, v) in &total {
             if !REQUIRED.contains(k) {
                 println!("  {k:<40} {v}");
+            }
+        }
+        if kinds.len() > 1 || args.long_minutes.is_some() {
+            println!("per kind of seed (wall time is per seed, on one of the {jobs} jobs):");
+            for (kind, (n, wall, sim, failed)) in &kinds {
+                println!(
+                    "  {kind:<8} {n:>6} seeds, {:>8.1} ms wall and {:>7.0} simulated s each, {failed} failed",
+                    wall.as_secs_f64() * 1000.0 / (*n).max(1) as f64,
+                    sim / (*n).max(1) as f64,
+                );
             }
         }
         println!(

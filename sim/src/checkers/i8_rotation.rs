@@ -10,6 +10,8 @@
 //!   its issuer;
 //! * a completed rotation leaves the target as root with its digest and fresh join tokens for
 //!   it;
+//! * aborting a rotation changes nothing but the rotation: the root, its digest, the CA key
+//!   (opened) and the join tokens stay what they were;
 //! * a rotation in progress when the faults heal completes within the liveness budget.
 
 use std::time::Duration;
@@ -92,8 +94,12 @@ pub fn on_cluster_write(m: &mut Mirror, shared: &Shared, c: &Cluster) {
     m.rotation_changed_at = crate::shared::now();
     let Some(done) = before else { return };
     let root = c.root_ca.clone().unwrap_or_default();
+    if after.is_none() && root.ca_cert != done {
+        aborted(m, shared, c);
+        return;
+    }
     if after.is_some() || root.ca_cert != done {
-        return; // restarted towards another root, or aborted
+        return; // restarted towards another root
     }
     // Complete only once every node reports the new root as its issuer (what SwarmKit's
     // reconciler waits for): a node that holds a certificate and still reports another issuer
@@ -151,6 +157,40 @@ pub fn on_cluster_write(m: &mut Mirror, shared: &Shared, c: &Cluster) {
                 "completed rotation did not regenerate the join tokens for the new root".into(),
             );
         }
+    }
+}
+
+/// A rotation aborted: the write that aborts it changes nothing but the rotation; the root, its
+/// digest, the CA key and the join tokens stay what they were.
+fn aborted(m: &Mirror, shared: &Shared, c: &Cluster) {
+    shared.coverage.hit("rotation.abort_checked");
+    let Some(prev) = m.cluster.as_ref() else { return };
+    let (was, now) = (prev.root_ca.clone().unwrap_or_default(), c.root_ca.clone().unwrap_or_default());
+    let mut wrong = Vec::new();
+    if now.ca_cert != was.ca_cert {
+        wrong.push("its root certificate changed");
+    }
+    if now.ca_cert_hash != was.ca_cert_hash || now.ca_cert_hash != digest_string(&now.ca_cert) {
+        wrong.push("its root digest is not the root's");
+    }
+    if now.join_tokens != was.join_tokens {
+        wrong.push("its join tokens changed");
+    }
+    // The CA key is sealed, and sealed again at each write: compare what it opens to.
+    let dek = crate::shared::lock(&shared.data_key).clone();
+    if let Some(dek) = dek {
+        let open = |x: &Cluster| swarmca_server::custody::open_cluster(x, &dek).ok().and_then(|x| x.root_ca);
+        match (open(prev), open(c)) {
+            (Some(a), Some(b)) if a.ca_key == b.ca_key => {}
+            (Some(_), Some(_)) => wrong.push("its CA key changed"),
+            _ => wrong.push("its CA key does not open"),
+        }
+    }
+    if !wrong.is_empty() {
+        shared.violation(
+            "I8",
+            format!("an aborted root rotation left the cluster inconsistent: {}", wrong.join(", ")),
+        );
     }
 }
 
