@@ -6,6 +6,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+use crate::rootca::SignatureCache;
 use crate::{der, pemutil};
 
 /// Largest CSR accepted, in bytes, checked before any decoding (PEM or DER).
@@ -100,10 +101,25 @@ impl ValidatedCsr {
     }
 }
 
+/// What a remembered self-signature check is filed under, before the request's bytes (the
+/// checks of certificate chains are filed under length-prefixed parts, which start with a zero
+/// byte: the two never meet).
+const SELF_SIGNATURE: &[u8] = b"pkcs10 self-signature\0";
+
 /// Decodes and validates the first PEM block of `pem`, like CFSSL's local signer.
 ///
 /// The block must be labelled `CERTIFICATE REQUEST` or `NEW CERTIFICATE REQUEST`.
 pub fn parse_csr_pem(pem: &[u8]) -> Result<ValidatedCsr, CsrError> {
+    parse_csr_pem_remembering(pem, None)
+}
+
+/// [`parse_csr_pem`], with a successful self-signature check remembered in `cache` (see
+/// [`SignatureCache`]): a request whose exact bytes were checked before is validated again in
+/// every other way, without the public-key operation. A CA passes its cache when it has one.
+pub fn parse_csr_pem_remembering(
+    pem: &[u8],
+    cache: Option<&SignatureCache>,
+) -> Result<ValidatedCsr, CsrError> {
     if pem.len() > MAX_CSR_SIZE {
         return Err(CsrError::TooLarge { len: pem.len() });
     }
@@ -111,13 +127,17 @@ pub fn parse_csr_pem(pem: &[u8]) -> Result<ValidatedCsr, CsrError> {
     if block.label != "CERTIFICATE REQUEST" && block.label != "NEW CERTIFICATE REQUEST" {
         return Err(CsrError::NotACsr { label: block.label });
     }
-    parse_csr_der(&block.der)
+    parse_der(&block.der, cache)
 }
 
 /// Validates a DER-encoded PKCS#10 request.
 ///
 /// Checks, in order: size, DER structure (no trailing data), key kind, self-signature.
 pub fn parse_csr_der(der: &[u8]) -> Result<ValidatedCsr, CsrError> {
+    parse_der(der, None)
+}
+
+fn parse_der(der: &[u8], cache: Option<&SignatureCache>) -> Result<ValidatedCsr, CsrError> {
     if der.len() > MAX_CSR_SIZE {
         return Err(CsrError::TooLarge { len: der.len() });
     }
@@ -129,12 +149,19 @@ pub fn parse_csr_der(der: &[u8]) -> Result<ValidatedCsr, CsrError> {
     check_envelope(der)?;
     let spki = &csr.certification_request_info.subject_pki;
     let key_kind = classify_key(spki)?;
-    csr.verify_signature().map_err(|e| match e {
-        x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => {
-            CsrError::UnsupportedSignatureAlgorithm(csr.signature_algorithm.algorithm.to_id_string())
+    // The check is a pure function of the request's bytes: remembered under all of them.
+    let remembered = cache.map(|c| (c, [SELF_SIGNATURE, der].concat()));
+    if !remembered.as_ref().is_some_and(|(c, key)| c.contains(key)) {
+        csr.verify_signature().map_err(|e| match e {
+            x509_parser::error::X509Error::SignatureUnsupportedAlgorithm => {
+                CsrError::UnsupportedSignatureAlgorithm(csr.signature_algorithm.algorithm.to_id_string())
+            }
+            _ => CsrError::BadSignature,
+        })?;
+        if let Some((c, key)) = remembered {
+            c.insert(key);
         }
-        _ => CsrError::BadSignature,
-    })?;
+    }
     Ok(ValidatedCsr { der: der.to_vec(), spki_der: spki.raw.to_vec(), key_kind })
 }
 

@@ -291,3 +291,29 @@ fn single_byte_mutations_never_panic_and_rarely_pass() {
     // Everything is covered by the signature or by the strict envelope check.
     assert_eq!(accepted, 0);
 }
+
+#[test]
+fn a_remembered_self_signature_check_never_changes_a_verdict() {
+    let cache = SignatureCache::new();
+    let (_, pem) = rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256);
+    let first = parse_csr_pem_remembering(pem.as_bytes(), Some(&cache)).unwrap();
+    assert_eq!(cache.len(), 1);
+    let again = parse_csr_pem_remembering(pem.as_bytes(), Some(&cache)).unwrap();
+    assert_eq!(again.der(), first.der());
+    assert_eq!(cache.len(), 1, "the same bytes are remembered once");
+
+    // The same request with its signature's last byte changed: refused, and not remembered.
+    let mut der = first.der().to_vec();
+    let last = der.len() - 1;
+    der[last] ^= 1;
+    assert!(matches!(parse_der(&der, Some(&cache)), Err(CsrError::BadSignature)));
+    assert!(matches!(parse_der(&der, Some(&cache)), Err(CsrError::BadSignature)));
+    assert_eq!(cache.len(), 1);
+
+    // What is remembered is the signature check only: trailing data is still refused.
+    let mut trailing = first.der().to_vec();
+    trailing.push(0);
+    assert!(matches!(parse_der(&trailing, Some(&cache)), Err(CsrError::Malformed(_))));
+    // And a cache changes nothing for a request checked without it.
+    assert_eq!(parse_csr_der(first.der()).unwrap().der(), first.der());
+}

@@ -399,7 +399,8 @@ impl RootCa {
         serial: [u8; 20],
     ) -> Result<Vec<u8>, SignError> {
         let signer = self.signer.as_ref().ok_or(SignError::NoValidSigner)?;
-        let csr = csr::parse_csr_pem(csr_pem).map_err(SignError::Csr)?;
+        let csr =
+            csr::parse_csr_pem_remembering(csr_pem, self.signature_cache.as_ref()).map_err(SignError::Csr)?;
         let mut hosts = vec![role.ou(), cn];
         if role == Role::Manager {
             hosts.push(CA_ROLE);

@@ -6,7 +6,9 @@
 //! the later passes need not repeat the public-key operations of the first. Beyond one call,
 //! the deterministic simulator checks the same signatures many times over: its checkers verify
 //! every issued chain, then the CA verifies that chain again when the node presents it, and
-//! the CA's check of an external CA's certificate is repeated by the checkers. The simulator
+//! the CA's check of an external CA's certificate is repeated by the checkers; a CA that signs
+//! a request again (after a conflict, or in a fuzz harness's fixed pool of requests) checks its
+//! self-signature again ([`crate::csr::parse_csr_pem_remembering`]). The simulator
 //! gives every CA of a run one cache ([`super::RootCa::with_signature_cache`]); a production
 //! server passes none and checks every signature it is asked to.
 //!
@@ -55,11 +57,11 @@ impl SignatureCache {
         self.len() == 0
     }
 
-    fn contains(&self, key: &[u8]) -> bool {
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
         self.set().contains(key)
     }
 
-    fn insert(&self, key: Vec<u8>) {
+    pub(crate) fn insert(&self, key: Vec<u8>) {
         let mut s = self.set();
         if s.len() >= CACHE_CAPACITY {
             s.clear();

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::env::with_entropy;
-use crate::issuers::{desired_issuer, has_issuer, IssuerId};
+use crate::issuers::{desired_issuer, has_issuer, signing_root, IssuerId};
 use crate::server::{CaServer, RunCancel};
 use crate::signer::root_ca_equal_stable;
 
@@ -109,7 +109,11 @@ pub(crate) async fn run(
 impl Reconciler {
     /// SwarmKit `UpdateRootCA`. Returns whether a rotation (re)started.
     fn update_root(&mut self, new: ApiRootCa) -> bool {
-        let Some(issuer) = desired_issuer(&new) else {
+        // Most cluster writes (tokens, blacklist, settings) leave the desired root as it was:
+        // its issuer is known without parsing the certificate again.
+        let same_root = self.root.as_ref().is_some_and(|old| signing_root(old) == signing_root(&new));
+        let known = if same_root { self.issuer.clone() } else { None };
+        let Some(issuer) = known.or_else(|| desired_issuer(&new)) else {
             warn!("cannot parse the desired root of the cluster's RootCA object; rotation state unchanged");
             return false;
         };

@@ -383,16 +383,31 @@ impl SyncReads for MemStore {
 /// A server over `store` with the harness clock, seeded entropy and `peers`; nothing is
 /// signed in parallel beyond two jobs, and the retry ticker never fires within a run.
 pub(crate) fn new_server(store: &CheckedStore, peers: &SetPeers, seed: u64) -> CaServer {
+    new_server_with(store, peers, seed, Some(material().root_ca.clone()))
+}
+
+/// [`new_server`], starting from `initial_root` (`None`: a new process that has loaded
+/// nothing and parses the root from the store at its first start).
+pub(crate) fn new_server_with(
+    store: &CheckedStore,
+    peers: &SetPeers,
+    seed: u64,
+    initial_root: Option<swarmca_core::rootca::RootCa>,
+) -> CaServer {
     let mut cfg = ServerConfig::new(CLUSTER_ID);
     cfg.retry_interval = Duration::from_secs(3600);
     cfg.max_parallel_signing = 2;
+    // The requests come from a fixed pool: their self-signatures (a P-384 check costs as
+    // much as the rest of a signing) are checked once per process, as the simulator's are.
+    static SIGNATURES: OnceLock<swarmca_core::rootca::SignatureCache> = OnceLock::new();
+    cfg.signature_cache = Some(SIGNATURES.get_or_init(Default::default).clone());
     let deps = ServerDeps {
         store: Arc::new(store.clone()),
         clock: Arc::new(FixedClock),
         entropy: shared_entropy(SeededEntropy(seed)),
         peers: Arc::new(peers.clone()),
     };
-    CaServer::new(cfg, deps, Some(material().root_ca.clone()))
+    CaServer::new(cfg, deps, initial_root)
 }
 
 /// The current-thread runtime (with a timer: the signing loop's retry ticker needs one) every

@@ -21,9 +21,9 @@ use tokio::task::JoinHandle;
 use tonic::Code;
 
 use super::harness::{
-    cert_facts, chain_der, csr, csr_key, initial_cluster, material, new_server, ready_now, run_input,
-    state_of, yield_times, CheckedStore, Interference, SeededEntropy, SetPeers, SyncReads, CLUSTER_ID,
-    LIFECYCLE_BOUND,
+    cert_facts, chain_der, csr, csr_key, initial_cluster, material, new_server, new_server_with, ready_now,
+    run_input, state_of, yield_times, CheckedStore, Interference, SeededEntropy, SetPeers, SyncReads,
+    CLUSTER_ID, LIFECYCLE_BOUND,
 };
 use swarmca_server::CaServer;
 use swarmca_server::Control;
@@ -33,6 +33,10 @@ use swarmca_server::ServerError;
 const MAX_STEPS: usize = 48;
 /// Yields allowed for a state change to reach every server (its watch) before that is a bug.
 const PROPAGATION_YIELDS: usize = 256;
+/// A `Run` step looks for idleness every this many ticks...
+const IDLE_CHUNK: usize = 8;
+/// ...and ends once nothing changed for this many.
+const IDLE_TICKS: usize = 32;
 /// Yields allowed for the signing loop to drain at the end.
 const SETTLE_YIELDS: usize = 4096;
 
@@ -48,7 +52,8 @@ enum Step {
     RotateToken { manager: bool },
     /// The next signing write onto a node meets a concurrent write first.
     Conflict { node: u8, kind: Kind },
-    /// Leadership moves to manager `to` (or the leader restarts its term).
+    /// Leadership moves to manager `to % 2` (or the leader restarts its term); with `to` at
+    /// 224 or above, the old leader comes back as a new process.
     LeaderChange { to: u8 },
     /// Time passes: the signing jobs and loops run for a while.
     Run { yields: u8 },
@@ -91,6 +96,12 @@ struct World {
     /// Tokens rotated away.
     old_tokens: Vec<String>,
     step: usize,
+    /// The input's seed (servers' entropy derives from it).
+    seed: u64,
+    /// Leaders that came back as a new process.
+    new_processes: usize,
+    /// The version at which each ISSUED node's stored certificate was last checked.
+    checked: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Runs one input.
@@ -107,6 +118,8 @@ pub(crate) struct Reached {
     pub(crate) conflicts: usize,
     /// Nodes that joined.
     pub(crate) joined: usize,
+    /// Leaders that came back as a new process.
+    pub(crate) new_processes: usize,
 }
 
 /// Runs one input; returns what it reached.
@@ -141,6 +154,9 @@ async fn play(seed: u64, steps: Vec<Step>) -> Reached {
         nodes: Vec::new(),
         old_tokens: Vec::new(),
         step: 0,
+        seed,
+        new_processes: 0,
+        checked: Default::default(),
     };
     for i in 0..w.servers.len() {
         w.start(i, i == 0).await;
@@ -150,13 +166,8 @@ async fn play(seed: u64, steps: Vec<Step>) -> Reached {
         w.apply(step).await;
         w.check();
     }
-    // Let the leader finish what it can, then check once more.
-    for _ in 0..SETTLE_YIELDS / 16 {
-        yield_times(16).await;
-        if w.servers.iter().all(|s| s.pending_count() == 0) {
-            break;
-        }
-    }
+    // Let the leader finish what it can (until it is idle), then check once more.
+    w.run_for(SETTLE_YIELDS).await;
     w.check();
     // Every server stops and every run returns, so nothing of this input outlives it.
     for i in 0..w.servers.len() {
@@ -173,7 +184,12 @@ async fn play(seed: u64, steps: Vec<Step>) -> Reached {
         }
     }
     let rec = w.store.record();
-    Reached { issued: rec.serials.len(), conflicts: rec.fired, joined: w.nodes.len() }
+    Reached {
+        issued: rec.serials.len(),
+        conflicts: rec.fired,
+        joined: w.nodes.len(),
+        new_processes: w.new_processes,
+    }
 }
 
 impl World {
@@ -289,9 +305,21 @@ impl World {
                 self.store.record().armed.insert(id, what);
             }
             Step::LeaderChange { to } => {
+                // `to` at 224 and above (one leader change in eight): the old leader's process
+                // is replaced by a new one, which starts with nothing loaded (it parses and
+                // checks the root from the store, as a restarted manager does) instead of
+                // restarting the same server object.
+                let new_process = to >= 224;
                 let to = usize::from(to) % self.servers.len().max(1);
                 let from = self.leader;
                 self.stop(from).await;
+                if new_process {
+                    let seed = self.seed.wrapping_add(1000 + self.step as u64);
+                    if let Some(s) = self.servers.get_mut(from) {
+                        *s = new_server_with(&self.store, &self.peers, seed, None);
+                        self.new_processes += 1;
+                    }
+                }
                 if to != from {
                     self.stop(to).await;
                     self.start(from, false).await;
@@ -299,7 +327,29 @@ impl World {
                 self.start(to, true).await;
                 self.leader = to;
             }
-            Step::Run { yields } => yield_times(usize::from(yields) * 4).await,
+            Step::Run { yields } => self.run_for(usize::from(yields) * 4).await,
+        }
+    }
+
+    /// Lets the servers run for up to `ticks` scheduler ticks, and less once they are idle:
+    /// nothing committed and no server's pending queue changed for [`IDLE_TICKS`] ticks (more
+    /// ticks would change nothing the checks look at).
+    async fn run_for(&self, ticks: usize) {
+        let state = || {
+            let pending: Vec<usize> = self.servers.iter().map(CaServer::pending_count).collect();
+            (self.store.inner.revision(), pending)
+        };
+        let (mut last, mut idle, mut ran) = (state(), 0, 0);
+        while ran < ticks {
+            let n = IDLE_CHUNK.min(ticks - ran);
+            yield_times(n).await;
+            ran += n;
+            let now = state();
+            idle = if now == last { idle + n } else { 0 };
+            if idle >= IDLE_TICKS {
+                return;
+            }
+            last = now;
         }
     }
 
@@ -423,19 +473,26 @@ impl World {
         let Some(Ok(snap)) = ready_now(self.store.inner.view(WatchFilter::All)) else {
             self.fail("store unreadable".into())
         };
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
         for n in &snap.nodes {
             if state_of(n) != Some(State::Issued) {
                 continue;
             }
             let Some(c) = n.certificate.as_ref() else { continue };
-            let facts = cert_facts(&c.certificate);
-            // I1 on the stored state: the key of the certificate is the stored CSR's.
-            if facts.as_ref().map(|f| &f.0) != csr_key(&c.csr).as_ref() {
-                self.fail(format!("I1: ISSUED node {} holds a certificate for another key", n.id));
-            }
             if blacklisted.contains(&n.id) {
                 self.fail(format!("I3: blacklisted node {} is ISSUED", n.id));
             }
+            // I1 on the stored state: the key of the certificate is the stored CSR's. A node
+            // unchanged since the last check (same version) was checked then.
+            let version = swarmca_store::version_of(n.meta.as_ref());
+            if checked.get(&n.id) == Some(&version) {
+                continue;
+            }
+            let facts = cert_facts(&c.certificate);
+            if facts.as_ref().map(|f| &f.0) != csr_key(&c.csr).as_ref() {
+                self.fail(format!("I1: ISSUED node {} holds a certificate for another key", n.id));
+            }
+            checked.insert(n.id.clone(), version);
         }
     }
 }

@@ -39,8 +39,12 @@ fn issuance_ops_seeds_reach_issuance_and_conflicts() {
         total.issued += r.issued;
         total.conflicts += r.conflicts;
         total.joined += r.joined;
+        total.new_processes += r.new_processes;
     }
-    assert!(total.joined > 0 && total.issued > 0 && total.conflicts > 0, "{total:?}");
+    assert!(
+        total.joined > 0 && total.issued > 0 && total.conflicts > 0 && total.new_processes > 0,
+        "{total:?}"
+    );
 }
 
 #[test]
