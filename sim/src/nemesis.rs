@@ -83,7 +83,8 @@ pub async fn run(world: Arc<World>, clients: Vec<NodeId>, ext: Option<ExtCa>) {
     let faults = enabled(&shared, ext.is_some());
     let kind_draw = |n: usize| if n > 0 { thread_rng().gen_range(0..n) } else { 0 };
     if let Some(schedule) = shared.opts.schedule.clone() {
-        if schedule.is_empty() {
+        // With no kind enabled the random nemesis draws nothing at all.
+        if faults.is_empty() && schedule.is_empty() {
             return;
         }
         for (at, f) in schedule {

@@ -178,7 +178,8 @@ fn workload_cuts() -> Vec<Cut> {
                 let last = o.schedule.iter().flatten().map(|(t, _)| *t).max().unwrap_or_default();
                 let floor = (last + Duration::from_secs(30)).max(Duration::from_secs(60));
                 let floor = Duration::from_secs(floor.as_secs() + u64::from(floor.subsec_nanos() > 0));
-                let shorter = floor.max(o.safety / 2);
+                // Whole seconds: a scenario names the safety phase in seconds.
+                let shorter = floor.max(Duration::from_secs(o.safety.as_secs().div_ceil(2)));
                 (shorter < o.safety).then(|| SimOptions { safety: shorter, ..o.clone() })
             },
         },

@@ -171,7 +171,14 @@ mod sim_main {
             Err(_) => false,
         };
         let shrunk = shrink(&full, &first.faults, &mut fails, &mut |n| println!("  {n}"));
-        let o = shrunk.options;
+        // What is replayed below is what is printed: the scenario string, read back.
+        let o = match SimOptions::from_scenario(&shrunk.options.to_scenario()) {
+            Ok(o) => o,
+            Err(e) => {
+                println!("the shrunk scenario does not read back: {e}");
+                return 1;
+            }
+        };
         let kept = o.schedule.as_ref().map_or(0, Vec::len);
         // The scenario printed must fail on every replay, with the same event log.
         let (a, b) = (run_scenario(o.clone(), false), run_scenario(o.clone(), false));

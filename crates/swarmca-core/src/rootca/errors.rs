@@ -61,12 +61,17 @@ pub enum SignError {
     /// The certificate could not be built or signed.
     #[error("failed to sign node certificate: {0}")]
     Internal(String),
+    /// The signing certificate, an intermediate or a root has expired (Unix time of the first
+    /// end): nothing it would sign could be valid. Recoverable: a rotated root brings a signer.
+    #[error("the CA's validity ended at {0} (Unix time); rotate the root CA")]
+    Expired(i64),
 }
 
 impl SignError {
-    /// Whether retrying later may succeed; only [`SignError::NoValidSigner`] is.
+    /// Whether retrying later may succeed: without a signer, or with an expired one, a new
+    /// root (a rotation) may bring one.
     pub fn is_recoverable(&self) -> bool {
-        matches!(self, Self::NoValidSigner)
+        matches!(self, Self::NoValidSigner | Self::Expired(_))
     }
 }
 

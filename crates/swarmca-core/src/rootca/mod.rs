@@ -399,6 +399,11 @@ impl RootCa {
         serial: [u8; 20],
     ) -> Result<Vec<u8>, SignError> {
         let signer = self.signer.as_ref().ok_or(SignError::NoValidSigner)?;
+        // A CA kept running past the end of its root (or signing certificate) signs nothing:
+        // every certificate would be dead on issue.
+        if self.valid_window.1 <= unix_secs(now) {
+            return Err(SignError::Expired(self.valid_window.1));
+        }
         let csr =
             csr::parse_csr_pem_remembering(csr_pem, self.signature_cache.as_ref()).map_err(SignError::Csr)?;
         let mut hosts = vec![role.ou(), cn];

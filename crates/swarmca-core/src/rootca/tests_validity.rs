@@ -64,3 +64,21 @@ fn a_leaf_signed_through_a_cross_signed_root_ends_with_the_shorter_of_the_two() 
     assert!(end <= not_after(&old.cert_pem) && end <= not_after(&cross), "{end}");
     assert!(end > (now + 3 * 3600) as i64);
 }
+
+#[test]
+fn a_ca_kept_running_past_its_root_signs_nothing() {
+    // Loaded while its root had two hours left, asked to sign once it has ended.
+    let now = 1_700_000_000u64;
+    let root = generate_root("swarm-ca", at(now - (ROOT_CA_VALIDITY.as_secs() - 2 * 3600)), [4; 20]).unwrap();
+    let end = not_after(&root.cert_pem);
+    let ca =
+        RootCa::new(&root.cert_pem, &root.cert_pem, &root.key_pem, DEFAULT_NODE_CERT_EXPIRY, b"", at(now))
+            .unwrap();
+    let err = ca.sign_csr(&csr(), "node-1", Role::Worker, "cluster-1", at(end as u64), [5; 20]).unwrap_err();
+    assert_eq!(err, SignError::Expired(end));
+    assert!(err.is_recoverable(), "a rotation may bring a signer");
+    assert!(err.to_string().contains("rotate the root CA"));
+    // A second before the end it still signs, cut to that end.
+    let leaf = ca.sign_csr(&csr(), "node-1", Role::Worker, "cluster-1", at(end as u64 - 1), [6; 20]).unwrap();
+    assert_eq!(not_after(&leaf), end);
+}
